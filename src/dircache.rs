@@ -1,0 +1,51 @@
+//! A bounded cache of `O_PATH` directory fds, one per (directory inode, layer).
+//!
+//! Lookups and readdir work relative to a directory's real fd in each layer. Opening it from
+//! the parent's cached fd costs one `openat` of one component; caching it makes most lookups
+//! a single `fstatat`. The cache is bounded (`CAPACITY` fds), so neither fds nor memory grow
+//! with the size of the tree walked; an evicted fd is simply opened again.
+//! Entries are dropped when the overlay changes what a directory resolves to (copy-up,
+//! removal, rename over it) and when the kernel forgets the inode.
+
+use crate::layer::LayerIdx;
+use dashmap::DashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+const CAPACITY: usize = 4096;
+
+#[derive(Default)]
+pub struct DirCache {
+    map: DashMap<(u64, LayerIdx), Arc<OwnedFd>>,
+}
+
+impl DirCache {
+    pub fn get(&self, ino: u64, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
+        self.map.get(&(ino, layer)).map(|r| Arc::clone(r.value()))
+    }
+
+    pub fn insert(&self, ino: u64, layer: LayerIdx, fd: Arc<OwnedFd>) {
+        if self.map.len() >= CAPACITY {
+            self.shrink();
+        }
+        self.map.insert((ino, layer), fd);
+    }
+
+    /// Drops every cached fd of one directory.
+    pub fn invalidate(&self, ino: u64, layers: usize) {
+        for l in 0..layers {
+            self.map.remove(&(ino, l as LayerIdx));
+        }
+    }
+
+    /// Evicts about a quarter of the entries (those whose key hashes into the low quarter:
+    /// cheap, and spread evenly over the tree).
+    fn shrink(&self) {
+        self.map.retain(|(ino, l), _| {
+            !(ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ *l as u64).is_multiple_of(4)
+        });
+        if self.map.len() >= CAPACITY {
+            self.map.clear();
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The inode table: kernel-facing inode numbers, the real objects behind them, lookup counts
+//! and forget. All map locking lives here.
+//!
+//! Numbering: an object's number is derived from the real (dev, ino) of the top-most object
+//! that backs it when it is first seen — the real inode number itself when every layer is on
+//! one filesystem, with the layer filesystem's index in the top 7 bits otherwise. Hard links
+//! within a layer therefore share a number, readdir can compute d_ino without a stat, and the
+//! number survives forget and re-lookup. A copy-up registers the new upper object as an alias
+//! of the old number, so the number also survives copy-up. Numbers that cannot be derived
+//! (inode numbers ≥ 2^56 or an unknown device) come from a counter and are remembered.
+//!
+//! Lock order: a DashMap shard lock is only ever held for a map operation, never across a
+//! syscall or while taking an inode's `state` lock. `Inode::state` is a leaf lock.
+
+use crate::layer::LayerIdx;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::{Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The root's number, fixed by FUSE.
+pub const ROOT_INO: u64 = 1;
+const FS_INDEX_SHIFT: u32 = 56;
+const ALLOCATED_BASE: u64 = 1 << 63;
+
+/// A real object's identity: (st_dev, st_ino).
+pub type RealId = (u64, u64);
+
+/// One layer that holds this object (for a directory, one of the merged ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presence {
+    pub layer: LayerIdx,
+    /// A directory whose opaque xattr is `x`: it may hold xattr whiteouts.
+    pub xwhiteouts: bool,
+}
+
+/// What can change about an inode while it lives.
+#[derive(Clone)]
+pub struct InodeState {
+    /// One name by which the object is reachable: parent and name. None for the root.
+    pub parent: Option<Arc<Inode>>,
+    pub name: Box<[u8]>,
+    /// The layers that hold the object, top first. One entry for a non-directory.
+    pub layers: Box<[Presence]>,
+    /// The real identity of the top object.
+    pub real: RealId,
+}
+
+impl InodeState {
+    pub fn top(&self) -> Option<Presence> {
+        self.layers.first().copied()
+    }
+}
+
+pub struct Inode {
+    pub ino: u64,
+    /// `S_IFMT` bits; an inode never changes type.
+    pub kind: u32,
+    lookups: AtomicU64,
+    state: RwLock<InodeState>,
+    /// Serialises copy-up of this object. It is held across the copy (that is its job), and
+    /// only ever alone: a parent's copy-up finishes and releases its lock before the child's
+    /// lock is taken.
+    pub copy_up_lock: Mutex<()>,
+    /// Bumped whenever the object's data moves to another real file (copy-up), so that
+    /// open handles re-open it.
+    pub data_gen: AtomicU64,
+}
+
+impl Inode {
+    pub fn new(ino: u64, kind: u32, state: InodeState) -> Inode {
+        Inode {
+            ino,
+            kind,
+            lookups: AtomicU64::new(0),
+            state: RwLock::new(state),
+            copy_up_lock: Mutex::new(()),
+            data_gen: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the current state (the lock is released on return).
+    pub fn state(&self) -> InodeState {
+        self.state.read().clone()
+    }
+
+    pub fn top(&self) -> Option<Presence> {
+        self.state.read().top()
+    }
+
+    pub fn parent(&self) -> Option<Arc<Inode>> {
+        self.state.read().parent.clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut InodeState)) {
+        f(&mut self.state.write());
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+}
+
+/// Derives inode numbers from real identities (see the module comment).
+pub struct Numbering {
+    devs: Vec<u64>,
+    aliases: DashMap<RealId, u64>,
+    allocated: DashMap<RealId, u64>,
+    next: AtomicU64,
+}
+
+impl Numbering {
+    pub fn new(layer_devs: &[u64]) -> Numbering {
+        let mut devs: Vec<u64> = Vec::new();
+        for &d in layer_devs {
+            if !devs.contains(&d) {
+                devs.push(d);
+            }
+        }
+        Numbering {
+            devs,
+            aliases: DashMap::new(),
+            allocated: DashMap::new(),
+            next: AtomicU64::new(ALLOCATED_BASE),
+        }
+    }
+
+    /// The number for the object whose top real identity is `id`.
+    pub fn number(&self, id: RealId) -> u64 {
+        if let Some(n) = self.aliases.get(&id) {
+            return *n;
+        }
+        self.derive(id)
+    }
+
+    fn derive(&self, (dev, ino): RealId) -> u64 {
+        let idx = self.devs.iter().position(|&d| d == dev);
+        let derived = match idx {
+            Some(0) if ino < ALLOCATED_BASE => Some(ino),
+            Some(i) if ino < (1 << FS_INDEX_SHIFT) && i < 127 => {
+                Some(ino | ((i as u64) << FS_INDEX_SHIFT))
+            }
+            _ => None,
+        };
+        match derived {
+            Some(n) if n > ROOT_INO => n,
+            _ => *self
+                .allocated
+                .entry((dev, ino))
+                .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    /// A fresh number, for an object whose derived number is held by another live object.
+    pub fn fresh(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// After a copy-up: `upper` is now the object that `number` names.
+    pub fn alias(&self, upper: RealId, number: u64) {
+        if self.derive(upper) != number {
+            self.aliases.insert(upper, number);
+        }
+    }
+
+    /// The upper object `id` is gone: its identity may be reused by the filesystem.
+    pub fn unalias(&self, id: RealId) {
+        self.aliases.remove(&id);
+    }
+}
+
+/// Live inodes by number, with their lookup counts.
+pub struct InodeTable {
+    map: DashMap<u64, Arc<Inode>>,
+    pub numbers: Numbering,
+}
+
+impl InodeTable {
+    pub fn new(numbers: Numbering, root: Inode) -> InodeTable {
+        let map = DashMap::new();
+        root.lookups.store(1, Ordering::Relaxed);
+        map.insert(ROOT_INO, Arc::new(root));
+        InodeTable { map, numbers }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.map.get(&ino).map(|r| Arc::clone(r.value()))
+    }
+
+    /// Records one kernel lookup of the object with top identity `real`, creating its inode
+    /// if it is not live. `make` builds a new inode for a given number.
+    pub fn lookup(&self, real: RealId, kind: u32, make: impl Fn(u64) -> Inode) -> Arc<Inode> {
+        let mut number = self.numbers.number(real);
+        loop {
+            match self.map.entry(number) {
+                Entry::Occupied(e) => {
+                    let inode = e.get();
+                    let st = inode.state.read();
+                    if st.real == real && inode.kind == kind {
+                        drop(st);
+                        inode.lookups.fetch_add(1, Ordering::Relaxed);
+                        return Arc::clone(inode);
+                    }
+                    // The number is held by another object (a hard link broken by copy-up,
+                    // or a reused inode number): this one gets a number of its own.
+                    drop(st);
+                    drop(e);
+                    number = self.numbers.fresh();
+                }
+                Entry::Vacant(v) => {
+                    let inode = Arc::new(make(number));
+                    inode.lookups.store(1, Ordering::Relaxed);
+                    v.insert(Arc::clone(&inode));
+                    return inode;
+                }
+            }
+        }
+    }
+
+    /// The kernel dropped `n` references; the inode goes when none are left.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(inode) = self.get(ino) else {
+            return;
+        };
+        let prev = inode.lookups.fetch_sub(
+            n.min(inode.lookups.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        if prev <= n {
+            self.map
+                .remove_if(&ino, |_, v| v.lookups.load(Ordering::Relaxed) == 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(real: RealId) -> InodeState {
+        InodeState {
+            parent: None,
+            name: Box::new([]),
+            layers: Box::new([]),
+            real,
+        }
+    }
+
+    #[test]
+    fn numbers_same_fs_are_real_inos() {
+        let n = Numbering::new(&[5, 5]);
+        assert_eq!(n.number((5, 1234)), 1234);
+        assert_eq!(n.number((5, 1)), n.number((5, 1)));
+        assert!(n.number((5, 1)) >= ALLOCATED_BASE);
+    }
+
+    #[test]
+    fn numbers_multi_fs_are_distinct() {
+        let n = Numbering::new(&[5, 6]);
+        assert_ne!(n.number((5, 100)), n.number((6, 100)));
+        let big = n.number((6, 1 << 60));
+        assert!(big >= ALLOCATED_BASE);
+        assert_eq!(big, n.number((6, 1 << 60)));
+        assert!(n.number((7, 3)) >= ALLOCATED_BASE);
+    }
+
+    #[test]
+    fn alias_keeps_number_across_copy_up() {
+        let n = Numbering::new(&[5]);
+        let lower = n.number((5, 10));
+        n.alias((5, 99), lower);
+        assert_eq!(n.number((5, 99)), 10);
+        n.unalias((5, 99));
+        assert_eq!(n.number((5, 99)), 99);
+    }
+
+    #[test]
+    fn lookup_and_forget() {
+        let t = InodeTable::new(
+            Numbering::new(&[5]),
+            Inode::new(ROOT_INO, libc::S_IFDIR, state((5, 2))),
+        );
+        let make = |ino| Inode::new(ino, libc::S_IFREG, state((5, 10)));
+        let a = t.lookup((5, 10), libc::S_IFREG, make);
+        let b = t.lookup((5, 10), libc::S_IFREG, make);
+        assert_eq!(a.ino, 10);
+        assert!(Arc::ptr_eq(&a, &b));
+        t.forget(10, 1);
+        assert!(t.get(10).is_some());
+        t.forget(10, 1);
+        assert!(t.get(10).is_none());
+        t.forget(ROOT_INO, 5);
+        assert!(t.get(ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn conflicting_identity_gets_fresh_number() {
+        let t = InodeTable::new(
+            Numbering::new(&[5]),
+            Inode::new(ROOT_INO, libc::S_IFDIR, state((5, 2))),
+        );
+        let a = t.lookup((5, 10), libc::S_IFREG, |ino| {
+            Inode::new(ino, libc::S_IFREG, state((5, 10)))
+        });
+        a.update(|s| s.real = (5, 77));
+        let b = t.lookup((5, 10), libc::S_IFREG, |ino| {
+            Inode::new(ino, libc::S_IFREG, state((5, 10)))
+        });
+        assert_ne!(a.ino, b.ino);
+    }
+}

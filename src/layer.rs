@@ -1,0 +1,81 @@
+//! The layers: one upper (optional) and the lowers, each an `O_PATH` fd on its root.
+//!
+//! Layer index 0 is the upper when there is one; lowers follow top to bottom. All access
+//! below a root goes through `*at` calls on fds that descend from that root one component at
+//! a time (see `dircache`), never through a path string, so nothing escapes a layer.
+
+use crate::error::{Errno, FsResult};
+use crate::sys;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Index of a layer in `Layers::all` (0 is the upper when there is one).
+pub type LayerIdx = u16;
+
+pub struct Layer {
+    pub path: PathBuf,
+    pub root: Arc<OwnedFd>,
+    pub dev: u64,
+}
+
+impl Layer {
+    fn open(path: &Path) -> FsResult<Layer> {
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let fd = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?;
+        let st = sys::fstat(fd.as_fd())?;
+        Ok(Layer {
+            path: path.to_path_buf(),
+            root: Arc::new(fd),
+            dev: st.dev,
+        })
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+pub struct Layers {
+    pub all: Vec<Layer>,
+    pub has_upper: bool,
+}
+
+impl Layers {
+    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Layers, (PathBuf, Errno)> {
+        let mut all = Vec::new();
+        if let Some(u) = upper {
+            all.push(Layer::open(u).map_err(|e| (u.to_path_buf(), e))?);
+        }
+        for l in lowers {
+            all.push(Layer::open(l).map_err(|e| (l.clone(), e))?);
+        }
+        Ok(Layers {
+            all,
+            has_upper: upper.is_some(),
+        })
+    }
+
+    pub fn get(&self, idx: LayerIdx) -> FsResult<&Layer> {
+        self.all.get(idx as usize).ok_or(Errno::EIO)
+    }
+
+    pub fn is_upper(&self, idx: LayerIdx) -> bool {
+        self.has_upper && idx == 0
+    }
+
+    /// Index of the upper layer, or EROFS for a read-only mount.
+    pub fn upper_idx(&self) -> FsResult<LayerIdx> {
+        if self.has_upper {
+            Ok(0)
+        } else {
+            Err(Errno::EROFS)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+}

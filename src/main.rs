@@ -1,0 +1,58 @@
+//! layover: a userspace OverlayFS on FUSE. This file parses the command line, sets up
+//! logging and hands over to `mount`; it is the one place that prints a fatal error and
+//! picks the exit status.
+
+mod cli;
+mod config;
+mod dircache;
+mod error;
+mod fuse;
+mod handle;
+mod inode;
+mod layer;
+mod mount;
+mod overlay;
+#[allow(unsafe_code)]
+mod sys;
+mod whiteout;
+
+use std::process::ExitCode;
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_micros()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let cmd = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("layover: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        cli::Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        cli::Command::Version => {
+            println!("layover {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        cli::Command::Mount(m) => {
+            init_logging(m.debug);
+            let result = config::Config::from_args(&m).and_then(mount::run);
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("layover: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Starting the daemon: mount through /dev/fuse (fusermount3 when unprivileged), detach
+//! into the background once the mount is live, serve it with a multi-threaded session, and
+//! exit as soon as it is unmounted (umount, fusermount3 -u, or SIGTERM/SIGINT/SIGHUP).
+
+use crate::config::Config;
+use crate::error::StartupError;
+use crate::fuse::Fs;
+use crate::overlay::Overlay;
+use crate::sys;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn threads(cfg: &Config) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cfg.threads.unwrap_or((cpus * 2).clamp(4, 16)).max(1)
+}
+
+fn cstr(s: &[u8], what: &str) -> Result<CString, StartupError> {
+    CString::new(s).map_err(|_| StartupError::new(format!("{what} contains a NUL byte")))
+}
+
+/// mount(2) of a FUSE filesystem on the opened /dev/fuse. `Ok(false)`: not permitted.
+fn kernel_mount(cfg: &Config, dev: &OwnedFd) -> Result<bool, StartupError> {
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        sys::geteuid(),
+        sys::getegid()
+    );
+    if cfg.allow_other || cfg.allow_root {
+        data.push_str(",allow_other");
+    }
+    for k in &cfg.kernel_data {
+        data.push(',');
+        data.push_str(k);
+    }
+    let source = cstr(cfg.source.as_bytes(), "source")?;
+    let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
+    let data = cstr(data.as_bytes(), "mount options")?;
+    match sys::mount(&source, &target, c"fuse.layover", cfg.mount_flags, &data) {
+        Ok(()) => Ok(true),
+        Err(e) if e.0 == libc::EPERM => Ok(false),
+        Err(e) => Err(StartupError::new(format!(
+            "cannot mount on '{}': {e}",
+            cfg.mountpoint.display()
+        ))),
+    }
+}
+
+fn session_config(cfg: &Config) -> fuser::Config {
+    let mut c = fuser::Config::default();
+    c.n_threads = Some(threads(cfg));
+    c.clone_fd = true;
+    c.acl = if cfg.allow_other {
+        fuser::SessionACL::All
+    } else if cfg.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    c
+}
+
+/// Mounts and completes the FUSE handshake: when this returns, the mount is live.
+fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, StartupError> {
+    let dev = sys::open_fuse_device()
+        .map_err(|e| StartupError::new(format!("cannot open /dev/fuse: {e}")))?;
+    let fs = Fs::new(Arc::clone(ov));
+    let scfg = session_config(cfg);
+    if kernel_mount(cfg, &dev)? {
+        let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
+        return fuser::Session::from_fd(fs, dev, scfg.acl, scfg).map_err(|e| {
+            let _ = sys::umount(&target, true); // no half-mounted state is left behind
+            StartupError::new(format!("FUSE handshake failed: {e}"))
+        });
+    }
+    // Unprivileged: let fusermount3 mount it.
+    drop(dev);
+    let mut scfg = scfg;
+    scfg.mount_options = vec![
+        fuser::MountOption::FSName(cfg.source.clone()),
+        fuser::MountOption::Subtype("layover".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if cfg.read_only {
+        scfg.mount_options.push(fuser::MountOption::RO);
+    }
+    fuser::Session::new(fs, &cfg.mountpoint, &scfg).map_err(|e| {
+        StartupError::new(format!(
+            "cannot mount on '{}': {e}",
+            cfg.mountpoint.display()
+        ))
+    })
+}
+
+/// Unmounts on SIGTERM/SIGINT/SIGHUP (lazily, so that open files stay usable until
+/// closed); the session then ends by itself.
+fn spawn_signal_thread(cfg: &Config) {
+    let target = CString::new(cfg.mountpoint.as_os_str().as_bytes()).unwrap_or_default();
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let sig = sys::wait_signal(&SIGNALS);
+                log::info!("signal {sig}: unmounting");
+                if let Err(e) = sys::umount(&target, true) {
+                    log::error!("unmount failed ({e}); exiting");
+                    sys::exit_now(1);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no signal thread ({e}): signals will end the daemon without unmounting");
+    }
+}
+
+/// Runs the mount to its end. Returns only on a startup failure.
+pub fn run(cfg: Config) -> Result<(), StartupError> {
+    for u in &cfg.unknown {
+        eprintln!("layover: warning: unknown option '{u}' ignored");
+    }
+    sys::raise_nofile_limit();
+    // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
+    sys::umask(0);
+    let ov = Arc::new(Overlay::new(cfg.clone())?);
+    // Every thread spawned from here on inherits the blocked signals; one thread takes them.
+    sys::block_signals(&SIGNALS);
+
+    let notify = if cfg.foreground {
+        None
+    } else {
+        let (rd, wr) = sys::pipe().map_err(|e| StartupError::new(format!("pipe: {e}")))?;
+        match sys::fork().map_err(|e| StartupError::new(format!("fork: {e}")))? {
+            sys::Fork::Parent => {
+                drop(wr);
+                let mut msg = Vec::new();
+                let _ = sys::read_all(rd.as_fd(), &mut msg);
+                if msg == b"ok" {
+                    sys::exit_now(0);
+                }
+                let text = String::from_utf8_lossy(&msg);
+                let text = if text.is_empty() {
+                    "the daemon exited during startup".into()
+                } else {
+                    text
+                };
+                return Err(StartupError::new(text));
+            }
+            sys::Fork::Child => {
+                drop(rd);
+                sys::setsid();
+                Some(wr)
+            }
+        }
+    };
+
+    let session = match start_session(&cfg, &ov) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(wr) = notify {
+                sys::write_all(wr.as_fd(), e.0.as_bytes());
+                sys::exit_now(1);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(wr) = notify {
+        sys::write_all(wr.as_fd(), b"ok");
+        drop(wr);
+        if !cfg.debug {
+            sys::redirect_stdio_to_null();
+        }
+    }
+    log::info!(
+        "mounted {} ({} lower, {}), {} threads",
+        cfg.mountpoint.display(),
+        cfg.lowerdirs.len(),
+        if cfg.read_only { "read-only" } else { "upper" },
+        threads(&cfg)
+    );
+    spawn_signal_thread(&cfg);
+    let result = session.run();
+    // Unmounted: let go of every layer at once. Exiting without running destructors means
+    // no time is spent freeing the inode table while the layers are still held.
+    match result {
+        Ok(()) => sys::exit_now(0),
+        Err(e) => {
+            log::error!("session ended with an error: {e}");
+            sys::exit_now(1)
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Copy-up: making the upper layer hold an object that so far only a lower holds.
+//!
+//! Parents first. Each object is built in the work directory under a temporary name — data
+//! (reflink, else copy_file_range hole by hole), xattrs (not the overlay's own), owner, mode,
+//! times — fsynced unless the mount is volatile, then renamed into place, so a crash never
+//! leaves a partial object in the upper. The upper parent's timestamps are put back
+//! afterwards. Copy-up is serialised per inode: other files stay usable meanwhile.
+
+use super::{Overlay, cname};
+use crate::error::{Errno, FsResult};
+use crate::inode::{Inode, Presence};
+use crate::sys::{self, Stat, TimeSpec};
+use crate::whiteout::is_private_xattr;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Removes a temporary object in the work directory unless disarmed.
+pub(super) struct TempGuard<'a> {
+    pub dir: BorrowedFd<'a>,
+    pub name: CString,
+    pub is_dir: bool,
+    pub armed: bool,
+}
+
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = sys::unlinkat(self.dir, &self.name, self.is_dir)
+        {
+            log::warn!(
+                "could not remove temporary {:?} from workdir: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Xattrs whose loss changes meaning: a failure to copy them fails the copy-up.
+fn must_copy_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"system.posix_acl") || name == b"security.capability"
+}
+
+fn times(st: &Stat) -> (TimeSpec, TimeSpec) {
+    (
+        TimeSpec::Set(st.atime.0, st.atime.1),
+        TimeSpec::Set(st.mtime.0, st.mtime.1),
+    )
+}
+
+/// Copies file data from `src` to `dst`, keeping holes: reflink when the filesystem can,
+/// else copy_file_range over each data extent, else read/write.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> FsResult<()> {
+    if size == 0 || sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off = 0u64;
+    while off < size {
+        let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(e) if e == Errno(libc::ENXIO) => break,
+            Err(_) => off, // SEEK_DATA unsupported: treat everything as data
+        };
+        let end = match sys::lseek(src, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(_) => size,
+        };
+        copy_range(src, dst, data, end)?;
+        off = end;
+    }
+    sys::ftruncate(dst, size)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) -> FsResult<()> {
+    while pos < end {
+        let want = ((end - pos) as usize).min(1 << 30);
+        match sys::copy_file_range(src, pos, dst, pos, want) {
+            Ok(0) => return Ok(()), // the source shrank underneath: stop at its end
+            Ok(n) => pos += n as u64,
+            Err(e)
+                if [libc::EXDEV, libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP].contains(&e.0) =>
+            {
+                return copy_by_reading(src, dst, pos, end);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_reading(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut pos: u64,
+    end: u64,
+) -> FsResult<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = sys::pread(src, &mut buf[..want], pos)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut w = 0;
+        while w < n {
+            w += sys::pwrite(dst, &buf[w..n], pos + w as u64)?;
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+impl Overlay {
+    /// Copies the xattrs of `src` (name in dir) to `dst` (name in dir), except ours.
+    pub(super) fn copy_xattrs(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &CStr,
+        ddir: BorrowedFd<'_>,
+        dname: &CStr,
+    ) -> FsResult<()> {
+        let names = match sys::listxattr_names(sdir, sname) {
+            Ok(n) => n,
+            Err(e) if e == Errno::EOPNOTSUPP => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for n in names {
+            if is_private_xattr(self.xattr_ns(), &n) {
+                continue;
+            }
+            let cn = cname(&n)?;
+            let v = match sys::getxattr_vec(sdir, sname, &cn) {
+                Ok(v) => v,
+                Err(e) if e == Errno::ENODATA => continue,
+                Err(e) => return Err(e),
+            };
+            match sys::setxattrat(ddir, dname, &cn, &v, 0) {
+                Ok(()) => {}
+                Err(e) if e == Errno::EOPNOTSUPP && !must_copy_xattr(&n) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure `inode` lives in the upper layer, copying it (and its parents) up.
+    pub fn copy_up(&self, inode: &Arc<Inode>) -> FsResult<()> {
+        let upper = self.layers.upper_idx()?;
+        if inode.top().is_some_and(|t| t.layer == upper) {
+            return Ok(());
+        }
+        let parent = inode.parent().ok_or(Errno::EIO)?;
+        self.copy_up(&parent)?;
+        let _serial = inode.copy_up_lock.lock();
+        let Some(top) = inode.top() else {
+            return Err(Errno::ESTALE);
+        };
+        if top.layer == upper {
+            return Ok(()); // another thread did it while we waited
+        }
+        let (sdir, sname, _) = self.locate(inode)?;
+        let src = sys::fstatat(sdir.as_fd(), &sname)?;
+        let udir = self.dir_fd(&parent, upper)?;
+        let (pdir, pname, _) = self.locate(&parent)?;
+        let parent_before = sys::fstatat(pdir.as_fd(), &pname)?;
+
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let mut guard = TempGuard {
+            dir: work,
+            name: tmp.clone(),
+            is_dir: src.is_dir(),
+            armed: false,
+        };
+        self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
+        let made = sys::fstatat(work, &tmp)?;
+        sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)?;
+        guard.armed = false;
+        let (a, m) = times(&parent_before);
+        if let Err(e) = sys::utimensat(pdir.as_fd(), &pname, a, m) {
+            log::warn!("copy-up: could not restore the parent's times: {e}");
+        }
+
+        self.inodes.numbers.alias((made.dev, made.ino), inode.ino);
+        inode.update(|s| {
+            let mut layers = vec![Presence {
+                layer: upper,
+                xwhiteouts: false,
+            }];
+            if src.is_dir() {
+                layers.extend(s.layers.iter().copied());
+            }
+            s.layers = layers.into_boxed_slice();
+            s.real = (made.dev, made.ino);
+        });
+        if src.is_dir() {
+            self.invalidate_dir(inode.ino);
+        }
+        inode.data_gen.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Builds the copy of `src` as `tmp` in the work directory (the guard removes it on
+    /// failure once armed).
+    fn build_copy(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &CStr,
+        src: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &CStr,
+        guard: &mut TempGuard<'_>,
+    ) -> FsResult<()> {
+        let perm = src.mode & 0o7777;
+        match src.file_type() {
+            libc::S_IFREG => {
+                let sfd = sys::openat(sdir, sname, libc::O_RDONLY, 0)?;
+                let dfd = sys::openat(
+                    work,
+                    tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    0o600,
+                )?;
+                guard.armed = true;
+                copy_data(sfd.as_fd(), dfd.as_fd(), src.size as u64)?;
+                self.copy_xattrs(sdir, sname, work, tmp)?;
+                sys::fchownat(dfd.as_fd(), sys::EMPTY, src.uid, src.gid)?;
+                sys::fchmod(dfd.as_fd(), perm)?;
+                let (a, m) = times(src);
+                sys::utimensat(dfd.as_fd(), sys::EMPTY, a, m)?;
+                if self.cfg.durable_copy_up {
+                    sys::fsync(dfd.as_fd(), false)?;
+                }
+            }
+            libc::S_IFDIR => {
+                sys::mkdirat(work, tmp, 0o700)?;
+                guard.armed = true;
+                self.finish_attrs(sdir, sname, src, work, tmp)?;
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(sdir, sname)?;
+                sys::symlinkat(&cname(&target)?, work, tmp)?;
+                guard.armed = true;
+                self.copy_xattrs(sdir, sname, work, tmp)?;
+                sys::fchownat(work, tmp, src.uid, src.gid)?;
+                let (a, m) = times(src);
+                sys::utimensat(work, tmp, a, m)?;
+            }
+            _ => {
+                sys::mknodat(work, tmp, src.file_type() | 0o600, src.rdev)?;
+                guard.armed = true;
+                self.finish_attrs(sdir, sname, src, work, tmp)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// xattrs, owner, mode and times of a directory or special file, by name.
+    fn finish_attrs(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &CStr,
+        src: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &CStr,
+    ) -> FsResult<()> {
+        self.copy_xattrs(sdir, sname, work, tmp)?;
+        sys::fchownat(work, tmp, src.uid, src.gid)?;
+        sys::fchmodat(work, tmp, src.mode & 0o7777)?;
+        let (a, m) = times(src);
+        sys::utimensat(work, tmp, a, m)
+    }
+}

@@ -1,0 +1,305 @@
+//! Creating names: mknod, mkdir, symlink, link and create, as the kernel does them.
+//!
+//! A new object goes straight into the upper parent when the upper holds nothing at that
+//! name. Over a whiteout it is built in the work directory and exchanged with the whiteout
+//! (RENAME_EXCHANGE), which is then removed; a directory made over a whiteout is marked
+//! opaque so the lower contents stay hidden. Objects are created by the daemon and then
+//! given to the caller (uid, gid — the parent's gid when the parent is setgid).
+
+use super::{Caller, Entry, Overlay, cname};
+use crate::error::{Errno, FsResult};
+use crate::inode::{Inode, Presence};
+use crate::sys::{self, Stat};
+use crate::whiteout;
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// What to create.
+pub enum NewNode<'a> {
+    /// mknod: full mode (type and permissions) and device number.
+    Node {
+        mode: u32,
+        rdev: u64,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: &'a [u8],
+    },
+    /// A regular file, opened with these flags (create).
+    File {
+        mode: u32,
+        flags: i32,
+    },
+}
+
+/// What the upper holds at a name we are about to create.
+enum UpperSlot {
+    Empty,
+    /// A 0/0 character-device whiteout.
+    Whiteout,
+    /// An AUFS `.wh.NAME` file (and nothing at NAME).
+    AufsWhiteout,
+}
+
+impl Overlay {
+    fn upper_slot(&self, udir: BorrowedFd<'_>, name: &[u8], cn: &CStr) -> FsResult<UpperSlot> {
+        match sys::fstatat(udir, cn) {
+            Ok(st) if whiteout::is_whiteout_dev(&st) => return Ok(UpperSlot::Whiteout),
+            Ok(_) => return Err(Errno::EEXIST),
+            Err(e) if e == Errno::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(wh) = whiteout::aufs_whiteout_for(name)
+            && sys::fstatat(udir, &cname(&wh)?).is_ok()
+        {
+            return Ok(UpperSlot::AufsWhiteout);
+        }
+        Ok(UpperSlot::Empty)
+    }
+
+    /// The owner and final mode of a new object in a directory with attributes `pst`.
+    fn new_owner(&self, caller: Caller, pst: &Stat, kind: u32, mode: u32) -> (u32, u32, u32) {
+        let mut mode = mode & 0o7777;
+        let setgid_parent = pst.mode & libc::S_ISGID != 0;
+        let gid = if setgid_parent { pst.gid } else { caller.gid };
+        if kind == libc::S_IFDIR && setgid_parent {
+            mode |= libc::S_ISGID;
+        } else if kind != libc::S_IFDIR
+            && mode & libc::S_ISGID != 0
+            && caller.uid != 0
+            && gid != caller.gid
+            && !sys::pid_in_group(caller.pid, gid)
+        {
+            mode &= !libc::S_ISGID;
+        }
+        (caller.uid, gid, mode)
+    }
+
+    /// Creates `what` as `name` (in `dir`): the raw object, no ownership yet. Returns an open
+    /// fd for regular files.
+    fn make_raw(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        what: &NewNode<'_>,
+    ) -> FsResult<Option<OwnedFd>> {
+        match what {
+            NewNode::Node { mode, rdev } => sys::mknodat(dir, name, *mode, *rdev).map(|_| None),
+            NewNode::Dir { mode } => sys::mkdirat(dir, name, mode & 0o7777).map(|_| None),
+            NewNode::Symlink { target } => sys::symlinkat(&cname(target)?, dir, name).map(|_| None),
+            NewNode::File { mode, flags } => {
+                let acc = flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC);
+                sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL, mode & 0o7777).map(Some)
+            }
+        }
+    }
+
+    /// Applies the caller's umask unless the directory has a default ACL.
+    fn apply_umask<'a>(&self, dir: BorrowedFd<'_>, what: NewNode<'a>, umask: u32) -> NewNode<'a> {
+        if umask == 0
+            || sys::getxattrat(dir, sys::EMPTY, c"system.posix_acl_default", &mut []).is_ok()
+        {
+            return what;
+        }
+        match what {
+            NewNode::Node { mode, rdev } => NewNode::Node {
+                mode: mode & !umask,
+                rdev,
+            },
+            NewNode::Dir { mode } => NewNode::Dir {
+                mode: mode & !umask,
+            },
+            NewNode::File { mode, flags } => NewNode::File {
+                mode: mode & !umask,
+                flags,
+            },
+            s @ NewNode::Symlink { .. } => s,
+        }
+    }
+
+    fn kind_of(what: &NewNode<'_>) -> u32 {
+        match what {
+            NewNode::Node { mode, .. } => mode & libc::S_IFMT,
+            NewNode::Dir { .. } => libc::S_IFDIR,
+            NewNode::Symlink { .. } => libc::S_IFLNK,
+            NewNode::File { .. } => libc::S_IFREG,
+        }
+    }
+
+    fn mode_of(what: &NewNode<'_>) -> u32 {
+        match what {
+            NewNode::Node { mode, .. } | NewNode::Dir { mode } | NewNode::File { mode, .. } => {
+                *mode
+            }
+            NewNode::Symlink { .. } => 0o777,
+        }
+    }
+
+    /// Gives a freshly made object its owner and mode.
+    fn set_owner(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        kind: u32,
+        owner: (u32, u32, u32),
+        wanted: u32,
+    ) -> FsResult<()> {
+        let (uid, gid, mode) = owner;
+        sys::fchownat(dir, name, uid, gid)?;
+        // chown clears setuid/setgid of non-directories, and mkdir may not keep them all.
+        if kind != libc::S_IFLNK && (mode != wanted & 0o7777 || mode & 0o7000 != 0) {
+            sys::fchmodat(dir, name, mode)?;
+        }
+        Ok(())
+    }
+
+    /// Creates `name` in directory `parent` for `caller`. Returns the new entry and, for a
+    /// regular file, its open fd.
+    pub fn create_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        what: NewNode<'_>,
+        caller: Caller,
+    ) -> FsResult<(Entry, Option<OwnedFd>)> {
+        self.check_writable()?;
+        let parent = self.inode(parent)?;
+        if self.resolve(&parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if let NewNode::Node { mode, rdev } = what
+            && mode & libc::S_IFMT == libc::S_IFCHR
+            && rdev == 0
+        {
+            return Err(Errno::EPERM); // a whiteout cannot be made through the overlay
+        }
+        self.copy_up(&parent)?;
+        let upper = self.layers.upper_idx()?;
+        let udir = self.dir_fd(&parent, upper)?;
+        let cn = cname(name)?;
+        let slot = self.upper_slot(udir.as_fd(), name, &cn)?;
+        let pst = sys::fstat(udir.as_fd())?;
+        let kind = Self::kind_of(&what);
+        let what = self.apply_umask(udir.as_fd(), what, caller.umask);
+        let owner = self.new_owner(caller, &pst, kind, Self::mode_of(&what));
+        let fd = match slot {
+            UpperSlot::Whiteout => {
+                self.create_over_whiteout(udir.as_fd(), &cn, &what, kind, owner)?
+            }
+            UpperSlot::Empty | UpperSlot::AufsWhiteout => {
+                let fd = self.make_raw(udir.as_fd(), &cn, &what)?;
+                if let Err(e) = self.set_owner(udir.as_fd(), &cn, kind, owner, Self::mode_of(&what))
+                {
+                    let _ = sys::unlinkat(udir.as_fd(), &cn, kind == libc::S_IFDIR); // undo
+                    return Err(e);
+                }
+                if let UpperSlot::AufsWhiteout = slot {
+                    if let Some(wh) = whiteout::aufs_whiteout_for(name) {
+                        sys::unlinkat(udir.as_fd(), &cname(&wh)?, false)?;
+                    }
+                    if kind == libc::S_IFDIR {
+                        self.set_opaque(udir.as_fd(), &cn)?;
+                    }
+                }
+                fd
+            }
+        };
+        let st = sys::fstatat(udir.as_fd(), &cn)?;
+        let entry = self.enter_upper(&parent, name, st);
+        Ok((entry, fd))
+    }
+
+    /// Builds the object in the work directory, exchanges it with the whiteout at `cn`, and
+    /// removes the whiteout.
+    fn create_over_whiteout(
+        &self,
+        udir: BorrowedFd<'_>,
+        cn: &CStr,
+        what: &NewNode<'_>,
+        kind: u32,
+        owner: (u32, u32, u32),
+    ) -> FsResult<Option<OwnedFd>> {
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let fd = self.make_raw(work, &tmp, what)?;
+        let mut guard = super::copy_up::TempGuard {
+            dir: work,
+            name: tmp.clone(),
+            is_dir: kind == libc::S_IFDIR,
+            armed: true,
+        };
+        self.set_owner(work, &tmp, kind, owner, Self::mode_of(what))?;
+        if kind == libc::S_IFDIR {
+            self.set_opaque(work, &tmp)?;
+        }
+        sys::renameat2(work, &tmp, udir, cn, sys::RENAME_EXCHANGE)?;
+        // The whiteout is now at `tmp` in the work directory.
+        guard.is_dir = false;
+        drop(guard);
+        Ok(fd)
+    }
+
+    /// Marks a directory opaque.
+    pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<()> {
+        sys::setxattrat(dir, name, self.opaque_name(), b"y", 0)
+    }
+
+    /// Registers an object that now lives only in the upper as `name` in `parent`.
+    pub(super) fn enter_upper(&self, parent: &Arc<Inode>, name: &[u8], st: Stat) -> Entry {
+        let found = super::lookup::Found {
+            layers: vec![Presence {
+                layer: 0,
+                xwhiteouts: false,
+            }],
+            stat: st,
+        };
+        self.enter(parent, name, found)
+    }
+
+    /// link(): copies the source up and links it in the upper.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Entry> {
+        self.check_writable()?;
+        let inode = self.inode(ino)?;
+        if inode.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        let parent = self.inode(newparent)?;
+        if self.resolve(&parent, newname)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(&inode)?;
+        self.copy_up(&parent)?;
+        let upper = self.layers.upper_idx()?;
+        let (sdir, sname, _) = self.locate(&inode)?;
+        let udir = self.dir_fd(&parent, upper)?;
+        let cn = cname(newname)?;
+        match self.upper_slot(udir.as_fd(), newname, &cn)? {
+            UpperSlot::Whiteout => {
+                let work = self.work_fd()?;
+                let tmp = self.temp_name();
+                sys::linkat(sdir.as_fd(), &sname, work, &tmp)?;
+                let guard = super::copy_up::TempGuard {
+                    dir: work,
+                    name: tmp.clone(),
+                    is_dir: false,
+                    armed: true,
+                };
+                sys::renameat2(work, &tmp, udir.as_fd(), &cn, sys::RENAME_EXCHANGE)?;
+                drop(guard); // removes the whiteout, now at tmp
+            }
+            slot => {
+                sys::linkat(sdir.as_fd(), &sname, udir.as_fd(), &cn)?;
+                if let UpperSlot::AufsWhiteout = slot
+                    && let Some(wh) = whiteout::aufs_whiteout_for(newname)
+                {
+                    sys::unlinkat(udir.as_fd(), &cname(&wh)?, false)?;
+                }
+            }
+        }
+        let st = sys::fstatat(udir.as_fd(), &cn)?;
+        Ok(self.enter_upper(&parent, newname, st))
+    }
+}

@@ -1,0 +1,182 @@
+//! Open files: open (copying up first when opened for writing), read, write, fsync,
+//! lseek, fallocate, copy_file_range; and statfs.
+
+use super::Overlay;
+use crate::error::{Errno, FsResult};
+use crate::handle::FileHandle;
+use crate::sys;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub use crate::sys::StatFs;
+
+/// Flags that must not reach the real open: creation is done, appends are positioned by the
+/// kernel, O_DIRECT alignment is the kernel's business on our side of FUSE.
+const STRIP: i32 = libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_DIRECT
+    | libc::O_NOFOLLOW;
+
+pub fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl Overlay {
+    /// Opens the top real file of `inode` with `flags` (already copied up if writing).
+    fn open_real(
+        &self,
+        inode: &Arc<crate::inode::Inode>,
+        flags: i32,
+    ) -> FsResult<(Arc<OwnedFd>, u64)> {
+        let generation = inode.data_gen.load(Ordering::Acquire);
+        let (dir, name, _) = self.locate(inode)?;
+        let fd = sys::openat(dir.as_fd(), &name, (flags & !STRIP) | libc::O_CLOEXEC, 0)?;
+        Ok((Arc::new(fd), generation))
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let inode = self.inode(ino)?;
+        if inode.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if wants_write(flags) {
+            self.check_writable()?;
+            self.copy_up(&inode)?;
+        }
+        let (fd, generation) = self.open_real(&inode, flags)?;
+        if flags & libc::O_TRUNC != 0 {
+            sys::ftruncate(fd.as_fd(), 0)?;
+        }
+        let fh = self.handles.add_file(FileHandle {
+            inode,
+            file: parking_lot::Mutex::new((Arc::clone(&fd), generation)),
+            flags,
+        });
+        Ok(fh)
+    }
+
+    /// The handle's real file, re-opened if the data moved (copy-up) since it was opened:
+    /// a reader that opened the lower file sees what is written after the copy-up.
+    pub(super) fn handle_fd(&self, fh: u64) -> FsResult<(Arc<FileHandle>, Arc<OwnedFd>)> {
+        let h = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        let (fd, generation) = h.current();
+        if generation == h.inode.data_gen.load(Ordering::Acquire) {
+            return Ok((h, fd));
+        }
+        let (fd, generation) = self.open_real(&h.inode, h.flags)?;
+        h.replace(Arc::clone(&fd), generation);
+        Ok((h, fd))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (_, fd) = self.handle_fd(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let (_, fd) = self.handle_fd(fh)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let n = sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(Errno::EIO);
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove_file(fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let (_, fd) = self.handle_fd(fh)?;
+        sys::fsync(fd.as_fd(), datasync)
+    }
+
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> FsResult<()> {
+        let inode = self.inode(ino)?;
+        let top = inode.top().ok_or(Errno::ESTALE)?;
+        if !self.layers.is_upper(top.layer) {
+            return Ok(());
+        }
+        let fd = self.dir_fd(&inode, top.layer)?;
+        let rd = sys::openat(fd.as_fd(), sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        sys::fsync(rd.as_fd(), datasync)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let (_, fd) = self.handle_fd(fh)?;
+        sys::lseek(fd.as_fd(), offset, whence)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let (_, fd) = self.handle_fd(fh)?;
+        sys::fallocate(fd.as_fd(), mode, offset, len)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> FsResult<usize> {
+        let (_, src) = self.handle_fd(fh_in)?;
+        let (_, dst) = self.handle_fd(fh_out)?;
+        let len = len.min(1 << 30) as usize;
+        sys::copy_file_range(src.as_fd(), off_in, dst.as_fd(), off_out, len)
+    }
+
+    /// access(): permissions are the kernel's (default_permissions); what is left to say is
+    /// that a read-only mount cannot be written.
+    pub fn access(&self, ino: u64, mask: i32) -> FsResult<()> {
+        let inode = self.inode(ino)?;
+        if mask & libc::W_OK != 0 && self.check_writable().is_err() {
+            return Err(Errno::EROFS);
+        }
+        let (dir, name, _) = self.locate(&inode)?;
+        sys::fstatat(dir.as_fd(), &name).map(drop)
+    }
+
+    /// create(): a new regular file, opened.
+    pub fn create_file(
+        &self,
+        parent: u64,
+        name: &[u8],
+        what: super::NewNode<'_>,
+        flags: i32,
+        caller: super::Caller,
+    ) -> FsResult<(super::Entry, u64)> {
+        let (entry, fd) = self.create_node(parent, name, what, caller)?;
+        let fd = fd.ok_or(Errno::EIO)?;
+        let generation = entry.inode.data_gen.load(Ordering::Acquire);
+        let fh = self.handles.add_file(FileHandle {
+            inode: Arc::clone(&entry.inode),
+            file: parking_lot::Mutex::new((Arc::new(fd), generation)),
+            flags,
+        });
+        Ok((entry, fh))
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let layer = self.layers.get(0)?;
+        sys::fstatfs(layer.root_fd())
+    }
+}

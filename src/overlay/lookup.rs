@@ -1,0 +1,160 @@
+//! Finding a name in the layers, as the kernel's ovl_lookup does: the upper first, then the
+//! lowers top to bottom; a non-directory or a whiteout ends the search; a directory merges
+//! with directories below it until a layer holds a non-directory or it is opaque.
+
+use super::{Entry, Overlay, cname};
+use crate::error::{Errno, FsResult};
+use crate::inode::{Inode, InodeState, Presence};
+use crate::sys::{self, Stat};
+use crate::whiteout::{self, Opacity};
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+/// The result of resolving one name in a directory.
+pub struct Found {
+    /// Layers holding the object, top first (several only for a merged directory).
+    pub layers: Vec<Presence>,
+    /// The top object's attributes.
+    pub stat: Stat,
+}
+
+impl Overlay {
+    /// What the overlay's opaque xattr on `name` (relative to `dir`) says, plus the AUFS
+    /// opaque marker inside it.
+    pub(super) fn opacity(&self, dir: BorrowedFd<'_>, name: &CStr) -> Opacity {
+        let mut buf = [0u8; 8];
+        let op = match sys::getxattrat(dir, name, self.opaque_name(), &mut buf) {
+            Ok(n) => whiteout::opacity_from_value(&buf[..n]),
+            Err(_) => Opacity::None,
+        };
+        if op != Opacity::None {
+            return op;
+        }
+        // `.wh..wh..opq` inside the directory (OCI/AUFS layers).
+        if let Ok(sub) = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)
+            && sys::fstatat(
+                sub.as_fd(),
+                &cname(whiteout::OPAQUE_MARKER).unwrap_or_default(),
+            )
+            .is_ok()
+        {
+            return Opacity::Opaque;
+        }
+        Opacity::None
+    }
+
+    /// Is `st` (named `name` in `dir`) a whiteout of any format?
+    fn is_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr, st: &Stat, xwh: bool) -> bool {
+        if whiteout::is_whiteout_dev(st) {
+            return true;
+        }
+        xwh && st.is_reg()
+            && st.size == 0
+            && sys::getxattrat(
+                dir,
+                name,
+                whiteout::xattr_names(self.xattr_ns()).whiteout,
+                &mut [],
+            )
+            .is_ok()
+    }
+
+    /// Is there an AUFS `.wh.NAME` whiteout for `name` in `dir`?
+    fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+        match whiteout::aufs_whiteout_for(name).and_then(|n| cname(&n).ok()) {
+            Some(wh) => sys::fstatat(dir, &wh).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Resolves `name` in the directory `parent`. `Ok(None)`: the name does not exist in the
+    /// merged view.
+    pub fn resolve(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Option<Found>> {
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if whiteout::is_aufs_special(name) {
+            return Ok(None);
+        }
+        let cn = cname(name)?;
+        let pstate = parent.state();
+        let mut found: Option<Found> = None;
+        for p in pstate.layers.iter() {
+            let dirfd = self.dir_fd(parent, p.layer)?;
+            let dir = dirfd.as_fd();
+            let st = match sys::fstatat(dir, &cn) {
+                Ok(st) => st,
+                Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => {
+                    if Self::has_aufs_whiteout(dir, name) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.is_whiteout(dir, &cn, &st, p.xwhiteouts) {
+                break;
+            }
+            match &mut found {
+                None => {
+                    let mut layers = vec![Presence {
+                        layer: p.layer,
+                        xwhiteouts: false,
+                    }];
+                    if !st.is_dir() {
+                        return Ok(Some(Found { layers, stat: st }));
+                    }
+                    let op = self.opacity(dir, &cn);
+                    layers[0].xwhiteouts = op == Opacity::XWhiteouts;
+                    let opaque = op == Opacity::Opaque;
+                    found = Some(Found { layers, stat: st });
+                    if opaque {
+                        break;
+                    }
+                }
+                Some(f) => {
+                    if !st.is_dir() {
+                        break;
+                    }
+                    let op = self.opacity(dir, &cn);
+                    f.layers.push(Presence {
+                        layer: p.layer,
+                        xwhiteouts: op == Opacity::XWhiteouts,
+                    });
+                    if op == Opacity::Opaque {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Takes a lookup reference on the object `found` as `name` in `parent`.
+    pub(super) fn enter(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Entry {
+        let real = (found.stat.dev, found.stat.ino);
+        let kind = found.stat.file_type();
+        let layers: Box<[Presence]> = found.layers.into_boxed_slice();
+        let inode = self.inodes.lookup(real, kind, |ino| {
+            Inode::new(
+                ino,
+                kind,
+                InodeState {
+                    parent: Some(Arc::clone(parent)),
+                    name: name.into(),
+                    layers: layers.clone(),
+                    real,
+                },
+            )
+        });
+        let attr = self.present_attr(&inode, found.stat);
+        Entry { inode, attr }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Entry> {
+        let parent = self.inode(parent)?;
+        let found = self.resolve(&parent, name)?.ok_or(Errno::ENOENT)?;
+        Ok(self.enter(&parent, name, found))
+    }
+}

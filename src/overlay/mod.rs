@@ -1,0 +1,315 @@
+//! The overlay semantics. Every operation takes kernel-facing inode numbers and names and
+//! returns `FsResult<plain data>`; nothing here knows about fuser's types.
+//!
+//! Submodules: `lookup` (finding a name in the layers, getattr), `readdir` (merged listings),
+//! `xattr`, `io` (open, read, write, statfs), `copy_up`, `create`, `remove`, `rename`,
+//! `setattr`.
+
+mod copy_up;
+mod create;
+mod io;
+mod lookup;
+mod readdir;
+mod remove;
+mod rename;
+mod setattr;
+pub mod xattr;
+
+pub use create::NewNode;
+pub use setattr::SetAttr;
+
+use crate::config::{Config, XattrNs};
+use crate::dircache::DirCache;
+use crate::error::{Errno, FsResult, StartupError};
+use crate::handle::HandleTable;
+use crate::inode::{Inode, InodeState, InodeTable, Numbering, Presence, ROOT_INO};
+use crate::layer::{LayerIdx, Layers};
+use crate::sys::{self, Stat};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+/// What the daemon found it may do, probed once at start.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// mknod of a 0/0 character device works in the upper (else `.wh.` files are written).
+    pub whiteout_dev: bool,
+    /// renameat2(RENAME_WHITEOUT) works in the upper.
+    pub rename_whiteout: bool,
+}
+
+/// Who is asking: the caller's credentials, for ownership of new objects.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// The caller's umask: ours to apply (POSIX ACLs are on), unless the parent directory
+    /// has a default ACL, which the upper's filesystem then applies instead.
+    pub umask: u32,
+}
+
+/// A looked-up object: its inode (one lookup reference taken) and its attributes.
+pub struct Entry {
+    pub inode: Arc<Inode>,
+    pub attr: Stat,
+}
+
+pub struct Overlay {
+    pub cfg: Config,
+    pub layers: Layers,
+    /// The work directory (O_PATH), when there is an upper.
+    work: Option<OwnedFd>,
+    pub inodes: InodeTable,
+    pub handles: HandleTable,
+    dirs: DirCache,
+    pub caps: Caps,
+    temp_seq: AtomicU64,
+}
+
+/// Turns a name into a C string (a NUL byte inside is invalid).
+pub fn cname(name: &[u8]) -> FsResult<CString> {
+    CString::new(name).map_err(|_| Errno::EINVAL)
+}
+
+impl Overlay {
+    pub fn new(cfg: Config) -> Result<Overlay, StartupError> {
+        let layers = Layers::open(cfg.upperdir.as_deref(), &cfg.lowerdirs).map_err(|(p, e)| {
+            StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
+        })?;
+        let work = match &cfg.workdir {
+            Some(w) => Some(work::prepare(w)?),
+            None => None,
+        };
+        let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
+        let top = layers.get(0).map_err(|_| StartupError::new("no layers"))?;
+        let root_stat = sys::fstat(top.root_fd())
+            .map_err(|e| StartupError::new(format!("cannot stat '{}': {e}", top.path.display())))?;
+        let caps = match (&work, layers.has_upper) {
+            (Some(w), true) => work::probe(w.as_fd()),
+            _ => Caps {
+                whiteout_dev: false,
+                rename_whiteout: false,
+            },
+        };
+        let root_layers: Box<[Presence]> = (0..layers.len())
+            .map(|l| Presence {
+                layer: l as LayerIdx,
+                xwhiteouts: false,
+            })
+            .collect();
+        let root = Inode::new(
+            ROOT_INO,
+            libc::S_IFDIR,
+            InodeState {
+                parent: None,
+                name: Box::new([]),
+                layers: root_layers,
+                real: (root_stat.dev, root_stat.ino),
+            },
+        );
+        let inodes = InodeTable::new(Numbering::new(&devs), root);
+        let ov = Overlay {
+            cfg,
+            layers,
+            work,
+            inodes,
+            handles: HandleTable::default(),
+            dirs: DirCache::default(),
+            caps,
+            temp_seq: AtomicU64::new(0),
+        };
+        ov.refresh_root_layers();
+        Ok(ov)
+    }
+
+    pub fn xattr_ns(&self) -> XattrNs {
+        self.cfg.xattr_ns
+    }
+
+    pub fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
+        self.inodes.get(ino).ok_or(Errno::ESTALE)
+    }
+
+    /// The `O_PATH` fd of directory `dir` in `layer` (which must hold it).
+    pub fn dir_fd(&self, dir: &Arc<Inode>, layer: LayerIdx) -> FsResult<Arc<OwnedFd>> {
+        if dir.ino == ROOT_INO {
+            return Ok(Arc::clone(&self.layers.get(layer)?.root));
+        }
+        if let Some(fd) = self.dirs.get(dir.ino, layer) {
+            return Ok(fd);
+        }
+        let st = dir.state();
+        let parent = st.parent.ok_or(Errno::ESTALE)?;
+        let pfd = self.dir_fd(&parent, layer)?;
+        let fd = Arc::new(sys::openat(
+            pfd.as_fd(),
+            &cname(&st.name)?,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?);
+        self.dirs.insert(dir.ino, layer, Arc::clone(&fd));
+        Ok(fd)
+    }
+
+    /// Where the top object of `inode` is: (its directory's fd in the top layer, its name,
+    /// the top layer). The root is (layer root, ".").
+    pub fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
+        let st = inode.state();
+        let top = st.top().ok_or(Errno::ESTALE)?;
+        match &st.parent {
+            None => Ok((
+                Arc::clone(&self.layers.get(top.layer)?.root),
+                CString::from(sys::DOT),
+                top,
+            )),
+            Some(parent) => Ok((self.dir_fd(parent, top.layer)?, cname(&st.name)?, top)),
+        }
+    }
+
+    /// Forgets cached directory fds of `ino` (its real directories changed).
+    pub fn invalidate_dir(&self, ino: u64) {
+        self.dirs.invalidate(ino, self.layers.len());
+    }
+
+    /// The root merges every layer's root, stopping below an opaque root.
+    fn refresh_root_layers(&self) {
+        let Ok(root) = self.inode(ROOT_INO) else {
+            return;
+        };
+        let mut layers = Vec::new();
+        for (i, l) in self.layers.all.iter().enumerate() {
+            let op = self.opacity(l.root.as_fd(), sys::DOT);
+            layers.push(Presence {
+                layer: i as LayerIdx,
+                xwhiteouts: op == crate::whiteout::Opacity::XWhiteouts,
+            });
+            if op == crate::whiteout::Opacity::Opaque {
+                break;
+            }
+        }
+        root.update(|s| s.layers = layers.into_boxed_slice());
+    }
+
+    /// Attributes as the merged view reports them: the top object's, with our number, and
+    /// nlink 1 for a directory merged from several layers (as the kernel does).
+    pub fn present_attr(&self, inode: &Inode, mut st: Stat) -> Stat {
+        st.ino = inode.ino;
+        if st.is_dir() && inode.state().layers.len() > 1 {
+            st.nlink = 1;
+        }
+        st
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Stat> {
+        let inode = self.inode(ino)?;
+        let (dir, name, _) = self.locate(&inode)?;
+        let st = sys::fstatat(dir.as_fd(), &name)?;
+        Ok(self.present_attr(&inode, st))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        let is_dir = self.inodes.get(ino).is_some_and(|i| i.is_dir());
+        self.inodes.forget(ino, n);
+        if is_dir && self.inodes.get(ino).is_none() {
+            self.invalidate_dir(ino);
+        }
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        let (dir, name, _) = self.locate(&inode)?;
+        sys::readlinkat(dir.as_fd(), &name)
+    }
+
+    /// A unique name for a temporary object in the work directory.
+    fn temp_name(&self) -> CString {
+        let n = self
+            .temp_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CString::new(format!("#layover.{}.{n}", std::process::id())).unwrap_or_default()
+    }
+
+    fn work_fd(&self) -> FsResult<std::os::fd::BorrowedFd<'_>> {
+        self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
+    }
+
+    /// Fails with EROFS unless the mount can be written.
+    pub fn check_writable(&self) -> FsResult<()> {
+        if self.cfg.read_only || !self.layers.has_upper {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    fn opaque_name(&self) -> &'static CStr {
+        crate::whiteout::xattr_names(self.xattr_ns()).opaque
+    }
+}
+
+/// The work directory: prepared at mount (leftovers of a crash removed), probed for what the
+/// upper's filesystem allows.
+mod work {
+    use super::Caps;
+    use crate::error::StartupError;
+    use crate::sys;
+    use std::ffi::CString;
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    /// Opens the work directory and its `work` subdirectory (as the kernel lays it out),
+    /// emptying the latter of anything a crashed mount left.
+    pub fn prepare(w: &Path) -> Result<OwnedFd, StartupError> {
+        let err = |e| StartupError::new(format!("workdir '{}': {e}", w.display()));
+        let c =
+            CString::new(w.as_os_str().as_bytes()).map_err(|_| err(crate::error::Errno::EINVAL))?;
+        let top = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY).map_err(err)?;
+        match sys::mkdirat(top.as_fd(), c"work", 0o000) {
+            Ok(()) => {}
+            Err(e) if e == crate::error::Errno::EEXIST => {}
+            Err(e) => return Err(err(e)),
+        }
+        let work =
+            sys::openat(top.as_fd(), c"work", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(err)?;
+        empty_dir(work.as_fd()).map_err(err)?;
+        Ok(work)
+    }
+
+    /// Removes everything inside a directory (not following symlinks).
+    pub fn empty_dir(dir: BorrowedFd<'_>) -> crate::error::FsResult<()> {
+        let rd = sys::openat(dir, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        for e in sys::read_dir_entries(rd.as_fd())? {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let name = super::cname(&e.name)?;
+            let st = sys::fstatat(dir, &name)?;
+            if st.is_dir() {
+                let sub = sys::openat(dir, &name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                empty_dir(sub.as_fd())?;
+                sys::unlinkat(dir, &name, true)?;
+            } else {
+                sys::unlinkat(dir, &name, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the upper's filesystem lets us do, tried in the work directory.
+    pub fn probe(work: BorrowedFd<'_>) -> Caps {
+        let name = c"#layover-probe";
+        let whiteout_dev = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
+        let _ = sys::unlinkat(work, name, false); // only cleans up the probe
+        let a = c"#layover-probe-a";
+        let rename_whiteout = sys::mknodat(work, a, libc::S_IFREG | 0o600, 0).is_ok()
+            && sys::renameat2(work, a, work, name, sys::RENAME_WHITEOUT).is_ok();
+        let _ = sys::unlinkat(work, a, false); // probe cleanup: the whiteout left at `a`
+        let _ = sys::unlinkat(work, name, false); // probe cleanup: the renamed file
+        Caps {
+            whiteout_dev,
+            rename_whiteout,
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Merged directory listings: read each layer's directory once, classify its entries
+//! (I/O), then merge them with a pure function.
+
+use super::{Overlay, cname};
+use crate::error::FsResult;
+use crate::handle::DirEntry;
+use crate::inode::{Inode, ROOT_INO};
+use crate::sys;
+use crate::whiteout;
+use std::collections::HashSet;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+/// One entry of one layer's directory, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    pub name: Vec<u8>,
+    /// Our inode number for it.
+    pub ino: u64,
+    pub d_type: u8,
+    /// A whiteout (of any format): hides `name` in the layers below.
+    pub whiteout: bool,
+}
+
+/// Merges per-layer listings (top first) into the merged view: the first layer that has a
+/// name wins; a whiteout hides the name in every layer below it. `.` and `..` are not part
+/// of the input.
+pub fn merge_layers(layers: &[Vec<LayerEntry>]) -> Vec<DirEntry> {
+    let mut out: Vec<DirEntry> = Vec::new();
+    let mut seen: HashSet<&[u8]> = HashSet::new();
+    for entries in layers {
+        for e in entries {
+            if seen.contains(e.name.as_slice()) {
+                continue;
+            }
+            if !e.whiteout {
+                out.push(DirEntry {
+                    name: e.name.clone(),
+                    ino: e.ino,
+                    d_type: e.d_type,
+                });
+            }
+            // A whiteout or a winner: either way the name is settled for the layers below.
+            // Within one layer a name appears once, so inserting after the check is enough.
+            seen.insert(e.name.as_slice());
+        }
+    }
+    out
+}
+
+fn dtype_of_mode(mode: u32) -> u8 {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFREG => libc::DT_REG,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFCHR => libc::DT_CHR,
+        libc::S_IFBLK => libc::DT_BLK,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
+
+impl Overlay {
+    /// Reads and classifies one layer's copy of directory `dir`.
+    fn layer_listing(
+        &self,
+        dir: &Arc<Inode>,
+        p: crate::inode::Presence,
+    ) -> FsResult<Vec<LayerEntry>> {
+        let dirfd = self.dir_fd(dir, p.layer)?;
+        let rd = sys::openat(
+            dirfd.as_fd(),
+            sys::DOT,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        let raw = sys::read_dir_entries(rd.as_fd())?;
+        let mut hidden_by_aufs: Vec<Vec<u8>> = Vec::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for e in raw {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            if whiteout::is_aufs_special(&e.name) {
+                if let Some(target) = whiteout::aufs_hidden_name(&e.name) {
+                    hidden_by_aufs.push(target.to_vec());
+                }
+                continue;
+            }
+            let mut d_type = e.d_type;
+            let mut dev = self.layers.get(p.layer)?.dev;
+            let mut ino = e.ino;
+            let mut whiteout = false;
+            let needs_stat = d_type == libc::DT_CHR
+                || d_type == libc::DT_UNKNOWN
+                || (p.xwhiteouts && d_type == libc::DT_REG);
+            if needs_stat {
+                let cn = cname(&e.name)?;
+                match sys::fstatat(dirfd.as_fd(), &cn) {
+                    Ok(st) => {
+                        d_type = dtype_of_mode(st.mode);
+                        dev = st.dev;
+                        ino = st.ino;
+                        whiteout = whiteout::is_whiteout_dev(&st)
+                            || (p.xwhiteouts
+                                && st.is_reg()
+                                && st.size == 0
+                                && sys::getxattrat(
+                                    dirfd.as_fd(),
+                                    &cn,
+                                    whiteout::xattr_names(self.xattr_ns()).whiteout,
+                                    &mut [],
+                                )
+                                .is_ok());
+                    }
+                    // Vanished since getdents: it is not there any more.
+                    Err(_) => continue,
+                }
+            }
+            let ino = if whiteout {
+                0
+            } else {
+                self.inodes.numbers.number((dev, ino))
+            };
+            out.push(LayerEntry {
+                name: e.name,
+                ino,
+                d_type,
+                whiteout,
+            });
+        }
+        for name in hidden_by_aufs {
+            if !out.iter().any(|e| e.name == name) {
+                out.push(LayerEntry {
+                    name,
+                    ino: 0,
+                    d_type: libc::DT_UNKNOWN,
+                    whiteout: true,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The merged listing of directory `ino`, with `.` and `..` first.
+    pub fn list_dir(&self, dir: &Arc<Inode>) -> FsResult<Vec<DirEntry>> {
+        let st = dir.state();
+        let mut per_layer = Vec::with_capacity(st.layers.len());
+        for p in st.layers.iter() {
+            per_layer.push(self.layer_listing(dir, *p)?);
+        }
+        let merged = merge_layers(&per_layer);
+        let parent_ino = st.parent.as_ref().map_or(ROOT_INO, |p| p.ino);
+        let mut out = Vec::with_capacity(merged.len() + 2);
+        out.push(DirEntry {
+            name: b".".to_vec(),
+            ino: dir.ino,
+            d_type: libc::DT_DIR,
+        });
+        out.push(DirEntry {
+            name: b"..".to_vec(),
+            ino: parent_ino,
+            d_type: libc::DT_DIR,
+        });
+        out.extend(merged);
+        Ok(out)
+    }
+
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let inode = self.inode(ino)?;
+        if !inode.is_dir() {
+            return Err(crate::error::Errno::ENOTDIR);
+        }
+        Ok(self.handles.add_dir(crate::handle::DirHandle {
+            inode,
+            entries: parking_lot::Mutex::new(None),
+        }))
+    }
+
+    /// The listing of an open directory; built on the first call (offset 0) and kept for
+    /// the life of the handle, so that offsets stay meaningful (rewinddir rebuilds it).
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        let h = self.handles.dir(fh).ok_or(crate::error::Errno::EBADF)?;
+        if offset != 0
+            && let Some(e) = h.entries.lock().as_ref()
+        {
+            return Ok(Arc::clone(e));
+        }
+        let list = Arc::new(self.list_dir(&h.inode)?);
+        *h.entries.lock() = Some(Arc::clone(&list));
+        Ok(list)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove_dir(fh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(name: &str, ino: u64, whiteout: bool) -> LayerEntry {
+        LayerEntry {
+            name: name.into(),
+            ino,
+            d_type: libc::DT_REG,
+            whiteout,
+        }
+    }
+
+    #[test]
+    fn top_wins_and_whiteouts_hide_below() {
+        let upper = vec![e("a", 1, false), e("gone", 0, true)];
+        let mid = vec![
+            e("a", 2, false),
+            e("b", 3, false),
+            e("gone", 4, false),
+            e("c", 0, true),
+        ];
+        let low = vec![e("c", 5, false), e("d", 6, false), e("b", 7, false)];
+        let m = merge_layers(&[upper, mid, low]);
+        let names: Vec<(String, u64)> = m
+            .iter()
+            .map(|d| (String::from_utf8_lossy(&d.name).into_owned(), d.ino))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("a".into(), 1), ("b".into(), 3), ("d".into(), 6)]
+        );
+    }
+
+    #[test]
+    fn whiteout_in_same_layer_as_nothing_is_invisible() {
+        let m = merge_layers(&[vec![e("x", 0, true)]]);
+        assert!(m.is_empty());
+    }
+}

@@ -1,0 +1,147 @@
+//! unlink and rmdir. A name that a lower layer still holds is replaced by a whiteout
+//! (atomically with RENAME_WHITEOUT where the upper allows it); a directory is moved into
+//! the work directory first and emptied there, so its whiteouts go with it.
+
+use super::{Overlay, cname};
+use crate::error::{Errno, FsResult};
+use crate::inode::Inode;
+use crate::sys;
+use crate::whiteout;
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+impl Overlay {
+    /// Does a lower layer of directory `parent` hold `name` (as the merged view would see it
+    /// if the upper held nothing there)?
+    pub(super) fn lower_positive(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<bool> {
+        let cn = cname(name)?;
+        for p in parent.state().layers.iter() {
+            if self.layers.is_upper(p.layer) {
+                continue;
+            }
+            let dirfd = self.dir_fd(parent, p.layer)?;
+            match sys::fstatat(dirfd.as_fd(), &cn) {
+                Ok(st) => return Ok(!whiteout::is_whiteout_dev(&st)),
+                Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => {
+                    if whiteout::aufs_whiteout_for(name)
+                        .and_then(|w| cname(&w).ok())
+                        .is_some_and(|w| sys::fstatat(dirfd.as_fd(), &w).is_ok())
+                    {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Makes a whiteout for `name` in the upper directory `udir` (nothing is there now).
+    pub(super) fn make_whiteout(
+        &self,
+        udir: BorrowedFd<'_>,
+        cn: &CStr,
+        name: &[u8],
+    ) -> FsResult<()> {
+        if self.caps.whiteout_dev {
+            return sys::mknodat(udir, cn, libc::S_IFCHR, 0);
+        }
+        let wh = whiteout::aufs_whiteout_for(name).ok_or(Errno::ENAMETOOLONG)?;
+        let fd = sys::openat(
+            udir,
+            &cname(&wh)?,
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+            0,
+        )?;
+        drop(fd);
+        Ok(())
+    }
+
+    /// Moves upper `cn` out of the way into the work directory, leaving a whiteout when
+    /// `whiteout`; then deletes what was moved (a directory with its contents).
+    pub(super) fn remove_upper(
+        &self,
+        udir: BorrowedFd<'_>,
+        cn: &CStr,
+        name: &[u8],
+        is_dir: bool,
+        whiteout: bool,
+    ) -> FsResult<()> {
+        if !whiteout && !is_dir {
+            return sys::unlinkat(udir, cn, false);
+        }
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        if whiteout && self.caps.rename_whiteout {
+            sys::renameat2(udir, cn, work, &tmp, sys::RENAME_WHITEOUT)?;
+        } else {
+            sys::renameat2(udir, cn, work, &tmp, sys::RENAME_NOREPLACE)?;
+            if whiteout && let Err(e) = self.make_whiteout(udir, cn, name) {
+                // Put it back rather than let the lower name reappear.
+                let _ = sys::renameat2(work, &tmp, udir, cn, sys::RENAME_NOREPLACE);
+                return Err(e);
+            }
+        }
+        if is_dir {
+            let sub = sys::openat(work, &tmp, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            super::work::empty_dir(sub.as_fd())?;
+        }
+        sys::unlinkat(work, &tmp, is_dir)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, true)
+    }
+
+    /// Is the merged directory empty?
+    pub(super) fn merged_empty(&self, dir: &Arc<Inode>) -> FsResult<bool> {
+        Ok(self.list_dir(dir)?.len() <= 2)
+    }
+
+    fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        self.check_writable()?;
+        let parent = self.inode(parent)?;
+        let found = self.resolve(&parent, name)?.ok_or(Errno::ENOENT)?;
+        match (dir, found.stat.is_dir()) {
+            (false, true) => return Err(Errno::EISDIR),
+            (true, false) => return Err(Errno::ENOTDIR),
+            _ => {}
+        }
+        let entry = self.enter(&parent, name, found);
+        let result = self.remove_entry(&parent, name, &entry.inode);
+        self.forget(entry.inode.ino, 1);
+        result
+    }
+
+    fn remove_entry(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> FsResult<()> {
+        let is_dir = inode.is_dir();
+        if is_dir && !self.merged_empty(inode)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        self.copy_up(parent)?;
+        let upper = self.layers.upper_idx()?;
+        let udir = self.dir_fd(parent, upper)?;
+        let cn = cname(name)?;
+        let st = inode.state();
+        let in_upper = st.top().is_some_and(|t| t.layer == upper);
+        let whiteout = self.lower_positive(parent, name)?;
+        if in_upper {
+            let real = sys::fstatat(udir.as_fd(), &cn)?;
+            self.remove_upper(udir.as_fd(), &cn, name, is_dir, whiteout)?;
+            if real.nlink <= 1 || is_dir {
+                self.inodes.numbers.unalias((real.dev, real.ino));
+            }
+        } else {
+            self.make_whiteout(udir.as_fd(), &cn, name)?;
+        }
+        if is_dir {
+            self.invalidate_dir(inode.ino);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! Extended attributes of merged objects: those of the top object, with the overlay's own
+//! (`trusted.overlay.*`, or `user.overlay.*` with userxattr) hidden and refused, as the
+//! kernel does (EOPNOTSUPP). Changing one copies the object up first.
+
+use super::{Overlay, cname};
+use crate::error::{Errno, FsResult};
+use crate::sys;
+use crate::whiteout::is_private_xattr;
+use std::os::fd::AsFd;
+
+/// The reply to getxattr/listxattr: the size only, or the data.
+pub enum XattrReply {
+    Size(usize),
+    Data(Vec<u8>),
+}
+
+fn sized(data: Vec<u8>, size: u32) -> FsResult<XattrReply> {
+    if size == 0 {
+        Ok(XattrReply::Size(data.len()))
+    } else if data.len() > size as usize {
+        Err(Errno::ERANGE)
+    } else {
+        Ok(XattrReply::Data(data))
+    }
+}
+
+impl Overlay {
+    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> FsResult<XattrReply> {
+        if is_private_xattr(self.xattr_ns(), name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let inode = self.inode(ino)?;
+        let (dir, fname, _) = self.locate(&inode)?;
+        let v = sys::getxattr_vec(dir.as_fd(), &fname, &cname(name)?)?;
+        sized(v, size)
+    }
+
+    pub fn listxattr(&self, ino: u64, size: u32) -> FsResult<XattrReply> {
+        let inode = self.inode(ino)?;
+        let (dir, fname, _) = self.locate(&inode)?;
+        let mut out = Vec::new();
+        for n in sys::listxattr_names(dir.as_fd(), &fname)? {
+            if !is_private_xattr(self.xattr_ns(), &n) {
+                out.extend_from_slice(&n);
+                out.push(0);
+            }
+        }
+        sized(out, size)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        if is_private_xattr(self.xattr_ns(), name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.check_writable()?;
+        let inode = self.inode(ino)?;
+        self.copy_up(&inode)?;
+        let (dir, fname, _) = self.locate(&inode)?;
+        sys::setxattrat(dir.as_fd(), &fname, &cname(name)?, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        if is_private_xattr(self.xattr_ns(), name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.check_writable()?;
+        let inode = self.inode(ino)?;
+        let cn = cname(name)?;
+        // Removing an attribute that does not exist must not copy up (ENODATA, as the kernel).
+        {
+            let (dir, fname, _) = self.locate(&inode)?;
+            sys::getxattrat(dir.as_fd(), &fname, &cn, &mut [])?;
+        }
+        self.copy_up(&inode)?;
+        let (dir, fname, _) = self.locate(&inode)?;
+        sys::removexattrat(dir.as_fd(), &fname, &cn)
+    }
+}

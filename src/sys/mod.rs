@@ -1,0 +1,467 @@
+//! The only place with `unsafe` code: one safe function per system call.
+//!
+//! Everything here takes borrowed fds and `&CStr` names and returns owned fds, plain structs
+//! or `FsResult`. It knows nothing of layers, inodes or overlay rules. Name-relative calls
+//! never follow a symlink in the final component (`AT_SYMLINK_NOFOLLOW`, `O_NOFOLLOW`), and
+//! multi-component paths are resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
+//! so no call made through this module can leave the directory it starts from.
+
+mod dirent;
+mod proc;
+mod xattr;
+
+pub use dirent::read_dir_entries;
+pub use proc::*;
+pub use xattr::*;
+
+use crate::error::{Errno, FsResult};
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+fn cvt(ret: libc::c_int) -> FsResult<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn cvt_long(ret: libc::c_long) -> FsResult<libc::c_long> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn cvt_isize(ret: isize) -> FsResult<usize> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Retries a call while it fails with EINTR.
+fn retry<T>(mut f: impl FnMut() -> FsResult<T>) -> FsResult<T> {
+    loop {
+        match f() {
+            Err(e) if e == Errno::EINTR => continue,
+            other => return other,
+        }
+    }
+}
+
+fn own(fd: libc::c_int) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful open-like syscall and nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The empty path used with `AT_EMPTY_PATH` to act on a dirfd itself.
+pub const EMPTY: &CStr = c"";
+/// The current directory, relative to a dirfd.
+pub const DOT: &CStr = c".";
+
+/// What `fstatat` tells about one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: i64,
+    pub blksize: i64,
+    pub blocks: i64,
+    pub atime: (i64, i64),
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl Stat {
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == libc::S_IFDIR
+    }
+    pub fn is_reg(&self) -> bool {
+        self.file_type() == libc::S_IFREG
+    }
+    pub fn is_chr(&self) -> bool {
+        self.file_type() == libc::S_IFCHR
+    }
+}
+
+impl From<&libc::stat> for Stat {
+    fn from(s: &libc::stat) -> Self {
+        Stat {
+            dev: s.st_dev,
+            ino: s.st_ino,
+            mode: s.st_mode,
+            nlink: s.st_nlink,
+            uid: s.st_uid,
+            gid: s.st_gid,
+            rdev: s.st_rdev,
+            size: s.st_size,
+            blksize: s.st_blksize,
+            blocks: s.st_blocks,
+            atime: (s.st_atime, s.st_atime_nsec),
+            mtime: (s.st_mtime, s.st_mtime_nsec),
+            ctime: (s.st_ctime, s.st_ctime_nsec),
+        }
+    }
+}
+
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats the dirfd itself.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> FsResult<Stat> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid fd and NUL-terminated name; `st` is a properly sized out-buffer.
+    cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so it filled the whole struct.
+    let st = unsafe { st.assume_init() };
+    Ok(Stat::from(&st))
+}
+
+/// `fstat` of an fd.
+pub fn fstat(fd: BorrowedFd<'_>) -> FsResult<Stat> {
+    fstatat(fd, EMPTY)
+}
+
+/// `openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)` for one path component.
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> FsResult<OwnedFd> {
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    retry(|| {
+        // SAFETY: valid fd and NUL-terminated name.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) };
+        cvt(fd).map(own)
+    })
+}
+
+/// Opens an absolute or cwd-relative path as the daemon (startup only, never on the request
+/// path: that always goes through a layer's root fd).
+pub fn open_path(path: &CStr, flags: i32) -> FsResult<OwnedFd> {
+    retry(|| {
+        // SAFETY: NUL-terminated path.
+        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+        cvt(fd).map(own)
+    })
+}
+
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: valid fd, NUL-terminated name, buffer of the given length.
+    let n = cvt_isize(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> FsResult<()> {
+    // SAFETY: valid fd and NUL-terminated name.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> FsResult<()> {
+    // SAFETY: valid fd and NUL-terminated name.
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<()> {
+    // SAFETY: NUL-terminated strings and a valid fd.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// `linkat` without following a symlink at the source.
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+) -> FsResult<()> {
+    // SAFETY: valid fds and NUL-terminated names.
+    cvt(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, rmdir: bool) -> FsResult<()> {
+    let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid fd and NUL-terminated name.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+pub const RENAME_WHITEOUT: u32 = libc::RENAME_WHITEOUT;
+
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: u32,
+) -> FsResult<()> {
+    // SAFETY: valid fds and NUL-terminated names.
+    cvt(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `fchownat(.., AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id unchanged. Empty name: the fd.
+pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> FsResult<()> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: valid fd and NUL-terminated name.
+    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// chmod without following a symlink (`fchmodat2(AT_SYMLINK_NOFOLLOW)`).
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> FsResult<()> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: valid fd and NUL-terminated name.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode,
+            flags,
+        )
+    };
+    match cvt_long(ret) {
+        Err(e) if e == Errno::ENOSYS => {
+            // Before Linux 6.6: the name is never a symlink here (callers check the type).
+            // SAFETY: valid fd and NUL-terminated name.
+            cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+        }
+        other => other.map(drop),
+    }
+}
+
+/// `fchmod` on an fd opened for real (not O_PATH).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> FsResult<()> {
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// A timestamp for `utimensat`: a value, "now", or "leave alone".
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSpec {
+    Set(i64, i64),
+    Now,
+    Omit,
+}
+
+impl TimeSpec {
+    fn raw(self) -> libc::timespec {
+        match self {
+            TimeSpec::Set(sec, nsec) => libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            },
+            TimeSpec::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            TimeSpec::Omit => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+        }
+    }
+}
+
+/// `utimensat(.., AT_SYMLINK_NOFOLLOW)`; an empty name acts on the fd itself (`futimens`).
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    atime: TimeSpec,
+    mtime: TimeSpec,
+) -> FsResult<()> {
+    let times = [atime.raw(), mtime.raw()];
+    if name.is_empty() {
+        // SAFETY: valid fd and an array of two timespecs.
+        return cvt(unsafe { libc::futimens(dir.as_raw_fd(), times.as_ptr()) }).map(drop);
+    }
+    // SAFETY: valid fd, NUL-terminated name, an array of two timespecs.
+    cvt(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> FsResult<()> {
+    // SAFETY: valid fd.
+    retry(|| cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }).map(drop))
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> FsResult<()> {
+    retry(|| {
+        // SAFETY: valid fd.
+        let ret = unsafe {
+            if datasync {
+                libc::fdatasync(fd.as_raw_fd())
+            } else {
+                libc::fsync(fd.as_raw_fd())
+            }
+        };
+        cvt(ret).map(drop)
+    })
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> FsResult<usize> {
+    retry(|| {
+        // SAFETY: valid fd and a writable buffer of the given length.
+        cvt_isize(unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as i64,
+            )
+        })
+    })
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> FsResult<usize> {
+    retry(|| {
+        // SAFETY: valid fd and a readable buffer of the given length.
+        cvt_isize(unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                offset as i64,
+            )
+        })
+    })
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> FsResult<i64> {
+    // SAFETY: valid fd.
+    let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> FsResult<()> {
+    retry(|| {
+        // SAFETY: valid fd.
+        cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) }).map(drop)
+    })
+}
+
+/// `ioctl(dst, FICLONE, src)`: share all of src's extents with dst.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> FsResult<()> {
+    // SAFETY: valid fds; FICLONE takes the source fd as its integer argument.
+    cvt(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) }).map(drop)
+}
+
+/// `copy_file_range` between explicit offsets; returns bytes copied (0 at EOF).
+pub fn copy_file_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: usize,
+) -> FsResult<usize> {
+    let mut so = src_off as i64;
+    let mut d_o = dst_off as i64;
+    retry(|| {
+        // SAFETY: valid fds and pointers to local offsets.
+        cvt_isize(unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut so, dst.as_raw_fd(), &mut d_o, len, 0)
+        })
+    })
+}
+
+/// What `fstatfs` reports.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+pub fn fstatfs(fd: BorrowedFd<'_>) -> FsResult<StatFs> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid fd and a properly sized out-buffer.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    Ok(StatFs {
+        blocks: st.f_blocks,
+        bfree: st.f_bfree,
+        bavail: st.f_bavail,
+        files: st.f_files,
+        ffree: st.f_ffree,
+        bsize: st.f_bsize as u32,
+        namelen: st.f_namelen as u32,
+        frsize: st.f_frsize as u32,
+    })
+}
+
+/// The process umask: set it and return the previous one.
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// Makes a device number from major and minor.
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor)
+}
+
+/// Whether `uid`'s supplementary groups, as listed in /proc/PID/status, contain `gid`.
+pub fn pid_in_group(pid: u32, gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(gid)))
+}

@@ -1,0 +1,182 @@
+//! Process-level calls used at startup and shutdown: fork, setsid, pipes, signals, mount(2).
+
+use super::{cvt, own, retry};
+use crate::error::{Errno, FsResult};
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+pub enum Fork {
+    Parent,
+    Child,
+}
+
+/// `fork()`. Only called while the process has a single thread.
+pub fn fork() -> FsResult<Fork> {
+    // SAFETY: called before any thread is spawned, so the child is a consistent copy.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        p if p < 0 => Err(Errno::last()),
+        0 => Ok(Fork::Child),
+        _ => Ok(Fork::Parent),
+    }
+}
+
+pub fn setsid() {
+    // SAFETY: cannot corrupt memory; failure (already a leader) is harmless.
+    unsafe { libc::setsid() };
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> FsResult<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a writable array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((own(fds[0]), own(fds[1])))
+}
+
+/// Reads until EOF or `buf` is full.
+pub fn read_all(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> FsResult<()> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = retry(|| {
+            // SAFETY: valid fd and a writable buffer of the given length.
+            let r = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+            if r < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(r as usize)
+            }
+        })?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null (a daemon's stdio after it detaches).
+pub fn redirect_stdio_to_null() {
+    let Ok(null) = super::open_path(c"/dev/null", libc::O_RDWR) else {
+        return;
+    };
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), target) };
+    }
+}
+
+/// `mount(2)`.
+pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: u64, data: &CStr) -> FsResult<()> {
+    // SAFETY: NUL-terminated strings.
+    cvt(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// `umount2(target, MNT_DETACH)` when `lazy`, else a plain unmount.
+pub fn umount(target: &CStr, lazy: bool) -> FsResult<()> {
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: NUL-terminated path.
+    cvt(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+/// Blocks the given signals in this thread (and in threads spawned after), so that one
+/// thread can take them with `wait_signal`.
+pub fn block_signals(signals: &[i32]) {
+    // SAFETY: sigset manipulation on a local, then pthread_sigmask with valid pointers.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of the (blocked) signals and returns it.
+pub fn wait_signal(signals: &[i32]) -> i32 {
+    // SAFETY: sigset manipulation on a local, then sigwait with valid pointers.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut sig: libc::c_int = 0;
+        loop {
+            if libc::sigwait(&set, &mut sig) == 0 {
+                return sig;
+            }
+        }
+    }
+}
+
+/// Ends the process at once, without running destructors or atexit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Opens /dev/fuse for a new connection.
+pub fn open_fuse_device() -> FsResult<OwnedFd> {
+    super::open_path(c"/dev/fuse", libc::O_RDWR)
+}
+
+/// Whether the process may create character devices 0/0 and set trusted.* xattrs.
+pub fn has_cap_sys_admin() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// Raises the soft limit on open files to the hard limit.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to a local rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid pointer to a local rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// Writes all of `buf` to a pipe or file.
+pub fn write_all(fd: BorrowedFd<'_>, buf: &[u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: valid fd and a readable buffer of the given length.
+        let r = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                buf[done..].as_ptr().cast(),
+                buf.len() - done,
+            )
+        };
+        if r <= 0 {
+            if r < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return;
+        }
+        done += r as usize;
+    }
+}

@@ -1,0 +1,119 @@
+//! The on-disk overlay format: whiteouts (0/0 character devices, `.wh.NAME` files, xattr
+//! whiteouts), opaque markers and the overlay's private xattr names. Decisions only, as pure
+//! functions; the I/O that feeds them lives in `overlay`.
+
+use crate::config::XattrNs;
+use crate::sys::Stat;
+use std::ffi::CStr;
+
+/// Prefix of AUFS/OCI whiteout files.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// The AUFS/OCI opaque-directory marker file.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// Is this stat a kernel-format whiteout (a character device 0/0)?
+pub fn is_whiteout_dev(st: &Stat) -> bool {
+    st.is_chr() && st.rdev == 0
+}
+
+/// The `.wh.NAME` file that would hide `name`, if such a name can exist.
+pub fn aufs_whiteout_for(name: &[u8]) -> Option<Vec<u8>> {
+    if name.len() + WH_PREFIX.len() > 255 {
+        return None;
+    }
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name);
+    Some(v)
+}
+
+/// Names reserved by the AUFS format: never shown in the merged view.
+pub fn is_aufs_special(name: &[u8]) -> bool {
+    name.starts_with(WH_PREFIX)
+}
+
+/// The name a `.wh.NAME` entry hides (None for the opaque marker and `.wh..wh.*` metadata).
+pub fn aufs_hidden_name(name: &[u8]) -> Option<&[u8]> {
+    let rest = name.strip_prefix(WH_PREFIX)?;
+    if rest.starts_with(WH_PREFIX) || rest.is_empty() {
+        return None;
+    }
+    Some(rest)
+}
+
+/// What a directory's opaque xattr says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opacity {
+    None,
+    /// `y`: hides everything below.
+    Opaque,
+    /// `x`: not opaque, but holds xattr whiteouts (zero-size files marked `whiteout`).
+    XWhiteouts,
+}
+
+pub fn opacity_from_value(v: &[u8]) -> Opacity {
+    match v {
+        b"y" => Opacity::Opaque,
+        b"x" => Opacity::XWhiteouts,
+        _ => Opacity::None,
+    }
+}
+
+/// The overlay's private xattr names in one namespace.
+pub struct XattrNames {
+    pub prefix: &'static [u8],
+    pub opaque: &'static CStr,
+    pub whiteout: &'static CStr,
+}
+
+pub fn xattr_names(ns: XattrNs) -> XattrNames {
+    match ns {
+        XattrNs::Trusted => XattrNames {
+            prefix: b"trusted.overlay.",
+            opaque: c"trusted.overlay.opaque",
+            whiteout: c"trusted.overlay.whiteout",
+        },
+        XattrNs::User => XattrNames {
+            prefix: b"user.overlay.",
+            opaque: c"user.overlay.opaque",
+            whiteout: c"user.overlay.whiteout",
+        },
+    }
+}
+
+/// Is this xattr one of the overlay's own (hidden from the merged view, never copied up)?
+pub fn is_private_xattr(ns: XattrNs, name: &[u8]) -> bool {
+    name.starts_with(xattr_names(ns).prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aufs_names() {
+        assert_eq!(aufs_hidden_name(b".wh.foo"), Some(&b"foo"[..]));
+        assert_eq!(aufs_hidden_name(b".wh..wh..opq"), None);
+        assert_eq!(aufs_hidden_name(b"foo"), None);
+        assert_eq!(aufs_whiteout_for(b"x").unwrap(), b".wh.x");
+        assert!(aufs_whiteout_for(&[b'a'; 252]).is_none());
+        assert!(is_aufs_special(b".wh.x"));
+    }
+
+    #[test]
+    fn opacity() {
+        assert_eq!(opacity_from_value(b"y"), Opacity::Opaque);
+        assert_eq!(opacity_from_value(b"x"), Opacity::XWhiteouts);
+        assert_eq!(opacity_from_value(b"n"), Opacity::None);
+    }
+
+    #[test]
+    fn private_xattrs() {
+        assert!(is_private_xattr(
+            XattrNs::Trusted,
+            b"trusted.overlay.opaque"
+        ));
+        assert!(!is_private_xattr(XattrNs::Trusted, b"user.overlay.opaque"));
+        assert!(is_private_xattr(XattrNs::User, b"user.overlay.opaque"));
+        assert!(!is_private_xattr(XattrNs::Trusted, b"user.foo"));
+    }
+}
