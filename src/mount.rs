@@ -168,6 +168,13 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
             return Err(e);
         }
     };
+    let notifier = session.notifier();
+    ov.set_invalidator(Box::new(move |ino| {
+        // Only attributes (offset -1): never waits on page locks a request may hold.
+        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
+            log::debug!("inval_inode({ino}): {e}");
+        }
+    }));
     if let Some(wr) = notify {
         sys::write_all(wr.as_fd(), b"ok");
         drop(wr);

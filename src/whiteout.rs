@@ -80,9 +80,33 @@ pub fn xattr_names(ns: XattrNs) -> XattrNames {
     }
 }
 
-/// Is this xattr one of the overlay's own (hidden from the merged view, never copied up)?
-pub fn is_private_xattr(ns: XattrNs, name: &[u8]) -> bool {
-    name.starts_with(xattr_names(ns).prefix)
+/// What `prefix + ESCAPE` means in a layer: an overlay xattr that belongs to the *merged*
+/// view (a nested overlay's marker), stored escaped, as the kernel does since Linux 6.7.
+const ESCAPE: &[u8] = b"overlay.";
+
+/// Is this real xattr one of the overlay's own (hidden from the merged view, never copied
+/// up)? Escaped names (`trusted.overlay.overlay.*`) are user data and are not.
+pub fn is_private_xattr(ns: XattrNs, real: &[u8]) -> bool {
+    from_real_xattr(ns, real).is_none()
+}
+
+/// The real name that stores the merged view's xattr `name`: names in the overlay's own
+/// namespace are escaped (`trusted.overlay.X` is kept as `trusted.overlay.overlay.X`).
+pub fn to_real_xattr(ns: XattrNs, name: &[u8]) -> Vec<u8> {
+    let prefix = xattr_names(ns).prefix;
+    match name.strip_prefix(prefix) {
+        Some(rest) => [prefix, ESCAPE, rest].concat(),
+        None => name.to_vec(),
+    }
+}
+
+/// The merged view's name for a real xattr, or None for the overlay's own markers.
+pub fn from_real_xattr(ns: XattrNs, real: &[u8]) -> Option<Vec<u8>> {
+    let prefix = xattr_names(ns).prefix;
+    match real.strip_prefix(prefix) {
+        Some(rest) => rest.strip_prefix(ESCAPE).map(|r| [prefix, r].concat()),
+        None => Some(real.to_vec()),
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +139,28 @@ mod tests {
         assert!(!is_private_xattr(XattrNs::Trusted, b"user.overlay.opaque"));
         assert!(is_private_xattr(XattrNs::User, b"user.overlay.opaque"));
         assert!(!is_private_xattr(XattrNs::Trusted, b"user.foo"));
+        assert!(!is_private_xattr(
+            XattrNs::Trusted,
+            b"trusted.overlay.overlay.opaque"
+        ));
+    }
+
+    #[test]
+    fn escaping() {
+        let t = XattrNs::Trusted;
+        assert_eq!(
+            to_real_xattr(t, b"trusted.overlay.opaque"),
+            b"trusted.overlay.overlay.opaque"
+        );
+        assert_eq!(to_real_xattr(t, b"user.x"), b"user.x");
+        assert_eq!(
+            from_real_xattr(t, b"trusted.overlay.overlay.opaque").unwrap(),
+            b"trusted.overlay.opaque"
+        );
+        assert_eq!(from_real_xattr(t, b"trusted.overlay.opaque"), None);
+        assert_eq!(
+            from_real_xattr(XattrNs::User, b"user.overlay.overlay.x").unwrap(),
+            b"user.overlay.x"
+        );
     }
 }

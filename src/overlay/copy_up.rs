@@ -198,6 +198,7 @@ impl Overlay {
             self.invalidate_dir(inode.ino);
         }
         inode.data_gen.fetch_add(1, Ordering::AcqRel);
+        self.invalidate_attr(inode.ino);
         Ok(())
     }
 

@@ -56,6 +56,9 @@ pub struct Entry {
     pub attr: Stat,
 }
 
+/// Tells the kernel to drop its cached attributes of an inode (set once the session exists).
+pub type Invalidate = Box<dyn Fn(u64) + Send + Sync>;
+
 pub struct Overlay {
     pub cfg: Config,
     pub layers: Layers,
@@ -66,6 +69,7 @@ pub struct Overlay {
     dirs: DirCache,
     pub caps: Caps,
     temp_seq: AtomicU64,
+    invalidator: std::sync::OnceLock<Invalidate>,
 }
 
 /// Turns a name into a C string (a NUL byte inside is invalid).
@@ -119,9 +123,22 @@ impl Overlay {
             dirs: DirCache::default(),
             caps,
             temp_seq: AtomicU64::new(0),
+            invalidator: std::sync::OnceLock::new(),
         };
         ov.refresh_root_layers();
         Ok(ov)
+    }
+
+    pub fn set_invalidator(&self, f: Invalidate) {
+        let _ = self.invalidator.set(f); // set once, at mount
+    }
+
+    /// The kernel's cached attributes of `ino` are stale (its real object changed under it:
+    /// copy-up changes nlink and ctime, and a directory's nlink when it becomes merged).
+    pub fn invalidate_attr(&self, ino: u64) {
+        if let Some(f) = self.invalidator.get() {
+            f(ino);
+        }
     }
 
     pub fn xattr_ns(&self) -> XattrNs {

@@ -1,11 +1,12 @@
 //! Extended attributes of merged objects: those of the top object, with the overlay's own
-//! (`trusted.overlay.*`, or `user.overlay.*` with userxattr) hidden and refused, as the
-//! kernel does (EOPNOTSUPP). Changing one copies the object up first.
+//! markers (`trusted.overlay.*`, or `user.overlay.*` with userxattr) hidden. A name in that
+//! namespace set through the merged view is stored escaped (`trusted.overlay.overlay.*`),
+//! as the kernel does for nested overlays. Changing one copies the object up first.
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
 use crate::sys;
-use crate::whiteout::is_private_xattr;
+use crate::whiteout::{from_real_xattr, to_real_xattr};
 use std::os::fd::AsFd;
 
 /// The reply to getxattr/listxattr: the size only, or the data.
@@ -26,9 +27,7 @@ fn sized(data: Vec<u8>, size: u32) -> FsResult<XattrReply> {
 
 impl Overlay {
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> FsResult<XattrReply> {
-        if is_private_xattr(self.xattr_ns(), name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
+        let name = &to_real_xattr(self.xattr_ns(), name);
         let inode = self.inode(ino)?;
         let (dir, fname, _) = self.locate(&inode)?;
         let v = sys::getxattr_vec(dir.as_fd(), &fname, &cname(name)?)?;
@@ -40,8 +39,8 @@ impl Overlay {
         let (dir, fname, _) = self.locate(&inode)?;
         let mut out = Vec::new();
         for n in sys::listxattr_names(dir.as_fd(), &fname)? {
-            if !is_private_xattr(self.xattr_ns(), &n) {
-                out.extend_from_slice(&n);
+            if let Some(shown) = from_real_xattr(self.xattr_ns(), &n) {
+                out.extend_from_slice(&shown);
                 out.push(0);
             }
         }
@@ -49,9 +48,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        if is_private_xattr(self.xattr_ns(), name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
+        let name = &to_real_xattr(self.xattr_ns(), name);
         self.check_writable()?;
         let inode = self.inode(ino)?;
         self.copy_up(&inode)?;
@@ -60,9 +57,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
-        if is_private_xattr(self.xattr_ns(), name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
+        let name = &to_real_xattr(self.xattr_ns(), name);
         self.check_writable()?;
         let inode = self.inode(ino)?;
         let cn = cname(name)?;
