@@ -35,6 +35,8 @@ pub struct DirEntry {
     pub ino: u64,
     /// `DT_*` value.
     pub d_type: u8,
+    /// The layer whose entry won (for readdirplus).
+    pub layer: crate::layer::LayerIdx,
 }
 
 /// An open directory: its merged listing, built on the first readdir.

@@ -1,11 +1,13 @@
 //! Merged directory listings: read each layer's directory once, classify its entries
 //! (I/O), then merge them with a pure function.
 
+use super::lookup::Found;
 use super::{Overlay, cname};
 use crate::error::FsResult;
 use crate::handle::DirEntry;
-use crate::inode::{Inode, ROOT_INO};
-use crate::sys;
+use crate::inode::{Inode, Presence, ROOT_INO};
+use crate::layer::LayerIdx;
+use crate::sys::{self, Stat};
 use crate::whiteout;
 use std::collections::HashSet;
 use std::os::fd::AsFd;
@@ -25,10 +27,10 @@ pub struct LayerEntry {
 /// Merges per-layer listings (top first) into the merged view: the first layer that has a
 /// name wins; a whiteout hides the name in every layer below it. `.` and `..` are not part
 /// of the input.
-pub fn merge_layers(layers: &[Vec<LayerEntry>]) -> Vec<DirEntry> {
+pub fn merge_layers(layers: &[(LayerIdx, Vec<LayerEntry>)]) -> Vec<DirEntry> {
     let mut out: Vec<DirEntry> = Vec::new();
     let mut seen: HashSet<&[u8]> = HashSet::new();
-    for entries in layers {
+    for (layer, entries) in layers {
         for e in entries {
             if seen.contains(e.name.as_slice()) {
                 continue;
@@ -38,6 +40,7 @@ pub fn merge_layers(layers: &[Vec<LayerEntry>]) -> Vec<DirEntry> {
                     name: e.name.clone(),
                     ino: e.ino,
                     d_type: e.d_type,
+                    layer: *layer,
                 });
             }
             // A whiteout or a winner: either way the name is settled for the layers below.
@@ -148,7 +151,7 @@ impl Overlay {
         let st = dir.state();
         let mut per_layer = Vec::with_capacity(st.layers.len());
         for p in st.layers.iter() {
-            per_layer.push(self.layer_listing(dir, *p)?);
+            per_layer.push((p.layer, self.layer_listing(dir, *p)?));
         }
         let merged = merge_layers(&per_layer);
         let parent_ino = st.parent.as_ref().map_or(ROOT_INO, |p| p.ino);
@@ -157,11 +160,13 @@ impl Overlay {
             name: b".".to_vec(),
             ino: dir.ino,
             d_type: libc::DT_DIR,
+            layer: 0,
         });
         out.push(DirEntry {
             name: b"..".to_vec(),
             ino: parent_ino,
             d_type: libc::DT_DIR,
+            layer: 0,
         });
         out.extend(merged);
         Ok(out)
@@ -192,6 +197,67 @@ impl Overlay {
         Ok(list)
     }
 
+    /// readdirplus: like readdir, but each entry (except `.` and `..`) comes with its
+    /// attributes and a lookup reference, as if looked up. `emit(entry, next_offset, attr)`
+    /// returns true when the reply is full; the entry it refused gets its reference back.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut emit: impl FnMut(&DirEntry, u64, &Stat) -> bool,
+    ) -> FsResult<()> {
+        let h = self.handles.dir(fh).ok_or(crate::error::Errno::EBADF)?;
+        let list = self.readdir(fh, offset)?;
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            if e.name == b"." || e.name == b".." {
+                let st = Stat {
+                    ino: e.ino,
+                    mode: libc::S_IFDIR,
+                    ..Stat::default()
+                };
+                if emit(e, next, &st) {
+                    break;
+                }
+                continue;
+            }
+            let Some(found) = self.found_from_listing(&h.inode, e)? else {
+                continue; // vanished since the listing was made
+            };
+            let entry = self.enter(&h.inode, &e.name, found);
+            let shown = DirEntry {
+                ino: entry.inode.ino,
+                ..e.clone()
+            };
+            if emit(&shown, next, &entry.attr) {
+                self.forget(entry.inode.ino, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a lookup of listed entry `e` would find, using what the listing already knows:
+    /// a non-directory is settled by one stat in the layer that won.
+    fn found_from_listing(&self, dir: &Arc<Inode>, e: &DirEntry) -> FsResult<Option<Found>> {
+        if e.d_type != libc::DT_DIR {
+            let dirfd = self.dir_fd(dir, e.layer)?;
+            match sys::fstatat(dirfd.as_fd(), &cname(&e.name)?) {
+                Ok(st) if !st.is_dir() => {
+                    let layers = vec![Presence {
+                        layer: e.layer,
+                        xwhiteouts: false,
+                    }];
+                    return Ok(Some(Found { layers, stat: st }));
+                }
+                Ok(_) => {}
+                Err(err) if err == crate::error::Errno::ENOENT => return Ok(None),
+                Err(err) => return Err(err),
+            }
+        }
+        self.resolve(dir, &e.name)
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.handles.remove_dir(fh);
     }
@@ -220,7 +286,7 @@ mod tests {
             e("c", 0, true),
         ];
         let low = vec![e("c", 5, false), e("d", 6, false), e("b", 7, false)];
-        let m = merge_layers(&[upper, mid, low]);
+        let m = merge_layers(&[(0, upper), (1, mid), (2, low)]);
         let names: Vec<(String, u64)> = m
             .iter()
             .map(|d| (String::from_utf8_lossy(&d.name).into_owned(), d.ino))
@@ -233,7 +299,7 @@ mod tests {
 
     #[test]
     fn whiteout_in_same_layer_as_nothing_is_invisible() {
-        let m = merge_layers(&[vec![e("x", 0, true)]]);
+        let m = merge_layers(&[(0, vec![e("x", 0, true)])]);
         assert!(m.is_empty());
     }
 }

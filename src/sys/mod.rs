@@ -55,7 +55,7 @@ pub const EMPTY: &CStr = c"";
 pub const DOT: &CStr = c".";
 
 /// What `fstatat` tells about one object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stat {
     pub dev: u64,
     pub ino: u64,
