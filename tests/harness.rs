@@ -1,0 +1,67 @@
+//! Self-checks of the test harness: it must notice a dead daemon and a differing tree, and
+//! clean up after a failing test. (If these pass vacuously, every other test could too.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+#[test]
+#[should_panic(expected = "has died")]
+fn a_killed_daemon_fails_the_test() {
+    let env = TestEnv::new("selfcheck_kill");
+    env.layer("l1").file("a", "a");
+    env.layer("l2").file("b", "b");
+    let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
+    let pids = daemon_pids(&pair.layover, false);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    cmd_ok("kill", &[os("-KILL"), os(&pids[0].to_string())]);
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(
+        pids[0]
+    )));
+    // Dropping env must notice and fail (after cleaning up).
+}
+
+#[test]
+#[should_panic(expected = "trees differ")]
+fn a_differing_tree_fails_the_comparison() {
+    let env = TestEnv::new("selfcheck_diff");
+    env.layer("l1").file("a", "same").file("d/x", "x");
+    env.layer("l2").file("b", "b");
+    let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
+    // Change the layover side's layers behind its back (before anything is cached).
+    fs::write(pair.layover_layers.join("upper/extra"), "only in layover").unwrap();
+    fs::write(pair.layover_layers.join("upper/a"), "changed").unwrap();
+    compare_pair(&pair, &Compare::default());
+}
+
+#[test]
+fn mounts_are_gone_after_a_failed_test() {
+    let root = std::sync::Mutex::new(None);
+    let r = std::panic::catch_unwind(|| {
+        let env = TestEnv::new("selfcheck_cleanup");
+        env.layer("l1").file("a", "a");
+        env.layer("l2").file("b", "b");
+        let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
+        *root.lock().unwrap() = Some((env.root.clone(), pair.kernel.clone(), pair.layover.clone()));
+        panic!("deliberate");
+    });
+    assert!(r.is_err());
+    let (dir, k, l) = root.lock().unwrap().take().unwrap();
+    assert!(!is_mounted(&k), "kernel overlay left mounted");
+    assert!(!is_mounted(&l), "layover left mounted");
+    assert!(
+        !mounts().iter().any(|m| m.target.starts_with(&dir)),
+        "something left mounted under {}",
+        dir.display()
+    );
+    assert!(!Path::new(&dir).exists(), "{} not removed", dir.display());
+    assert!(
+        wait_until(Duration::from_secs(2), || daemon_pids(&l, false).is_empty()),
+        "layover daemon still running after cleanup"
+    );
+}
