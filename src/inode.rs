@@ -174,14 +174,19 @@ impl Numbering {
 pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
     pub numbers: Numbering,
+    /// Inodes dropped since the map was last shrunk.
+    dropped: AtomicU64,
 }
+
+/// After this many inodes are dropped, see whether the map should give memory back.
+const SHRINK_EVERY: u64 = 1 << 14;
 
 impl InodeTable {
     pub fn new(numbers: Numbering, root: Inode) -> InodeTable {
         let map = DashMap::new();
         root.lookups.store(1, Ordering::Relaxed);
         map.insert(ROOT_INO, Arc::new(root));
-        InodeTable { map, numbers }
+        InodeTable { map, numbers, dropped: AtomicU64::new(0) }
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
@@ -230,9 +235,17 @@ impl InodeTable {
             n.min(inode.lookups.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        if prev <= n {
-            self.map
-                .remove_if(&ino, |_, v| v.lookups.load(Ordering::Relaxed) == 0);
+        if prev <= n
+            && self.map.remove_if(&ino, |_, v| v.lookups.load(Ordering::Relaxed) == 0).is_some()
+            && self.dropped.fetch_add(1, Ordering::Relaxed) + 1 >= SHRINK_EVERY
+        {
+            self.dropped.store(0, Ordering::Relaxed);
+            // When the kernel forgot most of what it held (memory pressure, drop_caches),
+            // give the memory back instead of keeping the high-water mark.
+            if self.map.len() * 4 < self.map.capacity() {
+                self.map.shrink_to_fit();
+                crate::sys::malloc_trim();
+            }
         }
     }
 }

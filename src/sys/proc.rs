@@ -180,3 +180,9 @@ pub fn write_all(fd: BorrowedFd<'_>, buf: &[u8]) {
         done += r as usize;
     }
 }
+
+/// Returns freed heap memory to the kernel (glibc's malloc_trim).
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
