@@ -170,6 +170,30 @@ impl Numbering {
     }
 }
 
+/// Names seen for lower files with several hard links, per inode: (parent, name). A copy-up
+/// breaks such links (as the kernel's does without index=on); the other names must then be
+/// looked up again to show the lower file.
+#[derive(Default)]
+pub struct LowerLinks {
+    map: DashMap<u64, Vec<LinkName>>,
+}
+
+/// One name of a hard-linked object: (parent inode, name).
+pub type LinkName = (u64, Box<[u8]>);
+
+impl LowerLinks {
+    pub fn note(&self, ino: u64, parent: u64, name: &[u8]) {
+        let mut names = self.map.entry(ino).or_default();
+        if !names.iter().any(|(p, n)| *p == parent && **n == *name) {
+            names.push((parent, name.into()));
+        }
+    }
+
+    pub fn take(&self, ino: u64) -> Vec<LinkName> {
+        self.map.remove(&ino).map(|(_, v)| v).unwrap_or_default()
+    }
+}
+
 /// Live inodes by number, with their lookup counts.
 pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
@@ -186,7 +210,11 @@ impl InodeTable {
         let map = DashMap::new();
         root.lookups.store(1, Ordering::Relaxed);
         map.insert(ROOT_INO, Arc::new(root));
-        InodeTable { map, numbers, dropped: AtomicU64::new(0) }
+        InodeTable {
+            map,
+            numbers,
+            dropped: AtomicU64::new(0),
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
@@ -236,7 +264,10 @@ impl InodeTable {
             Ordering::Relaxed,
         );
         if prev <= n
-            && self.map.remove_if(&ino, |_, v| v.lookups.load(Ordering::Relaxed) == 0).is_some()
+            && self
+                .map
+                .remove_if(&ino, |_, v| v.lookups.load(Ordering::Relaxed) == 0)
+                .is_some()
             && self.dropped.fetch_add(1, Ordering::Relaxed) + 1 >= SHRINK_EVERY
         {
             self.dropped.store(0, Ordering::Relaxed);

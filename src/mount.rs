@@ -97,6 +97,53 @@ fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, 
     })
 }
 
+/// Invalidates the kernel's caches through FUSE notifications. Entry invalidations take the
+/// directory's lock in the kernel, so they are sent from a thread of their own, never from
+/// the request that caused them.
+struct KernelNotifier {
+    notifier: fuser::Notifier,
+    entries: std::sync::mpsc::Sender<(u64, Vec<u8>)>,
+}
+
+impl KernelNotifier {
+    fn start(notifier: fuser::Notifier) -> KernelNotifier {
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
+        let n2 = notifier.clone();
+        let spawned = std::thread::Builder::new()
+            .name("inval".into())
+            .spawn(move || {
+                for (parent, name) in rx {
+                    let name = std::ffi::OsStr::from_bytes(&name);
+                    if let Err(e) = n2.inval_entry(fuser::INodeNo(parent), name) {
+                        log::debug!("inval_entry({parent}, {name:?}): {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!(
+                "no invalidation thread ({e}): hard links broken by copy-up may show stale data"
+            );
+        }
+        KernelNotifier {
+            notifier,
+            entries: tx,
+        }
+    }
+}
+
+impl crate::overlay::KernelCache for KernelNotifier {
+    fn inval_attr(&self, ino: u64) {
+        // Only attributes (offset -1): never waits on page locks a request may hold.
+        if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
+            log::debug!("inval_inode({ino}): {e}");
+        }
+    }
+
+    fn inval_entry(&self, parent: u64, name: &[u8]) {
+        let _ = self.entries.send((parent, name.to_vec())); // the thread is gone only at exit
+    }
+}
+
 /// Unmounts on SIGTERM/SIGINT/SIGHUP (lazily, so that open files stay usable until
 /// closed); the session then ends by itself.
 fn spawn_signal_thread(cfg: &Config) {
@@ -168,13 +215,7 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
             return Err(e);
         }
     };
-    let notifier = session.notifier();
-    ov.set_invalidator(Box::new(move |ino| {
-        // Only attributes (offset -1): never waits on page locks a request may hold.
-        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
-            log::debug!("inval_inode({ino}): {e}");
-        }
-    }));
+    ov.set_kernel_cache(Box::new(KernelNotifier::start(session.notifier())));
     if let Some(wr) = notify {
         sys::write_all(wr.as_fd(), b"ok");
         drop(wr);

@@ -623,15 +623,23 @@ fn layers_released_right_after_umount() {
         let keep_open = fs::File::open(mnt.join("d/b")).unwrap();
         drop(keep_open);
         env.assert_alive();
+        let pids = daemon_pids(&mnt, false);
+        assert_eq!(pids.len(), 1, "one daemon for {}: {pids:?}", mnt.display());
+        let pid = pids[0];
         cmd_ok("umount", &[mnt.as_os_str()]);
         env.untrack(&mnt);
+        let state_after_umount = process_state(pid);
         let r = cmd("umount", &[fsdir.as_os_str()]);
         if r.ok() {
             env.untrack(&fsdir);
         } else {
+            let who = holders(&fsdir);
             failures.push(format!(
-                "round {round}: umount of the layers' tmpfs: {}",
-                r.stderr.trim()
+                "round {round}: umount of the layers' tmpfs: {} (holders right after: {who:?}; \
+                 layover daemon {pid}: state {state_after_umount:?} as umount MNT returned, \
+                 alive now: {})",
+                r.stderr.trim(),
+                process_alive(pid)
             ));
             // Let the daemon go, then clean up for the next round.
             wait_until(Duration::from_secs(5), || {

@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
@@ -1070,4 +1071,242 @@ fn read_only_mount_gives_erofs() {
     );
     assert_eq!(fs::read(mnt.join("f")).unwrap(), b"l2 f");
     env.assert_alive();
+}
+
+/// statfs describes the upper file system (the top lower without one): compare the totals
+/// (free counts move as other things write) and the name length.
+#[test]
+fn statfs_matches_kernel() {
+    let env = TestEnv::new("statfs");
+    env.layer("l1").file("a", "a");
+    env.layer("l2").file("b", "b");
+    for upper in [Some("upper"), None] {
+        let pair = env.mount_pair(&["l1", "l2"], upper);
+        let fmt = os("%b %S %c %l");
+        let k = cmd_ok("stat", &[os("-f"), os("-c"), fmt, pair.kernel.as_os_str()]);
+        let l = cmd_ok("stat", &[os("-f"), os("-c"), fmt, pair.layover.as_os_str()]);
+        assert_eq!(
+            l.stdout, k.stdout,
+            "statfs (blocks, block size, inodes, namelen), upper {upper:?}"
+        );
+    }
+    env.assert_alive();
+}
+
+/// Runs `argv` as uid/gid 1000 (no supplementary groups) and returns (success, stderr with
+/// `mnt` replaced by MNT).
+fn as_user(mnt: &Path, argv: &[&OsStr]) -> (bool, String) {
+    let mut a: Vec<&OsStr> = vec![
+        os("--reuid=1000"),
+        os("--regid=1000"),
+        os("--clear-groups"),
+        os("--"),
+    ];
+    a.extend_from_slice(argv);
+    let r = cmd("setpriv", &a);
+    let m = mnt.to_str().unwrap();
+    (r.ok(), r.stderr.replace(m, "MNT"))
+}
+
+/// Another uid uses the mount (allow_other, default_permissions): permission checks follow
+/// the merged view's modes and owners, as on the kernel's overlay.
+#[test]
+fn permissions_for_another_user() {
+    let env = TestEnv::new("perms");
+    env.layer("l2")
+        .file_owned("secret", "root only", 0o600, 0, 0)
+        .file_owned("public", "everyone", 0o644, 0, 0)
+        .file_owned("mine", "uid 1000", 0o600, 1000, 1000)
+        .file_owned("closed/inner", "inner", 0o644, 0, 0)
+        .dir_mode("closed", 0o700)
+        .file_owned("search-only/f", "reachable", 0o644, 0, 0)
+        .dir_mode("search-only", 0o711)
+        .file_owned("group/f", "group", 0o640, 0, 1000);
+    // The top layer makes a lower file private, and a private lower dir public.
+    env.layer("l1")
+        .file_owned("public2", "now private", 0o600, 0, 0)
+        .file_owned("closed2/x", "x", 0o644, 0, 0)
+        .dir_mode("closed2", 0o755);
+    env.layer("l2")
+        .file_owned("public2", "was public", 0o644, 0, 0);
+    env.layer("l2")
+        .file_owned("closed2/y", "y", 0o644, 0, 0)
+        .dir_mode("closed2", 0o700);
+    for upper in [Some("upper"), None] {
+        let pair = env.mount_pair(&["l1", "l2"], upper);
+        let cases: &[(&str, &str)] = &[
+            ("cat", "secret"),
+            ("cat", "public"),
+            ("cat", "mine"),
+            ("ls", "closed"),
+            ("cat", "closed/inner"),
+            ("ls", "search-only"),
+            ("cat", "search-only/f"),
+            ("cat", "group/f"),
+            ("cat", "public2"),
+            ("ls", "closed2"),
+            ("cat", "closed2/y"),
+        ];
+        for (prog, rel) in cases {
+            let (k, l) = pair.both(rel);
+            let kr = as_user(&pair.kernel, &[os(prog), k.as_os_str()]);
+            let lr = as_user(&pair.layover, &[os(prog), l.as_os_str()]);
+            assert_eq!(lr, kr, "uid 1000: {prog} {rel} (upper {upper:?})");
+        }
+        // The premise: some of these must actually be refused.
+        let (ok, _) = as_user(
+            &pair.kernel,
+            &[os("cat"), pair.kernel.join("secret").as_os_str()],
+        );
+        assert!(
+            !ok,
+            "premise: uid 1000 reads a 0600 root file on the kernel mount"
+        );
+    }
+    env.assert_alive();
+}
+
+/// Several threads walk the same mount at once while the kernel drops its caches: every walk
+/// shows the kernel's tree and the daemon survives.
+#[test]
+fn concurrent_walks_agree() {
+    let env = TestEnv::new("concurrent");
+    let (l1, l2) = (env.layer("l1"), env.layer("l2"));
+    for i in 0..300 {
+        l1.file(format!("d{}/f{i}", i % 7), format!("l1 {i}"));
+        if i % 3 == 0 {
+            l2.file(format!("d{}/g{i}", i % 5), format!("l2 {i}"));
+            l2.hardlink(format!("d{}/g{i}", i % 5), format!("links/g{i}"));
+        }
+        if i % 11 == 0 {
+            l1.whiteout(format!("d{}/g{i}", i % 5));
+        }
+    }
+    let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
+    let kernel = snapshot(&pair.kernel);
+    let mnt = pair.layover.clone();
+    std::thread::scope(|s| {
+        let walkers: Vec<_> = (0..6)
+            .map(|_| {
+                let mnt = mnt.clone();
+                s.spawn(move || (0..4).map(|_| snapshot(&mnt)).collect::<Vec<_>>())
+            })
+            .collect();
+        for _ in 0..5 {
+            fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for w in walkers {
+            for snap in w.join().unwrap() {
+                assert_same_tree(&kernel, &snap, &Compare::default());
+            }
+        }
+    });
+    env.assert_alive();
+}
+
+/// Large and sparse files read alike at any offset.
+#[test]
+fn large_and_sparse_files() {
+    use std::os::unix::fs::FileExt;
+    let env = TestEnv::new("large");
+    let big: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    env.layer("l2").file("big", &big).file("sparse", b"");
+    let sparse = env.layer("l2").path("sparse");
+    {
+        let f = fs::OpenOptions::new().write(true).open(&sparse).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(b"middle", 3 << 20).unwrap();
+        f.set_len(8 << 20).unwrap();
+    }
+    env.layer("l1").file("small", "s");
+    let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
+    compare_pair(&pair, &Compare::default());
+    for name in ["big", "sparse"] {
+        let (k, l) = pair.both(name);
+        let (kf, lf) = (fs::File::open(&k).unwrap(), fs::File::open(&l).unwrap());
+        for (off, len) in [
+            (0u64, 1usize),
+            (4095, 2),
+            (131_071, 200_000),
+            (3 << 20, 10),
+            (5_999_990, 100),
+            (8 << 20, 10),
+        ] {
+            let mut kb = vec![0u8; len];
+            let mut lb = vec![0u8; len];
+            let kn = kf.read_at(&mut kb, off).unwrap();
+            let ln = lf.read_at(&mut lb, off).unwrap();
+            assert_eq!(ln, kn, "{name}: bytes read at {off}");
+            assert!(lb[..ln] == kb[..kn], "{name}: data at {off}");
+        }
+    }
+    env.assert_alive();
+}
+
+/// Changing a lower under a live mount is undefined, but must never crash the daemon.
+#[test]
+fn changing_lowers_underneath_does_not_crash() {
+    let env = TestEnv::new("mutate_lower");
+    env.layer("l2")
+        .file("d/a", "a")
+        .file("d/b", "b")
+        .file("f", "f")
+        .file("tree/x/y/z", "z")
+        .file("becomes-dir", "file")
+        .file("long", vec![b'x'; 100_000]);
+    env.layer("l1").file("d/c", "c").dir("becomes-file");
+    let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
+    let mnt = &pair.layover;
+    let _ = snapshot(mnt);
+    let held = fs::File::open(mnt.join("long")).unwrap();
+    let dir_handle = fs::read_dir(mnt.join("d")).unwrap();
+    let l1 = pair.layover_layers.join("l1");
+    let l2 = pair.layover_layers.join("l2");
+    fs::remove_dir_all(l2.join("tree")).unwrap();
+    fs::remove_file(l2.join("becomes-dir")).unwrap();
+    fs::create_dir(l2.join("becomes-dir")).unwrap();
+    fs::remove_dir(l1.join("becomes-file")).unwrap();
+    fs::write(l1.join("becomes-file"), "now a file").unwrap();
+    fs::rename(l2.join("d"), l2.join("d-moved")).unwrap();
+    fs::write(l2.join("long"), "short").unwrap();
+    fs::remove_file(l2.join("f")).unwrap();
+    cmd_ok(
+        "mknod",
+        &[l1.join("f").as_os_str(), os("c"), os("0"), os("0")],
+    );
+    // Whatever these return, the daemon must keep answering.
+    let _ = dir_handle.count();
+    let mut buf = [0u8; 4096];
+    use std::os::unix::fs::FileExt;
+    let _ = held.read_at(&mut buf, 50_000);
+    for _ in 0..2 {
+        let _ = snapshot_with(
+            mnt,
+            SnapOpts {
+                xattrs: true,
+                content: true,
+            },
+        );
+        for p in [
+            "tree/x/y/z",
+            "becomes-dir",
+            "becomes-file",
+            "d/a",
+            "d-moved/a",
+            "f",
+        ] {
+            let _ = fs::symlink_metadata(mnt.join(p));
+            let _ = fs::read(mnt.join(p));
+            let _ = fs::read_dir(mnt.join(p)).map(Iterator::count);
+        }
+        fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    }
+    drop(held);
+    env.assert_alive();
+    assert_eq!(fs::read(mnt.join("d/c")).unwrap(), b"c");
+    fs::write(mnt.join("fresh"), "still writable").unwrap();
+    assert_eq!(fs::read(mnt.join("fresh")).unwrap(), b"still writable");
 }

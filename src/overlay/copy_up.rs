@@ -199,6 +199,9 @@ impl Overlay {
         }
         inode.data_gen.fetch_add(1, Ordering::AcqRel);
         self.invalidate_attr(inode.ino);
+        if src.nlink > 1 && !src.is_dir() {
+            self.break_lower_links(inode);
+        }
         Ok(())
     }
 

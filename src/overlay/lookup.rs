@@ -148,6 +148,12 @@ impl Overlay {
                 },
             )
         });
+        if kind != libc::S_IFDIR
+            && found.stat.nlink > 1
+            && inode.top().is_some_and(|t| !self.layers.is_upper(t.layer))
+        {
+            self.note_lower_link(&inode, parent.ino, name);
+        }
         let attr = self.present_attr(&inode, found.stat);
         Entry { inode, attr }
     }

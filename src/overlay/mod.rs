@@ -22,7 +22,7 @@ use crate::config::{Config, XattrNs};
 use crate::dircache::DirCache;
 use crate::error::{Errno, FsResult, StartupError};
 use crate::handle::HandleTable;
-use crate::inode::{Inode, InodeState, InodeTable, Numbering, Presence, ROOT_INO};
+use crate::inode::{Inode, InodeState, InodeTable, LowerLinks, Numbering, Presence, ROOT_INO};
 use crate::layer::{LayerIdx, Layers};
 use crate::sys::{self, Stat};
 use std::ffi::{CStr, CString};
@@ -56,8 +56,15 @@ pub struct Entry {
     pub attr: Stat,
 }
 
-/// Tells the kernel to drop its cached attributes of an inode (set once the session exists).
-pub type Invalidate = Box<dyn Fn(u64) + Send + Sync>;
+/// The kernel's caches of what we serve, which we must invalidate when the real objects
+/// change under an inode (set once the session exists).
+pub trait KernelCache: Send + Sync {
+    /// Drop the cached attributes of `ino`.
+    fn inval_attr(&self, ino: u64);
+    /// Drop the cached entry `name` in directory `parent`. Must not block: it may be called
+    /// while the kernel holds the directory's lock for the request we are serving.
+    fn inval_entry(&self, parent: u64, name: &[u8]);
+}
 
 pub struct Overlay {
     pub cfg: Config,
@@ -69,7 +76,8 @@ pub struct Overlay {
     dirs: DirCache,
     pub caps: Caps,
     temp_seq: AtomicU64,
-    invalidator: std::sync::OnceLock<Invalidate>,
+    kernel_cache: std::sync::OnceLock<Box<dyn KernelCache>>,
+    lower_links: LowerLinks,
 }
 
 /// Turns a name into a C string (a NUL byte inside is invalid).
@@ -123,21 +131,39 @@ impl Overlay {
             dirs: DirCache::default(),
             caps,
             temp_seq: AtomicU64::new(0),
-            invalidator: std::sync::OnceLock::new(),
+            kernel_cache: std::sync::OnceLock::new(),
+            lower_links: LowerLinks::default(),
         };
         ov.refresh_root_layers();
         Ok(ov)
     }
 
-    pub fn set_invalidator(&self, f: Invalidate) {
-        let _ = self.invalidator.set(f); // set once, at mount
+    pub fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
+        let _ = self.kernel_cache.set(k); // set once, at mount
     }
 
     /// The kernel's cached attributes of `ino` are stale (its real object changed under it:
     /// copy-up changes nlink and ctime, and a directory's nlink when it becomes merged).
     pub fn invalidate_attr(&self, ino: u64) {
-        if let Some(f) = self.invalidator.get() {
-            f(ino);
+        if let Some(k) = self.kernel_cache.get() {
+            k.inval_attr(ino);
+        }
+    }
+
+    /// Remembers that `inode` (a lower file with several links) was seen as `name`.
+    fn note_lower_link(&self, inode: &Inode, parent: u64, name: &[u8]) {
+        self.lower_links.note(inode.ino, parent, name);
+    }
+
+    /// After `inode` was copied up: its other names still mean the lower file.
+    fn break_lower_links(&self, inode: &Inode) {
+        let names = self.lower_links.take(inode.ino);
+        let st = inode.state();
+        let copied = (st.parent.as_ref().map_or(ROOT_INO, |p| p.ino), &*st.name);
+        if let Some(k) = self.kernel_cache.get() {
+            for (p, n) in names.iter().filter(|(p, n)| (*p, &**n) != copied) {
+                k.inval_entry(*p, n);
+            }
         }
     }
 
@@ -229,8 +255,11 @@ impl Overlay {
     pub fn forget(&self, ino: u64, n: u64) {
         let is_dir = self.inodes.get(ino).is_some_and(|i| i.is_dir());
         self.inodes.forget(ino, n);
-        if is_dir && self.inodes.get(ino).is_none() {
-            self.invalidate_dir(ino);
+        if self.inodes.get(ino).is_none() {
+            if is_dir {
+                self.invalidate_dir(ino);
+            }
+            self.lower_links.take(ino);
         }
     }
 

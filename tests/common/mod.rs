@@ -306,6 +306,44 @@ pub fn daemon_pids(mountpoint: &Path, any_exe: bool) -> Vec<u32> {
     pids
 }
 
+/// Processes with an open file, cwd or root under `dir`: "pid N (comm): fd K -> path".
+pub fn holders(dir: &Path) -> Vec<String> {
+    let want = dir.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let mut links: Vec<(String, PathBuf)> = Vec::new();
+        for special in ["cwd", "root"] {
+            if let Ok(t) = fs::read_link(e.path().join(special)) {
+                links.push((special.to_owned(), t));
+            }
+        }
+        if let Ok(fds) = fs::read_dir(e.path().join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(t) = fs::read_link(fd.path()) {
+                    links.push((format!("fd {}", fd.file_name().to_string_lossy()), t));
+                }
+            }
+        }
+        for (what, t) in links {
+            if t.as_os_str().as_bytes().starts_with(want) {
+                out.push(format!(
+                    "pid {pid} ({}): {what} -> {}",
+                    comm.trim(),
+                    t.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The state letter of /proc/PID/stat (R, S, D, Z, ...), None if the process is gone.
 pub fn process_state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
