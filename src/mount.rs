@@ -16,7 +16,7 @@ const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 fn threads(cfg: &Config) -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    cfg.threads.unwrap_or((cpus * 2).clamp(4, 16)).max(1)
+    cfg.threads.unwrap_or((cpus * 2).clamp(8, 32)).max(1)
 }
 
 fn cstr(s: &[u8], what: &str) -> Result<CString, StartupError> {

@@ -433,7 +433,7 @@ fn check_helper_mount(env: &TestEnv, how: &str, r: &Run, x: &Dirs, name: &str) {
     fs::write(x.mnt.join(name), how).unwrap();
     assert_eq!(fs::read_to_string(x.upper.join(name)).unwrap(), how);
     env.assert_alive();
-    cmd_ok("umount", &[x.mnt.as_os_str()]);
+    umount_retrying(&x.mnt);
     env.untrack(&x.mnt);
     assert!(!is_mounted(&x.mnt), "{how}: still mounted after umount");
     // Each helper mount needs an empty workdir again.
@@ -551,7 +551,7 @@ fn daemon_exits_after_umount() {
     let x = dirs(&env);
     let pid = mount_one(&env, &x);
     assert_eq!(fs::read(x.mnt.join("hello")).unwrap(), b"hello from l1");
-    cmd_ok("umount", &[x.mnt.as_os_str()]);
+    umount_retrying(&x.mnt);
     env.untrack(&x.mnt);
     assert!(
         wait_until(Duration::from_secs(1), || !process_alive(pid)),
@@ -626,9 +626,9 @@ fn layers_released_right_after_umount() {
         let pids = daemon_pids(&mnt, false);
         assert_eq!(pids.len(), 1, "one daemon for {}: {pids:?}", mnt.display());
         let pid = pids[0];
-        cmd_ok("umount", &[mnt.as_os_str()]);
+        umount_retrying(&mnt);
         env.untrack(&mnt);
-        let state_after_umount = process_state(pid);
+        let alive_after_umount = process_alive(pid);
         let r = cmd("umount", &[fsdir.as_os_str()]);
         if r.ok() {
             env.untrack(&fsdir);
@@ -636,8 +636,8 @@ fn layers_released_right_after_umount() {
             let who = holders(&fsdir);
             failures.push(format!(
                 "round {round}: umount of the layers' tmpfs: {} (holders right after: {who:?}; \
-                 layover daemon {pid}: state {state_after_umount:?} as umount MNT returned, \
-                 alive now: {})",
+                 layover daemon {pid} still running as umount MNT returned: \
+                 {alive_after_umount}, still running now: {})",
                 r.stderr.trim(),
                 process_alive(pid)
             ));

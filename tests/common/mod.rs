@@ -298,7 +298,7 @@ pub fn daemon_pids(mountpoint: &Path, any_exe: bool) -> Vec<u32> {
                 continue;
             }
         }
-        if process_state(pid) == Some('Z') {
+        if !process_alive(pid) {
             continue;
         }
         pids.push(pid);
@@ -351,8 +351,46 @@ pub fn process_state(pid: u32) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+/// Whether any thread of the process is still running. A thread-group leader shows 'Z' as
+/// soon as its own thread has exited, while its other threads (and so its open files) may
+/// still be there; those show in /proc/PID/task.
 pub fn process_alive(pid: u32) -> bool {
-    matches!(process_state(pid), Some(s) if s != 'Z' && s != 'X')
+    match process_state(pid) {
+        None | Some('X') => false,
+        Some('Z') => fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|rd| {
+                rd.flatten().any(|t| {
+                    fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|st| {
+                            st.rsplit_once(')')
+                                .and_then(|(_, a)| a.trim_start().chars().next())
+                        })
+                        .is_some_and(|c| c != 'Z' && c != 'X')
+                })
+            })
+            .unwrap_or(false),
+        Some(_) => true,
+    }
+}
+
+/// Unmounts `path` (plain umount, no -l/-f). A transient EBUSY is retried for a moment: in a
+/// multi-threaded test binary, a child that another test forks can briefly hold a copy of a
+/// file descriptor we have already closed (until its exec).
+pub fn umount_retrying(path: &Path) {
+    let mut last = None;
+    for _ in 0..50 {
+        let r = cmd("umount", &[path.as_os_str()]);
+        if r.ok() {
+            return;
+        }
+        if !r.stderr.contains("busy") {
+            panic!("umount {}: {}", path.display(), r.stderr);
+        }
+        last = Some(r.stderr);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("umount {}: still busy after 1 s: {last:?}", path.display());
 }
 
 /// Waits until `cond` holds or the deadline passes; returns whether it held.
