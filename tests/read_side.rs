@@ -946,7 +946,49 @@ fn userxattr_opaque_directories() {
         ),
         &probe_m,
     );
-    assert!(probe.is_ok(), "kernel refuses userxattr as root: {probe:?}");
+    if let Err(why) = probe {
+        // Not the case on 6.18; kept so that a kernel without userxattr still tests layover.
+        eprintln!("NOTE: {why}; comparing with a hand-written expectation instead");
+        let dir = env.copy_layers("fallback");
+        let mnt = env.mkdir("fallback.mnt");
+        env.mount_layover(&TestEnv::overlay_opts(&dir, &spec), &mnt);
+        let mut exp = Expected::new();
+        for d in ["", "uo", "to", "plain", "uu"] {
+            exp.insert(d.as_bytes().to_vec(), (Kind::Dir, None));
+        }
+        for (f, c) in [
+            ("uo/top", "l1 uo/top"),
+            ("to/top", "l1 to/top"),
+            ("to/below", "l2 to/below"),
+            ("plain/top", "l1 plain/top"),
+            ("plain/below", "l2 plain/below"),
+            ("f", "l1 f"),
+            ("uu/x", "upper uu/x"),
+        ] {
+            exp.insert(
+                f.as_bytes().to_vec(),
+                (Kind::File, Some(c.as_bytes().to_vec())),
+            );
+        }
+        let snap = snapshot(&mnt);
+        assert_matches_expected(&snap, &exp);
+        for (path, n) in &snap.nodes {
+            let names = n
+                .xattrs
+                .as_ref()
+                .map(|x| x.keys().cloned().collect::<Vec<_>>());
+            assert!(
+                !names
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|k| k.starts_with(b"user.overlay.")),
+                "user.overlay.* visible on {} with userxattr",
+                show(path)
+            );
+        }
+        env.assert_alive();
+        return;
+    }
     let pair = env.mount_pair_with(&spec);
     compare_pair(&pair, &Compare::default());
     lstat_errno(&pair, "uo/below", Some(libc::ENOENT));
