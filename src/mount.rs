@@ -165,6 +165,33 @@ fn spawn_signal_thread(cfg: &Config) {
     }
 }
 
+/// Exits the moment the FUSE connection is gone (umount aborts it), without waiting for
+/// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
+/// us must not find them still held.
+fn spawn_exit_watcher(session: &fuser::Session<Fs>) {
+    let fd = match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("no exit watcher ({e}): the daemon exits when its workers stop");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("exit".into())
+        .spawn(move || {
+            if !sys::make_thread_realtime() {
+                log::debug!("exit watcher runs without real-time priority");
+            }
+            sys::wait_for_error(fd.as_fd());
+            // Let go of every layer first, from this thread, then end the process.
+            sys::close_fds_from(3);
+            sys::exit_now(0);
+        });
+    if let Err(e) = spawned {
+        log::warn!("no exit watcher ({e}): the daemon exits when its workers stop");
+    }
+}
+
 /// Runs the mount to its end. Returns only on a startup failure.
 pub fn run(cfg: Config) -> Result<(), StartupError> {
     for u in &cfg.unknown {
@@ -200,6 +227,7 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
             sys::Fork::Child => {
                 drop(rd);
                 sys::setsid();
+                sys::chdir_root();
                 Some(wr)
             }
         }
@@ -231,6 +259,7 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
         threads(&cfg)
     );
     spawn_signal_thread(&cfg);
+    spawn_exit_watcher(&session);
     let result = session.run();
     // Unmounted: let go of every layer at once. Exiting without running destructors means
     // no time is spent freeing the inode table while the layers are still held.

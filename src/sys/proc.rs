@@ -186,3 +186,42 @@ pub fn malloc_trim() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };
 }
+
+/// Blocks until `fd` reports an error or hang-up (for /dev/fuse: the connection is gone).
+pub fn wait_for_error(fd: BorrowedFd<'_>) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            return;
+        }
+        if r < 0 && Errno::last() != Errno::EINTR {
+            return;
+        }
+    }
+}
+
+/// Changes the working directory to /, so that the daemon pins no filesystem by its cwd.
+pub fn chdir_root() {
+    // SAFETY: NUL-terminated path.
+    unsafe { libc::chdir(c"/".as_ptr()) };
+}
+
+/// Closes every fd from `first` up (close_range), e.g. to let go of the layers at once.
+pub fn close_fds_from(first: u32) {
+    // SAFETY: closing fds; the caller exits right after, so no owner uses them again.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+/// Gives the calling thread real-time priority (SCHED_FIFO 1) where permitted, so that it
+/// runs the moment it is woken. Returns whether it worked.
+pub fn make_thread_realtime() -> bool {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 is the calling thread; a valid sched_param.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+}
