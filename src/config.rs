@@ -28,8 +28,10 @@ pub struct Config {
     pub source: String,
     pub foreground: bool,
     pub debug: bool,
-    /// fsync a staged copy-up before renaming it into the upper (off with fsync=0/volatile).
-    pub durable_copy_up: bool,
+    /// Syncs happen: a staged copy-up is fsynced before its rename into the upper, and
+    /// fsync/fsyncdir reach the upper (all off with fsync=0 or volatile, as the kernel's
+    /// volatile option does).
+    pub durable: bool,
     /// Entry and attribute cache time.
     pub timeout: Duration,
     pub xattr_ns: XattrNs,
@@ -348,7 +350,7 @@ impl Config {
             source,
             foreground: m.foreground,
             debug: m.debug,
-            durable_copy_up: !o.volatile && o.fsync != Some(false),
+            durable: !o.volatile && o.fsync != Some(false),
             timeout: Duration::from_secs_f64(o.timeout.unwrap_or(86400.0)),
             xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
                 XattrNs::User

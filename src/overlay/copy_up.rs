@@ -233,7 +233,7 @@ impl Overlay {
                 sys::fchmod(dfd.as_fd(), perm)?;
                 let (a, m) = times(src);
                 sys::utimensat(dfd.as_fd(), sys::EMPTY, a, m)?;
-                if self.cfg.durable_copy_up {
+                if self.cfg.durable {
                     sys::fsync(dfd.as_fd(), false)?;
                 }
             }

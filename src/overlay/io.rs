@@ -105,6 +105,9 @@ impl Overlay {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        if !self.cfg.durable {
+            return Ok(()); // volatile / fsync=0: every sync is skipped, as the kernel's volatile
+        }
         let (_, fd) = self.handle_fd(fh)?;
         sys::fsync(fd.as_fd(), datasync)
     }
@@ -112,7 +115,7 @@ impl Overlay {
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> FsResult<()> {
         let inode = self.inode(ino)?;
         let top = inode.top().ok_or(Errno::ESTALE)?;
-        if !self.layers.is_upper(top.layer) {
+        if !self.cfg.durable || !self.layers.is_upper(top.layer) {
             return Ok(());
         }
         let fd = self.dir_fd(&inode, top.layer)?;

@@ -29,16 +29,12 @@ impl Overlay {
             if inode.is_dir() {
                 return Err(Errno::EISDIR);
             }
-            match a.fh.and_then(|fh| self.handles.file(fh)) {
-                Some(_) => {
-                    let (_, fd) = self.handle_fd(a.fh.unwrap_or_default())?;
-                    sys::ftruncate(fd.as_fd(), size)?;
-                }
-                None => {
-                    let fd = sys::openat(dir, &name, libc::O_WRONLY, 0)?;
-                    sys::ftruncate(fd.as_fd(), size)?;
-                }
-            }
+            // Through the caller's open file when there is one (ftruncate), else by name.
+            let fd = match a.fh.filter(|fh| self.handles.file(*fh).is_some()) {
+                Some(fh) => self.handle_fd(fh)?.1,
+                None => std::sync::Arc::new(sys::openat(dir, &name, libc::O_WRONLY, 0)?),
+            };
+            sys::ftruncate(fd.as_fd(), size)?;
         }
         if a.uid.is_some() || a.gid.is_some() {
             sys::fchownat(
