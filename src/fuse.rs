@@ -60,15 +60,7 @@ fn timespec(t: TimeOrNow) -> TimeSpec {
 }
 
 fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
+    dtype(sys::dtype_of_mode(mode))
 }
 
 fn dtype(d: u8) -> FileType {

@@ -51,19 +51,6 @@ pub fn merge_layers(layers: &[(LayerIdx, Vec<LayerEntry>)]) -> Vec<DirEntry> {
     out
 }
 
-fn dtype_of_mode(mode: u32) -> u8 {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => libc::DT_DIR,
-        libc::S_IFREG => libc::DT_REG,
-        libc::S_IFLNK => libc::DT_LNK,
-        libc::S_IFCHR => libc::DT_CHR,
-        libc::S_IFBLK => libc::DT_BLK,
-        libc::S_IFIFO => libc::DT_FIFO,
-        libc::S_IFSOCK => libc::DT_SOCK,
-        _ => libc::DT_UNKNOWN,
-    }
-}
-
 impl Overlay {
     /// Reads and classifies one layer's copy of directory `dir`.
     fn layer_listing(
@@ -102,7 +89,7 @@ impl Overlay {
                 let cn = cname(&e.name)?;
                 match sys::fstatat(dirfd.as_fd(), &cn) {
                     Ok(st) => {
-                        d_type = dtype_of_mode(st.mode);
+                        d_type = sys::dtype_of_mode(st.mode);
                         dev = st.dev;
                         ino = st.ino;
                         whiteout = whiteout::is_whiteout_dev(&st)

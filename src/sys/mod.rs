@@ -107,6 +107,20 @@ impl From<&libc::stat> for Stat {
     }
 }
 
+/// The `DT_*` directory-entry type for a file mode.
+pub fn dtype_of_mode(mode: u32) -> u8 {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFREG => libc::DT_REG,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFCHR => libc::DT_CHR,
+        libc::S_IFBLK => libc::DT_BLK,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
+
 /// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats the dirfd itself.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> FsResult<Stat> {
     let mut flags = libc::AT_SYMLINK_NOFOLLOW;
