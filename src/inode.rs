@@ -35,6 +35,33 @@ pub struct Presence {
     pub xwhiteouts: bool,
 }
 
+/// The layers that hold an object, top first: inline for the common single layer (every
+/// non-directory), boxed for a merged directory. Reads as a slice.
+#[derive(Clone, Debug)]
+pub enum PresenceList {
+    One(Presence),
+    Many(Box<[Presence]>),
+}
+
+impl std::ops::Deref for PresenceList {
+    type Target = [Presence];
+    fn deref(&self) -> &[Presence] {
+        match self {
+            PresenceList::One(p) => std::slice::from_ref(p),
+            PresenceList::Many(b) => b,
+        }
+    }
+}
+
+impl From<Vec<Presence>> for PresenceList {
+    fn from(v: Vec<Presence>) -> Self {
+        match v.as_slice() {
+            [one] => PresenceList::One(*one),
+            _ => PresenceList::Many(v.into_boxed_slice()),
+        }
+    }
+}
+
 /// What can change about an inode while it lives.
 #[derive(Clone)]
 pub struct InodeState {
@@ -42,7 +69,7 @@ pub struct InodeState {
     pub parent: Option<Arc<Inode>>,
     pub name: Box<[u8]>,
     /// The layers that hold the object, top first. One entry for a non-directory.
-    pub layers: Box<[Presence]>,
+    pub layers: PresenceList,
     /// The real identity of the top object.
     pub real: RealId,
 }
@@ -289,7 +316,7 @@ mod tests {
         InodeState {
             parent: None,
             name: Box::new([]),
-            layers: Box::new([]),
+            layers: Vec::new().into(),
             real,
         }
     }

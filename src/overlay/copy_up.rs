@@ -191,7 +191,7 @@ impl Overlay {
             if src.is_dir() {
                 layers.extend(s.layers.iter().copied());
             }
-            s.layers = layers.into_boxed_slice();
+            s.layers = layers.into();
             s.real = (made.dev, made.ino);
         });
         if src.is_dir() {

@@ -4,7 +4,7 @@
 
 use super::{Entry, Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::{Inode, InodeState, Presence};
+use crate::inode::{Inode, InodeState, Presence, PresenceList};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Opacity};
 use std::ffi::CStr;
@@ -135,7 +135,7 @@ impl Overlay {
     pub(super) fn enter(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Entry {
         let real = (found.stat.dev, found.stat.ino);
         let kind = found.stat.file_type();
-        let layers: Box<[Presence]> = found.layers.into_boxed_slice();
+        let layers: PresenceList = found.layers.into();
         let inode = self.inodes.lookup(real, kind, |ino| {
             Inode::new(
                 ino,

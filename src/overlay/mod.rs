@@ -22,7 +22,9 @@ use crate::config::{Config, XattrNs};
 use crate::dircache::DirCache;
 use crate::error::{Errno, FsResult, StartupError};
 use crate::handle::HandleTable;
-use crate::inode::{Inode, InodeState, InodeTable, LowerLinks, Numbering, Presence, ROOT_INO};
+use crate::inode::{
+    Inode, InodeState, InodeTable, LowerLinks, Numbering, Presence, PresenceList, ROOT_INO,
+};
 use crate::layer::{LayerIdx, Layers};
 use crate::sys::{self, Stat};
 use std::ffi::{CStr, CString};
@@ -105,12 +107,13 @@ impl Overlay {
                 rename_whiteout: false,
             },
         };
-        let root_layers: Box<[Presence]> = (0..layers.len())
+        let root_layers: PresenceList = (0..layers.len())
             .map(|l| Presence {
                 layer: l as LayerIdx,
                 xwhiteouts: false,
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         let root = Inode::new(
             ROOT_INO,
             libc::S_IFDIR,
@@ -232,7 +235,7 @@ impl Overlay {
                 break;
             }
         }
-        root.update(|s| s.layers = layers.into_boxed_slice());
+        root.update(|s| s.layers = layers.into());
     }
 
     /// Attributes as the merged view reports them: the top object's, with our number, and
