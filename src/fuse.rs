@@ -2,15 +2,17 @@
 //! arguments, calls the overlay core once, and replies exactly once.
 
 use crate::error::Errno;
-use crate::overlay::{Caller, Entry, NewNode, Overlay, SetAttr, xattr::XattrReply};
+use crate::handle::Backings;
+use crate::overlay::{Caller, Entry, NewNode, OpenResult, Overlay, SetAttr, xattr::XattrReply};
 use crate::sys::{self, Stat, TimeSpec};
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,12 +21,39 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Fs {
     pub ov: Arc<Overlay>,
     ttl: Duration,
+    backings: Backings<BackingId>,
 }
 
 impl Fs {
     pub fn new(ov: Arc<Overlay>) -> Fs {
         let ttl = ov.cfg.timeout;
-        Fs { ov, ttl }
+        Fs {
+            ov,
+            ttl,
+            backings: Backings::default(),
+        }
+    }
+
+    /// The backing for a passthrough open, or None (and the handle served by the daemon)
+    /// when the kernel will not take it.
+    fn backing(
+        &self,
+        o: &OpenResult,
+        make: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !o.passthrough {
+            return None;
+        }
+        match self.backings.acquire(o.ino, make) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                log::warn!(
+                    "passthrough refused by the kernel ({e}); file data goes through the daemon from now on"
+                );
+                self.ov.passthrough_refused(o.fh);
+                None
+            }
+        }
     }
 }
 
@@ -154,11 +183,30 @@ impl Filesystem for Fs {
         if let Err(missing) = config.add_capabilities(supported) {
             log::debug!("kernel refused capabilities {missing:?}");
         }
+        // Passthrough: the kernel reads and writes the real files itself. It needs root, a
+        // kernel that offers it, and one level of filesystem stacking below us.
+        let passthrough = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+        if passthrough {
+            self.ov.enable_passthrough();
+            log::info!(
+                "FUSE passthrough granted: the kernel does the I/O of files in the upper layer{}",
+                if self.ov.layers.has_upper {
+                    ""
+                } else {
+                    " and, as the mount is read-only, of every file"
+                }
+            );
+        } else {
+            log::info!(
+                "FUSE passthrough not offered by the kernel: file data goes through the daemon (page-cached)"
+            );
+        }
         let max_write = self.ov.cfg.max_write.unwrap_or(1 << 20);
         if let Err(m) = config.set_max_write(max_write) {
             let _ = config.set_max_write(m); // the kernel's maximum
         }
-        log::info!("FUSE session ready; data through the daemon (no passthrough yet)");
         Ok(())
     }
 
@@ -313,7 +361,10 @@ impl Filesystem for Fs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(o) => match self.backing(&o, || reply.open_backing(o.fd.as_fd())) {
+                Some(b) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b),
+                None => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
+            },
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -374,7 +425,9 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.ov.release(fh.0);
+        if let Some((ino, true)) = self.ov.release(fh.0) {
+            self.backings.release(ino);
+        }
         reply.ok();
     }
 
@@ -521,13 +574,23 @@ impl Filesystem for Fs {
             .ov
             .create_file(parent.0, name.as_bytes(), what, flags, caller(req, umask))
         {
-            Ok((e, fh)) => reply.created(
-                &self.ttl,
-                &attr(&e.attr),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((e, o)) => match self.backing(&o, || reply.open_backing(o.fd.as_fd())) {
+                Some(b) => reply.created_passthrough(
+                    &self.ttl,
+                    &attr(&e.attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                    &b,
+                ),
+                None => reply.created(
+                    &self.ttl,
+                    &attr(&e.attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+            },
             Err(e) => reply.error(errno(e)),
         }
     }

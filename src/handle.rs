@@ -15,6 +15,8 @@ pub struct FileHandle {
     pub file: Mutex<(Arc<OwnedFd>, u64)>,
     /// Open flags as the caller gave them.
     pub flags: i32,
+    /// The kernel reads and writes the real file directly (FUSE passthrough).
+    pub passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl FileHandle {
@@ -83,5 +85,77 @@ impl HandleTable {
 
     pub fn remove_dir(&self, fh: u64) {
         self.dirs.remove(&fh);
+    }
+}
+
+/// Open modes per inode. The kernel refuses to mix passthrough opens and page-cached opens
+/// of one inode (ETXTBSY), so an open is passthrough only while no cached open exists.
+#[derive(Default)]
+pub struct IoModes {
+    /// ino -> (cached opens, passthrough opens)
+    map: DashMap<u64, (u32, u32)>,
+}
+
+impl IoModes {
+    /// Registers an open; returns whether it may be passthrough.
+    pub fn begin(&self, ino: u64, want_passthrough: bool) -> bool {
+        let mut e = self.map.entry(ino).or_default();
+        if want_passthrough && e.0 == 0 {
+            e.1 += 1;
+            true
+        } else {
+            e.0 += 1;
+            false
+        }
+    }
+
+    pub fn end(&self, ino: u64, passthrough: bool) {
+        self.map.remove_if_mut(&ino, |_, e| {
+            if passthrough {
+                e.1 = e.1.saturating_sub(1);
+            } else {
+                e.0 = e.0.saturating_sub(1);
+            }
+            *e == (0, 0)
+        });
+    }
+}
+
+/// The backing file of an inode's passthrough opens: the kernel wants the same one for all
+/// of them. Counted; dropped (which closes it in the kernel) with the last open.
+pub struct Backings<B> {
+    map: DashMap<u64, (Arc<B>, u32)>,
+}
+
+impl<B> Default for Backings<B> {
+    fn default() -> Self {
+        Backings {
+            map: DashMap::new(),
+        }
+    }
+}
+
+impl<B> Backings<B> {
+    /// The inode's backing, made with `make` (a syscall, run without any lock) if it has none.
+    pub fn acquire<E>(&self, ino: u64, make: impl FnOnce() -> Result<B, E>) -> Result<Arc<B>, E> {
+        if let Some(mut e) = self.map.get_mut(&ino) {
+            e.1 += 1;
+            return Ok(Arc::clone(&e.0));
+        }
+        let made = Arc::new(make()?);
+        let mut e = self
+            .map
+            .entry(ino)
+            .or_insert_with(|| (Arc::clone(&made), 0));
+        e.1 += 1;
+        Ok(Arc::clone(&e.0))
+    }
+
+    pub fn release(&self, ino: u64) {
+        let gone = self.map.remove_if_mut(&ino, |_, e| {
+            e.1 = e.1.saturating_sub(1);
+            e.1 == 0
+        });
+        drop(gone); // outside the map's lock: dropping closes the backing file
     }
 }

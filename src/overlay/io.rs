@@ -7,7 +7,7 @@ use crate::handle::FileHandle;
 use crate::sys;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use crate::sys::StatFs;
 
@@ -20,6 +20,16 @@ const STRIP: i32 = libc::O_CREAT
     | libc::O_APPEND
     | libc::O_DIRECT
     | libc::O_NOFOLLOW;
+
+/// What open tells the kernel.
+pub struct OpenResult {
+    pub fh: u64,
+    pub ino: u64,
+    /// The real file, for a passthrough backing.
+    pub fd: Arc<OwnedFd>,
+    /// Whether the kernel may read and write `fd` directly.
+    pub passthrough: bool,
+}
 
 pub fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
@@ -38,7 +48,53 @@ impl Overlay {
         Ok((Arc::new(fd), generation))
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+    /// Passthrough is safe when the open file can never be copied up underneath the
+    /// kernel's back: it is already in the upper, or the mount has no upper at all. (A
+    /// passthrough open of a lower file would keep reading the lower copy after a copy-up.)
+    fn passthrough_allowed(&self, inode: &crate::inode::Inode) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+            && inode.kind == libc::S_IFREG
+            && (!self.layers.has_upper
+                || inode.top().is_some_and(|t| self.layers.is_upper(t.layer)))
+    }
+
+    /// Records an open file, deciding its I/O mode.
+    fn add_handle(
+        &self,
+        inode: Arc<crate::inode::Inode>,
+        fd: Arc<OwnedFd>,
+        generation: u64,
+        flags: i32,
+    ) -> OpenResult {
+        let ino = inode.ino;
+        let passthrough = self.io_modes.begin(ino, self.passthrough_allowed(&inode));
+        let fh = self.handles.add_file(FileHandle {
+            inode,
+            file: parking_lot::Mutex::new((Arc::clone(&fd), generation)),
+            flags,
+            passthrough: AtomicBool::new(passthrough),
+        });
+        OpenResult {
+            fh,
+            ino,
+            fd,
+            passthrough,
+        }
+    }
+
+    /// The kernel would not take the passthrough backing for this handle: it is served
+    /// through the daemon instead, and passthrough is not tried again.
+    pub fn passthrough_refused(&self, fh: u64) {
+        self.passthrough.store(false, Ordering::Relaxed);
+        if let Some(h) = self.handles.file(fh)
+            && h.passthrough.swap(false, Ordering::Relaxed)
+        {
+            self.io_modes.end(h.inode.ino, true);
+            self.io_modes.begin(h.inode.ino, false);
+        }
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<OpenResult> {
         let inode = self.inode(ino)?;
         if inode.is_dir() {
             return Err(Errno::EISDIR);
@@ -51,12 +107,7 @@ impl Overlay {
         if flags & libc::O_TRUNC != 0 {
             sys::ftruncate(fd.as_fd(), 0)?;
         }
-        let fh = self.handles.add_file(FileHandle {
-            inode,
-            file: parking_lot::Mutex::new((Arc::clone(&fd), generation)),
-            flags,
-        });
-        Ok(fh)
+        Ok(self.add_handle(inode, fd, generation, flags))
     }
 
     /// The handle's real file, re-opened if the data moved (copy-up) since it was opened:
@@ -74,17 +125,7 @@ impl Overlay {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (_, fd) = self.handle_fd(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0usize;
-        while done < buf.len() {
-            let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
-        Ok(buf)
+        sys::pread_vec(fd.as_fd(), size as usize, offset)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
@@ -100,8 +141,12 @@ impl Overlay {
         Ok(done)
     }
 
-    pub fn release(&self, fh: u64) {
-        self.handles.remove_file(fh);
+    /// Closes a handle; returns (inode, was passthrough) for the caller's backing bookkeeping.
+    pub fn release(&self, fh: u64) -> Option<(u64, bool)> {
+        let h = self.handles.remove_file(fh)?;
+        let passthrough = h.passthrough.load(Ordering::Relaxed);
+        self.io_modes.end(h.inode.ino, passthrough);
+        Some((h.inode.ino, passthrough))
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
@@ -166,16 +211,12 @@ impl Overlay {
         what: super::NewNode<'_>,
         flags: i32,
         caller: super::Caller,
-    ) -> FsResult<(super::Entry, u64)> {
+    ) -> FsResult<(super::Entry, OpenResult)> {
         let (entry, fd) = self.create_node(parent, name, what, caller)?;
         let fd = fd.ok_or(Errno::EIO)?;
         let generation = entry.inode.data_gen.load(Ordering::Acquire);
-        let fh = self.handles.add_file(FileHandle {
-            inode: Arc::clone(&entry.inode),
-            file: parking_lot::Mutex::new((Arc::new(fd), generation)),
-            flags,
-        });
-        Ok((entry, fh))
+        let opened = self.add_handle(Arc::clone(&entry.inode), Arc::new(fd), generation, flags);
+        Ok((entry, opened))
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {

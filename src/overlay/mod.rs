@@ -15,6 +15,8 @@ mod rename;
 mod setattr;
 pub mod xattr;
 
+pub use io::OpenResult;
+
 pub use create::NewNode;
 pub use setattr::SetAttr;
 
@@ -80,6 +82,9 @@ pub struct Overlay {
     temp_seq: AtomicU64,
     kernel_cache: std::sync::OnceLock<Box<dyn KernelCache>>,
     lower_links: LowerLinks,
+    io_modes: crate::handle::IoModes,
+    /// The kernel granted FUSE passthrough (decided at INIT).
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 /// Turns a name into a C string (a NUL byte inside is invalid).
@@ -136,9 +141,17 @@ impl Overlay {
             temp_seq: AtomicU64::new(0),
             kernel_cache: std::sync::OnceLock::new(),
             lower_links: LowerLinks::default(),
+            io_modes: crate::handle::IoModes::default(),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         };
         ov.refresh_root_layers();
         Ok(ov)
+    }
+
+    /// Called once at INIT when the kernel grants passthrough.
+    pub fn enable_passthrough(&self) {
+        self.passthrough
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
