@@ -25,6 +25,31 @@ fn cstr(s: &[u8], what: &str) -> Result<CString, StartupError> {
 
 /// mount(2) of a FUSE filesystem on the opened /dev/fuse. `Ok(false)`: not permitted.
 fn kernel_mount(cfg: &Config, dev: &OwnedFd) -> Result<bool, StartupError> {
+    match try_kernel_mount(cfg, dev, &cfg.kernel_data) {
+        // SELinux context options fail with EINVAL on a kernel without SELinux: like mount(8)
+        // users expect from fuse-overlayfs, they are then dropped with a warning.
+        Err(e) if e.0 == libc::EINVAL && !cfg.kernel_data.is_empty() => {
+            eprintln!(
+                "layover: warning: the kernel refused {} (no SELinux?); mounting without",
+                cfg.kernel_data.join(",")
+            );
+            try_kernel_mount(cfg, dev, &[])
+        }
+        other => other,
+    }
+    .map_err(|e| {
+        StartupError::new(format!(
+            "cannot mount on '{}': {e}",
+            cfg.mountpoint.display()
+        ))
+    })
+}
+
+fn try_kernel_mount(
+    cfg: &Config,
+    dev: &OwnedFd,
+    extra: &[String],
+) -> Result<bool, crate::error::Errno> {
     let mut data = format!(
         "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
         dev.as_raw_fd(),
@@ -34,20 +59,18 @@ fn kernel_mount(cfg: &Config, dev: &OwnedFd) -> Result<bool, StartupError> {
     if cfg.allow_other || cfg.allow_root {
         data.push_str(",allow_other");
     }
-    for k in &cfg.kernel_data {
+    for k in extra {
         data.push(',');
         data.push_str(k);
     }
-    let source = cstr(cfg.source.as_bytes(), "source")?;
-    let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
-    let data = cstr(data.as_bytes(), "mount options")?;
+    let c = |b: &[u8]| std::ffi::CString::new(b).map_err(|_| crate::error::Errno::EINVAL);
+    let source = c(cfg.source.as_bytes())?;
+    let target = c(cfg.mountpoint.as_os_str().as_bytes())?;
+    let data = c(data.as_bytes())?;
     match sys::mount(&source, &target, c"fuse.layover", cfg.mount_flags, &data) {
         Ok(()) => Ok(true),
         Err(e) if e.0 == libc::EPERM => Ok(false),
-        Err(e) => Err(StartupError::new(format!(
-            "cannot mount on '{}': {e}",
-            cfg.mountpoint.display()
-        ))),
+        Err(e) => Err(e),
     }
 }
 
