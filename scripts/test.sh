@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, then every test target (unit tests, and the mounted
+# black-box tests that run layover beside the kernel's overlayfs).
+#
+#   sudo scripts/test.sh        (or scripts/test.sh in a root shell; CI runs it through .ci/run)
+#
+# The mounted tests need root and /dev/fuse; a missing prerequisite fails here, loudly, rather
+# than letting a test skip itself. Arguments are passed on to `cargo test`, e.g.
+# `scripts/test.sh read_side` runs only the tests whose names match.
+set -euo pipefail
+
+step() { printf '\n== %s\n' "$*"; }
+die() {
+    echo "test.sh: $*" >&2
+    exit 1
+}
+
+cd "$(dirname "$0")/.."
+
+# --- prerequisites ---------------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || die "the tests mount file systems and must run as root: sudo $0"
+
+# Debian packages the tests call: mount.fuse3/fusermount3 (fuse3), getfattr/setfattr (attr),
+# python3 (scripts), a C toolchain (build-essential). mount/umount, cp, mknod... are essential.
+# The tests use no cargo-installed tools yet; when one is added, install it here too.
+missing=()
+command -v mount.fuse3 >/dev/null || missing+=(fuse3)
+command -v setfattr >/dev/null || missing+=(attr)
+command -v python3 >/dev/null || missing+=(python3)
+command -v cc >/dev/null || missing+=(build-essential)
+if [ ${#missing[@]} -gt 0 ]; then
+    step "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+[ -c /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, pass the device in (--device /dev/fuse)"
+grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null ||
+    die "the kernel has no overlayfs (modprobe overlay): the tests compare layover with it"
+
+# cargo: root's own, or (under sudo) the invoking user's rustup toolchain. Everything is
+# built as that user (so target/ stays theirs); only the tests themselves run as root.
+builder=()
+if ! command -v cargo >/dev/null; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+    elif [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+        home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        if [ -x "$home/.cargo/bin/cargo" ]; then
+            export PATH="$home/.cargo/bin:$PATH" RUSTUP_HOME="$home/.rustup" CARGO_HOME="$home/.cargo"
+            builder=(runuser -u "$SUDO_USER" -- env "PATH=$PATH" "HOME=$home")
+        fi
+    fi
+fi
+command -v cargo >/dev/null ||
+    die "cargo not found: install Rust with rustup (curl https://sh.rustup.rs -sSf | sh), then run me again"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    step "installing the rustfmt and clippy components"
+    "${builder[@]}" rustup component add rustfmt clippy
+fi
+
+# --- the checks ------------------------------------------------------------------------------
+step "$(cargo --version), $(uname -sr)"
+step "cargo fmt --check"
+"${builder[@]}" cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+"${builder[@]}" cargo clippy --all-targets -- -D warnings
+
+step "cargo test --release"
+"${builder[@]}" cargo test --release --no-run
+cargo test --release --no-fail-fast "$@"
