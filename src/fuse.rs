@@ -57,6 +57,10 @@ impl Fs {
     }
 }
 
+/// Open files: the page cache survives reopening (every change goes through us), and close
+/// needs no FLUSH round trip (no locks or write-back state live in the daemon).
+const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+
 fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
@@ -136,6 +140,27 @@ fn attr(st: &Stat) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node id 0.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
@@ -211,7 +236,11 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(self.ov.lookup(parent.0, name.as_bytes()), reply);
+        match self.ov.lookup(parent.0, name.as_bytes()) {
+            // A negative entry the kernel may cache: names only appear through us.
+            Err(e) if e == Errno::ENOENT => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
+            r => self.reply_entry(r, reply),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -362,8 +391,10 @@ impl Filesystem for Fs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.open(ino.0, flags.0) {
             Ok(o) => match self.backing(&o, || reply.open_backing(o.fd.as_fd())) {
-                Some(b) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b),
-                None => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Some(b) => {
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &b)
+                }
+                None => reply.opened(FileHandle(o.fh), FILE_FLAGS),
             },
             Err(e) => reply.error(errno(e)),
         }
@@ -580,7 +611,7 @@ impl Filesystem for Fs {
                     &attr(&e.attr),
                     Generation(0),
                     FileHandle(o.fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_NOFLUSH,
                     &b,
                 ),
                 None => reply.created(
@@ -588,7 +619,7 @@ impl Filesystem for Fs {
                     &attr(&e.attr),
                     Generation(0),
                     FileHandle(o.fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
+                    FILE_FLAGS,
                 ),
             },
             Err(e) => reply.error(errno(e)),

@@ -191,7 +191,7 @@ fn spawn_signal_thread(cfg: &Config) {
 /// Exits the moment the FUSE connection is gone (umount aborts it), without waiting for
 /// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
 /// us must not find them still held.
-fn spawn_exit_watcher(session: &fuser::Session<Fs>) {
+fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
     let fd = match session.as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
@@ -206,6 +206,7 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>) {
                 log::debug!("exit watcher runs without real-time priority");
             }
             sys::wait_for_error(fd.as_fd());
+            ov.cleanup_work();
             // Let go of every layer first, from this thread, then end the process.
             sys::close_fds_from(3);
             sys::exit_now(0);
@@ -282,7 +283,7 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
         threads(&cfg)
     );
     spawn_signal_thread(&cfg);
-    spawn_exit_watcher(&session);
+    spawn_exit_watcher(&session, Arc::clone(&ov));
     let result = session.run();
     // Unmounted: let go of every layer at once. Exiting without running destructors means
     // no time is spent freeing the inode table while the layers are still held.

@@ -35,6 +35,15 @@ pub enum NewNode<'a> {
     },
 }
 
+/// Who a new object belongs to, and what must be done to make it so.
+struct Owner {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    chown: bool,
+    chmod: bool,
+}
+
 /// What the upper holds at a name we are about to create.
 enum UpperSlot {
     Empty,
@@ -45,14 +54,22 @@ enum UpperSlot {
 }
 
 impl Overlay {
-    fn upper_slot(&self, udir: BorrowedFd<'_>, name: &[u8], cn: &CStr) -> FsResult<UpperSlot> {
+    /// `aufs`: also look for a `.wh.NAME` (pointless where no lower layer is merged).
+    fn upper_slot(
+        &self,
+        udir: BorrowedFd<'_>,
+        name: &[u8],
+        cn: &CStr,
+        aufs: bool,
+    ) -> FsResult<UpperSlot> {
         match sys::fstatat(udir, cn) {
             Ok(st) if whiteout::is_whiteout_dev(&st) => return Ok(UpperSlot::Whiteout),
             Ok(_) => return Err(Errno::EEXIST),
             Err(e) if e == Errno::ENOENT => {}
             Err(e) => return Err(e),
         }
-        if let Some(wh) = whiteout::aufs_whiteout_for(name)
+        if aufs
+            && let Some(wh) = whiteout::aufs_whiteout_for(name)
             && sys::fstatat(udir, &cname(&wh)?).is_ok()
         {
             return Ok(UpperSlot::AufsWhiteout);
@@ -60,9 +77,12 @@ impl Overlay {
         Ok(UpperSlot::Empty)
     }
 
-    /// The owner and final mode of a new object in a directory with attributes `pst`.
-    fn new_owner(&self, caller: Caller, pst: &Stat, kind: u32, mode: u32) -> (u32, u32, u32) {
-        let mut mode = mode & 0o7777;
+    /// The owner and final mode of a new object in a directory with attributes `pst`, and
+    /// which of them the upper's filesystem will not give it by itself when the daemon
+    /// creates it (so that creating as root for root costs no extra syscalls).
+    fn new_owner(&self, caller: Caller, pst: &Stat, kind: u32, wanted: u32) -> Owner {
+        let wanted = wanted & 0o7777;
+        let mut mode = wanted;
         let setgid_parent = pst.mode & libc::S_ISGID != 0;
         let gid = if setgid_parent { pst.gid } else { caller.gid };
         if kind == libc::S_IFDIR && setgid_parent {
@@ -75,7 +95,25 @@ impl Overlay {
         {
             mode &= !libc::S_ISGID;
         }
-        (caller.uid, gid, mode)
+        // What the filesystem gives an object the daemon creates.
+        let (duid, dgid) = self.daemon_ids;
+        let fs_gid = if setgid_parent { pst.gid } else { dgid };
+        let fs_mode = if kind == libc::S_IFDIR && setgid_parent {
+            wanted | libc::S_ISGID
+        } else {
+            wanted
+        };
+        let chown = (caller.uid, gid) != (duid, fs_gid);
+        // chown clears setuid/setgid of non-directories.
+        let chmod = kind != libc::S_IFLNK
+            && (mode != fs_mode || (chown && kind != libc::S_IFDIR && mode & 0o6000 != 0));
+        Owner {
+            uid: caller.uid,
+            gid,
+            mode,
+            chown,
+            chmod,
+        }
     }
 
     /// Creates `what` as `name` (in `dir`): the raw object, no ownership yet. Returns an open
@@ -139,19 +177,12 @@ impl Overlay {
     }
 
     /// Gives a freshly made object its owner and mode.
-    fn set_owner(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        kind: u32,
-        owner: (u32, u32, u32),
-        wanted: u32,
-    ) -> FsResult<()> {
-        let (uid, gid, mode) = owner;
-        sys::fchownat(dir, name, uid, gid)?;
-        // chown clears setuid/setgid of non-directories, and mkdir may not keep them all.
-        if kind != libc::S_IFLNK && (mode != wanted & 0o7777 || mode & 0o7000 != 0) {
-            sys::fchmodat(dir, name, mode)?;
+    fn set_owner(&self, dir: BorrowedFd<'_>, name: &CStr, o: &Owner) -> FsResult<()> {
+        if o.chown {
+            sys::fchownat(dir, name, o.uid, o.gid)?;
+        }
+        if o.chmod {
+            sys::fchmodat(dir, name, o.mode)?;
         }
         Ok(())
     }
@@ -167,7 +198,9 @@ impl Overlay {
     ) -> FsResult<(Entry, Option<OwnedFd>)> {
         self.check_writable()?;
         let parent = self.inode(parent)?;
-        if self.resolve(&parent, name)?.is_some() {
+        // In a directory only the upper holds, the upper itself says whether the name exists.
+        let pure_upper = self.pure_upper(&parent);
+        if !pure_upper && self.resolve(&parent, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
         if let NewNode::Node { mode, rdev } = what
@@ -180,19 +213,18 @@ impl Overlay {
         let upper = self.layers.upper_idx()?;
         let udir = self.dir_fd(&parent, upper)?;
         let cn = cname(name)?;
-        let slot = self.upper_slot(udir.as_fd(), name, &cn)?;
+        let slot = self.upper_slot(udir.as_fd(), name, &cn, !pure_upper)?;
         let pst = sys::fstat(udir.as_fd())?;
         let kind = Self::kind_of(&what);
         let what = self.apply_umask(udir.as_fd(), what, caller.umask);
         let owner = self.new_owner(caller, &pst, kind, Self::mode_of(&what));
         let fd = match slot {
             UpperSlot::Whiteout => {
-                self.create_over_whiteout(udir.as_fd(), &cn, &what, kind, owner)?
+                self.create_over_whiteout(udir.as_fd(), &cn, &what, kind, &owner)?
             }
             UpperSlot::Empty | UpperSlot::AufsWhiteout => {
                 let fd = self.make_raw(udir.as_fd(), &cn, &what)?;
-                if let Err(e) = self.set_owner(udir.as_fd(), &cn, kind, owner, Self::mode_of(&what))
-                {
+                if let Err(e) = self.set_owner(udir.as_fd(), &cn, &owner) {
                     let _ = sys::unlinkat(udir.as_fd(), &cn, kind == libc::S_IFDIR); // undo
                     return Err(e);
                 }
@@ -220,7 +252,7 @@ impl Overlay {
         cn: &CStr,
         what: &NewNode<'_>,
         kind: u32,
-        owner: (u32, u32, u32),
+        owner: &Owner,
     ) -> FsResult<Option<OwnedFd>> {
         let work = self.work_fd()?;
         let tmp = self.temp_name();
@@ -231,7 +263,7 @@ impl Overlay {
             is_dir: kind == libc::S_IFDIR,
             armed: true,
         };
-        self.set_owner(work, &tmp, kind, owner, Self::mode_of(what))?;
+        self.set_owner(work, &tmp, owner)?;
         if kind == libc::S_IFDIR {
             self.set_opaque(work, &tmp)?;
         }
@@ -276,7 +308,7 @@ impl Overlay {
         let (sdir, sname, _) = self.locate(&inode)?;
         let udir = self.dir_fd(&parent, upper)?;
         let cn = cname(newname)?;
-        match self.upper_slot(udir.as_fd(), newname, &cn)? {
+        match self.upper_slot(udir.as_fd(), newname, &cn, true)? {
             UpperSlot::Whiteout => {
                 let work = self.work_fd()?;
                 let tmp = self.temp_name();

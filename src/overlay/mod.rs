@@ -80,12 +80,17 @@ pub struct Overlay {
     dirs: DirCache,
     pub caps: Caps,
     temp_seq: AtomicU64,
+    /// The daemon's euid and egid: what the upper's filesystem gives what we create.
+    daemon_ids: (u32, u32),
     kernel_cache: std::sync::OnceLock<Box<dyn KernelCache>>,
     lower_links: LowerLinks,
     io_modes: crate::handle::IoModes,
     /// The kernel granted FUSE passthrough (decided at INIT).
     passthrough: std::sync::atomic::AtomicBool,
 }
+
+/// The whiteout in the work directory that upper whiteouts are hard links to.
+const SHARED_WHITEOUT: &CStr = c"#layover-whiteout";
 
 /// Turns a name into a C string (a NUL byte inside is invalid).
 pub fn cname(name: &[u8]) -> FsResult<CString> {
@@ -139,6 +144,7 @@ impl Overlay {
             dirs: DirCache::default(),
             caps,
             temp_seq: AtomicU64::new(0),
+            daemon_ids: (sys::geteuid(), sys::getegid()),
             kernel_cache: std::sync::OnceLock::new(),
             lower_links: LowerLinks::default(),
             io_modes: crate::handle::IoModes::default(),
@@ -295,6 +301,19 @@ impl Overlay {
 
     fn work_fd(&self) -> FsResult<std::os::fd::BorrowedFd<'_>> {
         self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
+    }
+
+    /// Does `inode` live only in the upper layer (no lower layer merged into it)?
+    pub(super) fn pure_upper(&self, inode: &Inode) -> bool {
+        let st = inode.state();
+        st.layers.len() == 1 && self.layers.is_upper(st.layers[0].layer)
+    }
+
+    /// Leaves the work directory empty (called as the mount ends).
+    pub fn cleanup_work(&self) {
+        if let Ok(work) = self.work_fd() {
+            let _ = sys::unlinkat(work, SHARED_WHITEOUT, false); // absent when never made
+        }
     }
 
     /// Fails with EROFS unless the mount can be written.

@@ -45,7 +45,7 @@ impl Overlay {
         name: &[u8],
     ) -> FsResult<()> {
         if self.caps.whiteout_dev {
-            return sys::mknodat(udir, cn, libc::S_IFCHR, 0);
+            return self.link_whiteout(udir, cn);
         }
         let wh = whiteout::aufs_whiteout_for(name).ok_or(Errno::ENAMETOOLONG)?;
         let fd = sys::openat(
@@ -55,6 +55,21 @@ impl Overlay {
             0,
         )?;
         drop(fd);
+        Ok(())
+    }
+
+    /// A 0/0 whiteout as a hard link to one shared whiteout in the work directory, as the
+    /// kernel does: linking costs less than allocating an inode per whiteout. Falls back to
+    /// mknod (and a fresh shared whiteout) when the link fails (EMLINK and the like).
+    fn link_whiteout(&self, udir: BorrowedFd<'_>, cn: &CStr) -> FsResult<()> {
+        let work = self.work_fd()?;
+        if sys::linkat(work, super::SHARED_WHITEOUT, udir, cn).is_ok() {
+            return Ok(());
+        }
+        sys::mknodat(udir, cn, libc::S_IFCHR, 0)?;
+        // Replace the shared whiteout for next time (it may be missing or full of links).
+        let _ = sys::unlinkat(work, super::SHARED_WHITEOUT, false); // absent is fine
+        let _ = sys::linkat(udir, cn, work, super::SHARED_WHITEOUT); // next time mknod again
         Ok(())
     }
 
@@ -129,8 +144,8 @@ impl Overlay {
         let cn = cname(name)?;
         let st = inode.state();
         let in_upper = st.top().is_some_and(|t| t.layer == upper);
-        let whiteout = self.lower_positive(parent, name)?;
         if in_upper {
+            let whiteout = self.lower_positive(parent, name)?;
             let real = sys::fstatat(udir.as_fd(), &cn)?;
             self.remove_upper(udir.as_fd(), &cn, name, is_dir, whiteout)?;
             if real.nlink <= 1 || is_dir {

@@ -12,12 +12,6 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 impl Overlay {
-    /// Is `inode` a directory that lives only in the upper layer?
-    fn pure_upper(&self, inode: &Inode) -> bool {
-        let st = inode.state();
-        st.layers.len() == 1 && self.layers.is_upper(st.layers[0].layer)
-    }
-
     fn is_merged_dir(dir: &Inode) -> bool {
         dir.state().layers.len() > 1
     }
