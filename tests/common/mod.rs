@@ -1699,3 +1699,543 @@ pub fn assert_matches_expected(s: &Snapshot, exp: &Expected) {
         render(&d)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Write-side helpers: syscalls std does not offer (through python3, since test code may not
+// use `unsafe`), other users, timestamps, the upper on disk, and the kernel's view of an upper
+// ---------------------------------------------------------------------------------------------
+
+/// The python3 the syscall helpers run: the system's own when present (a pyenv shim costs
+/// ~200 ms per start, the system interpreter ~30 ms).
+pub fn python3() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Prepended to every helper script: `libc` through ctypes, `chk` turning a -1 return into
+/// OSError, and `fs(p)` for a path argument as bytes.
+const PY_PRELUDE: &str = r#"
+import sys, os, ctypes, errno, mmap, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def chk(r):
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+def fs(p):
+    return os.fsencode(p)
+class TS(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+"#;
+
+/// Appended: runs `main(args)` and prints "OK <result>" or "ERRNO <n>".
+const PY_EPILOGUE: &str = r#"
+try:
+    r = main(sys.argv[1:])
+    sys.stdout.write("OK" if r is None else "OK " + str(r))
+except OSError as e:
+    sys.stdout.write("ERRNO %d" % e.errno)
+"#;
+
+fn py_command(user: Option<(u32, u32)>, script: &str, args: &[&OsStr]) -> Command {
+    let src = format!("{PY_PRELUDE}\n{script}\n{PY_EPILOGUE}");
+    let mut c = match user {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(python3());
+            c
+        }
+        None => Command::new(python3()),
+    };
+    c.args([os("-I"), os("-S"), os("-c"), os(&src)]).args(args);
+    c
+}
+
+/// Runs a python3 helper script that defines `main(args)` (args are the strings of `args`);
+/// Ok(what main returned, as text; "" for None) or Err(the errno of the OSError it raised).
+/// Any other failure of the script fails the test.
+pub fn py(script: &str, args: &[&OsStr]) -> io::Result<String> {
+    py_run(None, script, args)
+}
+
+/// [`py`] as another user (setpriv --reuid/--regid --clear-groups).
+pub fn py_as(uid: u32, gid: u32, script: &str, args: &[&OsStr]) -> io::Result<String> {
+    py_run(Some((uid, gid)), script, args)
+}
+
+fn py_run(user: Option<(u32, u32)>, script: &str, args: &[&OsStr]) -> io::Result<String> {
+    let out = py_command(user, script, args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", python3()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if let Some(rest) = stdout.strip_prefix("OK") {
+        return Ok(rest.strip_prefix(' ').unwrap_or(rest).to_owned());
+    }
+    if let Some(n) = stdout
+        .strip_prefix("ERRNO ")
+        .and_then(|n| n.trim().parse::<i32>().ok())
+    {
+        return Err(io::Error::from_raw_os_error(n));
+    }
+    panic!(
+        "python helper failed ({}):\nscript:\n{script}\nargs: {args:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).
+pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    py(
+        "def main(a):\n    chk(libc.renameat2(-100, fs(a[0]), -100, fs(a[1]), int(a[2])))",
+        &[from.as_os_str(), to.as_os_str(), os(&flags.to_string())],
+    )
+    .map(drop)
+}
+
+/// mknod(path, mode (type and permission bits), makedev(major, minor)).
+pub fn mknod(path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+    py(
+        "def main(a):\n    os.mknod(a[0], int(a[1]), os.makedev(int(a[2]), int(a[3])))",
+        &[
+            path.as_os_str(),
+            os(&mode.to_string()),
+            os(&major.to_string()),
+            os(&minor.to_string()),
+        ],
+    )
+    .map(drop)
+}
+
+/// Opens `path` O_RDWR and calls fallocate(fd, mode, offset, len).
+pub fn fallocate(path: &Path, mode: i32, offset: i64, len: i64) -> io::Result<()> {
+    py(
+        "def main(a):\n    fd = os.open(a[0], os.O_RDWR)\n    try:\n        \
+         chk(libc.fallocate(fd, int(a[1]), ctypes.c_long(int(a[2])), ctypes.c_long(int(a[3]))))\n    \
+         finally:\n        os.close(fd)",
+        &[
+            path.as_os_str(),
+            os(&mode.to_string()),
+            os(&offset.to_string()),
+            os(&len.to_string()),
+        ],
+    )
+    .map(drop)
+}
+
+/// Opens `path` read-only and returns lseek(fd, offset, whence) (SEEK_DATA = 3, SEEK_HOLE = 4).
+pub fn lseek(path: &Path, offset: i64, whence: i32) -> io::Result<i64> {
+    py(
+        "def main(a):\n    fd = os.open(a[0], os.O_RDONLY)\n    try:\n        \
+         return os.lseek(fd, int(a[1]), int(a[2]))\n    finally:\n        os.close(fd)",
+        &[
+            path.as_os_str(),
+            os(&offset.to_string()),
+            os(&whence.to_string()),
+        ],
+    )
+    .map(|s| s.trim().parse().expect("lseek result"))
+}
+
+/// copy_file_range from `src` at `off_in` to `dst` (opened O_WRONLY|O_CREAT, 0644) at
+/// `off_out`, `len` bytes, looping until done or a 0 return; the bytes copied.
+pub fn copy_file_range(
+    src: &Path,
+    off_in: u64,
+    dst: &Path,
+    off_out: u64,
+    len: u64,
+) -> io::Result<u64> {
+    py(
+        "def main(a):\n    s = os.open(a[0], os.O_RDONLY)\n    d = os.open(a[1], os.O_WRONLY | os.O_CREAT, 0o644)\n    \
+         oi, oo, n, t = int(a[2]), int(a[3]), int(a[4]), 0\n    while t < n:\n        \
+         r = os.copy_file_range(s, d, n - t, oi + t, oo + t)\n        if r == 0:\n            break\n        \
+         t += r\n    os.close(s)\n    os.close(d)\n    return t",
+        &[
+            src.as_os_str(),
+            dst.as_os_str(),
+            os(&off_in.to_string()),
+            os(&off_out.to_string()),
+            os(&len.to_string()),
+        ],
+    )
+    .map(|s| s.trim().parse().expect("copy_file_range result"))
+}
+
+/// One timestamp for [`utimensat`].
+#[derive(Clone, Copy, Debug)]
+pub enum Ts {
+    Now,
+    Omit,
+    At(i64, i64),
+}
+
+impl Ts {
+    fn pair(self) -> (i64, i64) {
+        match self {
+            Ts::Now => (0, (1 << 30) - 1),
+            Ts::Omit => (0, (1 << 30) - 2),
+            Ts::At(s, ns) => (s, ns),
+        }
+    }
+}
+
+/// utimensat(AT_FDCWD, path, [atime, mtime], nofollow ? AT_SYMLINK_NOFOLLOW : 0).
+pub fn utimensat(path: &Path, atime: Ts, mtime: Ts, nofollow: bool) -> io::Result<()> {
+    let (a, m) = (atime.pair(), mtime.pair());
+    py(
+        "def main(a):\n    v = [int(x) for x in a[1:6]]\n    \
+         ts = (TS * 2)(TS(v[0], v[1]), TS(v[2], v[3]))\n    \
+         chk(libc.utimensat(-100, fs(a[0]), ts, 0x100 if v[4] else 0))",
+        &[
+            path.as_os_str(),
+            os(&a.0.to_string()),
+            os(&a.1.to_string()),
+            os(&m.0.to_string()),
+            os(&m.1.to_string()),
+            os(if nofollow { "1" } else { "0" }),
+        ],
+    )
+    .map(drop)
+}
+
+/// Opens `path` O_RDWR, maps it shared and writable, writes `data` at `offset` through the
+/// mapping (within the file's size), msyncs and unmaps.
+pub fn mmap_write(path: &Path, offset: usize, data: &[u8]) -> io::Result<()> {
+    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+    py(
+        "def main(a):\n    fd = os.open(a[0], os.O_RDWR)\n    \
+         m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)\n    \
+         d = bytes.fromhex(a[2])\n    o = int(a[1])\n    m[o:o + len(d)] = d\n    m.flush()\n    \
+         m.close()\n    os.close(fd)",
+        &[path.as_os_str(), os(&offset.to_string()), os(&hex)],
+    )
+    .map(drop)
+}
+
+/// Reads `path` through a shared read-only mapping (the whole file).
+pub fn mmap_read(path: &Path) -> io::Result<Vec<u8>> {
+    py(
+        "def main(a):\n    fd = os.open(a[0], os.O_RDONLY)\n    \
+         m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)\n    d = m[:].hex()\n    \
+         m.close()\n    os.close(fd)\n    return d",
+        &[path.as_os_str()],
+    )
+    .map(|h| unhex(h.trim().as_bytes()))
+}
+
+/// O_TMPFILE in `dir` (O_RDWR, mode 0600): writes `data`, then, when `link_as` is given,
+/// gives it that name with linkat(fd, "", AT_FDCWD, link_as, AT_EMPTY_PATH). Returns the
+/// file's nlink before the link, as text.
+pub fn o_tmpfile(dir: &Path, data: &[u8], link_as: Option<&Path>) -> io::Result<String> {
+    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+    let link = link_as.map_or_else(OsString::new, |p| p.as_os_str().to_owned());
+    py(
+        "def main(a):\n    fd = os.open(a[0], os.O_TMPFILE | os.O_RDWR, 0o600)\n    \
+         try:\n        os.write(fd, bytes.fromhex(a[1]))\n        n = os.fstat(fd).st_nlink\n        \
+         if a[2]:\n            chk(libc.linkat(fd, b'', -100, fs(a[2]), 0x1000))\n        return n\n    \
+         finally:\n        os.close(fd)",
+        &[dir.as_os_str(), os(&hex), &link],
+    )
+}
+
+/// setxattr (not following symlinks); flags 0, XATTR_CREATE (1) or XATTR_REPLACE (2).
+pub fn setxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+    let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+    py(
+        "def main(a):\n    os.setxattr(a[0], a[1], bytes.fromhex(a[2]), int(a[3]), follow_symlinks=False)",
+        &[path.as_os_str(), os(name), os(&hex), os(&flags.to_string())],
+    )
+    .map(drop)
+}
+
+/// removexattr (not following symlinks).
+pub fn removexattr(path: &Path, name: &str) -> io::Result<()> {
+    py(
+        "def main(a):\n    os.removexattr(a[0], a[1], follow_symlinks=False)",
+        &[path.as_os_str(), os(name)],
+    )
+    .map(drop)
+}
+
+/// getxattr (not following symlinks).
+pub fn getxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
+    py(
+        "def main(a):\n    return os.getxattr(a[0], a[1], follow_symlinks=False).hex()",
+        &[path.as_os_str(), os(name)],
+    )
+    .map(|h| unhex(h.trim().as_bytes()))
+}
+
+/// listxattr (not following symlinks), sorted.
+pub fn listxattr(path: &Path) -> io::Result<Vec<String>> {
+    py(
+        "def main(a):\n    return '\\n'.join(sorted(os.listxattr(a[0], follow_symlinks=False)))",
+        &[path.as_os_str()],
+    )
+    .map(|s| s.lines().map(str::to_owned).collect())
+}
+
+/// Sets atime and mtime of everything under `dir` (itself included, symlinks not followed)
+/// to `secs`: fixtures get one old, known time, so that a timestamp the overlay must
+/// preserve can be told from one it set just now.
+pub fn age_tree(dir: &Path, secs: i64) {
+    cmd_ok(
+        "find",
+        &[
+            dir.as_os_str(),
+            os("-exec"),
+            os("touch"),
+            os("-h"),
+            os("-d"),
+            os(&format!("@{secs}")),
+            os("{}"),
+            os("+"),
+        ],
+    );
+}
+
+/// The mtime a snapshot shows for a time at or after the cutoff (see [`blur_recent_times`]).
+pub const RECENT: (i64, i64) = (-1, 0);
+
+/// Replaces every mtime at or after `cutoff` (seconds) by [`RECENT`]: two mounts doing the
+/// same thing a few milliseconds apart cannot agree on "now", only on "recent" versus a
+/// preserved old time.
+pub fn blur_recent_times(s: &mut Snapshot, cutoff: i64) {
+    for n in s.nodes.values_mut() {
+        if n.mtime.0 >= cutoff {
+            n.mtime = RECENT;
+        }
+    }
+}
+
+/// The kernel's own bookkeeping xattrs in an upper layer, which layover need not write.
+pub const KERNEL_BOOKKEEPING_XATTRS: &[&[u8]] = &[
+    b"trusted.overlay.origin",
+    b"trusted.overlay.impure",
+    b"trusted.overlay.uuid",
+    b"trusted.overlay.nlink",
+    b"trusted.overlay.upper",
+];
+
+/// Normalises a snapshot of an upper directory (not a merged view) for comparison: drops
+/// [`KERNEL_BOOKKEEPING_XATTRS`], and makes every whiteout (char 0/0) its own inode with
+/// nlink 1 (the kernel hard-links all its whiteouts to one shared inode).
+pub fn normalise_upper(s: &mut Snapshot) {
+    let mut fake = u64::MAX;
+    for n in s.nodes.values_mut() {
+        if let Some(x) = n.xattrs.as_mut() {
+            x.retain(|k, _| !KERNEL_BOOKKEEPING_XATTRS.contains(&k.as_slice()));
+        }
+        if n.kind == Kind::Char && n.rdev == Some((0, 0)) {
+            n.nlink = 1;
+            n.ino = fake;
+            if n.d_ino.is_some() {
+                n.d_ino = Some(fake);
+            }
+            fake -= 1;
+        }
+    }
+}
+
+/// Like [`assert_same_tree`]'s report, for any two snapshots: "" when they agree, else a
+/// readable account naming them `la` and `lb`. `who_*` says whose inode rules apply (None:
+/// no inode consistency check, e.g. for the kernel's overlay over layers on several file
+/// systems, where it reports several st_dev by design).
+pub fn tree_report(
+    a: &Snapshot,
+    la: &str,
+    who_a: Option<Who>,
+    b: &Snapshot,
+    lb: &str,
+    who_b: Option<Who>,
+    cmp: &Compare,
+) -> String {
+    let mut report = String::new();
+    for (s, l) in [(a, la), (b, lb)] {
+        if !s.errors.is_empty() {
+            writeln!(
+                report,
+                "walking {l} ({}):\n{}",
+                s.root.display(),
+                render(&s.errors)
+            )
+            .unwrap();
+        }
+    }
+    let mut d = Vec::new();
+    let keys: BTreeSet<&Vec<u8>> = a.nodes.keys().chain(b.nodes.keys()).collect();
+    for k in keys {
+        match (a.nodes.get(k), b.nodes.get(k)) {
+            (Some(x), None) => d.push(format!("{}: only in {la} ({:?})", show(k), x.kind)),
+            (None, Some(y)) => d.push(format!("{}: only in {lb} ({:?})", show(k), y.kind)),
+            (Some(x), Some(y)) => {
+                let mx: BTreeMap<_, _> = fields(x, cmp).into_iter().collect();
+                let my: BTreeMap<_, _> = fields(y, cmp).into_iter().collect();
+                let names: BTreeSet<&str> = mx.keys().chain(my.keys()).copied().collect();
+                for name in names {
+                    let vx = mx.get(name).map_or("-", String::as_str);
+                    let vy = my.get(name).map_or("-", String::as_str);
+                    if vx != vy {
+                        d.push(format!("{}: {name}: {la} {vx} | {lb} {vy}", show(k)));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    if !d.is_empty() {
+        writeln!(
+            report,
+            "{la} ({}) and {lb} ({}) differ in {} place(s):\n{}",
+            a.root.display(),
+            b.root.display(),
+            d.len(),
+            render(&d)
+        )
+        .unwrap();
+    }
+    for (s, l, w) in [(a, la, who_a), (b, lb, who_b)] {
+        let Some(w) = w else {
+            continue;
+        };
+        let p = inode_problems(s, w);
+        if !p.is_empty() {
+            writeln!(report, "inode inconsistencies in {l}:\n{}", render(&p)).unwrap();
+        }
+    }
+    let (ga, gb) = (ino_groups(a), ino_groups(b));
+    if ga != gb {
+        let fmt = |g: &BTreeSet<Vec<Vec<u8>>>| -> Vec<String> {
+            g.iter()
+                .map(|grp| grp.iter().map(|p| show(p)).collect::<Vec<_>>().join(" = "))
+                .collect()
+        };
+        writeln!(
+            report,
+            "names sharing an inode differ:\n {la}:\n{} {lb}:\n{}",
+            render(&fmt(&ga)),
+            render(&fmt(&gb))
+        )
+        .unwrap();
+    }
+    report
+}
+
+/// Every path below `dir` (recursively, relative, with its type), for checking that a work
+/// directory holds nothing but what it should.
+pub fn list_tree(dir: &Path) -> Vec<(PathBuf, Kind)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = fs::read_dir(dir.join(&rel)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let r = rel.join(e.file_name());
+            let kind = e.file_type().map(Kind::of).unwrap_or(Kind::Unknown);
+            if kind == Kind::Dir {
+                stack.push(r.clone());
+            }
+            out.push((r, kind));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// (type, atime, mtime) of one path; see [`walk_times`].
+pub type Times = (Kind, (i64, i64), (i64, i64));
+
+/// (type, atime, mtime) of every path under `dir`, itself included; each directory is
+/// lstat-ed before it is listed, so the walk does not see its own atime updates.
+pub fn walk_times(dir: &Path) -> BTreeMap<PathBuf, Times> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let p = dir.join(&rel);
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let kind = Kind::of(m.file_type());
+        out.insert(
+            rel.clone(),
+            (
+                kind,
+                (m.atime(), m.atime_nsec()),
+                (m.mtime(), m.mtime_nsec()),
+            ),
+        );
+        if kind == Kind::Dir
+            && let Ok(rd) = fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| rel.join(e.file_name())));
+        }
+    }
+    out
+}
+
+/// Copies the fixture layers (`src/`) to each of `dests` with `cp -a`, then gives every copy
+/// exactly the atimes and mtimes the fixture had before any copying: `cp` reads the fixture,
+/// which moves its atimes (relatime, old fixture times), so a second plain copy would not
+/// match the first.
+pub fn copy_layers_exact(env: &TestEnv, dests: &[&str]) -> Vec<PathBuf> {
+    let src = env.root.join("src");
+    let dirs: Vec<PathBuf> = dests.iter().map(|d| env.root.join(d)).collect();
+    let mut args: Vec<&OsStr> = vec![src.as_os_str()];
+    args.extend(dirs.iter().map(|d| d.as_os_str()));
+    let r = py(
+        "import stat, subprocess\n\
+         def main(a):\n    src = fs(a[0])\n    rec = {}\n    todo = [b'']\n    \
+         while todo:\n        rel = todo.pop()\n        p = os.path.join(src, rel) if rel else src\n        \
+         st = os.lstat(p)\n        rec[rel] = (st.st_atime_ns, st.st_mtime_ns)\n        \
+         if stat.S_ISDIR(st.st_mode):\n            \
+         todo.extend(os.path.join(rel, n) if rel else n for n in os.listdir(p))\n    \
+         for d in a[1:]:\n        d = fs(d)\n        os.makedirs(d)\n        \
+         subprocess.run(['cp', '-a', os.path.join(src, b'.'), d], check=True)\n        \
+         for rel, (at, mt) in rec.items():\n            \
+         os.utime(os.path.join(d, rel) if rel else d, ns=(at, mt), follow_symlinks=False)",
+        &args,
+    );
+    if let Err(e) = r {
+        panic!("copying the fixture layers to {dests:?}: {e}");
+    }
+    dirs
+}
+
+impl TestEnv {
+    /// [`TestEnv::mount_pair_with`], with the two copies of the layers made by
+    /// [`copy_layers_exact`] (identical atimes too).
+    pub fn mount_pair_exact(&self, spec: &PairSpec) -> Pair {
+        if let Some(u) = spec.upper {
+            fs::create_dir_all(self.root.join("src").join(u)).expect("mkdir upper");
+        }
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let (kname, fname) = (format!("xk{n}"), format!("xf{n}"));
+        let dirs = copy_layers_exact(self, &[&kname, &fname]);
+        let kmnt = self.mkdir(format!("xk{n}.mnt"));
+        let fmnt = self.mkdir(format!("xf{n}.mnt"));
+        self.mount_kernel(&Self::overlay_opts(&dirs[0], spec), &kmnt);
+        self.mount_layover(&Self::overlay_opts(&dirs[1], spec), &fmnt);
+        Pair {
+            kernel: kmnt,
+            layover: fmnt,
+            kernel_layers: dirs[0].clone(),
+            layover_layers: dirs[1].clone(),
+        }
+    }
+}

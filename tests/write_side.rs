@@ -1,0 +1,2114 @@
+//! Write-side behaviour, side by side: every operation is done on the kernel's overlayfs and on
+//! layover, mounted on identical copies of the same layers, and must give the same result or
+//! errno. After each test three more comparisons run (see [`T::finish`]):
+//!
+//! 1. the merged trees (types, modes, owners, sizes, contents, link targets, nlink, xattrs,
+//!    which names share an inode, and mtimes — fixtures carry one old time, so a preserved
+//!    timestamp is compared exactly while one set "now" only has to be recent on both);
+//! 2. the two upper layers on disk (whiteouts, opaque markers, copied-up files), without the
+//!    kernel's own bookkeeping xattrs (origin, impure, uuid) and its sharing of one inode
+//!    among all whiteouts;
+//! 3. after unmounting: layover's work directory holds nothing but an empty `work`, and the
+//!    kernel, mounting the same lowers with layover's upper, shows what its own mount showed.
+//!
+//! A test records every mismatch and reports them all at its end, so one failure does not
+//! hide the next. "premise" in a message means the kernel did not do what the test expected:
+//! the test, not layover, is then wrong.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+/// The time every fixture node carries (2001-09-09).
+const OLD: i64 = 1_000_000_000;
+/// Times at or after this (2017-07-14) count as "set during the test".
+const CUTOFF: i64 = 1_500_000_000;
+
+const S_IFIFO: u32 = 0o010_000;
+const S_IFCHR: u32 = 0o020_000;
+const S_IFBLK: u32 = 0o060_000;
+const S_IFREG: u32 = 0o100_000;
+const SEEK_DATA: i32 = 3;
+const SEEK_HOLE: i32 = 4;
+const FALLOC_FL_KEEP_SIZE: i32 = 1;
+const FALLOC_FL_PUNCH_HOLE: i32 = 2;
+const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
+
+/// One mount's side of a test: its mountpoint and the layers it runs on.
+struct Side {
+    mnt: PathBuf,
+    lowers: Vec<PathBuf>,
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+impl Side {
+    fn opts(&self, work: &Path) -> String {
+        let lowers: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            self.upper.display(),
+            work.display()
+        )
+    }
+}
+
+/// A test: the kernel's side, layover's side, and the mismatches found so far.
+struct T {
+    env: TestEnv,
+    k: Side,
+    l: Side,
+    fails: Mutex<Vec<String>>,
+    /// Whether the kernel's mount keeps one st_dev and d_ino == st_ino (not when its layers
+    /// span several file systems).
+    kernel_inodes: bool,
+    /// Compare file contents byte for byte instead of through the snapshots' hashes (much
+    /// faster for tests with files of many MiB; the diffs then show no content).
+    raw_content: bool,
+}
+
+/// A new test directory with an (empty) upper layer; build the lowers `l1` (top) and `l2`
+/// on it, then call [`T::mount`].
+fn fixture(name: &str) -> TestEnv {
+    let env = TestEnv::new(name);
+    env.layer("upper");
+    env.layer("l1");
+    env.layer("l2");
+    env
+}
+
+impl T {
+    /// Ages every fixture node to [`OLD`] and mounts both sides on `l1:l2` + `upper`.
+    fn mount(env: TestEnv) -> T {
+        age_tree(&env.path("src"), OLD);
+        T::mount_as_is(env)
+    }
+
+    /// Mounts without touching the fixture's times.
+    fn mount_as_is(env: TestEnv) -> T {
+        let pair = env.mount_pair_exact(&PairSpec {
+            lowers: vec!["l1", "l2"],
+            upper: Some("upper"),
+            extra: vec![],
+        });
+        let side = |mnt: &Path, dir: &Path| Side {
+            mnt: mnt.to_owned(),
+            lowers: vec![dir.join("l1"), dir.join("l2")],
+            upper: dir.join("upper"),
+            work: dir.join("upper.work"),
+        };
+        T {
+            k: side(&pair.kernel, &pair.kernel_layers),
+            l: side(&pair.layover, &pair.layover_layers),
+            env,
+            fails: Mutex::new(Vec::new()),
+            kernel_inodes: true,
+            raw_content: false,
+        }
+    }
+
+    fn kp(&self, rel: &str) -> PathBuf {
+        self.k.mnt.join(rel)
+    }
+
+    fn lp(&self, rel: &str) -> PathBuf {
+        self.l.mnt.join(rel)
+    }
+
+    fn fail(&self, msg: String) {
+        eprintln!("MISMATCH: {msg}");
+        self.fails.lock().unwrap().push(msg);
+    }
+
+    /// Runs `f` on the kernel's mount root, then on layover's: the kernel must give `want`
+    /// (None: success), layover what the kernel gave, and on success the same value.
+    fn op<R: PartialEq + Debug>(
+        &self,
+        what: &str,
+        want: Option<i32>,
+        f: impl Fn(&Path) -> io::Result<R>,
+    ) -> Option<R> {
+        self.op_inner(what, Some(want), f)
+    }
+
+    /// Like [`T::op`] without an expectation: layover must give whatever the kernel gives.
+    fn agree<R: PartialEq + Debug>(
+        &self,
+        what: &str,
+        f: impl Fn(&Path) -> io::Result<R>,
+    ) -> Option<R> {
+        self.op_inner(what, None, f)
+    }
+
+    fn op_inner<R: PartialEq + Debug>(
+        &self,
+        what: &str,
+        want: Option<Option<i32>>,
+        f: impl Fn(&Path) -> io::Result<R>,
+    ) -> Option<R> {
+        let kr = f(&self.k.mnt);
+        let lr = f(&self.l.mnt);
+        let (ke, le) = (
+            kr.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1)),
+            lr.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1)),
+        );
+        if let Some(want) = want
+            && ke != want
+        {
+            self.fail(format!(
+                "premise: kernel {what}: {} ({kr:?}), the test expected {}",
+                errno_name(ke),
+                errno_name(want)
+            ));
+        }
+        if le != ke {
+            self.fail(format!(
+                "{what}: kernel gives {}, layover gives {}",
+                errno_name(ke),
+                errno_name(le)
+            ));
+        }
+        match (kr, lr) {
+            (Ok(k), Ok(l)) => {
+                if k != l {
+                    self.fail(format!("{what}: kernel returns {k:?}, layover {l:?}"));
+                }
+                Some(l)
+            }
+            _ => None,
+        }
+    }
+
+    fn ok<R: PartialEq + Debug>(
+        &self,
+        what: &str,
+        f: impl Fn(&Path) -> io::Result<R>,
+    ) -> Option<R> {
+        self.op(what, None, f)
+    }
+
+    fn err<R: PartialEq + Debug>(
+        &self,
+        what: &str,
+        errno: i32,
+        f: impl Fn(&Path) -> io::Result<R>,
+    ) {
+        self.op(what, Some(errno), f);
+    }
+
+    fn snap(&self, root: &Path) -> Snapshot {
+        snapshot_with(
+            root,
+            SnapOpts {
+                xattrs: true,
+                content: !self.raw_content,
+            },
+        )
+    }
+
+    /// With `raw_content`: the contents of the regular files both snapshots hold, compared
+    /// byte for byte.
+    fn check_contents(&self, a: &Snapshot, la: &str, b: &Snapshot, lb: &str) {
+        if !self.raw_content {
+            return;
+        }
+        for (rel, n) in &a.nodes {
+            if n.kind != Kind::File || b.nodes.get(rel).map(|m| m.kind) != Some(Kind::File) {
+                continue;
+            }
+            let p = Path::new(std::ffi::OsStr::from_bytes(rel));
+            let (x, y) = (fs::read(a.root.join(p)), fs::read(b.root.join(p)));
+            match (&x, &y) {
+                (Ok(x), Ok(y)) if x == y => {}
+                (Ok(x), Ok(y)) => self.fail(format!(
+                    "{}: content differs: {la} {} bytes, {lb} {} bytes, first difference at {:?}",
+                    show(rel),
+                    x.len(),
+                    y.len(),
+                    x.iter().zip(y.iter()).position(|(p, q)| p != q)
+                )),
+                _ => self.fail(format!(
+                    "{}: reading: {la} {:?}, {lb} {:?}",
+                    show(rel),
+                    x.map(|v| v.len()),
+                    y.map(|v| v.len())
+                )),
+            }
+        }
+    }
+
+    /// The merged trees now.
+    fn check_merged(&self, when: &str) {
+        let mut k = self.snap(&self.k.mnt);
+        let mut l = self.snap(&self.l.mnt);
+        blur_recent_times(&mut k, CUTOFF);
+        blur_recent_times(&mut l, CUTOFF);
+        let r = tree_report(
+            &k,
+            "kernel",
+            self.kernel_inodes.then_some(Who::Kernel),
+            &l,
+            "layover",
+            Some(Who::Layover),
+            &Compare::default(),
+        );
+        if !r.is_empty() {
+            self.fail(format!("merged trees {when}:\n{r}"));
+        }
+        self.check_contents(&k, "kernel", &l, "layover");
+    }
+
+    /// The upper layers on disk now.
+    fn check_upper(&self, when: &str) {
+        let mut k = self.snap(&self.k.upper);
+        let mut l = self.snap(&self.l.upper);
+        for s in [&mut k, &mut l] {
+            normalise_upper(s);
+            blur_recent_times(s, CUTOFF);
+        }
+        let r = tree_report(
+            &k,
+            "kernel's upper",
+            Some(Who::Layover),
+            &l,
+            "layover's upper",
+            Some(Who::Layover),
+            &Compare::default(),
+        );
+        if !r.is_empty() {
+            self.fail(format!("upper layers on disk {when}:\n{r}"));
+        }
+        self.check_contents(&k, "kernel's upper", &l, "layover's upper");
+    }
+
+    /// The lower layers on disk: the kernel never changes them (it opens lower files with
+    /// O_NOATIME, so not even their atimes move); layover must leave its copies as the
+    /// kernel left its own. Atimes are compared only when asked ([`reading_leaves_lower_atimes_alone`]
+    /// checks them, so that one cause does not fail every test).
+    fn check_lowers_untouched(&self, atimes: bool) {
+        let walk = |d: &Path| {
+            let mut w = walk_times(d);
+            if !atimes {
+                for v in w.values_mut() {
+                    v.1 = (0, 0);
+                }
+            }
+            w
+        };
+        for (kl, ll) in self.k.lowers.iter().zip(&self.l.lowers) {
+            let (k, l) = (walk(kl), walk(ll));
+            let mut d = Vec::new();
+            for (rel, kv) in &k {
+                match l.get(rel) {
+                    Some(lv) if lv == kv => {}
+                    lv => d.push(format!(
+                        "{}: kernel's copy (type, atime, mtime) {kv:?}, layover's {lv:?}",
+                        rel.display()
+                    )),
+                }
+            }
+            d.extend(
+                l.keys()
+                    .filter(|rel| !k.contains_key(*rel))
+                    .map(|rel| format!("{}: only in layover's copy", rel.display())),
+            );
+            if !d.is_empty() {
+                let n = d.len();
+                d.truncate(20);
+                self.fail(format!(
+                    "layover changed its lower layer {} ({n} path(s)); the kernel left its copy alone:\n  {}",
+                    ll.display(),
+                    d.join("\n  ")
+                ));
+            }
+        }
+    }
+
+    /// Regular files (or anything but directories and whiteouts) in a work directory.
+    fn temp_files(work: &Path) -> Vec<String> {
+        list_tree(work)
+            .into_iter()
+            .filter(|(p, k)| {
+                let whiteout = *k == Kind::Char
+                    && fs::symlink_metadata(work.join(p)).is_ok_and(|m| m.rdev() == 0);
+                *k != Kind::Dir && !whiteout
+            })
+            .map(|(p, k)| format!("{} ({k:?})", p.display()))
+            .collect()
+    }
+
+    /// The final comparisons (see the module comment); fails the test with every mismatch
+    /// recorded along the way.
+    fn finish(self) {
+        self.env.assert_alive();
+        self.check_merged("at the end");
+        self.check_upper("at the end");
+        let mut kview = self.snap(&self.k.mnt);
+        blur_recent_times(&mut kview, CUTOFF);
+
+        // Unmount layover; its daemon must be gone before its work dir is judged.
+        umount_retrying(&self.l.mnt);
+        self.env.untrack(&self.l.mnt);
+        if !wait_until(Duration::from_secs(10), || {
+            daemon_pids(&self.l.mnt, false).is_empty()
+        }) {
+            self.fail("layover's daemon still runs 10 s after its unmount".into());
+        }
+        let leftovers: Vec<String> = list_tree(&self.l.work)
+            .into_iter()
+            .filter(|(p, k)| {
+                !(*k == Kind::Dir && (p == Path::new("work") || p == Path::new("index")))
+            })
+            .map(|(p, k)| format!("{} ({k:?})", p.display()))
+            .collect();
+        if !leftovers.is_empty() {
+            self.fail(format!(
+                "layover's workdir is not empty after a clean unmount: {leftovers:?}"
+            ));
+        }
+
+        // The kernel's view of layover's upper, beside the kernel's own (still mounted).
+        let fresh = self.l.work.with_file_name("kernel-check.work");
+        fs::create_dir_all(&fresh).unwrap();
+        let mnt = self.env.mkdir("kernel-check.mnt");
+        match self.env.try_mount_kernel(&self.l.opts(&fresh), &mnt) {
+            Err(e) => self.fail(format!("the kernel refuses to mount layover's upper: {e}")),
+            Ok(()) => {
+                let mut v = self.snap(&mnt);
+                blur_recent_times(&mut v, CUTOFF);
+                let r = tree_report(
+                    &kview,
+                    "kernel's own view",
+                    self.kernel_inodes.then_some(Who::Kernel),
+                    &v,
+                    "kernel's view of layover's upper",
+                    self.kernel_inodes.then_some(Who::Kernel),
+                    &Compare::default(),
+                );
+                if !r.is_empty() {
+                    self.fail(format!("after remounting:\n{r}"));
+                }
+                self.check_contents(
+                    &kview,
+                    "kernel's own view",
+                    &v,
+                    "kernel's view of layover's upper",
+                );
+            }
+        }
+        // The kernel keeps one shared whiteout (work/#NNN) in its workdir; anything else is
+        // news.
+        umount_retrying(&self.k.mnt);
+        self.env.untrack(&self.k.mnt);
+        let kleft = T::temp_files(&self.k.work);
+        if !kleft.is_empty() {
+            eprintln!("note: the kernel's workdir after unmount holds {kleft:?}");
+        }
+        self.check_lowers_untouched(false);
+        let fails = std::mem::take(&mut *self.fails.lock().unwrap());
+        assert!(
+            fails.is_empty(),
+            "\n{} mismatch(es):\n\n{}",
+            fails.len(),
+            fails.join("\n\n")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small operations
+// ---------------------------------------------------------------------------------------------
+
+fn create_new(p: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).open(p)
+}
+
+fn write_new(p: &Path, data: &[u8]) -> io::Result<()> {
+    create_new(p)?.write_all(data)
+}
+
+fn read(p: &Path) -> io::Result<Vec<u8>> {
+    fs::read(p)
+}
+
+/// The names in a directory, sorted (readdir order is not compared).
+fn names(p: &Path) -> io::Result<Vec<String>> {
+    let mut v: Vec<String> = list(p)?
+        .into_iter()
+        .map(|n| String::from_utf8_lossy(&n).into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
+    fs::DirBuilder::new().mode(mode).create(p)
+}
+
+fn truncate(p: &Path, len: u64) -> io::Result<()> {
+    py(
+        "def main(a):\n    os.truncate(a[0], int(a[1]))",
+        &[p.as_os_str(), os(&len.to_string())],
+    )
+    .map(drop)
+}
+
+/// (kind, mode, uid, gid, size, nlink) of a path, not following symlinks.
+fn stat(p: &Path) -> io::Result<(Kind, u32, u32, u32, u64, u64)> {
+    let m = fs::symlink_metadata(p)?;
+    Ok((
+        Kind::of(m.file_type()),
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid(),
+        m.len(),
+        m.nlink(),
+    ))
+}
+
+/// atime of a path (not following symlinks), [`RECENT`] when set during the test.
+fn atime(p: &Path) -> io::Result<(i64, i64)> {
+    let m = fs::symlink_metadata(p)?;
+    Ok(if m.atime() >= CUTOFF {
+        RECENT
+    } else {
+        (m.atime(), m.atime_nsec())
+    })
+}
+
+/// A deterministic pattern of `len` bytes.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let block: Vec<u8> = (0..65_521u32)
+        .map(|i| (i.wrapping_mul(31) as u8) ^ seed)
+        .collect();
+    let mut v = Vec::with_capacity(len + block.len());
+    while v.len() < len {
+        v.extend_from_slice(&block);
+    }
+    v.truncate(len);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creating
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn create_with_excl_trunc_append() {
+    let env = fixture("create");
+    env.layer("l2")
+        .file("a", "lower a\n")
+        .file("trunc", "to be truncated")
+        .file("app", "append:")
+        .file("keep", "keep me")
+        .file("w", "whited out by the upper")
+        .file("gone", "whited out by l1")
+        .file("d/f", "d/f")
+        .file("deep/x/y/z", "z");
+    env.layer("l1").whiteout("gone");
+    env.layer("upper").whiteout("w");
+    let t = T::mount(env);
+
+    t.ok("create O_EXCL new", |m| write_new(&m.join("new"), b"fresh"));
+    t.err("create O_EXCL over a lower file", libc::EEXIST, |m| {
+        create_new(&m.join("a")).map(drop)
+    });
+    t.ok("create O_EXCL over an upper whiteout", |m| {
+        write_new(&m.join("w"), b"replaces the whiteout")
+    });
+    t.ok("create O_EXCL over a whiteout in a lower", |m| {
+        write_new(&m.join("gone"), b"back")
+    });
+    t.ok("create in a lower directory", |m| {
+        write_new(&m.join("d/new"), b"in d")
+    });
+    t.ok("create three lower directories deep", |m| {
+        write_new(&m.join("deep/x/y/new"), b"deep")
+    });
+    t.ok("open O_TRUNC a lower file", |m| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(m.join("trunc"))?;
+        let len = f.metadata()?.len();
+        f.write_all(b"t")?;
+        Ok(len)
+    });
+    t.ok("open O_APPEND a lower file", |m| {
+        let mut f = OpenOptions::new().append(true).open(m.join("app"))?;
+        f.write_all(b" appended")?;
+        f.write_all(b" twice")?;
+        Ok(())
+    });
+    t.ok("open O_CREAT (no O_EXCL) an existing lower file", |m| {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(m.join("keep"))?;
+        f.write_all_at(b"K", 0)
+    });
+    t.ok("open O_RDWR|O_CREAT|O_TRUNC a new file", |m| {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.join("rw"))?;
+        f.write_all(b"read back")?;
+        f.seek(SeekFrom::Start(5))?;
+        let mut s = String::new();
+        f.read_to_string(&mut s)?;
+        Ok(s)
+    });
+    t.err("create in a missing directory", libc::ENOENT, |m| {
+        create_new(&m.join("nodir/x")).map(drop)
+    });
+    t.err("create below a file", libc::ENOTDIR, |m| {
+        create_new(&m.join("a/x")).map(drop)
+    });
+    t.err("create below a whited-out file", libc::ENOENT, |m| {
+        create_new(&m.join("w2/x")).map(drop)
+    });
+    t.ok("read back", |m| {
+        Ok((
+            read(&m.join("trunc"))?,
+            read(&m.join("app"))?,
+            read(&m.join("keep"))?,
+            read(&m.join("a"))?,
+        ))
+    });
+    t.finish();
+}
+
+#[test]
+fn mknod_fifo_socket_and_devices() {
+    let env = fixture("mknod");
+    env.layer("l2")
+        .file("a", "a")
+        .file("w", "w")
+        .file("d/f", "f");
+    env.layer("upper").whiteout("w");
+    let t = T::mount(env);
+    t.ok("mkfifo", |m| mknod(&m.join("fifo"), S_IFIFO | 0o640, 0, 0));
+    t.ok("mknod fifo in a lower dir", |m| {
+        mknod(&m.join("d/fifo"), S_IFIFO | 0o600, 0, 0)
+    });
+    t.ok("bind a unix socket", |m| {
+        std::os::unix::net::UnixListener::bind(m.join("sock")).map(drop)
+    });
+    t.ok("mknod char 1:3", |m| {
+        mknod(&m.join("null"), S_IFCHR | 0o666, 1, 3)
+    });
+    t.ok("mknod block 7:0", |m| {
+        mknod(&m.join("loop"), S_IFBLK | 0o660, 7, 0)
+    });
+    t.ok("mknod regular file", |m| {
+        mknod(&m.join("reg"), S_IFREG | 0o644, 0, 0)
+    });
+    t.ok("mknod over an upper whiteout", |m| {
+        mknod(&m.join("w"), S_IFIFO | 0o644, 0, 0)
+    });
+    t.err(
+        "mknod char 0:0 (a whiteout) through the merged view",
+        libc::EPERM,
+        |m| mknod(&m.join("fake-whiteout"), S_IFCHR | 0o644, 0, 0),
+    );
+    t.err("mknod over a lower file", libc::EEXIST, |m| {
+        mknod(&m.join("a"), S_IFIFO | 0o644, 0, 0)
+    });
+    t.ok("stat the new nodes", |m| {
+        ["fifo", "sock", "null", "loop", "reg", "w", "d/fifo"]
+            .iter()
+            .map(|n| stat(&m.join(n)))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    t.finish();
+}
+
+#[test]
+fn mkdir_symlink_and_link() {
+    let env = fixture("mkdir_link");
+    env.layer("l2")
+        .file("a", "a")
+        .file("d/f", "d/f")
+        .symlink("ls", "a")
+        .file("w", "w")
+        .dir("ld");
+    env.layer("upper").whiteout("w").file("u", "upper u");
+    let t = T::mount(env);
+    t.ok("mkdir", |m| mkdir(&m.join("nd"), 0o750));
+    t.ok("mkdir in a lower dir", |m| mkdir(&m.join("d/sub"), 0o700));
+    t.ok("mkdir with setgid and sticky bits", |m| {
+        mkdir(&m.join("sticky"), 0o3777)
+    });
+    t.err("mkdir over a lower dir", libc::EEXIST, |m| {
+        mkdir(&m.join("ld"), 0o755)
+    });
+    t.err("mkdir over a lower file", libc::EEXIST, |m| {
+        mkdir(&m.join("a"), 0o755)
+    });
+    t.err("mkdir below a file", libc::ENOTDIR, |m| {
+        mkdir(&m.join("a/x"), 0o755)
+    });
+    t.ok("symlink", |m| std::os::unix::fs::symlink("a", m.join("s")));
+    t.ok("dangling absolute symlink", |m| {
+        std::os::unix::fs::symlink("/no/such/target", m.join("s-abs"))
+    });
+    t.ok("symlink in a lower dir", |m| {
+        std::os::unix::fs::symlink("../a", m.join("d/s"))
+    });
+    t.err("symlink over a lower file", libc::EEXIST, |m| {
+        std::os::unix::fs::symlink("x", m.join("a"))
+    });
+    t.ok("symlink over a whiteout", |m| {
+        std::os::unix::fs::symlink("a", m.join("w"))
+    });
+    t.ok("link a lower file", |m| {
+        fs::hard_link(m.join("a"), m.join("a-link"))
+    });
+    t.ok("link a lower file into another dir", |m| {
+        fs::hard_link(m.join("d/f"), m.join("ld/f-link"))
+    });
+    t.ok("link a lower symlink", |m| {
+        fs::hard_link(m.join("ls"), m.join("ls-link"))
+    });
+    t.ok("link an upper file", |m| {
+        fs::hard_link(m.join("u"), m.join("u-link"))
+    });
+    t.ok("link the link again", |m| {
+        fs::hard_link(m.join("a-link"), m.join("a-link2"))
+    });
+    t.err("link a directory", libc::EPERM, |m| {
+        fs::hard_link(m.join("ld"), m.join("ld-link"))
+    });
+    t.err("link onto an existing name", libc::EEXIST, |m| {
+        fs::hard_link(m.join("a"), m.join("d/f"))
+    });
+    t.err("link a whited-out name", libc::ENOENT, |m| {
+        fs::hard_link(m.join("nothing"), m.join("x"))
+    });
+    t.ok("nlink and inode of linked names", |m| {
+        let a = fs::symlink_metadata(m.join("a"))?;
+        let b = fs::symlink_metadata(m.join("a-link2"))?;
+        Ok((a.nlink(), b.nlink(), a.ino() == b.ino()))
+    });
+    t.ok("write through one link, read through another", |m| {
+        OpenOptions::new()
+            .append(true)
+            .open(m.join("a-link"))?
+            .write_all(b"+more")?;
+        read(&m.join("a"))
+    });
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Removing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unlink_and_rmdir() {
+    let env = fixture("unlink");
+    env.layer("l2")
+        .file("a", "a")
+        .file("b", "b")
+        .file("d/x", "x")
+        .file("d/y", "y")
+        .dir("e")
+        .symlink("sl", "a")
+        .file("m/x", "m/x");
+    env.layer("l1").file("m/z", "m/z");
+    env.layer("upper").file("u", "u").file("ud/k", "k");
+    let t = T::mount(env);
+    t.ok("unlink a lower file", |m| fs::remove_file(m.join("a")));
+    t.ok("unlink an upper-only file", |m| {
+        fs::remove_file(m.join("u"))
+    });
+    t.ok("unlink a lower symlink", |m| fs::remove_file(m.join("sl")));
+    t.ok("unlink a file in a lower dir", |m| {
+        fs::remove_file(m.join("d/x"))
+    });
+    t.err("unlink it again", libc::ENOENT, |m| {
+        fs::remove_file(m.join("d/x"))
+    });
+    t.err("unlink a missing name", libc::ENOENT, |m| {
+        fs::remove_file(m.join("nothing"))
+    });
+    t.err("unlink a directory", libc::EISDIR, |m| {
+        fs::remove_file(m.join("d"))
+    });
+    t.err("rmdir a file", libc::ENOTDIR, |m| {
+        fs::remove_dir(m.join("b"))
+    });
+    t.ok("rmdir an empty lower dir", |m| fs::remove_dir(m.join("e")));
+    t.err("rmdir a merged non-empty dir", libc::ENOTEMPTY, |m| {
+        fs::remove_dir(m.join("m"))
+    });
+    t.err("rmdir an upper-only non-empty dir", libc::ENOTEMPTY, |m| {
+        fs::remove_dir(m.join("ud"))
+    });
+    t.ok("empty the upper-only dir", |m| {
+        fs::remove_file(m.join("ud/k"))
+    });
+    t.ok("rmdir the upper-only dir", |m| fs::remove_dir(m.join("ud")));
+    t.ok("listing after the removals", names);
+    t.ok("unlink then create the same name", |m| {
+        fs::remove_file(m.join("b"))?;
+        write_new(&m.join("b"), b"new b")?;
+        fs::remove_file(m.join("b"))
+    });
+    t.finish();
+}
+
+/// rmdir of a directory that is empty only in the merged view (every lower entry is whited
+/// out in its upper copy) succeeds and takes those whiteouts with it.
+#[test]
+fn rmdir_of_merged_empty_dir_removes_its_whiteouts() {
+    let env = fixture("rmdir_merged_empty");
+    env.layer("l2").file("m/x", "x").file("m/sub/y", "y");
+    env.layer("l1").file("m/z", "z");
+    let t = T::mount(env);
+    t.ok("unlink m/x", |m| fs::remove_file(m.join("m/x")));
+    t.ok("unlink m/z", |m| fs::remove_file(m.join("m/z")));
+    t.err("rmdir m while m/sub exists", libc::ENOTEMPTY, |m| {
+        fs::remove_dir(m.join("m"))
+    });
+    t.ok("unlink m/sub/y", |m| fs::remove_file(m.join("m/sub/y")));
+    t.ok("rmdir m/sub", |m| fs::remove_dir(m.join("m/sub")));
+    t.check_upper("before rmdir m (whiteouts inside m)");
+    t.ok("readdir m is empty", |m| names(&m.join("m")));
+    t.ok("rmdir m", |m| fs::remove_dir(m.join("m")));
+    t.err("m is gone", libc::ENOENT, |m| {
+        fs::symlink_metadata(m.join("m")).map(drop)
+    });
+    let has_m_dir = fs::symlink_metadata(t.l.upper.join("m")).map(|m| m.is_dir());
+    if let Ok(true) = has_m_dir {
+        t.fail(format!(
+            "layover's upper still holds a directory m after rmdir: {:?}",
+            list_tree(&t.l.upper.join("m"))
+        ));
+    }
+    t.finish();
+}
+
+/// `rm -rf` of a tree that lives in the lowers, then recreating names in it: the new
+/// directory must be opaque, the old contents hidden (also for the kernel after remounting).
+#[test]
+fn rm_rf_lower_tree_and_recreate() {
+    let env = fixture("rm_rf");
+    env.layer("l2")
+        .file("t/a", "a")
+        .file("t/b/c", "c")
+        .file("t/d/e/f", "f")
+        .symlink("t/link", "a");
+    env.layer("l1").file("t/b/g", "g").file("t/h", "h");
+    let t = T::mount(env);
+    t.ok("rm -rf t", |m| fs::remove_dir_all(m.join("t")));
+    t.err("t is gone", libc::ENOENT, |m| {
+        fs::symlink_metadata(m.join("t")).map(drop)
+    });
+    t.check_merged("after rm -rf");
+    t.check_upper("after rm -rf");
+    t.ok("mkdir t", |m| mkdir(&m.join("t"), 0o755));
+    t.ok("t is empty", |m| names(&m.join("t")));
+    t.ok("recreate t/a", |m| write_new(&m.join("t/a"), b"new a"));
+    t.ok("recreate t/b", |m| mkdir(&m.join("t/b"), 0o755));
+    t.ok("t/b is empty", |m| names(&m.join("t/b")));
+    t.ok("recreate t/b/c", |m| write_new(&m.join("t/b/c"), b"new c"));
+    t.err("t/h stays hidden", libc::ENOENT, |m| {
+        fs::symlink_metadata(m.join("t/h")).map(drop)
+    });
+    t.finish();
+}
+
+/// mkdir over a whiteout makes an opaque directory: the lower contents stay hidden.
+#[test]
+fn mkdir_over_whiteout_is_opaque() {
+    let env = fixture("mkdir_opaque");
+    env.layer("l2")
+        .file("d/x", "x")
+        .file("d/sub/z", "z")
+        .file("f", "a file, then a directory")
+        .file("e/y", "y");
+    env.layer("l1").whiteout("e");
+    let t = T::mount(env);
+    t.ok("rm -r d", |m| fs::remove_dir_all(m.join("d")));
+    t.ok("mkdir d", |m| mkdir(&m.join("d"), 0o755));
+    t.ok("d is empty", |m| names(&m.join("d")));
+    t.ok("create d/new", |m| write_new(&m.join("d/new"), b"new"));
+    t.ok("unlink f", |m| fs::remove_file(m.join("f")));
+    t.ok("mkdir f where a lower file was", |m| {
+        mkdir(&m.join("f"), 0o700)
+    });
+    t.ok("mkdir e over a whiteout in l1", |m| {
+        mkdir(&m.join("e"), 0o755)
+    });
+    t.ok("e is empty", |m| names(&m.join("e")));
+    t.ok("opaque xattr is not visible", |m| listxattr(&m.join("d")));
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rename
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn rename_files_and_upper_dirs() {
+    let env = fixture("rename");
+    env.layer("l2")
+        .file("a", "a")
+        .file("b", "b")
+        .file("f", "f")
+        .file("d/x", "x")
+        .file("d/y", "y")
+        .file("e/z", "z")
+        .symlink("s", "a")
+        .file("m/lower", "m/lower");
+    env.layer("l1").file("m/top", "m/top");
+    env.layer("upper")
+        .file("u", "u")
+        .file("ud/k", "k")
+        .file("ud2/k", "k2");
+    let t = T::mount(env);
+    t.ok("rename a lower file", |m| {
+        fs::rename(m.join("a"), m.join("a2"))
+    });
+    t.err("old name is gone", libc::ENOENT, |m| {
+        fs::symlink_metadata(m.join("a")).map(drop)
+    });
+    t.ok("rename an upper file", |m| {
+        fs::rename(m.join("u"), m.join("u2"))
+    });
+    t.ok("rename a lower file over another lower file", |m| {
+        fs::rename(m.join("b"), m.join("f"))
+    });
+    t.ok("rename across lower dirs", |m| {
+        fs::rename(m.join("d/x"), m.join("e/x"))
+    });
+    t.ok("rename within a lower dir", |m| {
+        fs::rename(m.join("d/y"), m.join("d/y2"))
+    });
+    t.ok("rename a lower symlink", |m| {
+        fs::rename(m.join("s"), m.join("s2"))
+    });
+    t.ok("rename onto itself", |m| {
+        fs::rename(m.join("a2"), m.join("a2"))
+    });
+    t.ok("rename an upper-only dir into a merged dir", |m| {
+        fs::rename(m.join("ud"), m.join("m/ud"))
+    });
+    t.ok("rename an upper-only dir within the (merged) root", |m| {
+        fs::rename(m.join("ud2"), m.join("ud3"))
+    });
+    t.ok("contents after the renames", |m| {
+        Ok((
+            read(&m.join("f"))?,
+            read(&m.join("e/x"))?,
+            read(&m.join("m/ud/k"))?,
+            read(&m.join("ud3/k"))?,
+        ))
+    });
+    t.ok("create where a renamed file was", |m| {
+        write_new(&m.join("a"), b"new a")
+    });
+    t.finish();
+}
+
+#[test]
+fn rename_noreplace_exchange_and_errnos() {
+    let env = fixture("rename_errno");
+    env.layer("l2")
+        .file("a", "a")
+        .file("b", "b")
+        .file("c", "c")
+        .file("d", "d")
+        .file("e", "e")
+        .file("w", "w")
+        .file("ld/x", "x")
+        .file("m/x", "m/x")
+        .dir("ed");
+    env.layer("l1").file("m/y", "m/y");
+    env.layer("upper")
+        .whiteout("w")
+        .file("u", "u")
+        .file("ua/k", "k")
+        .file("ub/k", "k")
+        .dir("uc");
+    let t = T::mount(env);
+    t.err("RENAME_NOREPLACE onto a lower file", libc::EEXIST, |m| {
+        renameat2(&m.join("a"), &m.join("b"), RENAME_NOREPLACE)
+    });
+    t.err("RENAME_NOREPLACE onto an upper dir", libc::EEXIST, |m| {
+        renameat2(&m.join("a"), &m.join("uc"), RENAME_NOREPLACE)
+    });
+    t.ok("RENAME_NOREPLACE onto a free name", |m| {
+        renameat2(&m.join("a"), &m.join("a2"), RENAME_NOREPLACE)
+    });
+    t.ok("RENAME_NOREPLACE onto a whited-out name", |m| {
+        renameat2(&m.join("a2"), &m.join("w"), RENAME_NOREPLACE)
+    });
+    t.ok("RENAME_EXCHANGE two lower files", |m| {
+        renameat2(&m.join("c"), &m.join("d"), RENAME_EXCHANGE)
+    });
+    t.ok("RENAME_EXCHANGE a lower file and an upper file", |m| {
+        renameat2(&m.join("e"), &m.join("u"), RENAME_EXCHANGE)
+    });
+    t.ok("RENAME_EXCHANGE two upper-only dirs", |m| {
+        renameat2(&m.join("ua"), &m.join("ub"), RENAME_EXCHANGE)
+    });
+    t.err("RENAME_EXCHANGE with a missing name", libc::ENOENT, |m| {
+        renameat2(&m.join("b"), &m.join("missing"), RENAME_EXCHANGE)
+    });
+    t.err("RENAME_EXCHANGE a lower dir", libc::EXDEV, |m| {
+        renameat2(&m.join("ld"), &m.join("b"), RENAME_EXCHANGE)
+    });
+    t.err("RENAME_NOREPLACE|RENAME_EXCHANGE", libc::EINVAL, |m| {
+        renameat2(
+            &m.join("b"),
+            &m.join("c"),
+            RENAME_NOREPLACE | RENAME_EXCHANGE,
+        )
+    });
+    t.err("rename a merged dir", libc::EXDEV, |m| {
+        fs::rename(m.join("m"), m.join("m2"))
+    });
+    t.err("rename a lower-only dir", libc::EXDEV, |m| {
+        fs::rename(m.join("ld"), m.join("ld2"))
+    });
+    t.err("rename an empty lower-only dir", libc::EXDEV, |m| {
+        fs::rename(m.join("ed"), m.join("ed2"))
+    });
+    t.err(
+        "rename an upper dir over a non-empty upper dir",
+        libc::ENOTEMPTY,
+        |m| fs::rename(m.join("uc"), m.join("ua")),
+    );
+    t.err(
+        "rename an upper dir over a non-empty merged dir",
+        libc::ENOTEMPTY,
+        |m| fs::rename(m.join("uc"), m.join("m")),
+    );
+    t.err("rename a file over a dir", libc::EISDIR, |m| {
+        fs::rename(m.join("b"), m.join("uc"))
+    });
+    t.err("rename a dir over a file", libc::ENOTDIR, |m| {
+        fs::rename(m.join("uc"), m.join("b"))
+    });
+    t.err("rename a dir into itself", libc::EINVAL, |m| {
+        fs::rename(m.join("ua"), m.join("ua/inside"))
+    });
+    t.err("rename a missing name", libc::ENOENT, |m| {
+        fs::rename(m.join("missing"), m.join("x"))
+    });
+    t.ok("rename an upper dir over an empty lower dir", |m| {
+        fs::rename(m.join("uc"), m.join("ed"))
+    });
+    t.ok("contents after", |m| {
+        Ok((
+            read(&m.join("c"))?,
+            read(&m.join("d"))?,
+            read(&m.join("e"))?,
+            read(&m.join("u"))?,
+            read(&m.join("w"))?,
+            read(&m.join("ua/k"))?,
+        ))
+    });
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attributes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn chmod_chown_and_truncate() {
+    let env = fixture("chmod");
+    env.layer("l2")
+        .file_mode("f", "file f", 0o644)
+        .file("d/g", "d/g")
+        .dir_mode("d", 0o755)
+        .file_mode("x", "#!/bin/sh\n", 0o755)
+        .symlink("s", "f")
+        .file("t", "0123456789")
+        .file("t2", "short")
+        .file("t3", "ftruncate me");
+    let t = T::mount(env);
+    t.ok("chmod a lower file", |m| {
+        fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600))
+    });
+    t.ok("chmod a lower dir", |m| {
+        fs::set_permissions(m.join("d"), fs::Permissions::from_mode(0o711))
+    });
+    t.ok("chmod u+s", |m| {
+        fs::set_permissions(m.join("x"), fs::Permissions::from_mode(0o4755))
+    });
+    t.ok("chown a lower file", |m| {
+        std::os::unix::fs::chown(m.join("d/g"), Some(1000), Some(1001))
+    });
+    t.ok("chown only the group", |m| {
+        std::os::unix::fs::chown(m.join("t"), None, Some(1002))
+    });
+    t.ok("lchown a lower symlink", |m| {
+        std::os::unix::fs::lchown(m.join("s"), Some(1000), Some(1000))
+    });
+    t.err("chmod a missing name", libc::ENOENT, |m| {
+        fs::set_permissions(m.join("missing"), fs::Permissions::from_mode(0o600))
+    });
+    t.ok("truncate(2) shrinks a lower file", |m| {
+        truncate(&m.join("t"), 4)
+    });
+    t.ok("truncate(2) extends a lower file", |m| {
+        truncate(&m.join("t2"), 100_000)
+    });
+    t.ok("ftruncate on an open lower file", |m| {
+        let f = OpenOptions::new().write(true).open(m.join("t3"))?;
+        f.set_len(3)?;
+        f.set_len(7)
+    });
+    t.err("truncate a directory", libc::EISDIR, |m| {
+        truncate(&m.join("d"), 0)
+    });
+    t.ok("stat after", |m| {
+        ["f", "d", "x", "d/g", "t", "t2", "t3", "s"]
+            .iter()
+            .map(|n| stat(&m.join(n)))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    t.finish();
+}
+
+#[test]
+fn utimens_now_omit_and_explicit() {
+    let env = fixture("utimens");
+    env.layer("l2")
+        .file("a", "a")
+        .file("b", "b")
+        .file("c", "c")
+        .file("d/e", "e")
+        .file("n", "n")
+        .symlink("s", "a")
+        .dir("dir");
+    let t = T::mount(env);
+    t.ok("utimensat(UTIME_NOW, UTIME_OMIT)", |m| {
+        utimensat(&m.join("a"), Ts::Now, Ts::Omit, false)
+    });
+    t.ok("utimensat(UTIME_OMIT, UTIME_NOW)", |m| {
+        utimensat(&m.join("b"), Ts::Omit, Ts::Now, false)
+    });
+    t.ok("utimensat explicit", |m| {
+        utimensat(
+            &m.join("c"),
+            Ts::At(1_234_567_890, 123_456_789),
+            Ts::At(1_111_111_111, 987_654_321),
+            false,
+        )
+    });
+    t.ok("utimensat(NULL) (both now)", |m| {
+        utimensat(&m.join("n"), Ts::Now, Ts::Now, false)
+    });
+    t.ok("utimensat(UTIME_OMIT, UTIME_OMIT)", |m| {
+        utimensat(&m.join("d/e"), Ts::Omit, Ts::Omit, false)
+    });
+    t.ok("utimensat AT_SYMLINK_NOFOLLOW on a lower symlink", |m| {
+        utimensat(
+            &m.join("s"),
+            Ts::At(1_100_000_000, 1),
+            Ts::At(1_100_000_000, 2),
+            true,
+        )
+    });
+    t.ok("utimensat on a lower dir", |m| {
+        utimensat(&m.join("dir"), Ts::Now, Ts::At(1_200_000_000, 5), false)
+    });
+    t.ok("futimens through std (mtime only)", |m| {
+        let f = File::open(m.join("d"))?;
+        f.set_times(
+            fs::FileTimes::new()
+                .set_modified(std::time::UNIX_EPOCH + Duration::new(1_300_000_000, 77)),
+        )
+    });
+    t.ok("atimes", |m| {
+        ["a", "b", "c", "d", "d/e", "n", "s", "dir"]
+            .iter()
+            .map(|n| atime(&m.join(n)))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    t.finish();
+}
+
+/// Reading through the overlay leaves the lowers' atimes alone (the kernel opens lower files
+/// O_NOATIME); atime moves only on objects that have an upper copy.
+#[test]
+fn reading_leaves_lower_atimes_alone() {
+    let env = fixture("lower_atime");
+    env.layer("l2")
+        .file("f", "data")
+        .file("d/g", "g")
+        .symlink("s", "f")
+        .file("big", pattern(50_000, 8))
+        .file("m/x", "x")
+        .file("up", "copied up later");
+    env.layer("l1").file("m/y", "y");
+    let t = T::mount(env);
+    t.ok("read a lower file", |m| read(&m.join("f")));
+    t.ok("read a file in a lower dir", |m| read(&m.join("d/g")));
+    t.ok("list a lower dir", |m| names(&m.join("d")));
+    t.ok("list a merged dir", |m| names(&m.join("m")));
+    t.ok("list the root", |m| names(m).map(|v| v.len()));
+    t.ok("readlink a lower symlink", |m| fs::read_link(m.join("s")));
+    t.ok("mmap-read a lower file", |m| {
+        mmap_read(&m.join("big")).map(|v| v.len())
+    });
+    t.ok("read a lower file, then copy it up", |m| {
+        read(&m.join("up"))?;
+        fs::set_permissions(m.join("up"), fs::Permissions::from_mode(0o600))
+    });
+    t.ok("atimes in the merged view", |m| {
+        ["f", "d", "d/g", "s", "big", "m", "m/x", "", "up"]
+            .iter()
+            .map(|n| Ok((n.to_string(), atime(&m.join(n))?)))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    t.check_lowers_untouched(true);
+    t.finish();
+}
+
+#[test]
+fn setxattr_and_removexattr() {
+    let env = fixture("xattr");
+    env.layer("l2")
+        .file("f", "f")
+        .xattr("f", "user.keep", "1")
+        .xattr("f", "user.drop", "2")
+        .file("d/in", "in")
+        .xattr("d", "user.dx", "3")
+        .file("g", "g")
+        .file("h", "h")
+        .symlink("s", "f")
+        .dir("od");
+    let t = T::mount(env);
+    t.ok("setxattr user.* on a lower file", |m| {
+        setxattr(&m.join("f"), "user.new", b"v", 0)
+    });
+    t.ok("removexattr a lower file's xattr", |m| {
+        removexattr(&m.join("f"), "user.drop")
+    });
+    t.ok("setxattr on a lower dir", |m| {
+        setxattr(&m.join("d"), "user.dy", b"dy", 0)
+    });
+    t.ok("setxattr trusted.overlay.* through the merged view", |m| {
+        setxattr(&m.join("g"), "trusted.overlay.foo", b"bar", 0)
+    });
+    t.ok("getxattr it back", |m| {
+        getxattr(&m.join("g"), "trusted.overlay.foo")
+    });
+    t.ok("set trusted.overlay.opaque on a merged dir", |m| {
+        setxattr(&m.join("od"), "trusted.overlay.opaque", b"y", 0)
+    });
+    t.ok("setxattr XATTR_CREATE", |m| {
+        setxattr(&m.join("g"), "user.x", b"1", XATTR_CREATE)
+    });
+    t.err("setxattr XATTR_CREATE again", libc::EEXIST, |m| {
+        setxattr(&m.join("g"), "user.x", b"2", XATTR_CREATE)
+    });
+    t.err(
+        "setxattr XATTR_REPLACE of a missing xattr",
+        libc::ENODATA,
+        |m| setxattr(&m.join("h"), "user.y", b"1", XATTR_REPLACE),
+    );
+    t.err("removexattr a missing xattr", libc::ENODATA, |m| {
+        removexattr(&m.join("h"), "user.none")
+    });
+    t.err("getxattr a missing xattr", libc::ENODATA, |m| {
+        getxattr(&m.join("f"), "user.missing")
+    });
+    t.err("setxattr user.* on a symlink", libc::EPERM, |m| {
+        setxattr(&m.join("s"), "user.x", b"1", 0)
+    });
+    t.ok("setxattr with an empty value", |m| {
+        setxattr(&m.join("h"), "user.empty", b"", 0)
+    });
+    t.ok("listxattr", |m| {
+        Ok((
+            listxattr(&m.join("f"))?,
+            listxattr(&m.join("g"))?,
+            listxattr(&m.join("d"))?,
+            listxattr(&m.join("od"))?,
+            listxattr(&m.join("h"))?,
+        ))
+    });
+    t.ok("od is still merged (not opaque)", |m| names(&m.join("od")));
+    // The escaped name on disk.
+    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+        let stored = getxattr(&side.upper.join("g"), "trusted.overlay.overlay.foo");
+        if who == "kernel" && stored.as_deref().ok() != Some(b"bar".as_slice()) {
+            t.fail(format!(
+                "premise: the kernel stores trusted.overlay.foo as trusted.overlay.overlay.foo: {stored:?}"
+            ));
+        }
+        if who == "layover" && stored.as_deref().ok() != Some(b"bar".as_slice()) {
+            t.fail(format!(
+                "layover's upper g: trusted.overlay.overlay.foo is {stored:?}, expected \"bar\""
+            ));
+        }
+    }
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data: fallocate, lseek, copy_file_range, fsync, mmap, O_TMPFILE
+// ---------------------------------------------------------------------------------------------
+
+/// A sparse file in `layer`: `len` bytes, data only at the given offsets.
+fn sparse(layer: &Layer, rel: &str, len: u64, data_at: &[u64]) {
+    layer.file(rel, b"");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(layer.path(rel))
+        .unwrap();
+    for &off in data_at {
+        f.write_all_at(&pattern(4096, off as u8), off).unwrap();
+    }
+    f.set_len(len).unwrap();
+}
+
+#[test]
+fn fallocate_lseek_and_copy_file_range() {
+    let env = fixture("falloc");
+    let l2 = env.layer("l2");
+    sparse(&l2, "sparse", 8 << 20, &[0, 4 << 20]);
+    sparse(&l2, "sparse2", 8 << 20, &[1 << 20]);
+    l2.file("data", pattern(100_000, 1))
+        .file("small", "small")
+        .file("small2", "small2")
+        .file("z", pattern(20_000, 2));
+    let mut t = T::mount(env);
+    t.raw_content = true;
+    for (off, whence, want) in [
+        (0, SEEK_DATA, None),
+        (0, SEEK_HOLE, None),
+        (4096, SEEK_DATA, None),
+        ((4 << 20) + 1, SEEK_HOLE, None),
+        ((8 << 20) - 1, SEEK_DATA, Some(libc::ENXIO)),
+        (9 << 20, SEEK_HOLE, Some(libc::ENXIO)),
+    ] {
+        t.op(
+            &format!("lseek(lower sparse, {off}, {whence}) before copy-up"),
+            want,
+            |m| lseek(&m.join("sparse"), off, whence),
+        );
+    }
+    t.ok("fallocate PUNCH_HOLE|KEEP_SIZE (copies up)", |m| {
+        fallocate(
+            &m.join("sparse"),
+            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        )
+    });
+    // After the copy-up, where data and holes are depends on how each copied (the kernel
+    // copies 1 MiB chunks, layover data extents): each must report what its own upper file
+    // holds.
+    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+        for (off, whence) in [(0, SEEK_DATA), (0, SEEK_HOLE), ((8 << 20) - 1, SEEK_DATA)] {
+            let merged = lseek(&side.mnt.join("sparse"), off, whence);
+            let upper = lseek(&side.upper.join("sparse"), off, whence);
+            if format!("{merged:?}") != format!("{upper:?}") {
+                t.fail(format!(
+                    "{who}: lseek(sparse, {off}, {whence}) after copy-up: merged view {merged:?}, upper file {upper:?}"
+                ));
+            }
+        }
+        let merged = fs::metadata(side.mnt.join("sparse"))
+            .map(|m| m.blocks())
+            .ok();
+        let upper = fs::metadata(side.upper.join("sparse"))
+            .map(|m| m.blocks())
+            .ok();
+        if merged != upper {
+            t.fail(format!(
+                "{who}: st_blocks of sparse after the punch: merged view {merged:?}, upper file {upper:?}"
+            ));
+        }
+    }
+    t.ok("fallocate mode 0 extends", |m| {
+        fallocate(&m.join("small"), 0, 0, 1 << 20)
+    });
+    t.ok("fallocate KEEP_SIZE does not", |m| {
+        fallocate(&m.join("small2"), FALLOC_FL_KEEP_SIZE, 0, 1 << 20)
+    });
+    t.ok("sizes after fallocate", |m| {
+        Ok((
+            fs::metadata(m.join("small"))?.len(),
+            fs::metadata(m.join("small2"))?.len(),
+        ))
+    });
+    // tmpfs has no ZERO_RANGE: whatever the kernel says, layover must say the same.
+    t.agree("fallocate ZERO_RANGE", |m| {
+        fallocate(&m.join("z"), FALLOC_FL_ZERO_RANGE, 100, 1000)
+    });
+    t.ok("copy_file_range lower -> new file", |m| {
+        copy_file_range(&m.join("data"), 0, &m.join("copy"), 0, 50_000)
+    });
+    t.ok("copy_file_range within one lower file", |m| {
+        copy_file_range(&m.join("data"), 1000, &m.join("data"), 60_000, 5000)
+    });
+    t.ok("copy_file_range past the source's end", |m| {
+        copy_file_range(&m.join("data"), 99_000, &m.join("copy2"), 10, 5000)
+    });
+    t.ok("copy_file_range from a lower sparse file", |m| {
+        copy_file_range(&m.join("sparse2"), 0, &m.join("copy3"), 0, 2 << 20)
+    });
+    t.ok("contents", |m| {
+        Ok((
+            read(&m.join("copy"))? == read(&m.join("data"))?[..50_000],
+            read(&m.join("data"))?.len(),
+        ))
+    });
+    t.finish();
+}
+
+#[test]
+fn fsync_and_fsyncdir() {
+    let env = fixture("fsync");
+    env.layer("l2")
+        .file("f", "f")
+        .file("r", "r")
+        .file("d/g", "g");
+    let t = T::mount(env);
+    t.ok("fsync a lower file opened for writing", |m| {
+        let mut f = OpenOptions::new().write(true).open(m.join("f"))?;
+        f.write_all(b"F")?;
+        f.sync_all()?;
+        f.write_all(b"G")?;
+        f.sync_data()
+    });
+    t.ok("fsync a lower file opened read-only", |m| {
+        File::open(m.join("r"))?.sync_all()
+    });
+    t.ok("fsync a new file", |m| {
+        let mut f = create_new(&m.join("n"))?;
+        f.write_all(b"n")?;
+        f.sync_all()
+    });
+    t.ok("fsyncdir a lower dir", |m| {
+        File::open(m.join("d"))?.sync_all()
+    });
+    t.ok("fsyncdir the root", |m| File::open(m)?.sync_all());
+    t.ok("fdatasync a lower dir", |m| {
+        File::open(m.join("d"))?.sync_data()
+    });
+    t.finish();
+}
+
+#[test]
+fn shared_writable_mmap() {
+    let env = fixture("mmap");
+    env.layer("l2")
+        .file("m", pattern(3 * 4096 + 17, 3))
+        .file("r", pattern(5000, 4));
+    let t = T::mount(env);
+    t.ok("mmap-read a lower file", |m| mmap_read(&m.join("r")));
+    t.ok("mmap-write a lower file", |m| {
+        mmap_write(&m.join("m"), 10, b"MMAP")
+    });
+    t.ok("mmap-write across a page boundary", |m| {
+        mmap_write(&m.join("m"), 4094, b"across")
+    });
+    t.ok("read back with read(2)", |m| read(&m.join("m")));
+    t.ok("read back with mmap", |m| mmap_read(&m.join("m")));
+    t.ok("write(2), then read through mmap", |m| {
+        OpenOptions::new()
+            .write(true)
+            .open(m.join("r"))?
+            .write_all_at(b"written", 100)?;
+        mmap_read(&m.join("r"))
+    });
+    t.finish();
+}
+
+/// O_TMPFILE: the kernel's overlay supports it; layover may answer EOPNOTSUPP, and then
+/// must do so cleanly (nothing left behind, the mount still usable).
+#[test]
+fn o_tmpfile_works_or_is_cleanly_refused() {
+    let env = fixture("tmpfile");
+    env.layer("l2").file("d/f", "f");
+    let t = T::mount(env);
+    for (dir, link) in [("", Some("linked")), ("d", Some("d/linked")), ("d", None)] {
+        let k = o_tmpfile(&t.kp(dir), b"tmp data", link.map(|l| t.kp(l)).as_deref());
+        let l = o_tmpfile(&t.lp(dir), b"tmp data", link.map(|l| t.lp(l)).as_deref());
+        let what = format!("O_TMPFILE in \"{dir}\" linked as {link:?}");
+        eprintln!("{what}: kernel {k:?}, layover {l:?}");
+        match (&k, &l) {
+            (Ok(a), Ok(b)) if a == b => {}
+            (Ok(_), Err(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                eprintln!("note: {what}: the kernel supports it, layover gives EOPNOTSUPP");
+                // Undo the kernel's side, and give both directories a recent mtime, so that
+                // the rest still compares.
+                if let Some(link) = link {
+                    fs::remove_file(t.kp(link)).unwrap();
+                }
+                t.ok("create and remove a name beside it", |m| {
+                    write_new(&m.join(dir).join("mtime"), b"")?;
+                    fs::remove_file(m.join(dir).join("mtime"))
+                });
+            }
+            _ => t.fail(format!(
+                "{what}: kernel gives {k:?}, layover {l:?} (acceptable: the same, or EOPNOTSUPP)"
+            )),
+        }
+    }
+    t.ok("the mount still works", |m| {
+        write_new(&m.join("d/after"), b"after")
+    });
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copy-up
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn copy_up_of_a_64_mib_file() {
+    let env = fixture("copy_up_64m");
+    let big = pattern(64 << 20, 5);
+    env.layer("l2").file("big", &big).file("d/other", "other");
+    let mut t = T::mount(env);
+    t.raw_content = true;
+    t.ok("append to a 64 MiB lower file", |m| {
+        let mut f = OpenOptions::new().append(true).open(m.join("big"))?;
+        f.write_all(b"tail")
+    });
+    let mut want = big;
+    want.extend_from_slice(b"tail");
+    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+        let got = fs::read(side.mnt.join("big")).unwrap();
+        if got != want {
+            let first = got.iter().zip(&want).position(|(a, b)| a != b);
+            t.fail(format!(
+                "{who}: content of big after copy-up: {} bytes (want {}), first difference at {first:?}",
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    t.finish();
+}
+
+#[test]
+fn sparse_file_stays_sparse_after_copy_up() {
+    let env = fixture("copy_up_sparse");
+    let l2 = env.layer("l2");
+    sparse(&l2, "sparse", 64 << 20, &[0, 20 << 20, (64 << 20) - 4096]);
+    sparse(&l2, "sparse-chmod", 64 << 20, &[8 << 20]);
+    let mut t = T::mount(env);
+    t.raw_content = true;
+    t.ok("write one byte into the sparse lower file", |m| {
+        OpenOptions::new()
+            .write(true)
+            .open(m.join("sparse"))?
+            .write_all_at(b"X", 1)
+    });
+    t.ok("chmod (a metadata copy-up) of a sparse lower file", |m| {
+        fs::set_permissions(m.join("sparse-chmod"), fs::Permissions::from_mode(0o600))
+    });
+    for name in ["sparse", "sparse-chmod"] {
+        // The kernel copies 1 MiB chunks around each data extent (ovl_copy_up_data skips
+        // only whole holey chunks): 2 MiB for three 4 KiB pages. 8 MiB of 64 is "sparse".
+        let limit = (8u64 << 20) / 512;
+        for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+            let upper = fs::metadata(side.upper.join(name)).map(|m| m.blocks());
+            let merged = fs::metadata(side.mnt.join(name)).map(|m| m.blocks());
+            eprintln!("st_blocks of {name}: {who}: upper {upper:?}, merged {merged:?}");
+            if !matches!(upper, Ok(b) if b <= limit) {
+                t.fail(format!(
+                    "{}{who}'s upper {name} is not sparse after copy-up: st_blocks {upper:?} (limit {limit})",
+                    if who == "kernel" { "premise: " } else { "" }
+                ));
+            }
+            if upper.as_ref().ok() != merged.as_ref().ok() {
+                t.fail(format!(
+                    "{who}: st_blocks of {name}: merged view {merged:?}, the upper file {upper:?}"
+                ));
+            }
+        }
+    }
+    t.ok("content after the copy-up", |m| {
+        let f = File::open(m.join("sparse"))?;
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, (20 << 20) - 4)?;
+        Ok(b)
+    });
+    t.finish();
+}
+
+/// Writing through one name of a hard-linked lower file: the kernel (index=off) breaks the
+/// link; the other names keep the old content and their shared inode number, the copied-up
+/// name gets a new one. Once with every name looked up before the copy-up (`h*`), once with
+/// only the written name (`k*`).
+#[test]
+fn copy_up_of_a_hard_linked_lower_file() {
+    let env = fixture("copy_up_hardlink");
+    env.layer("l2")
+        .file("h1", "old content")
+        .hardlink("h1", "h2")
+        .hardlink("h1", "d/h3")
+        .file("k1", "old k")
+        .hardlink("k1", "k2")
+        .hardlink("k1", "d/k3");
+    let t = T::mount(env);
+    let inos = |m: &Path, names: [&str; 3]| -> Vec<u64> {
+        names
+            .iter()
+            .map(|n| fs::metadata(m.join(n)).map(|s| s.ino()).unwrap_or(0))
+            .collect()
+    };
+    let h = ["h1", "h2", "d/h3"];
+    let k = ["k1", "k2", "d/k3"];
+    let before = (inos(&t.k.mnt, h), inos(&t.l.mnt, h));
+    t.ok("nlink of the h names before", |m| {
+        h.iter()
+            .map(|n| Ok(fs::metadata(m.join(n))?.nlink()))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    t.ok("write through h1", |m| {
+        OpenOptions::new()
+            .write(true)
+            .open(m.join("h1"))?
+            .write_all_at(b"NEW", 0)
+    });
+    t.ok("write through k1 (k2 and d/k3 never looked up)", |m| {
+        OpenOptions::new()
+            .write(true)
+            .open(m.join("k1"))?
+            .write_all_at(b"NEW", 0)
+    });
+    for names in [h, k] {
+        t.ok(&format!("contents of {names:?}"), |m| {
+            names
+                .iter()
+                .map(|n| Ok(read(&m.join(n))?.escape_ascii().to_string()))
+                .collect::<io::Result<Vec<_>>>()
+        });
+        t.ok(
+            &format!("nlink of {names:?}, and which share an inode"),
+            |m| {
+                let s: Vec<_> = names
+                    .iter()
+                    .map(|n| fs::metadata(m.join(n)))
+                    .collect::<io::Result<_>>()?;
+                Ok((
+                    s.iter().map(MetadataExt::nlink).collect::<Vec<_>>(),
+                    s[0].ino() == s[1].ino(),
+                    s[1].ino() == s[2].ino(),
+                ))
+            },
+        );
+    }
+    let after = (inos(&t.k.mnt, h), inos(&t.l.mnt, h));
+    let unchanged =
+        |b: &[u64], a: &[u64]| -> Vec<bool> { b.iter().zip(a).map(|(x, y)| x == y).collect() };
+    let (ku, lu) = (
+        unchanged(&before.0, &after.0),
+        unchanged(&before.1, &after.1),
+    );
+    if ku != lu {
+        t.fail(format!(
+            "st_ino unchanged by the copy-up (h1, h2, d/h3): kernel {ku:?}, layover {lu:?} \
+             (kernel {:?} -> {:?}, layover {:?} -> {:?})",
+            before.0, after.0, before.1, after.1
+        ));
+    }
+    t.finish();
+}
+
+/// A file opened read-only before its copy-up reads the data written afterwards through
+/// another descriptor (the kernel re-opens the real file).
+#[test]
+fn reader_opened_before_copy_up_sees_new_data() {
+    let env = fixture("reader_before_copy_up");
+    env.layer("l2")
+        .file("f", "old old old")
+        .file("g", "to be truncated")
+        .file("h", pattern(300_000, 6));
+    let t = T::mount(env);
+    let open = |side: &Side, n: &str| File::open(side.mnt.join(n)).unwrap();
+    let readers: Vec<[File; 3]> = [&t.k, &t.l]
+        .iter()
+        .map(|s| [open(s, "f"), open(s, "g"), open(s, "h")])
+        .collect();
+    let read_at = |f: &File, off: u64, len: usize| -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        let n = f.read_at(&mut b, off).unwrap();
+        b.truncate(n);
+        b
+    };
+    // Warm the page cache through the old descriptors first.
+    let before: Vec<_> = readers
+        .iter()
+        .map(|r| {
+            (
+                read_at(&r[0], 0, 64),
+                read_at(&r[1], 0, 64),
+                read_at(&r[2], 200_000, 64),
+            )
+        })
+        .collect();
+    if before[0] != before[1] {
+        t.fail(format!("reads before the copy-up differ: {before:?}"));
+    }
+    t.ok("write through a second descriptor", |m| {
+        OpenOptions::new()
+            .write(true)
+            .open(m.join("f"))?
+            .write_all_at(b"NEW", 4)
+    });
+    t.ok("truncate(2) by path", |m| truncate(&m.join("g"), 3));
+    t.ok("write far into the big file", |m| {
+        OpenOptions::new()
+            .write(true)
+            .open(m.join("h"))?
+            .write_all_at(b"FAR", 200_010)
+    });
+    let after: Vec<_> = readers
+        .iter()
+        .map(|r| {
+            (
+                read_at(&r[0], 0, 64),
+                read_at(&r[1], 0, 64),
+                read_at(&r[2], 200_000, 64),
+            )
+        })
+        .collect();
+    let want = (
+        b"old NEW old".to_vec(),
+        b"to ".to_vec(),
+        read_at(&open(&t.k, "h"), 200_000, 64),
+    );
+    if after[0] != want {
+        t.fail(format!(
+            "premise: the kernel's old descriptors read {:?}",
+            after[0]
+        ));
+    }
+    if after[1] != after[0] {
+        t.fail(format!(
+            "descriptors opened before the copy-up: kernel reads {:?}, layover {:?}",
+            (
+                after[0].0.escape_ascii().to_string(),
+                after[0].1.escape_ascii().to_string()
+            ),
+            (
+                after[1].0.escape_ascii().to_string(),
+                after[1].1.escape_ascii().to_string()
+            )
+        ));
+    }
+    if after[1].2 != want.2 {
+        t.fail("layover's old descriptor of h misses the write at 200010".into());
+    }
+    drop(readers);
+    t.finish();
+}
+
+/// Many threads open one lower file for writing at the same moment and each write its own
+/// bytes: exactly one copy-up happens (every write lands in the same upper file), and no
+/// temporary file is left in the work directory.
+#[test]
+fn concurrent_copy_up_race() {
+    const THREADS: usize = 16;
+    let env = fixture("copy_up_race");
+    let originals: Vec<Vec<u8>> = (0..3).map(|i| pattern(2 << 20, 10 + i)).collect();
+    for (i, o) in originals.iter().enumerate() {
+        env.layer("l2").file(format!("d{i}/race"), o);
+    }
+    let t = T::mount(env);
+    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+        for (i, original) in originals.iter().enumerate() {
+            let path = side.mnt.join(format!("d{i}/race"));
+            let barrier = Arc::new(Barrier::new(THREADS));
+            let results: Vec<io::Result<()>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..THREADS)
+                    .map(|n| {
+                        let (path, barrier) = (path.clone(), barrier.clone());
+                        s.spawn(move || -> io::Result<()> {
+                            barrier.wait();
+                            let f = OpenOptions::new().read(true).write(true).open(&path)?;
+                            f.write_all_at(
+                                format!("<thread {n:02}>").as_bytes(),
+                                n as u64 * 100_003,
+                            )
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let errors: Vec<String> = results
+                .iter()
+                .enumerate()
+                .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("thread {n}: {e}")))
+                .collect();
+            if !errors.is_empty() {
+                t.fail(format!("{who}: racing writers failed: {errors:?}"));
+            }
+            let mut want = original.clone();
+            for n in 0..THREADS {
+                let tag = format!("<thread {n:02}>");
+                let at = n * 100_003;
+                want[at..at + tag.len()].copy_from_slice(tag.as_bytes());
+            }
+            let got = fs::read(&path).unwrap();
+            if got != want {
+                let lost: Vec<usize> = (0..THREADS)
+                    .filter(|n| {
+                        let tag = format!("<thread {n:02}>");
+                        let at = n * 100_003;
+                        got.get(at..at + tag.len()) != Some(tag.as_bytes())
+                    })
+                    .collect();
+                t.fail(format!(
+                    "{who}: d{i}/race after the race: {} bytes (want {}); writes of threads {lost:?} are lost",
+                    got.len(),
+                    want.len()
+                ));
+            }
+            let on_disk = fs::read(side.upper.join(format!("d{i}/race"))).unwrap_or_default();
+            if on_disk != want {
+                t.fail(format!(
+                    "{who}: the upper's d{i}/race does not hold every write"
+                ));
+            }
+        }
+        let temps = T::temp_files(&side.work);
+        if !temps.is_empty() {
+            t.fail(format!(
+                "{who}: temporary files left in the workdir while mounted: {temps:?}"
+            ));
+        }
+    }
+    t.finish();
+}
+
+/// Copy-up keeps mode, owner, times and xattrs, of the file and of every parent it copies,
+/// and leaves the parent's timestamps alone.
+#[test]
+fn copy_up_preserves_metadata() {
+    let env = fixture("copy_up_meta");
+    env.layer("l2")
+        .file_owned("d/f", "f", 0o640, 1000, 1001)
+        .xattr("d/f", "user.a", "A")
+        .xattr("d/f", "user.b", "B")
+        .file_owned("d/g", "g", 0o604, 1002, 1003)
+        .file_owned("p/q/r/deep", "deep", 0o600, 7, 8)
+        .symlink("d/s", "f")
+        .chown("d/s", 1004, 1005)
+        .xattr("d", "user.dir", "D")
+        .chown("d", 1006, 1007)
+        .chmod("d", 0o2750)
+        .chmod("p/q", 0o701)
+        .chown("p/q", 11, 12);
+    age_tree(&env.path("src"), OLD);
+    let l2 = env.layer("l2");
+    for (rel, a, m) in [
+        ("d/f", (1_100_000_000, 5), (1_200_000_000, 7)),
+        ("d/g", (1_100_000_001, 9), (1_200_000_001, 11)),
+        ("d", (1_100_000_002, 13), (1_200_000_002, 15)),
+        ("p/q", (1_100_000_003, 17), (1_200_000_003, 19)),
+        ("p/q/r/deep", (1_100_000_004, 21), (1_200_000_004, 23)),
+    ] {
+        utimensat(&l2.path(rel), Ts::At(a.0, a.1), Ts::At(m.0, m.1), true).unwrap();
+    }
+    let t = T::mount_as_is(env);
+    t.ok("open d/f O_RDWR (copy-up, no write)", |m| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("d/f"))
+            .map(drop)
+    });
+    t.ok("chmod d/g (metadata copy-up)", |m| {
+        fs::set_permissions(m.join("d/g"), fs::Permissions::from_mode(0o606))
+    });
+    t.ok("lchown d/s to its own owner (symlink copy-up)", |m| {
+        std::os::unix::fs::lchown(m.join("d/s"), Some(1004), Some(1005))
+    });
+    t.ok(
+        "open p/q/r/deep for writing (three parents copied up)",
+        |m| {
+            OpenOptions::new()
+                .write(true)
+                .open(m.join("p/q/r/deep"))
+                .map(drop)
+        },
+    );
+    t.ok("atimes and mtimes", |m| {
+        ["d/f", "d/g", "d", "p/q", "p/q/r/deep", "p", ""]
+            .iter()
+            .map(|n| {
+                let md = fs::symlink_metadata(m.join(n))?;
+                Ok((
+                    n.to_string(),
+                    atime(&m.join(n))?,
+                    (md.mtime(), md.mtime_nsec()),
+                ))
+            })
+            .collect::<io::Result<Vec<_>>>()
+    });
+    t.ok("xattrs of d/f and d", |m| {
+        Ok((
+            listxattr(&m.join("d/f"))?,
+            getxattr(&m.join("d"), "user.dir")?,
+        ))
+    });
+    // The same atimes on disk in both uppers.
+    for rel in ["d/f", "d", "p/q", "p/q/r/deep"] {
+        let k = atime(&t.k.upper.join(rel));
+        let l = atime(&t.l.upper.join(rel));
+        if format!("{k:?}") != format!("{l:?}") {
+            t.fail(format!("atime of upper {rel}: kernel {k:?}, layover {l:?}"));
+        }
+    }
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Another user
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a python helper as uid/gid 1000 on both mounts; same errno required.
+fn user_op(t: &T, what: &str, want: Option<i32>, script: &str, rel: &str, extra: &[&str]) {
+    t.op(&format!("as uid 1000: {what}"), want, |m| {
+        let p = m.join(rel);
+        let mut args = vec![p.as_os_str()];
+        args.extend(extra.iter().map(|s| os(s)));
+        py_as(1000, 1000, script, &args)
+    });
+}
+
+const PY_CREATE: &str =
+    "def main(a):\n    os.close(os.open(a[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))";
+const PY_MKDIR: &str = "def main(a):\n    os.mkdir(a[0], 0o777)";
+const PY_WRITE: &str = "def main(a):\n    fd = os.open(a[0], os.O_WRONLY)\n    os.write(fd, b'by 1000')\n    os.close(fd)";
+const PY_READ: &str =
+    "def main(a):\n    fd = os.open(a[0], os.O_RDONLY)\n    os.read(fd, 100)\n    os.close(fd)";
+const PY_CHMOD: &str = "def main(a):\n    os.chmod(a[0], 0o777)";
+const PY_UNLINK: &str = "def main(a):\n    os.unlink(a[0])";
+const PY_TRUNCATE: &str = "def main(a):\n    os.truncate(a[0], 2)";
+
+#[test]
+fn operations_as_another_user() {
+    let env = fixture("as_user");
+    env.layer("l2")
+        .file_owned("rootfile", "root's", 0o644, 0, 0)
+        .file_owned("secret", "root only", 0o600, 0, 0)
+        .dir_mode("pub", 0o777)
+        .dir("sg")
+        .chown("sg", 0, 1234)
+        .chmod("sg", 0o2777)
+        .file_owned("suid", "setuid, world-writable", 0o4777, 0, 0)
+        .file_owned("sgid", "setgid+x, world-writable", 0o2777, 0, 0)
+        .file_owned("suid-trunc", "setuid, world-writable", 0o4777, 0, 0)
+        .file_owned("tmpd/rootf", "root's in sticky dir", 0o666, 0, 0)
+        .chmod("tmpd", 0o1777)
+        .file_owned("mine", "uid 1000's", 0o644, 1000, 1000);
+    let t = T::mount(env);
+    user_op(&t, "create in a 0777 dir", None, PY_CREATE, "pub/new", &[]);
+    user_op(&t, "mkdir in a 0777 dir", None, PY_MKDIR, "pub/newdir", &[]);
+    user_op(
+        &t,
+        "create in root's 0755 root dir",
+        Some(libc::EACCES),
+        PY_CREATE,
+        "nope",
+        &[],
+    );
+    user_op(
+        &t,
+        "write root's 0644 file",
+        Some(libc::EACCES),
+        PY_WRITE,
+        "rootfile",
+        &[],
+    );
+    user_op(
+        &t,
+        "read root's 0600 file",
+        Some(libc::EACCES),
+        PY_READ,
+        "secret",
+        &[],
+    );
+    user_op(
+        &t,
+        "chmod root's file",
+        Some(libc::EPERM),
+        PY_CHMOD,
+        "rootfile",
+        &[],
+    );
+    user_op(&t, "create in a setgid dir", None, PY_CREATE, "sg/f", &[]);
+    user_op(&t, "mkdir in a setgid dir", None, PY_MKDIR, "sg/sub", &[]);
+    user_op(&t, "write a setuid file", None, PY_WRITE, "suid", &[]);
+    user_op(&t, "write a setgid+x file", None, PY_WRITE, "sgid", &[]);
+    user_op(
+        &t,
+        "truncate a setuid file",
+        None,
+        PY_TRUNCATE,
+        "suid-trunc",
+        &[],
+    );
+    user_op(
+        &t,
+        "unlink root's file in a sticky dir",
+        Some(libc::EPERM),
+        PY_UNLINK,
+        "tmpd/rootf",
+        &[],
+    );
+    user_op(&t, "write own file", None, PY_WRITE, "mine", &[]);
+    user_op(&t, "chmod own file", None, PY_CHMOD, "mine", &[]);
+    t.ok("owners and modes", |m| {
+        [
+            "pub/new",
+            "pub/newdir",
+            "sg/f",
+            "sg/sub",
+            "suid",
+            "sgid",
+            "suid-trunc",
+            "mine",
+        ]
+        .iter()
+        .map(|n| stat(&m.join(n)))
+        .collect::<io::Result<Vec<_>>>()
+    });
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// ENOSPC, and the work directory
+// ---------------------------------------------------------------------------------------------
+
+/// The upper and work directories on a 1 MiB tmpfs; appending to a 4 MiB lower file cannot
+/// copy it up: the caller gets ENOSPC, nothing partial is left in the upper or the workdir.
+#[test]
+fn enospc_during_copy_up() {
+    let env = fixture("enospc");
+    env.layer("l2")
+        .file("big", pattern(4 << 20, 7))
+        .file("small", "small")
+        .dir("d");
+    age_tree(&env.path("src"), OLD);
+    let mut sides = Vec::new();
+    let dirs = copy_layers_exact(&env, &["k", "f"]);
+    for ((tag, kernel), dir) in [("k", true), ("f", false)].into_iter().zip(dirs) {
+        let small = env.mount_tmpfs(&format!("{tag}.small"), "1m");
+        let side = Side {
+            mnt: env.mkdir(format!("{tag}.mnt")),
+            lowers: vec![dir.join("l1"), dir.join("l2")],
+            upper: small.join("upper"),
+            work: small.join("work"),
+        };
+        fs::create_dir(&side.upper).unwrap();
+        fs::create_dir(&side.work).unwrap();
+        let opts = side.opts(&side.work);
+        if kernel {
+            env.mount_kernel(&opts, &side.mnt);
+        } else {
+            env.mount_layover(&opts, &side.mnt);
+        }
+        sides.push(side);
+    }
+    let l = sides.pop().unwrap();
+    let k = sides.pop().unwrap();
+    let t = T {
+        env,
+        k,
+        l,
+        fails: Mutex::new(Vec::new()),
+        kernel_inodes: false,
+        raw_content: false,
+    };
+    t.ok("copy up a small file", |m| {
+        OpenOptions::new()
+            .append(true)
+            .open(m.join("small"))?
+            .write_all(b"+")
+    });
+    t.err("append to the 4 MiB lower file", libc::ENOSPC, |m| {
+        let mut f = OpenOptions::new().append(true).open(m.join("big"))?;
+        f.write_all(b"more")?;
+        f.sync_all()
+    });
+    t.err("truncate(2) of the 4 MiB lower file", libc::ENOSPC, |m| {
+        truncate(&m.join("big"), 5 << 20)
+    });
+    t.ok("the lower content still shows", |m| {
+        Ok(fs::read(m.join("big"))?.len())
+    });
+    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+        if fs::symlink_metadata(side.upper.join("big")).is_ok() {
+            t.fail(format!(
+                "{who}: the upper holds a (partial) big after ENOSPC"
+            ));
+        }
+        let temps = T::temp_files(&side.work);
+        if !temps.is_empty() {
+            t.fail(format!("{who}: the workdir holds {temps:?} after ENOSPC"));
+        }
+    }
+    t.ok("the mount still takes small writes", |m| {
+        write_new(&m.join("d/after"), b"after")
+    });
+    t.finish();
+}
+
+/// A busy session of copy-ups, whiteouts, renames and removals: afterwards layover's work
+/// directory holds nothing but an empty `work` (checked by finish), and the kernel reads
+/// layover's upper as its own.
+#[test]
+fn work_dir_is_empty_after_a_busy_session() {
+    let env = fixture("busy");
+    let l2 = env.layer("l2");
+    for i in 0..40 {
+        l2.file(format!("d{}/f{i}", i % 4), format!("lower {i}"));
+    }
+    env.layer("l1").file("d0/top", "top").file("t/x/y", "y");
+    let t = T::mount(env);
+    t.ok("a mixed workload", |m| {
+        for i in 0..40 {
+            let p = m.join(format!("d{}/f{i}", i % 4));
+            match i % 5 {
+                0 => fs::remove_file(&p)?,
+                1 => OpenOptions::new().append(true).open(&p)?.write_all(b"+")?,
+                2 => fs::rename(&p, m.join(format!("d{}/renamed{i}", (i + 1) % 4)))?,
+                3 => fs::set_permissions(&p, fs::Permissions::from_mode(0o600))?,
+                _ => fs::hard_link(&p, m.join(format!("link{i}")))?,
+            }
+        }
+        fs::remove_dir_all(m.join("t"))?;
+        mkdir(&m.join("t"), 0o755)?;
+        write_new(&m.join("t/new"), b"new")?;
+        fs::remove_file(m.join("d0/top"))
+    });
+    t.finish();
+}
