@@ -717,6 +717,79 @@ fn mkdir_symlink_and_link() {
             .write_all(b"+more")?;
         read(&m.join("a"))
     });
+    t.ok("unlink the original (lower) name of a linked file", |m| {
+        fs::remove_file(m.join("a"))
+    });
+    t.ok("nlink of the remaining links", |m| {
+        Ok((
+            fs::metadata(m.join("a-link"))?.nlink(),
+            fs::metadata(m.join("a-link2"))?.nlink(),
+        ))
+    });
+    t.ok("rename one link over another", |m| {
+        fs::rename(m.join("a-link"), m.join("a-link2"))
+    });
+    t.ok("nlink after renaming a link over its sibling", |m| {
+        Ok((
+            fs::symlink_metadata(m.join("a-link")).is_ok(),
+            fs::metadata(m.join("a-link2"))?.nlink(),
+        ))
+    });
+    t.finish();
+}
+
+/// Open descriptors outlive unlink and rename of their (lower) names, as on the kernel.
+#[test]
+fn open_files_survive_unlink_and_rename() {
+    let env = fixture("open_unlinked");
+    env.layer("l2")
+        .file("a", "lower a")
+        .file("b", "lower b")
+        .file("c", "lower c")
+        .file("d/e", "lower e");
+    let t = T::mount(env);
+    let pread = |f: &File| -> io::Result<String> {
+        let mut b = vec![0u8; 64];
+        let n = f.read_at(&mut b, 0)?;
+        Ok(b[..n].escape_ascii().to_string())
+    };
+    t.ok("write and read a copied-up file after unlinking it", |m| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("a"))?;
+        fs::remove_file(m.join("a"))?;
+        f.write_all_at(b"AFTER", 0)?;
+        f.sync_all()?;
+        let md = f.metadata()?;
+        Ok((pread(&f)?, md.nlink(), md.len()))
+    });
+    t.ok(
+        "read a lower file after renaming it, and after writing to the new name",
+        |m| {
+            let f = File::open(m.join("b"))?;
+            fs::rename(m.join("b"), m.join("b2"))?;
+            let first = pread(&f)?;
+            OpenOptions::new()
+                .write(true)
+                .open(m.join("b2"))?
+                .write_all_at(b"NEW", 0)?;
+            Ok((first, pread(&f)?))
+        },
+    );
+    t.ok("read a lower file after unlinking it", |m| {
+        let f = File::open(m.join("c"))?;
+        fs::remove_file(m.join("c"))?;
+        Ok((pread(&f)?, f.metadata()?.len()))
+    });
+    t.ok("fchmod and ftruncate a file after unlinking it", |m| {
+        let f = OpenOptions::new().write(true).open(m.join("d/e"))?;
+        fs::remove_file(m.join("d/e"))?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.set_len(3)?;
+        let md = f.metadata()?;
+        Ok((md.mode() & 0o7777, md.len()))
+    });
     t.finish();
 }
 
@@ -881,8 +954,9 @@ fn rename_files_and_upper_dirs() {
         .file("d/y", "y")
         .file("e/z", "z")
         .symlink("s", "a")
-        .file("m/lower", "m/lower");
-    env.layer("l1").file("m/top", "m/top");
+        .file("m/lower", "m/lower")
+        .file("hidden", "whited out by l1");
+    env.layer("l1").file("m/top", "m/top").whiteout("hidden");
     env.layer("upper")
         .file("u", "u")
         .file("ud/k", "k")
@@ -925,6 +999,12 @@ fn rename_files_and_upper_dirs() {
             read(&m.join("m/ud/k"))?,
             read(&m.join("ud3/k"))?,
         ))
+    });
+    t.ok("rename onto a name whited out in a lower", |m| {
+        fs::rename(m.join("u2"), m.join("hidden"))
+    });
+    t.ok("rename a lower file into an upper-only dir", |m| {
+        fs::rename(m.join("d/y2"), m.join("ud3/y"))
     });
     t.ok("create where a renamed file was", |m| {
         write_new(&m.join("a"), b"new a")
@@ -1895,11 +1975,13 @@ fn copy_up_preserves_metadata() {
 
 /// Runs a python helper as uid/gid 1000 on both mounts; same errno required.
 fn user_op(t: &T, what: &str, want: Option<i32>, script: &str, rel: &str, extra: &[&str]) {
+    // A fixed umask, so that the premises about modes hold whatever the caller's is.
+    let script = format!("os.umask(0o022)\n{script}");
     t.op(&format!("as uid 1000: {what}"), want, |m| {
         let p = m.join(rel);
         let mut args = vec![p.as_os_str()];
         args.extend(extra.iter().map(|s| os(s)));
-        py_as(1000, 1000, script, &args)
+        py_as(1000, 1000, &script, &args)
     });
 }
 
@@ -2001,6 +2083,23 @@ fn operations_as_another_user() {
         .map(|n| stat(&m.join(n)))
         .collect::<io::Result<Vec<_>>>()
     });
+    // The premises, on the kernel's side: (path, mode, uid, gid).
+    for (rel, mode, uid, gid) in [
+        ("pub/new", 0o644, 1000, 1000),
+        ("pub/newdir", 0o755, 1000, 1000),
+        ("sg/f", 0o644, 1000, 1234),
+        ("sg/sub", 0o2755, 1000, 1234),
+        ("suid", 0o777, 0, 0),
+        ("sgid", 0o777, 0, 0),
+        ("suid-trunc", 0o777, 0, 0),
+    ] {
+        let got = stat(&t.kp(rel)).map(|s| (s.1, s.2, s.3));
+        if got.as_ref().ok() != Some(&(mode, uid, gid)) {
+            t.fail(format!(
+                "premise: the kernel's {rel} has (mode, uid, gid) {got:?}, expected ({mode:o}, {uid}, {gid})"
+            ));
+        }
+    }
     t.finish();
 }
 
