@@ -41,11 +41,18 @@ impl DirCache {
     /// Evicts about a quarter of the entries (those whose key hashes into the low quarter:
     /// cheap, and spread evenly over the tree).
     fn shrink(&self) {
-        self.map.retain(|(ino, l), _| {
-            !(ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ *l as u64).is_multiple_of(4)
-        });
-        if self.map.len() >= CAPACITY {
-            self.map.clear();
+        let victims: Vec<(u64, LayerIdx)> = self
+            .map
+            .iter()
+            .map(|e| *e.key())
+            .filter(|(ino, l)| {
+                (ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ *l as u64).is_multiple_of(4)
+            })
+            .collect();
+        for k in victims {
+            // Removed one at a time, each fd closed after its shard lock is released.
+            let gone = self.map.remove(&k);
+            drop(gone);
         }
     }
 }

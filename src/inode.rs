@@ -10,7 +10,8 @@
 //! (inode numbers ≥ 2^56 or an unknown device) come from a counter and are remembered.
 //!
 //! Lock order: a DashMap shard lock is only ever held for a map operation, never across a
-//! syscall or while taking an inode's `state` lock. `Inode::state` is a leaf lock.
+//! syscall. `Inode::state` is a leaf lock: it may be taken under a shard lock (lookup checks
+//! a live inode's identity), but nothing is ever taken while it is held.
 
 use crate::layer::LayerIdx;
 use dashmap::DashMap;
@@ -179,9 +180,13 @@ impl Numbering {
         }
     }
 
-    /// A fresh number, for an object whose derived number is held by another live object.
-    pub fn fresh(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed)
+    /// A number of its own for `id`, whose derived number another object holds now (a
+    /// lower hard link whose sibling was copied up); remembered, so that lookups and
+    /// readdir keep agreeing on it.
+    pub fn renumber(&self, id: RealId) -> u64 {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.aliases.insert(id, n);
+        n
     }
 
     /// After a copy-up: `upper` is now the object that `number` names.
@@ -266,7 +271,7 @@ impl InodeTable {
                     // or a reused inode number): this one gets a number of its own.
                     drop(st);
                     drop(e);
-                    number = self.numbers.fresh();
+                    number = self.numbers.renumber(real);
                 }
                 Entry::Vacant(v) => {
                     let inode = Arc::new(make(number));

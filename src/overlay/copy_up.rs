@@ -146,6 +146,16 @@ impl Overlay {
 
     /// Makes sure `inode` lives in the upper layer, copying it (and its parents) up.
     pub fn copy_up(&self, inode: &Arc<Inode>) -> FsResult<()> {
+        self.copy_up_with(inode, true)
+    }
+
+    /// Copy-up for an open with O_TRUNC: the data would be thrown away at once, so it is not
+    /// copied (the kernel does the same).
+    pub fn copy_up_truncated(&self, inode: &Arc<Inode>) -> FsResult<()> {
+        self.copy_up_with(inode, false)
+    }
+
+    fn copy_up_with(&self, inode: &Arc<Inode>, with_data: bool) -> FsResult<()> {
         let upper = self.layers.upper_idx()?;
         if inode.top().is_some_and(|t| t.layer == upper) {
             return Ok(());
@@ -162,8 +172,6 @@ impl Overlay {
         let (sdir, sname, _) = self.locate(inode)?;
         let src = sys::fstatat(sdir.as_fd(), &sname)?;
         let udir = self.dir_fd(&parent, upper)?;
-        let (pdir, pname, _) = self.locate(&parent)?;
-        let parent_before = sys::fstatat(pdir.as_fd(), &pname)?;
 
         let work = self.work_fd()?;
         let tmp = self.temp_name();
@@ -173,14 +181,18 @@ impl Overlay {
             is_dir: src.is_dir(),
             armed: false,
         };
-        self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
-        let made = sys::fstatat(work, &tmp)?;
-        sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)?;
-        guard.armed = false;
-        let (a, m) = times(&parent_before);
-        if let Err(e) = sys::utimensat(pdir.as_fd(), &pname, a, m) {
-            log::warn!("copy-up: could not restore the parent's times: {e}");
-        }
+        let made = self.keeping_times(&parent, || {
+            let src = if with_data {
+                src
+            } else {
+                Stat { size: 0, ..src }
+            };
+            self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
+            let made = sys::fstatat(work, &tmp)?;
+            sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)?;
+            guard.armed = false;
+            Ok(made)
+        })?;
 
         self.inodes.numbers.alias((made.dev, made.ino), inode.ino);
         inode.update(|s| {
@@ -200,7 +212,7 @@ impl Overlay {
         inode.data_gen.fetch_add(1, Ordering::AcqRel);
         self.invalidate_attr(inode.ino);
         if src.nlink > 1 && !src.is_dir() {
-            self.break_lower_links(inode);
+            self.link_lower_names(inode);
         }
         Ok(())
     }
@@ -219,7 +231,7 @@ impl Overlay {
         let perm = src.mode & 0o7777;
         match src.file_type() {
             libc::S_IFREG => {
-                let sfd = sys::openat(sdir, sname, libc::O_RDONLY, 0)?;
+                let sfd = sys::openat(sdir, sname, libc::O_RDONLY | libc::O_NOATIME, 0)?;
                 let dfd = sys::openat(
                     work,
                     tmp,

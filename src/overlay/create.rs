@@ -35,6 +35,15 @@ pub enum NewNode<'a> {
     },
 }
 
+/// Names that start with `.wh.` mean whiteouts in OCI/AUFS layers, which layover honours:
+/// one made through the mount would hide a name instead of being a file, so they are refused.
+pub(super) fn reject_reserved(name: &[u8]) -> FsResult<()> {
+    if whiteout::is_aufs_special(name) {
+        return Err(Errno::EPERM);
+    }
+    Ok(())
+}
+
 /// Who a new object belongs to, and what must be done to make it so.
 struct Owner {
     uid: u32,
@@ -197,6 +206,7 @@ impl Overlay {
         caller: Caller,
     ) -> FsResult<(Entry, Option<OwnedFd>)> {
         self.check_writable()?;
+        reject_reserved(name)?;
         let parent = self.inode(parent)?;
         // In a directory only the upper holds, the upper itself says whether the name exists.
         let pure_upper = self.pure_upper(&parent);
@@ -294,6 +304,7 @@ impl Overlay {
     /// link(): copies the source up and links it in the upper.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Entry> {
         self.check_writable()?;
+        reject_reserved(newname)?;
         let inode = self.inode(ino)?;
         if inode.is_dir() {
             return Err(Errno::EPERM);

@@ -44,7 +44,7 @@ impl Overlay {
     ) -> FsResult<(Arc<OwnedFd>, u64)> {
         let generation = inode.data_gen.load(Ordering::Acquire);
         let (dir, name, _) = self.locate(inode)?;
-        let fd = sys::openat(dir.as_fd(), &name, (flags & !STRIP) | libc::O_CLOEXEC, 0)?;
+        let fd = sys::openat(dir.as_fd(), &name, (flags & !STRIP) | libc::O_NOATIME, 0)?;
         Ok((Arc::new(fd), generation))
     }
 
@@ -101,7 +101,11 @@ impl Overlay {
         }
         if wants_write(flags) {
             self.check_writable()?;
-            self.copy_up(&inode)?;
+            if flags & libc::O_TRUNC != 0 {
+                self.copy_up_truncated(&inode)?;
+            } else {
+                self.copy_up(&inode)?;
+            }
         }
         let (fd, generation) = self.open_real(&inode, flags)?;
         if flags & libc::O_TRUNC != 0 {

@@ -177,16 +177,59 @@ impl Overlay {
         self.lower_links.note(inode.ino, parent, name);
     }
 
-    /// After `inode` was copied up: its other names still mean the lower file.
-    fn break_lower_links(&self, inode: &Inode) {
+    /// After `inode`, a lower file with several links, was copied up through one name: the
+    /// other names the kernel knows (it may use any of them for the same inode, and FUSE does
+    /// not tell us which) are linked to the copy in the upper, so that whatever name was
+    /// written shows the write, as with the kernel's index=on. A name that cannot be linked
+    /// is dropped from the kernel's cache and then shows the lower file again (index=off).
+    fn link_lower_names(&self, inode: &Arc<Inode>) {
         let names = self.lower_links.take(inode.ino);
         let st = inode.state();
         let copied = (st.parent.as_ref().map_or(ROOT_INO, |p| p.ino), &*st.name);
-        if let Some(k) = self.kernel_cache.get() {
-            for (p, n) in names.iter().filter(|(p, n)| (*p, &**n) != copied) {
-                k.inval_entry(*p, n);
+        for (p, n) in names.iter().filter(|(p, n)| (*p, &**n) != copied) {
+            let linked = self
+                .inode(*p)
+                .and_then(|parent| self.link_into_upper(inode, &parent, n));
+            if let Err(e) = linked {
+                log::debug!(
+                    "copy-up: hard link {n:?} in {p} not kept ({e}); it shows the lower file"
+                );
+                if let Some(k) = self.kernel_cache.get() {
+                    k.inval_entry(*p, n);
+                }
             }
         }
+    }
+
+    /// Links the upper copy of `inode` as `name` in `parent` (copied up first).
+    fn link_into_upper(
+        &self,
+        inode: &Arc<Inode>,
+        parent: &Arc<Inode>,
+        name: &[u8],
+    ) -> FsResult<()> {
+        self.copy_up(parent)?;
+        let (sdir, sname, _) = self.locate(inode)?;
+        let udir = self.dir_fd(parent, self.layers.upper_idx()?)?;
+        self.keeping_times(parent, || {
+            sys::linkat(sdir.as_fd(), &sname, udir.as_fd(), &cname(name)?)
+        })
+    }
+
+    /// Runs `f`, which adds a name to directory `dir` as a side effect of copy-up, and puts
+    /// the directory's timestamps back: copy-up must not disturb them.
+    fn keeping_times<T>(&self, dir: &Arc<Inode>, f: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+        let (pdir, pname, _) = self.locate(dir)?;
+        let before = sys::fstatat(pdir.as_fd(), &pname)?;
+        let r = f()?;
+        let (a, m) = (
+            sys::TimeSpec::Set(before.atime.0, before.atime.1),
+            sys::TimeSpec::Set(before.mtime.0, before.mtime.1),
+        );
+        if let Err(e) = sys::utimensat(pdir.as_fd(), &pname, a, m) {
+            log::warn!("copy-up: could not restore a directory's times: {e}");
+        }
+        Ok(r)
     }
 
     pub fn xattr_ns(&self) -> XattrNs {

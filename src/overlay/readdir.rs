@@ -62,7 +62,7 @@ impl Overlay {
         let rd = sys::openat(
             dirfd.as_fd(),
             sys::DOT,
-            libc::O_RDONLY | libc::O_DIRECTORY,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
             0,
         )?;
         let raw = sys::read_dir_entries(rd.as_fd())?;

@@ -30,6 +30,7 @@ impl Overlay {
         {
             return Err(Errno::EINVAL);
         }
+        super::create::reject_reserved(newname)?;
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
         let parent = self.inode(parent)?;
         let newparent = self.inode(newparent)?;

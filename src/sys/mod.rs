@@ -2,9 +2,8 @@
 //!
 //! Everything here takes borrowed fds and `&CStr` names and returns owned fds, plain structs
 //! or `FsResult`. It knows nothing of layers, inodes or overlay rules. Name-relative calls
-//! never follow a symlink in the final component (`AT_SYMLINK_NOFOLLOW`, `O_NOFOLLOW`), and
-//! multi-component paths are resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
-//! so no call made through this module can leave the directory it starts from.
+//! never follow a symlink (`AT_SYMLINK_NOFOLLOW`, `O_NOFOLLOW`) and take one path component
+//! at a time, so a caller that starts from a layer's root fd cannot leave the layer.
 
 mod dirent;
 mod proc;
@@ -141,13 +140,22 @@ pub fn fstat(fd: BorrowedFd<'_>) -> FsResult<Stat> {
 }
 
 /// `openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)` for one path component.
+/// `O_NOATIME` is dropped when the caller may not use it (not the file's owner).
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> FsResult<OwnedFd> {
     let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    retry(|| {
-        // SAFETY: valid fd and NUL-terminated name.
-        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) };
-        cvt(fd).map(own)
-    })
+    let open = |flags| {
+        retry(|| {
+            // SAFETY: valid fd and NUL-terminated name.
+            let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) };
+            cvt(fd).map(own)
+        })
+    };
+    match open(flags) {
+        Err(e) if e == Errno::EPERM && flags & libc::O_NOATIME != 0 => {
+            open(flags & !libc::O_NOATIME)
+        }
+        r => r,
+    }
 }
 
 /// Opens an absolute or cwd-relative path as the daemon (startup only, never on the request
