@@ -247,8 +247,8 @@ impl Filesystem for Fs {
         self.ov.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ov.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ov.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }

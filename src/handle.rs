@@ -69,6 +69,14 @@ impl HandleTable {
         self.files.get(&fh).map(|r| Arc::clone(r.value()))
     }
 
+    /// Some open handle of inode `ino` (a scan: only for objects that lost their name).
+    pub fn any_file_of(&self, ino: u64) -> Option<u64> {
+        self.files
+            .iter()
+            .find(|e| e.value().inode.ino == ino)
+            .map(|e| *e.key())
+    }
+
     pub fn remove_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
         self.files.remove(&fh).map(|(_, v)| v)
     }

@@ -73,6 +73,9 @@ pub struct InodeState {
     pub layers: PresenceList,
     /// The real identity of the top object.
     pub real: RealId,
+    /// The object has no name any more (unlinked while open, or its directory removed):
+    /// only open handles reach it.
+    pub detached: bool,
 }
 
 impl InodeState {
@@ -202,18 +205,18 @@ impl Numbering {
     }
 }
 
-/// Names seen for lower files with several hard links, per inode: (parent, name). A copy-up
-/// breaks such links (as the kernel's does without index=on); the other names must then be
-/// looked up again to show the lower file.
+/// The names the kernel has seen for objects with several hard links: (parent, name) per
+/// inode. FUSE names an inode, never the name it was reached by, so these are what lets a
+/// copy-up keep the links together and an unlink move the inode to a name that still exists.
 #[derive(Default)]
-pub struct LowerLinks {
+pub struct LinkNames {
     map: DashMap<u64, Vec<LinkName>>,
 }
 
 /// One name of a hard-linked object: (parent inode, name).
 pub type LinkName = (u64, Box<[u8]>);
 
-impl LowerLinks {
+impl LinkNames {
     pub fn note(&self, ino: u64, parent: u64, name: &[u8]) {
         let mut names = self.map.entry(ino).or_default();
         if !names.iter().any(|(p, n)| *p == parent && **n == *name) {
@@ -221,8 +224,19 @@ impl LowerLinks {
         }
     }
 
-    pub fn take(&self, ino: u64) -> Vec<LinkName> {
-        self.map.remove(&ino).map(|(_, v)| v).unwrap_or_default()
+    pub fn names(&self, ino: u64) -> Vec<LinkName> {
+        self.map.get(&ino).map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The name is gone; returns another known name of the inode, if any.
+    pub fn unlink(&self, ino: u64, parent: u64, name: &[u8]) -> Option<LinkName> {
+        let mut names = self.map.get_mut(&ino)?;
+        names.retain(|(p, n)| !(*p == parent && **n == *name));
+        names.first().cloned()
+    }
+
+    pub fn forget(&self, ino: u64) {
+        self.map.remove(&ino);
     }
 }
 
@@ -323,6 +337,7 @@ mod tests {
             name: Box::new([]),
             layers: Vec::new().into(),
             real,
+            detached: false,
         }
     }
 

@@ -211,6 +211,8 @@ impl Overlay {
         }
         inode.data_gen.fetch_add(1, Ordering::AcqRel);
         self.invalidate_attr(inode.ino);
+        // The parent gained an entry in the upper: its size (and nlink) changed.
+        self.invalidate_attr(parent.ino);
         if src.nlink > 1 && !src.is_dir() {
             self.link_lower_names(inode);
         }

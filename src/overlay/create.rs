@@ -317,6 +317,10 @@ impl Overlay {
         self.copy_up(&parent)?;
         let upper = self.layers.upper_idx()?;
         let (sdir, sname, _) = self.locate(&inode)?;
+        // Both names are known from now on: an unlink of either leaves the other usable.
+        let st = inode.state();
+        let sparent = st.parent.as_ref().map_or(crate::inode::ROOT_INO, |p| p.ino);
+        self.link_names.note(inode.ino, sparent, &st.name);
         let udir = self.dir_fd(&parent, upper)?;
         let cn = cname(newname)?;
         match self.upper_slot(udir.as_fd(), newname, &cn, true)? {

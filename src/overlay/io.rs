@@ -43,8 +43,15 @@ impl Overlay {
         flags: i32,
     ) -> FsResult<(Arc<OwnedFd>, u64)> {
         let generation = inode.data_gen.load(Ordering::Acquire);
-        let (dir, name, _) = self.locate(inode)?;
-        let fd = sys::openat(dir.as_fd(), &name, (flags & !STRIP) | libc::O_NOATIME, 0)?;
+        let (dir, name, top) = self.locate(inode)?;
+        // Reading a lower file leaves its atime alone, as the kernel's overlay does; the
+        // upper's atimes are the merged view's own.
+        let noatime = if self.layers.is_upper(top.layer) {
+            0
+        } else {
+            libc::O_NOATIME
+        };
+        let fd = sys::openat(dir.as_fd(), &name, (flags & !STRIP) | noatime, 0)?;
         Ok((Arc::new(fd), generation))
     }
 

@@ -145,14 +145,20 @@ impl Overlay {
                     name: name.into(),
                     layers: layers.clone(),
                     real,
+                    detached: false,
                 },
             )
         });
-        if kind != libc::S_IFDIR
-            && found.stat.nlink > 1
-            && inode.top().is_some_and(|t| !self.layers.is_upper(t.layer))
-        {
-            self.note_lower_link(&inode, parent.ino, name);
+        if inode.state().detached {
+            // Known by a name again (another link of an object whose name was removed).
+            inode.update(|s| {
+                s.parent = Some(Arc::clone(parent));
+                s.name = name.into();
+                s.detached = false;
+            });
+        }
+        if kind != libc::S_IFDIR && found.stat.nlink > 1 {
+            self.link_names.note(inode.ino, parent.ino, name);
         }
         let attr = self.present_attr(&inode, found.stat);
         Entry { inode, attr }

@@ -25,7 +25,7 @@ use crate::dircache::DirCache;
 use crate::error::{Errno, FsResult, StartupError};
 use crate::handle::HandleTable;
 use crate::inode::{
-    Inode, InodeState, InodeTable, LowerLinks, Numbering, Presence, PresenceList, ROOT_INO,
+    Inode, InodeState, InodeTable, LinkNames, Numbering, Presence, PresenceList, ROOT_INO,
 };
 use crate::layer::{LayerIdx, Layers};
 use crate::sys::{self, Stat};
@@ -83,7 +83,7 @@ pub struct Overlay {
     /// The daemon's euid and egid: what the upper's filesystem gives what we create.
     daemon_ids: (u32, u32),
     kernel_cache: std::sync::OnceLock<Box<dyn KernelCache>>,
-    lower_links: LowerLinks,
+    link_names: LinkNames,
     io_modes: crate::handle::IoModes,
     /// The kernel granted FUSE passthrough (decided at INIT).
     passthrough: std::sync::atomic::AtomicBool,
@@ -132,6 +132,7 @@ impl Overlay {
                 name: Box::new([]),
                 layers: root_layers,
                 real: (root_stat.dev, root_stat.ino),
+                detached: false,
             },
         );
         let inodes = InodeTable::new(Numbering::new(&devs), root);
@@ -146,7 +147,7 @@ impl Overlay {
             temp_seq: AtomicU64::new(0),
             daemon_ids: (sys::geteuid(), sys::getegid()),
             kernel_cache: std::sync::OnceLock::new(),
-            lower_links: LowerLinks::default(),
+            link_names: LinkNames::default(),
             io_modes: crate::handle::IoModes::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
         };
@@ -172,18 +173,13 @@ impl Overlay {
         }
     }
 
-    /// Remembers that `inode` (a lower file with several links) was seen as `name`.
-    fn note_lower_link(&self, inode: &Inode, parent: u64, name: &[u8]) {
-        self.lower_links.note(inode.ino, parent, name);
-    }
-
     /// After `inode`, a lower file with several links, was copied up through one name: the
     /// other names the kernel knows (it may use any of them for the same inode, and FUSE does
     /// not tell us which) are linked to the copy in the upper, so that whatever name was
     /// written shows the write, as with the kernel's index=on. A name that cannot be linked
     /// is dropped from the kernel's cache and then shows the lower file again (index=off).
     fn link_lower_names(&self, inode: &Arc<Inode>) {
-        let names = self.lower_links.take(inode.ino);
+        let names = self.link_names.names(inode.ino);
         let st = inode.state();
         let copied = (st.parent.as_ref().map_or(ROOT_INO, |p| p.ino), &*st.name);
         for (p, n) in names.iter().filter(|(p, n)| (*p, &**n) != copied) {
@@ -213,7 +209,9 @@ impl Overlay {
         let udir = self.dir_fd(parent, self.layers.upper_idx()?)?;
         self.keeping_times(parent, || {
             sys::linkat(sdir.as_fd(), &sname, udir.as_fd(), &cname(name)?)
-        })
+        })?;
+        self.invalidate_attr(parent.ino);
+        Ok(())
     }
 
     /// Runs `f`, which adds a name to directory `dir` as a side effect of copy-up, and puts
@@ -265,6 +263,9 @@ impl Overlay {
     /// the top layer). The root is (layer root, ".").
     pub fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
         let st = inode.state();
+        if st.detached {
+            return Err(Errno::ENOENT);
+        }
         let top = st.top().ok_or(Errno::ESTALE)?;
         match &st.parent {
             None => Ok((
@@ -274,6 +275,52 @@ impl Overlay {
             )),
             Some(parent) => Ok((self.dir_fd(parent, top.layer)?, cname(&st.name)?, top)),
         }
+    }
+
+    /// The name `name` in `parent` of `inode` is gone (unlink, rmdir, rename over it): if the
+    /// inode was reached by that name, it moves to another name it is known by, or is
+    /// detached (reachable only through its open handles).
+    pub(super) fn name_removed(&self, inode: &Inode, parent: u64, name: &[u8]) {
+        let other = self.link_names.unlink(inode.ino, parent, name);
+        let st = inode.state();
+        let was_ours =
+            st.parent.as_ref().map_or(ROOT_INO, |p| p.ino) == parent && *st.name == *name;
+        if !was_ours {
+            return;
+        }
+        let moved = other.and_then(|(p, n)| self.inode(p).ok().map(|pi| (pi, n)));
+        inode.update(|s| match moved {
+            Some((pi, n)) => {
+                s.parent = Some(pi);
+                s.name = n;
+            }
+            None => s.detached = true,
+        });
+    }
+
+    /// The name of `inode` changed from (`parent`, `name`) to (`newparent`, `newname`).
+    pub(super) fn name_moved(
+        &self,
+        inode: &Arc<Inode>,
+        from: (&Arc<Inode>, &[u8]),
+        to: (&Arc<Inode>, &[u8]),
+    ) {
+        if !inode.is_dir() && !self.link_names.names(inode.ino).is_empty() {
+            self.link_names.unlink(inode.ino, from.0.ino, from.1);
+            self.link_names.note(inode.ino, to.0.ino, to.1);
+        }
+        inode.update(|s| {
+            s.parent = Some(Arc::clone(to.0));
+            s.name = to.1.into();
+            s.detached = false;
+        });
+    }
+
+    /// An open handle's real file for `inode`, if any is open (for an inode that lost its
+    /// name, or an operation the kernel sent with a handle).
+    pub(super) fn any_open_fd(&self, inode: &Inode) -> Option<Arc<OwnedFd>> {
+        let fh = self.handles.any_file_of(inode.ino)?;
+        self.handle_fd(fh).ok().map(|(_, fd)| fd)
     }
 
     /// Forgets cached directory fds of `ino` (its real directories changed).
@@ -310,10 +357,18 @@ impl Overlay {
         st
     }
 
-    pub fn getattr(&self, ino: u64) -> FsResult<Stat> {
+    /// getattr; through the caller's open file when the kernel names one (fstat), or through
+    /// any open handle when the object has no name any more.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<Stat> {
         let inode = self.inode(ino)?;
-        let (dir, name, _) = self.locate(&inode)?;
-        let st = sys::fstatat(dir.as_fd(), &name)?;
+        if let Some(fh) = fh.filter(|fh| self.handles.file(*fh).is_some()) {
+            let (_, fd) = self.handle_fd(fh)?;
+            return Ok(self.present_attr(&inode, sys::fstat(fd.as_fd())?));
+        }
+        let st = match self.locate(&inode) {
+            Ok((dir, name, _)) => sys::fstatat(dir.as_fd(), &name)?,
+            Err(e) => sys::fstat(self.any_open_fd(&inode).ok_or(e)?.as_fd())?,
+        };
         Ok(self.present_attr(&inode, st))
     }
 
@@ -324,7 +379,7 @@ impl Overlay {
             if is_dir {
                 self.invalidate_dir(ino);
             }
-            self.lower_links.take(ino);
+            self.link_names.forget(ino);
         }
     }
 

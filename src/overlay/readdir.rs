@@ -59,10 +59,15 @@ impl Overlay {
         p: crate::inode::Presence,
     ) -> FsResult<Vec<LayerEntry>> {
         let dirfd = self.dir_fd(dir, p.layer)?;
+        let noatime = if self.layers.is_upper(p.layer) {
+            0
+        } else {
+            libc::O_NOATIME
+        };
         let rd = sys::openat(
             dirfd.as_fd(),
             sys::DOT,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
+            libc::O_RDONLY | libc::O_DIRECTORY | noatime,
             0,
         )?;
         let raw = sys::read_dir_entries(rd.as_fd())?;

@@ -157,6 +157,7 @@ impl Overlay {
         if is_dir {
             self.invalidate_dir(inode.ino);
         }
+        self.name_removed(inode, parent.ino, name);
         Ok(())
     }
 }

@@ -121,15 +121,9 @@ impl Overlay {
             }
             sys::renameat2(odir.as_fd(), &ocn, ndir.as_fd(), &ncn, sys::RENAME_EXCHANGE)?;
             if let Some(d) = dst {
-                d.update(|s| {
-                    s.parent = Some(Arc::clone(parent));
-                    s.name = name.into();
-                });
+                self.name_moved(d, (newparent, newname), (parent, name));
             }
-            src.update(|s| {
-                s.parent = Some(Arc::clone(newparent));
-                s.name = newname.into();
-            });
+            self.name_moved(src, (parent, name), (newparent, newname));
             return Ok(());
         }
 
@@ -172,10 +166,10 @@ impl Overlay {
         {
             self.invalidate_dir(d.ino);
         }
-        src.update(|s| {
-            s.parent = Some(Arc::clone(newparent));
-            s.name = newname.into();
-        });
+        if let Some(d) = dst {
+            self.name_removed(d, newparent.ino, newname);
+        }
+        self.name_moved(src, (parent, name), (newparent, newname));
         Ok(())
     }
 }

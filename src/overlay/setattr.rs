@@ -1,9 +1,12 @@
-//! setattr: chmod, chown, truncate, utimens — on the upper copy, copying up first.
+//! setattr: chmod, chown, truncate, utimens — on the upper copy, copying up first. An
+//! object that lost its name (unlinked while open) is changed through its open file.
 
 use super::Overlay;
 use crate::error::{Errno, FsResult};
 use crate::sys::{self, Stat, TimeSpec};
-use std::os::fd::AsFd;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 /// The attribute changes of one setattr request.
 #[derive(Clone, Copy, Debug, Default)]
@@ -18,28 +21,52 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+/// What the changes are applied to: a name in a directory, or an open file.
+enum Target {
+    Name(Arc<OwnedFd>, CString),
+    File(Arc<OwnedFd>),
+}
+
+impl Target {
+    /// (fd, name) for the `*at` calls: the open file itself is (fd, "").
+    fn at(&self) -> (BorrowedFd<'_>, &std::ffi::CStr) {
+        match self {
+            Target::Name(dir, name) => (dir.as_fd(), name),
+            Target::File(fd) => (fd.as_fd(), sys::EMPTY),
+        }
+    }
+}
+
 impl Overlay {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> FsResult<Stat> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
-        self.copy_up(&inode)?;
-        let (dir, name, _) = self.locate(&inode)?;
-        let dir = dir.as_fd();
+        let target = if inode.state().detached {
+            Target::File(self.any_open_fd(&inode).ok_or(Errno::ENOENT)?)
+        } else {
+            self.copy_up(&inode)?;
+            let (dir, name, _) = self.locate(&inode)?;
+            Target::Name(dir, name)
+        };
         if let Some(size) = a.size {
             if inode.is_dir() {
                 return Err(Errno::EISDIR);
             }
             // Through the caller's open file when there is one (ftruncate), else by name.
-            let fd = match a.fh.filter(|fh| self.handles.file(*fh).is_some()) {
-                Some(fh) => self.handle_fd(fh)?.1,
-                None => std::sync::Arc::new(sys::openat(dir, &name, libc::O_WRONLY, 0)?),
+            let fd = match (&target, a.fh.filter(|fh| self.handles.file(*fh).is_some())) {
+                (_, Some(fh)) => self.handle_fd(fh)?.1,
+                (Target::File(fd), None) => Arc::clone(fd),
+                (Target::Name(dir, name), None) => {
+                    Arc::new(sys::openat(dir.as_fd(), name, libc::O_WRONLY, 0)?)
+                }
             };
             sys::ftruncate(fd.as_fd(), size)?;
         }
+        let (dir, name) = target.at();
         if a.uid.is_some() || a.gid.is_some() {
             sys::fchownat(
                 dir,
-                &name,
+                name,
                 a.uid.unwrap_or(u32::MAX),
                 a.gid.unwrap_or(u32::MAX),
             )?;
@@ -48,17 +75,20 @@ impl Overlay {
             if inode.kind == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
             }
-            sys::fchmodat(dir, &name, mode & 0o7777)?;
+            match &target {
+                Target::File(fd) => sys::fchmod(fd.as_fd(), mode & 0o7777)?,
+                Target::Name(..) => sys::fchmodat(dir, name, mode & 0o7777)?,
+            }
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::utimensat(
                 dir,
-                &name,
+                name,
                 a.atime.unwrap_or(TimeSpec::Omit),
                 a.mtime.unwrap_or(TimeSpec::Omit),
             )?;
         }
-        let st = sys::fstatat(dir, &name)?;
+        let st = sys::fstatat(dir, name)?;
         Ok(self.present_attr(&inode, st))
     }
 }
