@@ -22,9 +22,20 @@ pub struct Layer {
 }
 
 impl Layer {
-    fn open(path: &Path) -> FsResult<Layer> {
+    /// Opens a layer's root. A lower is reached through a private read-only, noatime clone
+    /// of its mount where the kernel allows it (root): reading through the merged view then
+    /// never touches a lower's atimes (readlink has no O_NOATIME), the daemon cannot write a
+    /// lower even by mistake, and it does not keep the lower's mount point busy.
+    fn open(path: &Path, lower: bool) -> FsResult<Layer> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let fd = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?;
+        let fd = match lower.then(|| sys::clone_mount_readonly(&c)) {
+            Some(Ok(fd)) => fd,
+            Some(Err(e)) => {
+                log::debug!("lower '{}' used without a private mount ({e})", path.display());
+                sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?
+            }
+            None => sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?,
+        };
         let st = sys::fstat(fd.as_fd())?;
         Ok(Layer {
             path: path.to_path_buf(),
@@ -47,10 +58,10 @@ impl Layers {
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Layers, (PathBuf, Errno)> {
         let mut all = Vec::new();
         if let Some(u) = upper {
-            all.push(Layer::open(u).map_err(|e| (u.to_path_buf(), e))?);
+            all.push(Layer::open(u, false).map_err(|e| (u.to_path_buf(), e))?);
         }
         for l in lowers {
-            all.push(Layer::open(l).map_err(|e| (l.clone(), e))?);
+            all.push(Layer::open(l, true).map_err(|e| (l.clone(), e))?);
         }
         Ok(Layers {
             all,
