@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests call: mount.fuse3/fusermount3 (fuse3), getfattr/setfattr (attr),
 # python3 (scripts), a C toolchain (build-essential). mount/umount, cp, mknod... are essential.
-# The tests use no cargo-installed tools yet; when one is added, install it here too.
+# Cargo-installed test tools (fsx) are installed below, once cargo is found.
 missing=()
 command -v mount.fuse3 >/dev/null || missing+=(fuse3)
 command -v setfattr >/dev/null || missing+=(attr)
@@ -59,6 +59,13 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     step "installing the rustfmt and clippy components"
     "${builder[@]}" rustup component add rustfmt clippy
 fi
+
+# Test tools from crates.io: fsx (the file system exerciser, tests/fsx.rs).
+if ! command -v fsx >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/fsx" ]; then
+    step "installing fsx (cargo install fsx --version 0.3.2 --locked)"
+    "${builder[@]}" cargo install fsx --version 0.3.2 --locked
+fi
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 # --- the checks ------------------------------------------------------------------------------
 step "$(cargo --version), $(uname -sr)"
