@@ -31,7 +31,10 @@ impl Layer {
         let fd = match lower.then(|| sys::clone_mount_readonly(&c)) {
             Some(Ok(fd)) => fd,
             Some(Err(e)) => {
-                log::debug!("lower '{}' used without a private mount ({e})", path.display());
+                log::debug!(
+                    "lower '{}' used without a private mount ({e})",
+                    path.display()
+                );
                 sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?
             }
             None => sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?,
