@@ -200,8 +200,10 @@ impl Fs {
 
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_PARALLEL_DIROPS
+        // Not FUSE_ATOMIC_O_TRUNC: without it the kernel checks that a file is not being
+        // executed before it truncates it for open(O_TRUNC), as it does for the kernel's
+        // overlay (ETXTBSY), and sends the truncation as a setattr.
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES

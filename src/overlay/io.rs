@@ -32,7 +32,7 @@ pub struct OpenResult {
 }
 
 pub fn wants_write(flags: i32) -> bool {
-    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+    flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
 impl Overlay {
@@ -106,18 +106,13 @@ impl Overlay {
         if inode.is_dir() {
             return Err(Errno::EISDIR);
         }
+        // The kernel takes care of O_TRUNC itself (FUSE_ATOMIC_O_TRUNC is not negotiated):
+        // it checks that the file is not being executed, then sends setattr(size=0).
         if wants_write(flags) {
             self.check_writable()?;
-            if flags & libc::O_TRUNC != 0 {
-                self.copy_up_truncated(&inode)?;
-            } else {
-                self.copy_up(&inode)?;
-            }
+            self.copy_up(&inode)?;
         }
         let (fd, generation) = self.open_real(&inode, flags)?;
-        if flags & libc::O_TRUNC != 0 {
-            sys::ftruncate(fd.as_fd(), 0)?;
-        }
         Ok(self.add_handle(inode, fd, generation, flags))
     }
 

@@ -44,7 +44,13 @@ impl Overlay {
         let target = if inode.state().detached {
             Target::File(self.any_open_fd(&inode).ok_or(Errno::ENOENT)?)
         } else {
-            self.copy_up(&inode)?;
+            if a.size == Some(0) {
+                // The data would be thrown away at once (truncate to 0, open with O_TRUNC):
+                // the kernel copies such a file up without it, and so do we.
+                self.copy_up_truncated(&inode)?;
+            } else {
+                self.copy_up(&inode)?;
+            }
             let (dir, name, _) = self.locate(&inode)?;
             Target::Name(dir, name)
         };
