@@ -22,23 +22,26 @@ pub struct Layer {
 }
 
 impl Layer {
-    /// Opens a layer's root. A lower is reached through a private read-only, noatime clone
-    /// of its mount where the kernel allows it (root): reading through the merged view then
-    /// never touches a lower's atimes (readlink has no O_NOATIME), the daemon cannot write a
-    /// lower even by mistake, and it does not keep the lower's mount point busy.
-    fn open(path: &Path, lower: bool) -> FsResult<Layer> {
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let fd = match lower.then(|| sys::clone_mount_readonly(&c)) {
-            Some(Ok(fd)) => fd,
-            Some(Err(e)) => {
+    /// Opens a lower's root, through a private read-only, noatime clone of its mount where
+    /// the kernel allows it (root): reading through the merged view then never touches a
+    /// lower's atimes (readlink has no O_NOATIME), the daemon cannot write a lower even by
+    /// mistake, and it does not keep the lower's mount point busy.
+    fn open_lower(path: &Path) -> FsResult<Layer> {
+        let c = cpath(path)?;
+        let fd = match sys::clone_mount_readonly(&c) {
+            Ok(fd) => fd,
+            Err(e) => {
                 log::debug!(
                     "lower '{}' used without a private mount ({e})",
                     path.display()
                 );
                 sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?
             }
-            None => sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?,
         };
+        Layer::from_fd(path, fd)
+    }
+
+    fn from_fd(path: &Path, fd: OwnedFd) -> FsResult<Layer> {
         let st = sys::fstat(fd.as_fd())?;
         Ok(Layer {
             path: path.to_path_buf(),
@@ -57,19 +60,78 @@ pub struct Layers {
     pub has_upper: bool,
 }
 
+fn cpath(p: &Path) -> FsResult<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// Opens `rel` (a canonical relative path) below `root`, one component at a time.
+fn open_below(root: &OwnedFd, rel: &Path) -> FsResult<OwnedFd> {
+    let mut cur = sys::openat(root.as_fd(), sys::DOT, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for comp in rel.components() {
+        let c = CString::new(comp.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        cur = sys::openat(cur.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    }
+    Ok(cur)
+}
+
+/// The upper and work directories (canonical paths), reached through one private clone of
+/// the mount they share where the kernel allows it (root): then unmounting that mount right
+/// after unmounting layover never finds it busy, even while the daemon is still exiting.
+/// Both must come from the same mount, or renames between them fail with EXDEV.
+pub fn open_upper_and_work(upper: &Path, work: &Path) -> FsResult<(OwnedFd, OwnedFd)> {
+    let plain = || -> FsResult<(OwnedFd, OwnedFd)> {
+        let dir = libc::O_PATH | libc::O_DIRECTORY;
+        Ok((
+            sys::open_path(&cpath(upper)?, dir)?,
+            sys::open_path(&cpath(work)?, dir)?,
+        ))
+    };
+    let mut common = upper.to_path_buf();
+    while !work.starts_with(&common) {
+        if !common.pop() {
+            return plain();
+        }
+    }
+    let shared = (|| -> FsResult<(OwnedFd, OwnedFd)> {
+        let id = sys::mount_id(&cpath(&common)?)?;
+        if sys::mount_id(&cpath(upper)?)? != id || sys::mount_id(&cpath(work)?)? != id {
+            return Err(Errno::EXDEV);
+        }
+        let clone = sys::clone_mount(&cpath(&common)?)?;
+        let rel = |p: &Path| {
+            p.strip_prefix(&common)
+                .map(Path::to_path_buf)
+                .map_err(|_| Errno::EINVAL)
+        };
+        Ok((
+            open_below(&clone, &rel(upper)?)?,
+            open_below(&clone, &rel(work)?)?,
+        ))
+    })();
+    match shared {
+        Ok(fds) => Ok(fds),
+        Err(e) => {
+            log::debug!("upper and work used without a private mount ({e})");
+            plain()
+        }
+    }
+}
+
 impl Layers {
-    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Layers, (PathBuf, Errno)> {
+    /// `upper`: its path and root fd (from `open_upper_and_work`).
+    pub fn open(
+        upper: Option<(&Path, OwnedFd)>,
+        lowers: &[PathBuf],
+    ) -> Result<Layers, (PathBuf, Errno)> {
         let mut all = Vec::new();
-        if let Some(u) = upper {
-            all.push(Layer::open(u, false).map_err(|e| (u.to_path_buf(), e))?);
+        let has_upper = upper.is_some();
+        if let Some((u, fd)) = upper {
+            all.push(Layer::from_fd(u, fd).map_err(|e| (u.to_path_buf(), e))?);
         }
         for l in lowers {
-            all.push(Layer::open(l, true).map_err(|e| (l.clone(), e))?);
+            all.push(Layer::open_lower(l).map_err(|e| (l.clone(), e))?);
         }
-        Ok(Layers {
-            all,
-            has_upper: upper.is_some(),
-        })
+        Ok(Layers { all, has_upper })
     }
 
     pub fn get(&self, idx: LayerIdx) -> FsResult<&Layer> {

@@ -99,13 +99,18 @@ pub fn cname(name: &[u8]) -> FsResult<CString> {
 
 impl Overlay {
     pub fn new(cfg: Config) -> Result<Overlay, StartupError> {
-        let layers = Layers::open(cfg.upperdir.as_deref(), &cfg.lowerdirs).map_err(|(p, e)| {
+        let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
+            (Some(u), Some(w)) => {
+                let (ufd, wfd) = crate::layer::open_upper_and_work(u, w).map_err(|e| {
+                    StartupError::new(format!("cannot open upperdir '{}': {e}", u.display()))
+                })?;
+                (Some((u.as_path(), ufd)), Some(work::prepare(w, wfd)?))
+            }
+            _ => (None, None),
+        };
+        let layers = Layers::open(upper, &cfg.lowerdirs).map_err(|(p, e)| {
             StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
         })?;
-        let work = match &cfg.workdir {
-            Some(w) => Some(work::prepare(w)?),
-            None => None,
-        };
         let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
         let top = layers.get(0).map_err(|_| StartupError::new("no layers"))?;
         let root_stat = sys::fstat(top.root_fd())
@@ -433,18 +438,13 @@ mod work {
     use super::Caps;
     use crate::error::StartupError;
     use crate::sys;
-    use std::ffi::CString;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
 
     /// Opens the work directory and its `work` subdirectory (as the kernel lays it out),
     /// emptying the latter of anything a crashed mount left.
-    pub fn prepare(w: &Path) -> Result<OwnedFd, StartupError> {
+    pub fn prepare(w: &Path, top: OwnedFd) -> Result<OwnedFd, StartupError> {
         let err = |e| StartupError::new(format!("workdir '{}': {e}", w.display()));
-        let c =
-            CString::new(w.as_os_str().as_bytes()).map_err(|_| err(crate::error::Errno::EINVAL))?;
-        let top = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY).map_err(err)?;
         match sys::mkdirat(top.as_fd(), c"work", 0o000) {
             Ok(()) => {}
             Err(e) if e == crate::error::Errno::EEXIST => {}

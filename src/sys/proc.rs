@@ -226,6 +226,51 @@ pub fn make_thread_realtime() -> bool {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
 }
 
+/// A detached, private copy of the mount at `path` (open_tree OPEN_TREE_CLONE), with the
+/// same attributes: the daemon's access through it does not keep the original mount point
+/// busy. Needs CAP_SYS_ADMIN (Linux 5.2+).
+pub fn clone_mount(path: &CStr) -> FsResult<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: NUL-terminated path; flags as documented for open_tree(2).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    Ok(own(fd as libc::c_int))
+}
+
+/// The id of the mount that `path` is on (statx STATX_MNT_ID), following no final symlink.
+pub fn mount_id(path: &CStr) -> FsResult<u64> {
+    const STATX_MNT_ID: u32 = 0x1000;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: NUL-terminated path and a properly sized out-buffer.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: statx succeeded and filled the struct (zeroed first).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & STATX_MNT_ID == 0 {
+        return Err(Errno::ENOSYS);
+    }
+    Ok(stx.stx_mnt_id)
+}
+
 /// A detached, private copy of the mount at `path` (open_tree OPEN_TREE_CLONE), made
 /// read-only and noatime (mount_setattr): access through it never changes the layer's atimes,
 /// and it does not keep the original mount point busy. Needs CAP_SYS_ADMIN (Linux 5.12+).
