@@ -584,8 +584,8 @@ impl Filesystem for Fs {
         Self::reply_xattr(self.ov.getxattr(ino.0, name.as_bytes(), size), reply);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::reply_xattr(self.ov.listxattr(ino.0, size), reply);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        Self::reply_xattr(self.ov.listxattr(ino.0, size, req.pid()), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -71,17 +71,20 @@ impl Overlay {
         dst: Option<&Arc<Inode>>,
         exchange: bool,
     ) -> FsResult<()> {
-        if let Some(d) = dst {
-            if Arc::ptr_eq(d, src) {
-                return Ok(()); // two names of one object: nothing to do
-            }
-            if !exchange {
-                match (src.is_dir(), d.is_dir()) {
-                    (true, false) => return Err(Errno::ENOTDIR),
-                    (false, true) => return Err(Errno::EISDIR),
-                    (true, true) if !self.merged_empty(d)? => return Err(Errno::ENOTEMPTY),
-                    _ => {}
-                }
+        if let Some(d) = dst
+            && Arc::ptr_eq(d, src)
+        {
+            return Ok(()); // two names of one object: nothing to do
+        }
+        // In the kernel's order: type mismatches (the VFS's), then EXDEV for directories
+        // that cannot move, then emptiness of a directory being replaced.
+        if let Some(d) = dst
+            && !exchange
+        {
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                _ => {}
             }
         }
         if src.is_dir() && !self.pure_upper(src) {
@@ -89,6 +92,13 @@ impl Overlay {
         }
         if exchange && dst.is_some_and(|d| d.is_dir() && !self.pure_upper(d)) {
             return Err(Errno::EXDEV);
+        }
+        if let Some(d) = dst
+            && !exchange
+            && d.is_dir()
+            && !self.merged_empty(d)?
+        {
+            return Err(Errno::ENOTEMPTY);
         }
         // Moving an object into a directory below itself is the kernel's (VFS) business;
         // it never reaches us.

@@ -34,11 +34,19 @@ impl Overlay {
         sized(v, size)
     }
 
-    pub fn listxattr(&self, ino: u64, size: u32) -> FsResult<XattrReply> {
+    /// listxattr. `caller_pid`: the trusted.* names are listed only to a caller with
+    /// CAP_SYS_ADMIN, as a filesystem lists them (the daemon itself sees them all).
+    pub fn listxattr(&self, ino: u64, size: u32, caller_pid: u32) -> FsResult<XattrReply> {
         let inode = self.inode(ino)?;
         let (dir, fname, _) = self.locate(&inode)?;
         let mut out = Vec::new();
+        let mut privileged: Option<bool> = None;
         for n in sys::listxattr_names(dir.as_fd(), &fname)? {
+            if n.starts_with(b"trusted.")
+                && !*privileged.get_or_insert_with(|| sys::pid_has_cap_sys_admin(caller_pid))
+            {
+                continue;
+            }
             if let Some(shown) = from_real_xattr(self.xattr_ns(), &n) {
                 out.extend_from_slice(&shown);
                 out.push(0);

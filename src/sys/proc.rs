@@ -134,7 +134,16 @@ pub fn open_fuse_device() -> FsResult<OwnedFd> {
 
 /// Whether the process may create character devices 0/0 and set trusted.* xattrs.
 pub fn has_cap_sys_admin() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+    status_has_cap_sys_admin("/proc/self/status")
+}
+
+/// Whether process `pid` has CAP_SYS_ADMIN in effect (false if it is gone).
+pub fn pid_has_cap_sys_admin(pid: u32) -> bool {
+    status_has_cap_sys_admin(&format!("/proc/{pid}/status"))
+}
+
+fn status_has_cap_sys_admin(path: &str) -> bool {
+    let Ok(status) = std::fs::read_to_string(path) else {
         return false;
     };
     status
