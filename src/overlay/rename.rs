@@ -93,9 +93,13 @@ impl Overlay {
         if exchange && dst.is_some_and(|d| d.is_dir() && !self.pure_upper(d)) {
             return Err(Errno::EXDEV);
         }
-        if let Some(d) = dst
-            && !exchange
-            && d.is_dir()
+        // A directory being replaced must be empty in the merged view; one that lives only in
+        // the upper is left for the real rename to judge (after the opaque marking, as the
+        // kernel does).
+        let replaced_merged_dir =
+            dst.is_some_and(|d| !exchange && d.is_dir() && !self.pure_upper(d));
+        if replaced_merged_dir
+            && let Some(d) = dst
             && !self.merged_empty(d)?
         {
             return Err(Errno::ENOTEMPTY);
@@ -145,23 +149,34 @@ impl Overlay {
         };
         if let Some(t) = &target
             && t.is_dir()
+            && replaced_merged_dir
         {
             // Merged-empty: only whiteouts are left in it; they go first.
             let sub = sys::openat(ndir.as_fd(), &ncn, libc::O_PATH | libc::O_DIRECTORY, 0)?;
             super::work::empty_dir(sub.as_fd())?;
         }
         let whiteout = self.lower_positive(parent, name)?;
-        let mut real_flags = if target.is_none() {
-            sys::RENAME_NOREPLACE
+        if src.is_dir() && target.as_ref().is_some_and(whiteout::is_whiteout_dev) {
+            // A directory cannot replace the whiteout (a non-directory): exchange them, as the
+            // kernel does, so the name is never uncovered; the whiteout, now at the old name,
+            // stays there if a lower still holds that name and goes otherwise.
+            sys::renameat2(odir.as_fd(), &ocn, ndir.as_fd(), &ncn, sys::RENAME_EXCHANGE)?;
+            if !whiteout {
+                sys::unlinkat(odir.as_fd(), &ocn, false)?;
+            }
         } else {
-            0
-        };
-        if whiteout && self.caps.rename_whiteout {
-            real_flags |= sys::RENAME_WHITEOUT;
-        }
-        sys::renameat2(odir.as_fd(), &ocn, ndir.as_fd(), &ncn, real_flags)?;
-        if whiteout && !self.caps.rename_whiteout {
-            self.make_whiteout(odir.as_fd(), &ocn, name)?;
+            let mut real_flags = if target.is_none() {
+                sys::RENAME_NOREPLACE
+            } else {
+                0
+            };
+            if whiteout && self.caps.rename_whiteout {
+                real_flags |= sys::RENAME_WHITEOUT;
+            }
+            sys::renameat2(odir.as_fd(), &ocn, ndir.as_fd(), &ncn, real_flags)?;
+            if whiteout && !self.caps.rename_whiteout {
+                self.make_whiteout(odir.as_fd(), &ocn, name)?;
+            }
         }
         if let Some(wh) = whiteout::aufs_whiteout_for(newname) {
             let _ = sys::unlinkat(ndir.as_fd(), &cname(&wh)?, false); // usually absent
