@@ -45,6 +45,7 @@ pub(super) fn reject_reserved(name: &[u8]) -> FsResult<()> {
 }
 
 /// Who a new object belongs to, and what must be done to make it so.
+#[derive(Clone, Copy)]
 struct Owner {
     uid: u32,
     gid: u32,
@@ -273,7 +274,14 @@ impl Overlay {
             is_dir: kind == libc::S_IFDIR,
             armed: true,
         };
-        self.set_owner(work, &tmp, owner)?;
+        // Made in the work directory, the object got the work directory's defaults, not the
+        // parent's (a setgid parent's group): owner and mode are always set.
+        let owner = Owner {
+            chown: true,
+            chmod: kind != libc::S_IFLNK,
+            ..*owner
+        };
+        self.set_owner(work, &tmp, &owner)?;
         if kind == libc::S_IFDIR {
             self.set_opaque(work, &tmp)?;
         }
