@@ -38,17 +38,13 @@ impl DirCache {
         }
     }
 
-    /// Evicts about a quarter of the entries (those whose key hashes into the low quarter:
-    /// cheap, and spread evenly over the tree).
+    /// Evicts a quarter of the capacity, whichever entries the map yields first (its order
+    /// follows the key hashes, so the victims are spread over the tree), so the cache stays
+    /// under CAPACITY entries however the inode numbers fall.
     fn shrink(&self) {
-        let victims: Vec<(u64, LayerIdx)> = self
-            .map
-            .iter()
-            .map(|e| *e.key())
-            .filter(|(ino, l)| {
-                (ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ *l as u64).is_multiple_of(4)
-            })
-            .collect();
+        let excess = self.map.len().saturating_sub(CAPACITY * 3 / 4);
+        let victims: Vec<(u64, LayerIdx)> =
+            self.map.iter().take(excess).map(|e| *e.key()).collect();
         for k in victims {
             // Removed one at a time, each fd closed after its shard lock is released.
             let gone = self.map.remove(&k);

@@ -90,9 +90,10 @@ pub struct Inode {
     pub kind: u32,
     lookups: AtomicU64,
     state: RwLock<InodeState>,
-    /// Serialises copy-up of this object. It is held across the copy (that is its job), and
-    /// only ever alone: a parent's copy-up finishes and releases its lock before the child's
-    /// lock is taken.
+    /// Serialises copy-up of this object; held across the copy (that is its job). Order: a
+    /// file's lock may be held while directories are copied up (its parents, and the parents
+    /// of its other hard-link names); a directory's lock is never held while a file's is
+    /// taken, so there is no cycle.
     pub copy_up_lock: Mutex<()>,
     /// Bumped whenever the object's data moves to another real file (copy-up), so that
     /// open handles re-open it.

@@ -328,6 +328,15 @@ impl Overlay {
         self.handle_fd(fh).ok().map(|(_, fd)| fd)
     }
 
+    /// (fd, name) for the `*at` calls on `inode`'s top object: its directory and name, or,
+    /// for an object that lost its name, an open handle's file and "".
+    pub(super) fn reach(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString)> {
+        match self.locate(inode) {
+            Ok((dir, name, _)) => Ok((dir, name)),
+            Err(e) => Ok((self.any_open_fd(inode).ok_or(e)?, CString::default())),
+        }
+    }
+
     /// Forgets cached directory fds of `ino` (its real directories changed).
     pub fn invalidate_dir(&self, ino: u64) {
         self.dirs.invalidate(ino, self.layers.len());

@@ -29,7 +29,7 @@ impl Overlay {
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> FsResult<XattrReply> {
         let name = &to_real_xattr(self.xattr_ns(), name);
         let inode = self.inode(ino)?;
-        let (dir, fname, _) = self.locate(&inode)?;
+        let (dir, fname) = self.reach(&inode)?;
         let v = sys::getxattr_vec(dir.as_fd(), &fname, &cname(name)?)?;
         sized(v, size)
     }
@@ -38,7 +38,7 @@ impl Overlay {
     /// CAP_SYS_ADMIN, as a filesystem lists them (the daemon itself sees them all).
     pub fn listxattr(&self, ino: u64, size: u32, caller_pid: u32) -> FsResult<XattrReply> {
         let inode = self.inode(ino)?;
-        let (dir, fname, _) = self.locate(&inode)?;
+        let (dir, fname) = self.reach(&inode)?;
         let mut out = Vec::new();
         let mut privileged: Option<bool> = None;
         for n in sys::listxattr_names(dir.as_fd(), &fname)? {
@@ -59,8 +59,10 @@ impl Overlay {
         let name = &to_real_xattr(self.xattr_ns(), name);
         self.check_writable()?;
         let inode = self.inode(ino)?;
-        self.copy_up(&inode)?;
-        let (dir, fname, _) = self.locate(&inode)?;
+        if !inode.state().detached {
+            self.copy_up(&inode)?;
+        }
+        let (dir, fname) = self.reach(&inode)?;
         sys::setxattrat(dir.as_fd(), &fname, &cname(name)?, value, flags)
     }
 
@@ -71,11 +73,13 @@ impl Overlay {
         let cn = cname(name)?;
         // Removing an attribute that does not exist must not copy up (ENODATA, as the kernel).
         {
-            let (dir, fname, _) = self.locate(&inode)?;
+            let (dir, fname) = self.reach(&inode)?;
             sys::getxattrat(dir.as_fd(), &fname, &cn, &mut [])?;
         }
-        self.copy_up(&inode)?;
-        let (dir, fname, _) = self.locate(&inode)?;
+        if !inode.state().detached {
+            self.copy_up(&inode)?;
+        }
+        let (dir, fname) = self.reach(&inode)?;
         sys::removexattrat(dir.as_fd(), &fname, &cn)
     }
 }
