@@ -243,7 +243,7 @@ def run(args, ctx):
             left = workdir_problems(lp["work"])
             if left:
                 failures.append("workdir: left behind: %s" % [show_path(p) for p in left[:10]])
-        probs = upper_problems(lp["upper"], None)
+        probs = upper_problems(lp["upper"])
         failures += ["upper: %s" % p for p in probs[:10]]
         # 4. remount: layover and the kernel must read the same layers alike
         views = {}

@@ -381,7 +381,7 @@ def main():
         with open(sys.argv[8]) as f:
             spec = json.load(f)
         loop_args = (sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]), spec)
-        import gen  # noqa: F401  (imported before chroot)
+        __import__("gen")  # loop() needs it after the chroot, when imports fail
     os.chroot(jail)
     os.chdir("/")
     ex = Executor(root)

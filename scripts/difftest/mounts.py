@@ -118,20 +118,22 @@ def mount_layover(binary, lowers, upper, work, mnt, userxattr, log_path):
 
 
 def find_daemon(binary, mnt):
+    """The pid of the daemon serving mnt: the process whose arguments name mnt (the mount
+    point is unique to this run), preferring the binary itself over a wrapper around it."""
     want = os.path.realpath(binary)
-    for pid in sorted(os.listdir("/proc")):
-        if not pid.isdigit():
+    found = []
+    for pid in sorted(os.listdir("/proc"), key=lambda p: (len(p), p)):
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
-            if os.path.realpath("/proc/%s/exe" % pid) != want:
-                continue
+            exe = os.path.realpath("/proc/%s/exe" % pid)
             with open("/proc/%s/cmdline" % pid, "rb") as f:
                 args = f.read().split(b"\0")
         except OSError:
             continue
         if os.fsencode(mnt) in args:
-            return int(pid)
-    return None
+            found.append((exe != want, int(pid)))
+    return min(found)[1] if found else None
 
 
 def pid_alive(pid):

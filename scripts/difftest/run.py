@@ -442,10 +442,19 @@ def main():
             print("difftest: no such known-list file %s" % k, file=sys.stderr)
             return 2
 
+    os.makedirs(args.scratch, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="layover-difftest.", dir=args.scratch)
     os.chmod(scratch, 0o755)
     ctx = Ctx(args, scratch)
+    if not args.self_check:
+        # test a private copy: a rebuild of target/ during a long run must not change (or
+        # remove) the binary under test halfway
+        private = os.path.join(scratch, "layover-under-test")
+        shutil.copy2(args.binary, private)
+        ctx.impl = private
     old_int = signal.getsignal(signal.SIGINT)
+    # also when started in the background, where SIGINT comes in ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if args.replay:

@@ -141,5 +141,15 @@ def shrink(spec, ops, fails, budget, log=lambda s: None):
     # the ops once more: fewer layer entries can make more ops removable
     if budget.ok() and len(ops) > 1:
         ops = ddmin(ops, test_ops, budget)
+    # and their incidental parameters: umask, the unprivileged caller
+    ops = [dict(o) for o in ops]
+    for o in ops:
+        for keys in (("umask",), ("uid", "gid", "groups")):
+            if keys[0] not in o or not budget.ok():
+                continue
+            saved = {k: o.pop(k) for k in keys if k in o}
+            budget.runs += 1
+            if not fails(spec, ops):
+                o.update(saved)
     log("done: %d ops, %d runs" % (len(ops), budget.runs))
     return spec, ops
