@@ -284,7 +284,6 @@ pub fn mount_id(path: &CStr) -> FsResult<u64> {
 /// read-only and noatime (mount_setattr): access through it never changes the layer's atimes,
 /// and it does not keep the original mount point busy. Needs CAP_SYS_ADMIN (Linux 5.12+).
 pub fn clone_mount_readonly(path: &CStr) -> FsResult<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
     const MOUNT_ATTR_NOATIME: u64 = 0x10;
     const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
@@ -295,19 +294,7 @@ pub fn clone_mount_readonly(path: &CStr) -> FsResult<OwnedFd> {
         propagation: u64,
         userns_fd: u64,
     }
-    // SAFETY: NUL-terminated path; flags as documented for open_tree(2).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    let fd = own(fd as libc::c_int);
+    let fd = clone_mount(path)?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
         attr_clr: MOUNT_ATTR_ATIME_MASK,
