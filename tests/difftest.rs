@@ -6,7 +6,7 @@
 //! reference, then on layover: no crash, no hang, no errno the kernel does not give, a
 //! consistent upper); `difftest_regressions` replays every reproducer saved in
 //! `tests/regressions/*.json`. The three run one after the other (they share two cores),
-//! about two minutes together. Each fails when the script exits non-zero, with its report
+//! about two minutes together on a two-core machine. Each fails when the script exits non-zero, with its report
 //! (seed, shrunk op list, kernel vs layover results, reproducer path) in the panic message.
 //!
 //! The script needs root, /dev/fuse and `mount -t overlay`; when one is missing it exits 2
@@ -32,8 +32,8 @@ fn script() -> PathBuf {
     repo().join("scripts/difftest/run.py")
 }
 
-/// Runs run.py with `args` after `--binary BIN --known known.txt`; panics with its output
-/// unless it exits 0.
+/// Runs run.py with `args` after `--binary BIN --known scripts/difftest/known.txt` (kernel
+/// quirks and documented differences); panics with its output unless it exits 0.
 fn run_difftest(what: &str, args: &[&str]) {
     let _turn = SERIAL
         .lock()
@@ -67,16 +67,16 @@ fn run_difftest(what: &str, args: &[&str]) {
 
 #[test]
 fn difftest_bounded() {
-    // 36 seeds x 150 ops on two jobs takes about a minute when nothing diverges. On a
+    // 64 seeds x 250 ops on two jobs take about 75 s when nothing diverges. On a
     // divergence the case is shrunk (at most 20 s each) and the run stops after three, so a
     // failing run stays within the same bound; --max-time is the backstop.
     run_difftest(
         "bounded difftest",
         &[
             "--seeds",
-            "1-36",
+            "1-64",
             "--ops",
-            "150",
+            "250",
             "--jobs",
             "2",
             "--shrink-time",

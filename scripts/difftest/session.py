@@ -192,13 +192,33 @@ def strip_post(r):
     return {k: v for k, v in r.items() if k != "post"}
 
 
+def differing_fields(x, y, key="value"):
+    """The names of the leaf fields in which two JSON values differ."""
+    if x == y:
+        return set()
+    if isinstance(x, dict) and isinstance(y, dict):
+        out = set()
+        for k in set(x) | set(y):
+            if k not in x or k not in y:
+                out.add(k)
+            else:
+                out |= differing_fields(x[k], y[k], k)
+        return out
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        out = set()
+        for u, v in zip(x, y):
+            out |= differing_fields(u, v, key)
+        return out
+    return {key}
+
+
 def op_signature(op, rk, rl):
     name = op["op"]
     a, b = strip_post(rk), strip_post(rl)
     if a != b:
         if "err" in a or "err" in b:
             return "op:%s:%s->%s" % (name, a.get("err", "ok"), b.get("err", "ok"))
-        return "op:%s:value" % name
+        return "op:%s:value:%s" % (name, ",".join(sorted(differing_fields(a, b))[:4]))
     fields = set()
     pk, pl = rk.get("post", {}), rl.get("post", {})
     for p in set(pk) | set(pl):
@@ -351,7 +371,7 @@ class Case:
             if gen and op["op"] in NAME_CHANGING:
                 tree = self.K.exe.call({"cmd": "walk"}, 60)
             if opts.checkpoint and (i + 1) % opts.checkpoint == 0 and i + 1 < total:
-                if self.compare_merged(out, i):
+                if self.checkpoint(out, i):
                     return out
         if self.want_kind == "op":
             return out
@@ -361,11 +381,13 @@ class Case:
             return self.fail_side(out, "hang", out.nops, None, "close")
         if ck != cl:
             return out.diverge("close", "close", out.nops, kernel=ck, layover=cl)
-        if self.compare_merged(out, out.nops) or self.want_kind in ("merged", "close"):
+        if self.checkpoint(out, out.nops, uppers=False) or self.want_kind in ("merged", "close"):
             return out
         return self.final_checks(out)
 
-    def compare_merged(self, out, index):
+    def checkpoint(self, out, index, uppers=True):
+        """The merged trees, then (unless the final checks will) the uppers. True when a
+        divergence was recorded."""
         sk, sl = self.both({"cmd": "snapshot"}, self.opts.timeout * 6)
         if sl in (Hang, Dead):
             self.fail_side(out, "hang", index, None, "snapshot")
@@ -381,7 +403,29 @@ class Case:
         if self.crashed(out):
             out.diverge("crash", "crash", index, log=self.L.log_tail())
             return True
+        if uppers and self.want_kind in (None, "upper"):
+            return self.compare_uppers(out, index) is not None
         return False
+
+    def compare_uppers(self, out, index):
+        """The two uppers on disk (also while mounted: layover writes through, no writeback
+        cache), and the consistency of layover's. Returns out on a divergence, else None."""
+        ns = overlay_prefix(self.spec["userxattr"])
+        uk = snapshot(self.K.paths["upper"], ns)
+        ul = snapshot(self.L.paths["upper"], ns)
+        diffs, notes = compare(uk, ul)
+        # An opaque marker on a directory that no lower holds changes nothing (the kernel
+        # sets one in some renames regardless): a note, not a divergence.
+        moot = [d for d in diffs if d[1] == "opaque" and not any(
+            os.path.lexists(os.path.join(low, d[0])) for low in self.K.paths["lowers"])]
+        diffs = [d for d in diffs if d not in moot]
+        out.notes += [["upper"] + n for n in notes + moot]
+        if diffs:
+            return out.diverge("upper", tree_signature("upper", diffs), index, diffs=diffs)
+        probs = upper_problems(self.L.paths["upper"])
+        if probs:
+            return out.diverge("upper", "upper:consistency", index, problems=probs[:20])
+        return None
 
     def final_checks(self, out):
         K, L = self.K, self.L
@@ -401,21 +445,8 @@ class Case:
             if left:
                 return out.diverge("workdir", "workdir", out.nops,
                                    leftovers=[show_path(p) for p in left[:20]])
-        ns = overlay_prefix(self.spec["userxattr"])
-        uk = snapshot(K.paths["upper"], ns)
-        ul = snapshot(L.paths["upper"], ns)
-        diffs, notes = compare(uk, ul)
-        # An opaque marker on a directory that no lower holds changes nothing (the kernel
-        # sets one in some renames regardless): a note, not a divergence.
-        moot = [d for d in diffs if d[1] == "opaque" and not any(
-            os.path.lexists(os.path.join(low, d[0])) for low in K.paths["lowers"])]
-        diffs = [d for d in diffs if d not in moot]
-        out.notes += [["upper"] + n for n in notes + moot]
-        if diffs:
-            return out.diverge("upper", tree_signature("upper", diffs), out.nops, diffs=diffs)
-        probs = upper_problems(L.paths["upper"])
-        if probs:
-            return out.diverge("upper", "upper:consistency", out.nops, problems=probs[:20])
+        if self.compare_uppers(out, out.nops):
+            return out
         # remount both sides' layers with the kernel, and the kernel's with layover
         rk = self.remount(K, "kernel", "r")
         rl = self.remount(L, "kernel", "r")
