@@ -69,12 +69,9 @@ def open_flags(names):
 
 
 def fstat_desc(fd):
-    # Without nlink: link counts are compared through the names' post-state, where the one
-    # documented difference (lower hard links the kernel knows stay linked in layover, see
-    # known.txt) is classified.
-    d = norm_stat(None, os.fstat(fd), None, content=False, xattrs=False)
-    d.pop("nlink", None)
-    return d
+    # nlink stays: it is how an unlinked-but-open file shows (0). A difference in it alone
+    # gets the signature op:X:value:nlink, which known.txt's hard-link class covers.
+    return norm_stat(None, os.fstat(fd), None, content=False, xattrs=False)
 
 
 def do_write(fd, op):
