@@ -221,10 +221,10 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
     for u in &cfg.unknown {
         eprintln!("layover: warning: unknown option '{u}' ignored");
     }
-    sys::raise_nofile_limit();
+    let nofile = sys::raise_nofile_limit();
     // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
     sys::umask(0);
-    let ov = Arc::new(Overlay::new(cfg.clone())?);
+    let ov = Arc::new(Overlay::new(cfg.clone(), nofile)?);
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
 

@@ -98,7 +98,8 @@ pub fn cname(name: &[u8]) -> FsResult<CString> {
 }
 
 impl Overlay {
-    pub fn new(cfg: Config) -> Result<Overlay, StartupError> {
+    /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
+    pub fn new(cfg: Config, nofile: u64) -> Result<Overlay, StartupError> {
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
             (Some(u), Some(w)) => {
                 let (ufd, wfd) = crate::layer::open_upper_and_work(u, w).map_err(|e| {
@@ -147,7 +148,7 @@ impl Overlay {
             work,
             inodes,
             handles: HandleTable::default(),
-            dirs: DirCache::default(),
+            dirs: DirCache::new(nofile),
             caps,
             temp_seq: AtomicU64::new(0),
             daemon_ids: (sys::geteuid(), sys::getegid()),
