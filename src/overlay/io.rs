@@ -205,7 +205,7 @@ impl Overlay {
         if mask & libc::W_OK != 0 && self.check_writable().is_err() {
             return Err(Errno::EROFS);
         }
-        let (dir, name, _) = self.locate(&inode)?;
+        let (dir, name) = self.reach(&inode)?;
         sys::fstatat(dir.as_fd(), &name).map(drop)
     }
 

@@ -42,6 +42,11 @@ impl Overlay {
         self.check_writable()?;
         let inode = self.inode(ino)?;
         let target = if inode.state().detached {
+            // Only an upper object may be changed through its handle: a nameless lower file
+            // cannot be copied up, and the lower itself is never written.
+            if !inode.top().is_some_and(|t| self.layers.is_upper(t.layer)) {
+                return Err(Errno::ENOENT);
+            }
             Target::File(self.any_open_fd(&inode).ok_or(Errno::ENOENT)?)
         } else {
             if a.size == Some(0) {

@@ -26,6 +26,18 @@ fn sized(data: Vec<u8>, size: u32) -> FsResult<XattrReply> {
 }
 
 impl Overlay {
+    /// Before a change: copy-up; an object that lost its name can only be changed if it is
+    /// already in the upper (a nameless lower file cannot be copied up).
+    fn copy_up_or_upper(&self, inode: &std::sync::Arc<crate::inode::Inode>) -> FsResult<()> {
+        if !inode.state().detached {
+            return self.copy_up(inode);
+        }
+        match inode.top() {
+            Some(t) if self.layers.is_upper(t.layer) => Ok(()),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> FsResult<XattrReply> {
         let name = &to_real_xattr(self.xattr_ns(), name);
         let inode = self.inode(ino)?;
@@ -59,9 +71,7 @@ impl Overlay {
         let name = &to_real_xattr(self.xattr_ns(), name);
         self.check_writable()?;
         let inode = self.inode(ino)?;
-        if !inode.state().detached {
-            self.copy_up(&inode)?;
-        }
+        self.copy_up_or_upper(&inode)?;
         let (dir, fname) = self.reach(&inode)?;
         sys::setxattrat(dir.as_fd(), &fname, &cname(name)?, value, flags)
     }
@@ -76,9 +86,7 @@ impl Overlay {
             let (dir, fname) = self.reach(&inode)?;
             sys::getxattrat(dir.as_fd(), &fname, &cn, &mut [])?;
         }
-        if !inode.state().detached {
-            self.copy_up(&inode)?;
-        }
+        self.copy_up_or_upper(&inode)?;
         let (dir, fname) = self.reach(&inode)?;
         sys::removexattrat(dir.as_fd(), &fname, &cn)
     }
