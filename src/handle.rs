@@ -69,6 +69,15 @@ impl HandleTable {
         self.files.get(&fh).map(|r| Arc::clone(r.value()))
     }
 
+    /// Every open handle of inode `ino` (a scan of the open files).
+    pub fn files_of(&self, ino: u64) -> Vec<u64> {
+        self.files
+            .iter()
+            .filter(|e| e.value().inode.ino == ino)
+            .map(|e| *e.key())
+            .collect()
+    }
+
     /// Some open handle of inode `ino` (a scan: only for objects that lost their name).
     pub fn any_file_of(&self, ino: u64) -> Option<u64> {
         self.files

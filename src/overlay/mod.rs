@@ -322,6 +322,20 @@ impl Overlay {
         });
     }
 
+    /// Before a name of `inode` goes: handles opened before a copy-up still hold the lower
+    /// file and re-open the upper one by name on their next use; with the name gone they could
+    /// not, so they are re-opened now.
+    pub(super) fn refresh_open_handles(&self, inode: &Inode) {
+        if inode.data_gen.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return; // never copied up by us: no handle can be stale
+        }
+        for fh in self.handles.files_of(inode.ino) {
+            if let Err(e) = self.handle_fd(fh) {
+                log::debug!("could not re-open handle {fh} of inode {}: {e}", inode.ino);
+            }
+        }
+    }
+
     /// An open handle's real file for `inode`, if any is open (for an inode that lost its
     /// name, or an operation the kernel sent with a handle).
     pub(super) fn any_open_fd(&self, inode: &Inode) -> Option<Arc<OwnedFd>> {

@@ -139,6 +139,7 @@ impl Overlay {
             return Err(Errno::ENOTEMPTY);
         }
         self.copy_up(parent)?;
+        self.refresh_open_handles(inode);
         let upper = self.layers.upper_idx()?;
         let udir = self.dir_fd(parent, upper)?;
         let cn = cname(name)?;

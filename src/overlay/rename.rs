@@ -141,6 +141,9 @@ impl Overlay {
             return Ok(());
         }
 
+        if let Some(d) = dst {
+            self.refresh_open_handles(d);
+        }
         // What the upper holds at the new name: a whiteout or an object to replace.
         let target = match sys::fstatat(ndir.as_fd(), &ncn) {
             Ok(st) => Some(st),
