@@ -208,16 +208,22 @@ def inode_groups_differ(a, b, ga, gb):
     return False
 
 
+def _what(entry):
+    """A short description of an entry that only one side has: its type, or the error its
+    lstat gave (a name listed but not found)."""
+    return entry.get("t") or "listed, lstat " + str(entry.get("err"))
+
+
 def compare(a, b, limit=40):
     """(diffs, notes): diffs are [path, field, value_a, value_b] where the trees disagree;
     notes are format differences of equal meaning (aufs vs kernel whiteouts)."""
     diffs, notes = [], []
     for p in sorted(set(a) | set(b)):
         if p not in a:
-            diffs.append([p, "exists", None, b[p].get("t")])
+            diffs.append([p, "exists", None, _what(b[p])])
             continue
         if p not in b:
-            diffs.append([p, "exists", a[p].get("t"), None])
+            diffs.append([p, "exists", _what(a[p]), None])
             continue
         ea, eb = a[p], b[p]
         for f in sorted(set(ea) | set(eb)):
