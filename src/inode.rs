@@ -117,6 +117,16 @@ impl Inode {
         self.state.read().clone()
     }
 
+    /// Reads part of the state without copying all of it. `f` runs under the state's read
+    /// lock: it must only compute (no syscall, no other lock).
+    pub fn with_state<R>(&self, f: impl FnOnce(&InodeState) -> R) -> R {
+        f(&self.state.read())
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.state.read().detached
+    }
+
     pub fn top(&self) -> Option<Presence> {
         self.state.read().top()
     }

@@ -78,9 +78,9 @@ impl Overlay {
             return Ok(None);
         }
         let cn = cname(name)?;
-        let pstate = parent.state();
+        let players: Vec<Presence> = parent.with_state(|s| s.layers.to_vec());
         let mut found: Option<Found> = None;
-        for p in pstate.layers.iter() {
+        for p in players.iter() {
             let dirfd = self.dir_fd(parent, p.layer)?;
             let dir = dirfd.as_fd();
             let st = match sys::fstatat(dir, &cn) {
@@ -149,7 +149,7 @@ impl Overlay {
                 },
             )
         });
-        if inode.state().detached {
+        if inode.is_detached() {
             // Known by a name again (another link of an object whose name was removed).
             inode.update(|s| {
                 s.parent = Some(Arc::clone(parent));

@@ -252,12 +252,12 @@ impl Overlay {
         if let Some(fd) = self.dirs.get(dir.ino, layer) {
             return Ok(fd);
         }
-        let st = dir.state();
-        let parent = st.parent.ok_or(Errno::ESTALE)?;
+        let (parent, name) = dir.with_state(|s| (s.parent.clone(), cname(&s.name)));
+        let parent = parent.ok_or(Errno::ESTALE)?;
         let pfd = self.dir_fd(&parent, layer)?;
         let fd = Arc::new(sys::openat(
             pfd.as_fd(),
-            &cname(&st.name)?,
+            &name?,
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )?);
@@ -268,18 +268,20 @@ impl Overlay {
     /// Where the top object of `inode` is: (its directory's fd in the top layer, its name,
     /// the top layer). The root is (layer root, ".").
     pub fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
-        let st = inode.state();
-        if st.detached {
+        // Only what is needed is copied out of the state (this runs on every getattr).
+        let (detached, top, parent, name) =
+            inode.with_state(|s| (s.detached, s.top(), s.parent.clone(), cname(&s.name)));
+        if detached {
             return Err(Errno::ENOENT);
         }
-        let top = st.top().ok_or(Errno::ESTALE)?;
-        match &st.parent {
+        let top = top.ok_or(Errno::ESTALE)?;
+        match parent {
             None => Ok((
                 Arc::clone(&self.layers.get(top.layer)?.root),
                 CString::from(sys::DOT),
                 top,
             )),
-            Some(parent) => Ok((self.dir_fd(parent, top.layer)?, cname(&st.name)?, top)),
+            Some(parent) => Ok((self.dir_fd(&parent, top.layer)?, name?, top)),
         }
     }
 
@@ -380,7 +382,7 @@ impl Overlay {
     /// nlink 1 for a directory merged from several layers (as the kernel does).
     pub fn present_attr(&self, inode: &Inode, mut st: Stat) -> Stat {
         st.ino = inode.ino;
-        if st.is_dir() && inode.state().layers.len() > 1 {
+        if st.is_dir() && inode.with_state(|s| s.layers.len()) > 1 {
             st.nlink = 1;
         }
         st
@@ -432,8 +434,7 @@ impl Overlay {
 
     /// Does `inode` live only in the upper layer (no lower layer merged into it)?
     pub(super) fn pure_upper(&self, inode: &Inode) -> bool {
-        let st = inode.state();
-        st.layers.len() == 1 && self.layers.is_upper(st.layers[0].layer)
+        inode.with_state(|s| matches!(&*s.layers, [one] if self.layers.is_upper(one.layer)))
     }
 
     /// Leaves the work directory empty (called as the mount ends).

@@ -16,7 +16,8 @@ impl Overlay {
     /// if the upper held nothing there)?
     pub(super) fn lower_positive(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<bool> {
         let cn = cname(name)?;
-        for p in parent.state().layers.iter() {
+        let players: Vec<crate::inode::Presence> = parent.with_state(|s| s.layers.to_vec());
+        for p in players.iter() {
             if self.layers.is_upper(p.layer) {
                 continue;
             }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 impl Overlay {
     fn is_merged_dir(dir: &Inode) -> bool {
-        dir.state().layers.len() > 1
+        dir.with_state(|s| s.layers.len()) > 1
     }
 
     pub fn rename(

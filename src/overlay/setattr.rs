@@ -41,7 +41,7 @@ impl Overlay {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> FsResult<Stat> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
-        let target = if inode.state().detached {
+        let target = if inode.is_detached() {
             // Only an upper object may be changed through its handle: a nameless lower file
             // cannot be copied up, and the lower itself is never written.
             if !inode.top().is_some_and(|t| self.layers.is_upper(t.layer)) {
