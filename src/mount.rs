@@ -190,7 +190,8 @@ fn spawn_signal_thread(cfg: &Config) {
 
 /// Exits the moment the FUSE connection is gone (umount aborts it), without waiting for
 /// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
-/// us must not find them still held.
+/// us must not find them still held (where the layers are not private clones). It sleeps on
+/// mount-table changes, not on /dev/fuse, whose pollers every request wakes.
 fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
     let fd = match session.as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
@@ -205,7 +206,31 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
             if !sys::make_thread_realtime() {
                 log::debug!("exit watcher runs without real-time priority");
             }
-            sys::wait_for_error(fd.as_fd());
+            let Ok(mountinfo) = sys::open_path(c"/proc/self/mountinfo", libc::O_RDONLY) else {
+                log::warn!(
+                    "no exit watcher (/proc/self/mountinfo): the daemon exits when its workers stop"
+                );
+                return;
+            };
+            // An unmount changes the mount table; the connection is aborted as the umount
+            // call returns, so look for that for a while after each change.
+            loop {
+                if sys::wait_mount_change(mountinfo.as_fd()).is_err() {
+                    return;
+                }
+                // The abort follows the table change within the same umount call: look at
+                // once, then a few times with growing pauses (1 ms up to 32 ms).
+                let mut gone = sys::has_error(fd.as_fd());
+                let mut pause = 1;
+                while !gone && pause <= 32 {
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                    gone = sys::has_error(fd.as_fd());
+                    pause *= 2;
+                }
+                if gone {
+                    break;
+                }
+            }
             ov.cleanup_work();
             // Let go of every layer first, from this thread, then end the process.
             sys::close_fds_from(3);
@@ -285,8 +310,10 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
     spawn_signal_thread(&cfg);
     spawn_exit_watcher(&session, Arc::clone(&ov));
     let result = session.run();
-    // Unmounted: let go of every layer at once. Exiting without running destructors means
-    // no time is spent freeing the inode table while the layers are still held.
+    // Unmounted (the exit watcher did not get there first): leave the work directory empty
+    // and let go of every layer at once. Exiting without running destructors means no time
+    // is spent freeing the inode table while the layers are still held.
+    ov.cleanup_work();
     match result {
         Ok(()) => sys::exit_now(0),
         Err(e) => {

@@ -204,21 +204,34 @@ pub fn malloc_trim() {
     unsafe { libc::malloc_trim(0) };
 }
 
-/// Blocks until `fd` reports an error or hang-up (for /dev/fuse: the connection is gone).
-pub fn wait_for_error(fd: BorrowedFd<'_>) {
+/// Whether `fd` reports an error or hang-up now (for /dev/fuse: the connection is gone).
+pub fn has_error(fd: BorrowedFd<'_>) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: 0,
         revents: 0,
     };
+    // SAFETY: one valid pollfd; timeout 0 never sleeps.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+}
+
+/// Blocks until the mount table changes (poll of /proc/self/mountinfo gives POLLPRI then).
+/// A /dev/fuse fd is not polled for this: a poller of /dev/fuse is woken by every request.
+pub fn wait_mount_change(mountinfo: BorrowedFd<'_>) -> FsResult<()> {
+    let mut pfd = libc::pollfd {
+        fd: mountinfo.as_raw_fd(),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
     loop {
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if r > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            return;
+        if r > 0 {
+            return Ok(());
         }
         if r < 0 && Errno::last() != Errno::EINTR {
-            return;
+            return Err(Errno::last());
         }
     }
 }
