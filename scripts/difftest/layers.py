@@ -199,7 +199,7 @@ def gen_layer(rng, uni, below, has_below, is_upper, max_depth, stray_whiteouts=F
                 gen_meta(rng, e, kind)
                 entries.append(e)
                 walk(p, depth + 1, e.get("opaque"),
-                     below.get(p) == "d" and e.get("opaque") != "y")
+                     merged and below.get(p) == "d" and e.get("opaque") != "y")
                 continue
             entries.append(e)
 
@@ -215,6 +215,25 @@ def weighted(rng, choices):
         if x <= 0:
             return v
     return choices[-1][0]
+
+
+def has_stray_whiteouts(spec):
+    """Whether a whiteout sits in a directory that merges with nothing below (what
+    gen_layer avoids unless asked): the shrinker must not slide into that case."""
+    view = {}
+    layers = list(reversed(spec["lowers"])) + [spec["upper"]]
+    for i, entries in enumerate(layers):
+        merged = {"": i > 0}  # directories of this layer that merge with one below
+        for e in entries:
+            p = e["p"]
+            parent = p.rsplit("/", 1)[0] if "/" in p else ""
+            if e["t"] == "d" and p != "":
+                merged[p] = (merged.get(parent, False) and view.get(p) == "d"
+                             and e.get("opaque") != "y")
+            elif e["t"] in ("w", "xw") and not merged.get(parent, False):
+                return True
+        view = merge_view(view, entries)
+    return False
 
 
 def gen_spec(rng, userxattr=None, aufs=False, stray_whiteouts=False):

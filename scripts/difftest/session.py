@@ -355,6 +355,9 @@ class Case:
                 drop_dino_result(rk)
                 if self.L.impl == "kernel":
                     drop_dino_result(rl)
+            # which names are one file is compared in the trees (fairly); here it only
+            # labels the signature
+            same_file = rk.pop("same_file", False) | rl.pop("same_file", False)
             if gen:
                 gen.observe(op, rk)
             out.errnos.setdefault(op["op"], set()).add(rk.get("err", "ok"))
@@ -366,7 +369,7 @@ class Case:
                     out.crash = True
                     return out.diverge("crash", "crash", i, op=op, kernel=rk, layover=rl,
                                        log=self.L.log_tail())
-                sig = op_signature(op, rk, rl)
+                sig = op_signature(op, rk, rl) + (":same-file" if same_file else "")
                 return out.diverge("op", sig, i, op=op, kernel=rk, layover=rl)
             if gen and op["op"] in NAME_CHANGING:
                 tree = self.K.exe.call({"cmd": "walk"}, 60)
