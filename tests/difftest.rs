@@ -67,16 +67,16 @@ fn run_difftest(what: &str, args: &[&str]) {
 
 #[test]
 fn difftest_bounded() {
-    // 64 seeds x 250 ops on two jobs take about 75 s when nothing diverges. On a
+    // 96 seeds x 300 ops on two jobs take about a minute when nothing diverges. On a
     // divergence the case is shrunk (at most 20 s each) and the run stops after three, so a
     // failing run stays within the same bound; --max-time is the backstop.
     run_difftest(
         "bounded difftest",
         &[
             "--seeds",
-            "1-64",
+            "1-96",
             "--ops",
-            "250",
+            "300",
             "--jobs",
             "2",
             "--shrink-time",
