@@ -39,20 +39,12 @@ def errname(e):
     return errno.errorcode.get(e, "E%d" % e)
 
 
-def fsenc(p):
-    return os.fsencode(p)
-
-
 def join(root, rel):
     return root if rel in ("", ".") else root + "/" + rel
 
 
 def parent_of(rel):
     return rel.rsplit("/", 1)[0] if "/" in rel else ""
-
-
-def base_of(rel):
-    return rel.rsplit("/", 1)[-1]
 
 
 def show_path(p):
@@ -84,6 +76,3 @@ def recv_msg(fd):
     (n,) = struct.unpack("<I", _read_exact(fd, 4))
     return json.loads(_read_exact(fd, n))
 
-
-def dumps_pretty(obj):
-    return json.dumps(obj, indent=1, sort_keys=False)

@@ -6,10 +6,12 @@ code: the copies hold the same names, data, modes, owners, xattrs, times and har
 spec = {
   "userxattr": bool,           # markers live in user.overlay.* instead of trusted.overlay.*
   "lowers": [[entry, ...], ...],   # index 0 is the top (leftmost) lower
-  "upper": [entry, ...],       # pre-populated upper (may be empty)
+  "upper": [entry, ...],       # pre-populated upper (at least its root entry)
+  "names": [name, ...],        # every name the generator used (ops reuse them)
 }
 entry = {"p": relpath, "t": kind, ...} where kind is
-  "d" directory   ("opaque": "y"|"x" writes <ns>.overlay.opaque)
+  "d" directory   ("opaque": "y"|"x" writes <ns>.overlay.opaque; "decoy_opaque": true
+                  writes the other namespace's marker, which must mean nothing)
   "f" file        ("data": [[offset, dataspec], ...], "size": N; gaps are holes)
   "l" symlink     ("target")
   "h" hard link   ("src": an earlier "f" entry of the same layer)

@@ -87,7 +87,7 @@ def slug(sig):
     return re.sub(r"[^A-Za-z0-9]+", "-", sig).strip("-").lower()[:60]
 
 
-def write_repro(out_dir, seed, spec, ops, outcome, impl_note=""):
+def write_repro(out_dir, seed, spec, ops, outcome):
     os.makedirs(out_dir, exist_ok=True)
     name = "seed%s-%s" % (seed, slug(outcome.sig))
     path = os.path.join(out_dir, name + ".json")

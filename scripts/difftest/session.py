@@ -5,10 +5,11 @@ run_case() returns an Outcome: None signature when the two agree everywhere, els
 divergence (its signature, where it happened, both sides' values). The checks, in order:
   op        each op's result (value or errno) and the lstat of the paths it named
   merged    the whole merged tree, every `checkpoint` ops and at the end
+  upper     the two upper directories on disk (normalised), every `checkpoint` ops and
+            after unmount; layover's upper must be consistent
   close     closing the descriptors still held at the end
   umount    layover unmounts cleanly and its daemon exits
   workdir   layover's workdir holds nothing but an empty `work`
-  upper     the two upper directories on disk (normalised)
   remount   `mount -t overlay` of each side's layers (fresh workdirs) read the same
   cross     layover mounted on the kernel's layers reads as the kernel does
 """
