@@ -84,6 +84,8 @@ pub struct Overlay {
     daemon_ids: (u32, u32),
     kernel_cache: std::sync::OnceLock<Box<dyn KernelCache>>,
     link_names: LinkNames,
+    /// The last attributes of detached objects, until the kernel forgets them.
+    detached_attrs: dashmap::DashMap<u64, Stat>,
     io_modes: crate::handle::IoModes,
     /// The kernel granted FUSE passthrough (decided at INIT).
     passthrough: std::sync::atomic::AtomicBool,
@@ -154,6 +156,7 @@ impl Overlay {
             daemon_ids: (sys::geteuid(), sys::getegid()),
             kernel_cache: std::sync::OnceLock::new(),
             link_names: LinkNames::default(),
+            detached_attrs: dashmap::DashMap::new(),
             io_modes: crate::handle::IoModes::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
         };
@@ -288,7 +291,9 @@ impl Overlay {
     /// The name `name` in `parent` of `inode` is gone (unlink, rmdir, rename over it): if the
     /// inode was reached by that name, it moves to another name it is known by, or is
     /// detached (reachable only through its open handles).
-    pub(super) fn name_removed(&self, inode: &Inode, parent: u64, name: &[u8]) {
+    /// `last`: the object's attributes just before, kept for a detached object that nothing
+    /// open can be asked about any more (an open directory or fifo: neither has a handle here).
+    pub(super) fn name_removed(&self, inode: &Inode, parent: u64, name: &[u8], last: Option<Stat>) {
         let other = self.link_names.unlink(inode.ino, parent, name);
         let st = inode.state();
         let was_ours =
@@ -304,6 +309,12 @@ impl Overlay {
             }
             None => s.detached = true,
         });
+        if inode.is_detached()
+            && let Some(last) = last
+        {
+            self.detached_attrs
+                .insert(inode.ino, Stat { nlink: 0, ..last });
+        }
     }
 
     /// The name of `inode` changed from (`parent`, `name`) to (`newparent`, `newname`).
@@ -398,7 +409,10 @@ impl Overlay {
         }
         let st = match self.locate(&inode) {
             Ok((dir, name, _)) => sys::fstatat(dir.as_fd(), &name)?,
-            Err(e) => sys::fstat(self.any_open_fd(&inode).ok_or(e)?.as_fd())?,
+            Err(e) => match self.any_open_fd(&inode) {
+                Some(fd) => sys::fstat(fd.as_fd())?,
+                None => *self.detached_attrs.get(&ino).ok_or(e)?,
+            },
         };
         Ok(self.present_attr(&inode, st))
     }
@@ -411,6 +425,7 @@ impl Overlay {
                 self.invalidate_dir(ino);
             }
             self.link_names.forget(ino);
+            self.detached_attrs.remove(&ino);
         }
     }
 

@@ -129,12 +129,18 @@ impl Overlay {
             _ => {}
         }
         let entry = self.enter(&parent, name, found);
-        let result = self.remove_entry(&parent, name, &entry.inode);
+        let result = self.remove_entry(&parent, name, &entry.inode, entry.attr);
         self.forget(entry.inode.ino, 1);
         result
     }
 
-    fn remove_entry(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> FsResult<()> {
+    fn remove_entry(
+        &self,
+        parent: &Arc<Inode>,
+        name: &[u8],
+        inode: &Arc<Inode>,
+        attr: crate::sys::Stat,
+    ) -> FsResult<()> {
         let is_dir = inode.is_dir();
         if is_dir && !self.merged_empty(inode)? {
             return Err(Errno::ENOTEMPTY);
@@ -159,7 +165,7 @@ impl Overlay {
         if is_dir {
             self.invalidate_dir(inode.ino);
         }
-        self.name_removed(inode, parent.ino, name);
+        self.name_removed(inode, parent.ino, name, Some(attr));
         Ok(())
     }
 }

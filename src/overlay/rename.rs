@@ -50,7 +50,7 @@ impl Overlay {
             &src.inode,
             &newparent,
             newname,
-            dst.as_ref().map(|d| &d.inode),
+            dst.as_ref().map(|d| (&d.inode, d.attr)),
             exchange,
         );
         self.forget(src.inode.ino, 1);
@@ -68,9 +68,11 @@ impl Overlay {
         src: &Arc<Inode>,
         newparent: &Arc<Inode>,
         newname: &[u8],
-        dst: Option<&Arc<Inode>>,
+        dst: Option<(&Arc<Inode>, crate::sys::Stat)>,
         exchange: bool,
     ) -> FsResult<()> {
+        let dst_attr = dst.map(|(_, a)| a);
+        let dst = dst.map(|(d, _)| d);
         if let Some(d) = dst
             && Arc::ptr_eq(d, src)
         {
@@ -195,7 +197,7 @@ impl Overlay {
             self.invalidate_dir(d.ino);
         }
         if let Some(d) = dst {
-            self.name_removed(d, newparent.ino, newname);
+            self.name_removed(d, newparent.ino, newname, dst_attr);
         }
         self.name_moved(src, (parent, name), (newparent, newname));
         Ok(())
