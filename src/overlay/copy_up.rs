@@ -14,7 +14,7 @@ use crate::whiteout::is_private_xattr;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Removes a temporary object in the work directory unless disarmed.
 pub(super) struct TempGuard<'a> {
@@ -49,11 +49,45 @@ fn times(st: &Stat) -> (TimeSpec, TimeSpec) {
     )
 }
 
-/// Copies file data from `src` to `dst`, keeping holes: reflink when the filesystem can,
-/// else copy_file_range over each data extent, else read/write.
-fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> FsResult<()> {
-    if size == 0 || sys::ficlone(dst, src).is_ok() {
+/// Copies file data from `src` to `dst`, keeping holes: reflink when the filesystem can
+/// (`reflink` is cleared the first time it cannot, so later copies do not try again), else
+/// copy_file_range over each data extent, else read/write. A file whose blocks cover its size
+/// has no holes and is copied in one range, without asking for extents.
+fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    st: &Stat,
+    reflink: &AtomicBool,
+) -> FsResult<()> {
+    let size = st.size as u64;
+    if size == 0 {
         return Ok(());
+    }
+    if reflink.load(Ordering::Relaxed) {
+        match sys::ficlone(dst, src) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if [
+                    libc::EOPNOTSUPP,
+                    libc::EXDEV,
+                    libc::EINVAL,
+                    libc::ENOTTY,
+                    libc::ENOSYS,
+                ]
+                .contains(&e.0) =>
+            {
+                reflink.store(false, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+    if (st.blocks as u64).saturating_mul(512) >= size {
+        let copied = copy_range(src, dst, 0, size)?;
+        return if copied == size {
+            Ok(())
+        } else {
+            sys::ftruncate(dst, size)
+        };
     }
     let mut off = 0u64;
     while off < size {
@@ -72,11 +106,12 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> FsResult<()
     sys::ftruncate(dst, size)
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) -> FsResult<()> {
+/// Copies bytes [pos, end); returns where it stopped (before `end` if the source shrank).
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) -> FsResult<u64> {
     while pos < end {
         let want = ((end - pos) as usize).min(1 << 30);
         match sys::copy_file_range(src, pos, dst, pos, want) {
-            Ok(0) => return Ok(()), // the source shrank underneath: stop at its end
+            Ok(0) => return Ok(pos), // the source shrank underneath: stop at its end
             Ok(n) => pos += n as u64,
             Err(e)
                 if [libc::EXDEV, libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP].contains(&e.0) =>
@@ -86,7 +121,7 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) 
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(pos)
 }
 
 fn copy_by_reading(
@@ -94,13 +129,13 @@ fn copy_by_reading(
     dst: BorrowedFd<'_>,
     mut pos: u64,
     end: u64,
-) -> FsResult<()> {
+) -> FsResult<u64> {
     let mut buf = vec![0u8; 1 << 20];
     while pos < end {
         let want = ((end - pos) as usize).min(buf.len());
         let n = sys::pread(src, &mut buf[..want], pos)?;
         if n == 0 {
-            return Ok(());
+            return Ok(pos);
         }
         let mut w = 0;
         while w < n {
@@ -108,7 +143,7 @@ fn copy_by_reading(
         }
         pos += n as u64;
     }
-    Ok(())
+    Ok(pos)
 }
 
 impl Overlay {
@@ -187,8 +222,7 @@ impl Overlay {
             } else {
                 Stat { size: 0, ..src }
             };
-            self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
-            let made = sys::fstatat(work, &tmp)?;
+            let made = self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
             sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)?;
             guard.armed = false;
             Ok(made)
@@ -210,9 +244,12 @@ impl Overlay {
             self.invalidate_dir(inode.ino);
         }
         inode.data_gen.fetch_add(1, Ordering::AcqRel);
-        self.invalidate_attr(inode.ino);
-        // The parent gained an entry in the upper: its size (and nlink) changed.
-        self.invalidate_attr(parent.ino);
+        // The copy's attributes are the original's but for its ctime, except when the data
+        // was left out (a truncating open), the original had other links (the copy has one),
+        // or a directory became merged (presented with one link).
+        if !with_data || src.nlink > 1 || src.is_dir() {
+            self.invalidate_attr(inode.ino);
+        }
         if src.nlink > 1 && !src.is_dir() {
             self.link_lower_names(inode);
         }
@@ -220,7 +257,8 @@ impl Overlay {
     }
 
     /// Builds the copy of `src` as `tmp` in the work directory (the guard removes it on
-    /// failure once armed).
+    /// failure once armed); returns the copy's attributes as made (its device and inode
+    /// number are what count).
     fn build_copy(
         &self,
         sdir: BorrowedFd<'_>,
@@ -229,27 +267,42 @@ impl Overlay {
         work: BorrowedFd<'_>,
         tmp: &CStr,
         guard: &mut TempGuard<'_>,
-    ) -> FsResult<()> {
+    ) -> FsResult<Stat> {
         let perm = src.mode & 0o7777;
         match src.file_type() {
             libc::S_IFREG => {
                 let sfd = sys::openat(sdir, sname, libc::O_RDONLY | libc::O_NOATIME, 0)?;
+                // The work directory is mode 0: nobody else can open the file before it is
+                // renamed into place, so root makes it with its final permissions (the
+                // daemon's umask is 0). Set-id bits come after the chown, which clears them.
+                // Without root, the xattrs are set by name, which needs owner write access.
+                let first_mode = if self.daemon_ids.0 == 0 {
+                    perm & 0o1777
+                } else {
+                    0o600
+                };
                 let dfd = sys::openat(
                     work,
                     tmp,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    0o600,
+                    first_mode,
                 )?;
                 guard.armed = true;
-                copy_data(sfd.as_fd(), dfd.as_fd(), src.size as u64)?;
+                let made = sys::fstat(dfd.as_fd())?;
+                copy_data(sfd.as_fd(), dfd.as_fd(), src, &self.reflink)?;
                 self.copy_xattrs(sdir, sname, work, tmp)?;
-                sys::fchownat(dfd.as_fd(), sys::EMPTY, src.uid, src.gid)?;
-                sys::fchmod(dfd.as_fd(), perm)?;
+                if (made.uid, made.gid) != (src.uid, src.gid) {
+                    sys::fchownat(dfd.as_fd(), sys::EMPTY, src.uid, src.gid)?;
+                }
+                if perm & 0o6000 != 0 || made.mode & 0o7777 != perm {
+                    sys::fchmod(dfd.as_fd(), perm)?;
+                }
                 let (a, m) = times(src);
                 sys::utimensat(dfd.as_fd(), sys::EMPTY, a, m)?;
                 if self.cfg.durable {
                     sys::fsync(dfd.as_fd(), false)?;
                 }
+                return Ok(made);
             }
             libc::S_IFDIR => {
                 sys::mkdirat(work, tmp, 0o700)?;
@@ -271,7 +324,7 @@ impl Overlay {
                 self.finish_attrs(sdir, sname, src, work, tmp)?;
             }
         }
-        Ok(())
+        sys::fstatat(work, tmp)
     }
 
     /// xattrs, owner, mode and times of a directory or special file, by name.

@@ -89,6 +89,11 @@ pub struct Overlay {
     io_modes: crate::handle::IoModes,
     /// The kernel granted FUSE passthrough (decided at INIT).
     passthrough: std::sync::atomic::AtomicBool,
+    /// Copy-up may try a reflink (FICLONE); cleared when the filesystems cannot.
+    reflink: std::sync::atomic::AtomicBool,
+    /// "#layover.PID.", the prefix of temporary names in the work directory (made on first
+    /// use, after the daemon has forked).
+    temp_prefix: std::sync::OnceLock<String>,
 }
 
 /// The whiteout in the work directory that upper whiteouts are hard links to.
@@ -159,6 +164,8 @@ impl Overlay {
             detached_attrs: dashmap::DashMap::new(),
             io_modes: crate::handle::IoModes::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            reflink: std::sync::atomic::AtomicBool::new(true),
+            temp_prefix: std::sync::OnceLock::new(),
         };
         ov.refresh_root_layers();
         Ok(ov)
@@ -218,13 +225,12 @@ impl Overlay {
         let udir = self.dir_fd(parent, self.layers.upper_idx()?)?;
         self.keeping_times(parent, || {
             sys::linkat(sdir.as_fd(), &sname, udir.as_fd(), &cname(name)?)
-        })?;
-        self.invalidate_attr(parent.ino);
-        Ok(())
+        })
     }
 
     /// Runs `f`, which adds a name to directory `dir` as a side effect of copy-up, and puts
-    /// the directory's timestamps back: copy-up must not disturb them.
+    /// the directory's timestamps back: copy-up must not disturb them. The kernel's cached
+    /// attributes of `dir` are dropped only when its size, blocks or link count changed.
     fn keeping_times<T>(&self, dir: &Arc<Inode>, f: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
         let (pdir, pname, _) = self.locate(dir)?;
         let before = sys::fstatat(pdir.as_fd(), &pname)?;
@@ -235,6 +241,12 @@ impl Overlay {
         );
         if let Err(e) = sys::utimensat(pdir.as_fd(), &pname, a, m) {
             log::warn!("copy-up: could not restore a directory's times: {e}");
+        }
+        let changed = sys::fstatat(pdir.as_fd(), &pname).map_or(true, |after| {
+            (after.size, after.blocks, after.nlink) != (before.size, before.blocks, before.nlink)
+        });
+        if changed {
+            self.invalidate_attr(dir.ino);
         }
         Ok(r)
     }
@@ -440,7 +452,10 @@ impl Overlay {
         let n = self
             .temp_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CString::new(format!("#layover.{}.{n}", std::process::id())).unwrap_or_default()
+        let prefix = self
+            .temp_prefix
+            .get_or_init(|| format!("#layover.{}.", std::process::id()));
+        CString::new(format!("{prefix}{n}")).unwrap_or_default()
     }
 
     fn work_fd(&self) -> FsResult<std::os::fd::BorrowedFd<'_>> {
