@@ -249,6 +249,7 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
     let nofile = sys::raise_nofile_limit();
     // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
     sys::umask(0);
+    sys::use_one_malloc_arena();
     let ov = Arc::new(Overlay::new(cfg.clone(), nofile)?);
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
