@@ -1352,3 +1352,32 @@ fn changing_lowers_underneath_does_not_crash() {
     fs::write(mnt.join("fresh"), "still writable").unwrap();
     assert_eq!(fs::read(mnt.join("fresh")).unwrap(), b"still writable");
 }
+
+/// The daemon raises its mount's read-ahead window to one full request (1 MiB), so that a
+/// file read through it (a lower file in a writable mount) takes 1 MiB per request rather
+/// than the kernel's default 128 KiB. It is the mount's own setting in sysfs.
+#[test]
+fn readahead_window_is_one_request() {
+    let env = TestEnv::new("readahead");
+    env.layer("l1").file("f", "x");
+    env.layer("u");
+    let pair = env.mount_pair(&["l1"], Some("u"));
+    let dev = fs::metadata(&pair.layover).unwrap().dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let read = || {
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || read() == "1024"),
+        "{path} is {} KiB, not 1024",
+        read()
+    );
+    env.assert_alive();
+}

@@ -348,3 +348,8 @@ pub fn clone_mount_readonly(path: &CStr) -> FsResult<OwnedFd> {
     }
     Ok(fd)
 }
+
+/// The major and minor parts of a device number.
+pub fn dev_major_minor(dev: u64) -> (u32, u32) {
+    (libc::major(dev), libc::minor(dev))
+}
