@@ -78,3 +78,10 @@ step "cargo clippy --all-targets -- -D warnings"
 step "cargo test --release"
 "${builder[@]}" cargo test --release --no-run
 cargo test --release --no-fail-fast "$@"
+if [ $# -eq 0 ]; then
+    # The side-by-side suites again with file data through the daemon and the kernel's
+    # writeback cache, the data path of mounts without root or on kernels before 6.9.
+    step "side-by-side suites with passthrough=off (writeback cache)"
+    LAYOVER_TEST_OPTS=passthrough=off cargo test --release --no-fail-fast \
+        --test read_side --test write_side
+fi

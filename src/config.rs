@@ -44,6 +44,9 @@ pub struct Config {
     pub kernel_data: Vec<String>,
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
+    /// Ask the kernel for FUSE passthrough (`passthrough=off` serves file data through the
+    /// daemon and its writeback cache, as happens without root or on kernels before 6.9).
+    pub passthrough: bool,
     /// Options we did not recognise (each gets a one-line warning).
     pub unknown: Vec<String>,
 }
@@ -105,6 +108,7 @@ pub struct Options {
     pub kernel_data: Vec<String>,
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
+    pub passthrough: Option<bool>,
     pub unknown: Vec<String>,
 }
 
@@ -172,6 +176,7 @@ pub fn parse_options(args: &[String]) -> Result<Options, StartupError> {
                 "userxattr" => o.userxattr = true,
                 "threads" => o.threads = Some(num_value(&key, &need(&value)?)?),
                 "max_write" => o.max_write = Some(num_value(&key, &need(&value)?)?),
+                "passthrough" => o.passthrough = Some(bool_value(&key, &need(&value)?)?),
                 "allow_other" => o.allow_other = true,
                 "allow_root" => o.allow_root = true,
                 "ro" => o.ro = true,
@@ -365,6 +370,7 @@ impl Config {
             kernel_data: o.kernel_data,
             max_write: o.max_write,
             threads: o.threads,
+            passthrough: o.passthrough != Some(false),
             unknown: o.unknown,
         })
     }

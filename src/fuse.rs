@@ -215,9 +215,18 @@ impl Filesystem for Fs {
         }
         // Passthrough: the kernel reads and writes the real files itself. It needs root, a
         // kernel that offers it, and one level of filesystem stacking below us.
-        let passthrough = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+        let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
+        let passthrough = self.ov.cfg.passthrough
+            && offered
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+        let why_not = if !self.ov.cfg.passthrough {
+            "passthrough=off"
+        } else if !offered {
+            "the kernel does not offer passthrough (it needs root and Linux 6.9 or later)"
+        } else {
+            "the kernel refused passthrough"
+        };
         if passthrough {
             self.ov.enable_passthrough();
             log::info!(
@@ -228,9 +237,24 @@ impl Filesystem for Fs {
                     " and, as the mount is read-only, of every file"
                 }
             );
-        } else {
+        } else if self.ov.cfg.read_only {
             log::info!(
-                "FUSE passthrough not offered by the kernel: file data goes through the daemon (page-cached)"
+                "no passthrough ({why_not}): file data is read through the daemon (page-cached)"
+            );
+        } else if config
+            .capabilities()
+            .contains(InitFlags::FUSE_WRITEBACK_CACHE)
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok()
+        {
+            self.ov.enable_writeback();
+            log::info!(
+                "no passthrough ({why_not}): file data goes through the daemon with the kernel's writeback cache"
+            );
+        } else {
+            log::warn!(
+                "no passthrough ({why_not}) and no writeback cache offered: every write goes through the daemon"
             );
         }
         let max_write = self.ov.cfg.max_write.unwrap_or(1 << 20);

@@ -94,7 +94,9 @@ copy_file_range = 1
 const NUMOPS: u32 = 20_000;
 const FLEN: usize = 256 * 1024;
 
-fn run_fsx(name: &str, seed: u64, config: &str) {
+/// `extra`: more mount options (",passthrough=off" serves the data through the daemon with
+/// the kernel's writeback cache, as without root).
+fn run_fsx(name: &str, seed: u64, config: &str, extra: &str) {
     let fsx = fsx_binary();
     let env = TestEnv::new(name);
     let data: Vec<u8> = (0..FLEN as u32)
@@ -106,7 +108,7 @@ fn run_fsx(name: &str, seed: u64, config: &str) {
     let work = env.mkdir("work");
     let mnt = env.mkdir("mnt");
     let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
+        "lowerdir={}:{},upperdir={},workdir={}{extra}",
         env.path("src/top").display(),
         env.path("src/lower").display(),
         upper.display(),
@@ -181,15 +183,36 @@ fn run_fsx(name: &str, seed: u64, config: &str) {
 
 #[test]
 fn fsx_all_operations_seed_1() {
-    run_fsx("fsx_seed_1", 1, CONFIG_ALL_OPS);
+    run_fsx("fsx_seed_1", 1, CONFIG_ALL_OPS, "");
 }
 
 #[test]
 fn fsx_all_operations_seed_2() {
-    run_fsx("fsx_seed_2", 2, CONFIG_ALL_OPS);
+    run_fsx("fsx_seed_2", 2, CONFIG_ALL_OPS, "");
 }
 
 #[test]
 fn fsx_block_mode_seed_3() {
-    run_fsx("fsx_seed_3_blockmode", 3, CONFIG_BLOCKMODE);
+    run_fsx("fsx_seed_3_blockmode", 3, CONFIG_BLOCKMODE, "");
+}
+
+/// Without passthrough the data goes through the daemon and the kernel's writeback cache.
+#[test]
+fn fsx_writeback_cache_seed_4() {
+    run_fsx(
+        "fsx_seed_4_writeback",
+        4,
+        CONFIG_ALL_OPS,
+        ",passthrough=off",
+    );
+}
+
+#[test]
+fn fsx_writeback_cache_block_mode_seed_5() {
+    run_fsx(
+        "fsx_seed_5_writeback_blockmode",
+        5,
+        CONFIG_BLOCKMODE,
+        ",passthrough=off",
+    );
 }

@@ -139,7 +139,12 @@ impl Overlay {
             NewNode::Dir { mode } => sys::mkdirat(dir, name, mode & 0o7777).map(|_| None),
             NewNode::Symlink { target } => sys::symlinkat(&cname(target)?, dir, name).map(|_| None),
             NewNode::File { mode, flags } => {
-                let acc = flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC);
+                let mut acc = flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC);
+                if self.writeback.load(std::sync::atomic::Ordering::Relaxed)
+                    && acc & libc::O_ACCMODE == libc::O_WRONLY
+                {
+                    acc = (acc & !libc::O_ACCMODE) | libc::O_RDWR; // see Overlay::enable_writeback
+                }
                 sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL, mode & 0o7777).map(Some)
             }
         }

@@ -51,7 +51,20 @@ impl Overlay {
         } else {
             libc::O_NOATIME
         };
-        let fd = sys::openat(dir.as_fd(), &name, (flags & !STRIP) | noatime, 0)?;
+        let flags = (flags & !STRIP) | noatime;
+        let fd = if self.writeback.load(Ordering::Relaxed)
+            && flags & libc::O_ACCMODE == libc::O_WRONLY
+        {
+            // With the writeback cache the kernel reads a partly written page through any
+            // open; if the file cannot be read, it stays write-only (as libfuse's examples).
+            let rw = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+            match sys::openat(dir.as_fd(), &name, rw, 0) {
+                Err(e) if e == Errno(libc::EACCES) => sys::openat(dir.as_fd(), &name, flags, 0)?,
+                r => r?,
+            }
+        } else {
+            sys::openat(dir.as_fd(), &name, flags, 0)?
+        };
         Ok((Arc::new(fd), generation))
     }
 

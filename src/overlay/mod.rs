@@ -89,6 +89,8 @@ pub struct Overlay {
     io_modes: crate::handle::IoModes,
     /// The kernel granted FUSE passthrough (decided at INIT).
     passthrough: std::sync::atomic::AtomicBool,
+    /// The kernel's writeback cache is on (decided at INIT).
+    writeback: std::sync::atomic::AtomicBool,
     /// Copy-up may try a reflink (FICLONE); cleared when the filesystems cannot.
     reflink: std::sync::atomic::AtomicBool,
     /// "#layover.PID.", the prefix of temporary names in the work directory (made on first
@@ -165,6 +167,7 @@ impl Overlay {
             io_modes: crate::handle::IoModes::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             reflink: std::sync::atomic::AtomicBool::new(true),
+            writeback: std::sync::atomic::AtomicBool::new(false),
             temp_prefix: std::sync::OnceLock::new(),
         };
         ov.refresh_root_layers();
@@ -174,6 +177,14 @@ impl Overlay {
     /// Called once at INIT when the kernel grants passthrough.
     pub fn enable_passthrough(&self) {
         self.passthrough
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The kernel caches writes (FUSE_WRITEBACK_CACHE, negotiated at INIT without
+    /// passthrough): it may read through a write-only open to fill a page, so files are
+    /// opened for reading too.
+    pub fn enable_writeback(&self) {
+        self.writeback
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -609,7 +609,14 @@ impl TestEnv {
 
     /// Mounts layover with `-o OPTS` at `mnt`; fails the test unless it exits 0 with the
     /// mount live. Returns the run (for its stderr).
+    /// `$LAYOVER_TEST_OPTS` is appended to the options (scripts/test.sh runs the side-by-side
+    /// suites once more with `passthrough=off`: the daemon and writeback-cache data path).
     pub fn mount_layover(&self, opts: &str, mnt: &Path) -> Run {
+        let opts = match std::env::var("LAYOVER_TEST_OPTS") {
+            Ok(extra) if !extra.is_empty() => format!("{opts},{extra}"),
+            _ => opts.to_string(),
+        };
+        let opts = opts.as_str();
         let r = self.run_layover(&[os("-o"), os(opts), mnt.as_os_str()]);
         if is_mounted(mnt) {
             self.track(mnt, MountKind::Layover);
