@@ -186,6 +186,7 @@ def snapshot_via(jail, mnt, timeout):
 def run(args, ctx):
     from run import spec_for_seed  # the same layers a sequential run of this seed uses
     seed, seconds = args.seed, args.concurrent
+    kseconds = args.kernel_seconds if args.kernel_seconds is not None else seconds
     spec = spec_for_seed(seed, ctx)
     base = os.path.join(ctx.scratch, "conc-%s" % seed)
     os.makedirs(base)
@@ -195,13 +196,13 @@ def run(args, ctx):
     failures = []
     t0 = time.monotonic()
     print("difftest concurrent: seed %s, %d workers (uids %s), %gs on the kernel, then %gs on "
-          "%s" % (seed, args.workers, [UIDS[i % 4] for i in range(args.workers)], seconds,
+          "%s" % (seed, args.workers, [UIDS[i % 4] for i in range(args.workers)], kseconds,
                   seconds, ctx.impl), file=sys.stderr)
     try:
         # 1. the kernel, for the errnos it gives under this workload
         kp = build_stack(spec, os.path.join(base, "k"))
         mounts.mount_kernel(kp["lowers"], kp["upper"], kp["work"], kp["mnt"], spec["userxattr"])
-        kphase = Phase(kp["jail"], kp["mnt"], spec_file, seed, args.workers, seconds,
+        kphase = Phase(kp["jail"], kp["mnt"], spec_file, seed, args.workers, kseconds,
                        ctx.timeout).run()
         mounts.umount(kp["mnt"])
         if kphase.problems:

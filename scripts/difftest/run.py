@@ -424,6 +424,10 @@ def main():
     ap.add_argument("--concurrent", type=float, metavar="SECONDS",
                     help="concurrent mode: several processes on one tree for SECONDS")
     ap.add_argument("--workers", type=int, default=4, help="processes in concurrent mode")
+    ap.add_argument("--kernel-seconds", type=float, metavar="SECONDS",
+                    help="concurrent mode: how long the kernel phase (which learns the errnos "
+                         "the workload gives) runs; default the same as --concurrent. The "
+                         "kernel does several times as many ops per second as layover")
     ap.add_argument("--learn-errnos", metavar="FILE",
                     help="write the errnos the kernel gave per op type (use with --self-check;"
                          " scripts/difftest/kernel_errnos.json is what --concurrent allows)")
