@@ -179,7 +179,9 @@ impl Overlay {
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> FsResult<()> {
         let inode = self.inode(ino)?;
         let top = inode.top().ok_or(Errno::ESTALE)?;
-        if !self.cfg.durable || !self.layers.is_upper(top.layer) {
+        // A directory removed while open has nothing left to sync: the kernel's overlay
+        // syncs the removed upper directory it holds open, which succeeds.
+        if !self.cfg.durable || !self.layers.is_upper(top.layer) || inode.is_detached() {
             return Ok(());
         }
         let fd = self.dir_fd(&inode, top.layer)?;
