@@ -188,10 +188,6 @@ fn spawn_signal_thread(cfg: &Config) {
     }
 }
 
-/// Exits the moment the FUSE connection is gone (umount aborts it), without waiting for
-/// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
-/// us must not find them still held (where the layers are not private clones). It sleeps on
-/// mount-table changes, not on /dev/fuse, whose pollers every request wakes.
 /// The kernel reads ahead 128 KiB at a time on a FUSE mount: for a file served through the
 /// daemon (a lower file in a writable mount) that is one request per 128 KiB, and the first
 /// read of a 512 MiB file ran at 0.6 GB/s. One request can carry `max_write` bytes (1 MiB),
@@ -228,6 +224,10 @@ fn spawn_readahead_tuner(cfg: &Config) {
     }
 }
 
+/// Exits the moment the FUSE connection is gone (umount aborts it), without waiting for
+/// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
+/// us must not find them still held (where the layers are not private clones). It sleeps on
+/// mount-table changes, not on /dev/fuse, whose pollers every request wakes.
 fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
     let fd = match session.as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
