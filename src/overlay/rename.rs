@@ -57,6 +57,13 @@ impl Overlay {
         if let Some(d) = dst {
             self.forget(d.inode.ino, 1);
         }
+        if result.is_err() {
+            // A failed rename may still have changed the directories in the upper (copy-ups,
+            // an opaque mark, and ext4 updates a directory's times in a RENAME_WHITEOUT that
+            // then fails with ENOTEMPTY), and FUSE keeps its cached attributes on an error.
+            self.invalidate_attr(parent.ino);
+            self.invalidate_attr(newparent.ino);
+        }
         result
     }
 
