@@ -53,10 +53,14 @@ pub fn merge_layers(layers: &[(LayerIdx, Vec<LayerEntry>)]) -> Vec<DirEntry> {
 
 impl Overlay {
     /// Reads and classifies one layer's copy of directory `dir`.
+    /// `xwhiteouts_hide`: whether xattr whiteouts (in an `opaque=x` directory) are whiteouts
+    /// here; the kernel hides them from listings but counts them when it decides whether a
+    /// directory is empty (it checks them only while iterating).
     fn layer_listing(
         &self,
         dir: &Arc<Inode>,
         p: crate::inode::Presence,
+        xwhiteouts_hide: bool,
     ) -> FsResult<Vec<LayerEntry>> {
         let dirfd = self.dir_fd(dir, p.layer)?;
         let noatime = if self.layers.is_upper(p.layer) {
@@ -87,9 +91,10 @@ impl Overlay {
             let mut dev = self.layers.get(p.layer)?.dev;
             let mut ino = e.ino;
             let mut whiteout = false;
+            let xwh = p.xwhiteouts && xwhiteouts_hide;
             let needs_stat = d_type == libc::DT_CHR
                 || d_type == libc::DT_UNKNOWN
-                || (p.xwhiteouts && d_type == libc::DT_REG);
+                || (xwh && d_type == libc::DT_REG);
             if needs_stat {
                 let cn = cname(&e.name)?;
                 match sys::fstatat(dirfd.as_fd(), &cn) {
@@ -98,7 +103,7 @@ impl Overlay {
                         dev = st.dev;
                         ino = st.ino;
                         whiteout = whiteout::is_whiteout_dev(&st)
-                            || (p.xwhiteouts
+                            || (xwh
                                 && st.is_reg()
                                 && st.size == 0
                                 && sys::getxattrat(
@@ -140,10 +145,21 @@ impl Overlay {
 
     /// The merged listing of directory `ino`, with `.` and `..` first.
     pub fn list_dir(&self, dir: &Arc<Inode>) -> FsResult<Vec<DirEntry>> {
+        self.list_dir_with(dir, true)
+    }
+
+    /// Whether a directory is empty in the merged view, as rmdir and rename judge it: like
+    /// a listing, except that xattr whiteouts count as entries (the kernel's check does
+    /// not look at them).
+    pub(super) fn merged_empty(&self, dir: &Arc<Inode>) -> FsResult<bool> {
+        Ok(self.list_dir_with(dir, false)?.len() <= 2)
+    }
+
+    fn list_dir_with(&self, dir: &Arc<Inode>, xwhiteouts_hide: bool) -> FsResult<Vec<DirEntry>> {
         let st = dir.state();
         let mut per_layer = Vec::with_capacity(st.layers.len());
         for p in st.layers.iter() {
-            per_layer.push((p.layer, self.layer_listing(dir, *p)?));
+            per_layer.push((p.layer, self.layer_listing(dir, *p, xwhiteouts_hide)?));
         }
         let merged = merge_layers(&per_layer);
         let parent_ino = st.parent.as_ref().map_or(ROOT_INO, |p| p.ino);

@@ -115,9 +115,6 @@ impl Overlay {
     }
 
     /// Is the merged directory empty?
-    pub(super) fn merged_empty(&self, dir: &Arc<Inode>) -> FsResult<bool> {
-        Ok(self.list_dir(dir)?.len() <= 2)
-    }
 
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
         self.check_writable()?;
