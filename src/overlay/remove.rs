@@ -114,8 +114,6 @@ impl Overlay {
         self.remove(parent, name, true)
     }
 
-    /// Is the merged directory empty?
-
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
         self.check_writable()?;
         let parent = self.inode(parent)?;
