@@ -137,9 +137,16 @@ impl Overlay {
         if generation == h.inode.data_gen.load(Ordering::Acquire) {
             return Ok((h, fd));
         }
-        let (fd, generation) = self.open_real(&h.inode, h.flags)?;
-        h.replace(Arc::clone(&fd), generation);
-        Ok((h, fd))
+        match self.open_real(&h.inode, h.flags) {
+            Ok((fd, generation)) => {
+                h.replace(Arc::clone(&fd), generation);
+                Ok((h, fd))
+            }
+            // Copied up, then its name went (unlink, rename over it) before this handle was
+            // used again: there is nothing to re-open by name; the fd it has still answers.
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => Ok((h, fd)),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
