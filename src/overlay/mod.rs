@@ -330,7 +330,15 @@ impl Overlay {
                 s.parent = Some(pi);
                 s.name = n;
             }
-            None => s.detached = true,
+            None => {
+                s.detached = true;
+                // That was its last link: the filesystem may give its inode number to a new
+                // object before the kernel forgets this inode, and the new object must not be
+                // taken for this one (it would inherit a detached state and stale names).
+                if last.is_some_and(|l| l.is_dir() || l.nlink <= 1) {
+                    s.real = (u64::MAX, inode.ino);
+                }
+            }
         });
         if inode.is_detached()
             && let Some(last) = last
