@@ -133,6 +133,7 @@ impl Overlay {
 
     /// Takes a lookup reference on the object `found` as `name` in `parent`.
     pub(super) fn enter(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Entry {
+        let found = self.settle_copied_up(parent, name, found);
         let real = (found.stat.dev, found.stat.ino);
         let kind = found.stat.file_type();
         let layers: PresenceList = found.layers.into();
@@ -162,6 +163,37 @@ impl Overlay {
         }
         let attr = self.present_attr(&inode, found.stat);
         Entry { inode, attr }
+    }
+
+    /// A lookup that found the lower object while another thread's copy-up of the same
+    /// name finished: the inode known by this name is already the upper copy. Entering the
+    /// lower identity would make a second inode for the name, whose first write would copy
+    /// it up again (EEXIST). Take the copy's identity and attributes instead. (Another name
+    /// of a lower hard link keeps the lower identity: its name differs.)
+    fn settle_copied_up(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Found {
+        let real = (found.stat.dev, found.stat.ino);
+        let Some(existing) = self.inodes.get(self.inodes.numbers.number(real)) else {
+            return found;
+        };
+        let (same_name, now, layers) = existing.with_state(|s| {
+            (
+                !s.detached
+                    && s.parent.as_ref().is_some_and(|p| p.ino == parent.ino)
+                    && *s.name == *name,
+                s.real,
+                s.layers.to_vec(),
+            )
+        });
+        if !same_name || now == real || existing.kind != found.stat.file_type() {
+            return found;
+        }
+        match self
+            .locate(&existing)
+            .and_then(|(dir, cn, _)| sys::fstatat(dir.as_fd(), &cn))
+        {
+            Ok(st) if (st.dev, st.ino) == now => Found { layers, stat: st },
+            _ => found,
+        }
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Entry> {
