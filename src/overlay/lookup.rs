@@ -175,23 +175,25 @@ impl Overlay {
         let Some(existing) = self.inodes.get(self.inodes.numbers.number(real)) else {
             return found;
         };
-        let (same_name, now, layers) = existing.with_state(|s| {
-            (
-                !s.detached
+        // The common case (the same object looked up again) stops here, copying nothing.
+        let stale = existing.kind == found.stat.file_type()
+            && existing.with_state(|s| {
+                s.real != real
+                    && !s.detached
                     && s.parent.as_ref().is_some_and(|p| p.ino == parent.ino)
-                    && *s.name == *name,
-                s.real,
-                s.layers.to_vec(),
-            )
-        });
-        if !same_name || now == real || existing.kind != found.stat.file_type() {
+                    && *s.name == *name
+            });
+        if !stale {
             return found;
         }
         match self
             .locate(&existing)
             .and_then(|(dir, cn, _)| sys::fstatat(dir.as_fd(), &cn))
         {
-            Ok(st) if (st.dev, st.ino) == now => Found { layers, stat: st },
+            Ok(st) if existing.with_state(|s| s.real == (st.dev, st.ino)) => Found {
+                layers: existing.with_state(|s| s.layers.to_vec()),
+                stat: st,
+            },
             _ => found,
         }
     }
