@@ -387,6 +387,22 @@ impl Overlay {
         self.handle_fd(fh).ok().map(|(_, fd)| fd)
     }
 
+    /// Before a change: copy-up; an object that lost its name can only be changed if it is
+    /// already in the upper (a nameless lower file cannot be copied up, and the lower itself
+    /// is never written).
+    pub(super) fn copy_up_or_upper(
+        &self,
+        inode: &std::sync::Arc<crate::inode::Inode>,
+    ) -> FsResult<()> {
+        if !inode.is_detached() {
+            return self.copy_up(inode);
+        }
+        match inode.top() {
+            Some(t) if self.layers.is_upper(t.layer) => Ok(()),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
     /// (fd, name) for the `*at` calls on `inode`'s top object: its directory and name, or,
     /// for an object that lost its name, an open handle's file and "".
     pub(super) fn reach(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString)> {

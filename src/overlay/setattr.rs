@@ -42,11 +42,7 @@ impl Overlay {
         self.check_writable()?;
         let inode = self.inode(ino)?;
         let target = if inode.is_detached() {
-            // Only an upper object may be changed through its handle: a nameless lower file
-            // cannot be copied up, and the lower itself is never written.
-            if !inode.top().is_some_and(|t| self.layers.is_upper(t.layer)) {
-                return Err(Errno::ENOENT);
-            }
+            self.copy_up_or_upper(&inode)?; // only checks: a nameless object is not copied
             Target::File(self.any_open_fd(&inode).ok_or(Errno::ENOENT)?)
         } else {
             if a.size == Some(0) {

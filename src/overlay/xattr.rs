@@ -26,18 +26,6 @@ fn sized(data: Vec<u8>, size: u32) -> FsResult<XattrReply> {
 }
 
 impl Overlay {
-    /// Before a change: copy-up; an object that lost its name can only be changed if it is
-    /// already in the upper (a nameless lower file cannot be copied up).
-    fn copy_up_or_upper(&self, inode: &std::sync::Arc<crate::inode::Inode>) -> FsResult<()> {
-        if !inode.is_detached() {
-            return self.copy_up(inode);
-        }
-        match inode.top() {
-            Some(t) if self.layers.is_upper(t.layer) => Ok(()),
-            _ => Err(Errno::ENOENT),
-        }
-    }
-
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> FsResult<XattrReply> {
         let name = &to_real_xattr(self.xattr_ns(), name);
         let inode = self.inode(ino)?;
