@@ -367,12 +367,11 @@ def loop(ex, args):
     """Concurrent mode: random ops on the tree until a deadline, reporting each op before it
     starts and its errno after, as framed messages on stdout."""
     from gen import NAME_CHANGING, Gen  # loaded before the chroot
-    seed, wid, seconds, uid, spec = args
-    if uid:
-        os.setgroups([uid])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-    gen = Gen(random.Random("conc:%s:%d" % (seed, wid)), spec, 0.0, False)
+    seed, wid, seconds, uid_share, spec = args
+    # every worker is root; a share of its ops runs as an unprivileged user in a child (as
+    # in sequential runs), so that no worker is left spinning on EACCES once the root
+    # workers have closed a directory to others
+    gen = Gen(random.Random("conc:%s:%d" % (seed, wid)), spec, uid_share, False, True)
     deadline = time.monotonic() + seconds
     tree = walk_types(ex.root)
     n = 0
@@ -382,7 +381,7 @@ def loop(ex, args):
         send_msg(1, {"start": op})
         res = ex.run(op)
         gen.observe(op, res)
-        send_msg(1, {"end": op["op"], "err": res.get("err", "ok")})
+        send_msg(1, {"end": op["op"], "err": res.get("err", "ok"), "unpriv": "uid" in op})
         n += 1
         if op["op"] in NAME_CHANGING or n % 20 == 0:
             tree = walk_types(ex.root)
@@ -395,7 +394,8 @@ def main():
     if len(sys.argv) > 3 and sys.argv[3] == "--loop":
         with open(sys.argv[8]) as f:
             spec = json.load(f)
-        loop_args = (sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]), spec)
+        loop_args = (sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]),
+                     spec)
         __import__("gen")  # loop() needs it after the chroot, when imports fail
     os.chroot(jail)
     os.chdir("/")

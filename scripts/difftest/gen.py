@@ -38,11 +38,14 @@ OPS = [  # (name, weight)
 NAME_CHANGING = {"open", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "mkfifo",
                  "fdopen"}
 SLOTS = 3
+# concurrent mode's directory modes: searchable by all, most of them writable by all
+OPEN_DIR_MODES = [0o777, 0o1777, 0o3777, 0o2777, 0o777, 0o755, 0o555, 0o711]
 
 
 class Gen:
-    def __init__(self, rng, spec, uid_share=0.25, aufs=False):
+    def __init__(self, rng, spec, uid_share=0.25, aufs=False, keep_open=False):
         self.rng = rng
+        self.keep_open = keep_open  # concurrent mode (see g_chmod)
         self.uid_share = uid_share
         self.names = list(spec.get("names", [])) + FRESH + ([".wh.n1", ".wh..wh..opq"] if aufs else [])
         ns = overlay_prefix(spec.get("userxattr", False))
@@ -89,7 +92,7 @@ class Gen:
         if not name.startswith("fd") and r.random() < self.uid_share:
             op["uid"], op["gid"], op["groups"] = r.choice(USERS)
         if r.random() < 0.1:
-            op["umask"] = r.choice([0, 0o002, 0o077, 0o777])
+            op["umask"] = r.choice([0, 0o002] if self.keep_open else [0, 0o002, 0o077, 0o777])
         return op
 
     def is_file(self, t):
@@ -121,7 +124,8 @@ class Gen:
                 "size": self.rng.choice([0, 1, 100, 4096, 5000, 1 << 20, 3 << 20])}
 
     def g_mkdir(self, tree):
-        return {"p": self.path(tree, p_existing=0.25), "mode": self.rng.choice(DIR_MODES)}
+        modes = OPEN_DIR_MODES if self.keep_open else DIR_MODES
+        return {"p": self.path(tree, p_existing=0.25), "mode": self.rng.choice(modes)}
 
     def g_rmdir(self, tree):
         return {"p": self.path(tree, lambda t: t == "d", 0.9)}
@@ -150,11 +154,20 @@ class Gen:
 
     def g_chmod(self, tree):
         modes = FILE_MODES + DIR_MODES + [0o7777, 0o4000 | 0o755, 0o2070]
-        return {"p": self.path(tree, None, 0.95), "mode": self.rng.choice(modes)}
+        if not self.keep_open:
+            return {"p": self.path(tree, None, 0.95), "mode": self.rng.choice(modes)}
+        # concurrent mode: thousands of random chmods would soon close every directory (the
+        # root too, through symlinks to "." or "/mnt") to the unprivileged ops; there
+        # directories keep modes that let anyone in (a+rx on anything, since the tree model
+        # lags behind the other workers' renames), and no chmod goes through a symlink
+        p = self.path(tree, lambda t: t != "l", 0.95)
+        mode = self.rng.choice(OPEN_DIR_MODES if (p, "d") in tree else modes)
+        return {"p": p, "mode": mode | 0o555}
 
     def g_chown(self, tree):
-        return {"p": self.path(tree, None, 0.95), "owner": list(self.rng.choice(OWNERS)),
-                "follow": self.rng.random() < 0.7}
+        p = self.path(tree, None, 0.95)
+        follow = self.rng.random() < 0.7 and not (self.keep_open and (p, "l") in tree)
+        return {"p": p, "owner": list(self.rng.choice(OWNERS)), "follow": follow}
 
     def g_utime(self, tree):
         r = self.rng

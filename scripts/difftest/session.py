@@ -38,6 +38,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EXECUTOR = os.path.join(HERE, "executor.py")
 
 
+def hard_linked(res, path):
+    """Whether the kernel's post-op stat of path shows more than one link."""
+    st = (res.get("post") or {}).get(path)
+    return isinstance(st, dict) and st.get("t") != "d" and st.get("nlink", 1) > 1
+
+
 class Hang(Exception):
     pass
 
@@ -371,6 +377,8 @@ class Case:
                     return out.diverge("crash", "crash", i, op=op, kernel=rk, layover=rl,
                                        log=self.L.log_tail())
                 sig = op_signature(op, rk, rl) + (":same-file" if same_file else "")
+                if op["op"] == "chown" and hard_linked(rk, op["p"]):
+                    sig += ":hardlinked"
                 return out.diverge("op", sig, i, op=op, kernel=rk, layover=rl)
             if gen and op["op"] in NAME_CHANGING:
                 tree = self.K.exe.call({"cmd": "walk"}, 60)
