@@ -81,7 +81,7 @@ class Phase:
         # open every directory to everyone, root included (the workload keeps them so, see
         # gen.OPEN_DIR_MODES), so that the unprivileged share of the ops does real work
         # beside the root's; permission checks themselves are the sequential runs' business
-        for dirpath, dirnames, _ in os.walk(self.mnt):
+        for dirpath, _, _ in os.walk(self.mnt):
             os.chmod(dirpath, 0o1777)
         procs = []
         for w in range(self.workers):

@@ -390,10 +390,7 @@ impl Overlay {
     /// Before a change: copy-up; an object that lost its name can only be changed if it is
     /// already in the upper (a nameless lower file cannot be copied up, and the lower itself
     /// is never written).
-    pub(super) fn copy_up_or_upper(
-        &self,
-        inode: &std::sync::Arc<crate::inode::Inode>,
-    ) -> FsResult<()> {
+    pub(super) fn copy_up_or_upper(&self, inode: &Arc<Inode>) -> FsResult<()> {
         if !inode.is_detached() {
             return self.copy_up(inode);
         }
