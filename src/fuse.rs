@@ -202,8 +202,11 @@ impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Not FUSE_ATOMIC_O_TRUNC: without it the kernel checks that a file is not being
         // executed before it truncates it for open(O_TRUNC), as it does for the kernel's
-        // overlay (ETXTBSY), and sends the truncation as a setattr.
+        // overlay (ETXTBSY), and sends the truncation as a setattr. FUSE_DONT_MASK: the
+        // caller's umask comes unapplied, for the daemon to apply unless the directory has a
+        // default ACL (then the upper's filesystem derives the mode from the ACL).
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DONT_MASK
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES

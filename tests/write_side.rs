@@ -604,6 +604,48 @@ fn create_with_excl_trunc_append() {
     t.finish();
 }
 
+/// A default ACL u::rwx g::rwx o::rwx in the kernel's binary xattr format (version 2, then
+/// tag/perm/id entries: USER_OBJ, GROUP_OBJ, OTHER).
+const PY_DEFAULT_ACL: &str = "ACL = bytes([2,0,0,0, 1,0,7,0,255,255,255,255, 4,0,7,0,255,255,255,255, 32,0,7,0,255,255,255,255])\n";
+
+#[test]
+fn default_acl_takes_the_place_of_the_umask() {
+    let env = fixture("default_acl");
+    env.layer("l2").dir("low").file("plain/f", "f");
+    let t = T::mount(env);
+    // Under umask 022, new objects in a directory with a default ACL take their mode from
+    // the ACL (0666 files, 0777 directories), elsewhere from the umask: the kernel applies
+    // the umask only where no default ACL is. One directory new in the upper, one lower.
+    let script = format!(
+        "{PY_DEFAULT_ACL}def main(a):\n    os.umask(0o022)\n    m = a[0]\n    os.mkdir(m + '/new', 0o755)\n    for d in ('/new', '/low'):\n        os.setxattr(m + d, 'system.posix_acl_default', ACL)\n        os.close(os.open(m + d + '/f', os.O_CREAT | os.O_WRONLY, 0o666))\n        os.mkdir(m + d + '/sub', 0o777)\n        os.mkfifo(m + d + '/p', 0o666)\n    os.close(os.open(m + '/plain/g', os.O_CREAT | os.O_WRONLY, 0o666))\n    os.mkdir(m + '/plain/sub', 0o777)"
+    );
+    t.ok("create under default ACLs, umask 022", |m| {
+        py(&script, &[m.as_os_str()])
+    });
+    t.ok("modes", |m| {
+        [
+            "new/f",
+            "new/sub",
+            "new/p",
+            "low/f",
+            "low/sub",
+            "low/p",
+            "plain/g",
+            "plain/sub",
+        ]
+        .iter()
+        .map(|n| stat(&m.join(n)))
+        .collect::<io::Result<Vec<_>>>()
+    });
+    for (n, want) in [("new/f", 0o666), ("low/sub", 0o777), ("plain/g", 0o644)] {
+        match stat(&t.l.mnt.join(n)) {
+            Ok(s) if s.1 & 0o7777 == want => {}
+            other => t.fail(format!("mode of {n}: want {want:o}, layover {other:?}")),
+        }
+    }
+    t.finish();
+}
+
 #[test]
 fn mknod_fifo_socket_and_devices() {
     let env = fixture("mknod");

@@ -150,11 +150,12 @@ impl Overlay {
         }
     }
 
-    /// Applies the caller's umask unless the directory has a default ACL.
+    /// Applies the caller's umask unless the directory has a default ACL (then the upper's
+    /// filesystem derives the mode from the ACL, as for any other caller). `dir` is an
+    /// `O_PATH` fd, which the xattr calls refuse (EBADF) with an empty name: the directory
+    /// is named as ".".
     fn apply_umask<'a>(&self, dir: BorrowedFd<'_>, what: NewNode<'a>, umask: u32) -> NewNode<'a> {
-        if umask == 0
-            || sys::getxattrat(dir, sys::EMPTY, c"system.posix_acl_default", &mut []).is_ok()
-        {
+        if umask == 0 || sys::getxattrat(dir, c".", c"system.posix_acl_default", &mut []).is_ok() {
             return what;
         }
         match what {
