@@ -52,12 +52,15 @@ fn times(st: &Stat) -> (TimeSpec, TimeSpec) {
 /// Copies file data from `src` to `dst`, keeping holes: reflink when the filesystem can
 /// (`reflink` is cleared the first time it cannot, so later copies do not try again), else
 /// copy_file_range over each data extent, else read/write. A file whose blocks cover its size
-/// has no holes and is copied in one range, without asking for extents.
+/// has no holes and is copied in one range, without asking for extents. `durable`: the copy
+/// will be fsynced, so its writeback is started chunk by chunk as the copy goes (the disk
+/// writes while the next chunk is copied, and the fsync has only the tail left to wait for).
 fn copy_data(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     st: &Stat,
     reflink: &AtomicBool,
+    durable: bool,
 ) -> FsResult<()> {
     let size = st.size as u64;
     if size == 0 {
@@ -82,7 +85,7 @@ fn copy_data(
         }
     }
     if (st.blocks as u64).saturating_mul(512) >= size {
-        let copied = copy_range(src, dst, 0, size)?;
+        let copied = copy_range(src, dst, 0, size, durable)?;
         return if copied == size {
             Ok(())
         } else {
@@ -100,19 +103,36 @@ fn copy_data(
             Ok(h) => (h as u64).min(size),
             Err(_) => size,
         };
-        copy_range(src, dst, data, end)?;
+        copy_range(src, dst, data, end, durable)?;
         off = end;
     }
     sys::ftruncate(dst, size)
 }
 
+/// How much is copied before its writeback is started, for a copy that will be fsynced.
+const WRITEBACK_CHUNK: usize = 8 << 20;
+
 /// Copies bytes [pos, end); returns where it stopped (before `end` if the source shrank).
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) -> FsResult<u64> {
+/// `writeback`: start writing each chunk to disk once it is copied.
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut pos: u64,
+    end: u64,
+    writeback: bool,
+) -> FsResult<u64> {
+    let chunk = if writeback { WRITEBACK_CHUNK } else { 1 << 30 };
     while pos < end {
-        let want = ((end - pos) as usize).min(1 << 30);
+        let want = ((end - pos) as usize).min(chunk);
         match sys::copy_file_range(src, pos, dst, pos, want) {
             Ok(0) => return Ok(pos), // the source shrank underneath: stop at its end
-            Ok(n) => pos += n as u64,
+            Ok(n) => {
+                // Only a head start for the fsync, which reports any write error.
+                if writeback && end - pos > n as u64 {
+                    let _ = sys::start_writeback(dst, pos, n as u64);
+                }
+                pos += n as u64;
+            }
             Err(e)
                 if [libc::EXDEV, libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP].contains(&e.0) =>
             {
@@ -289,7 +309,13 @@ impl Overlay {
                 )?;
                 guard.armed = true;
                 let made = sys::fstat(dfd.as_fd())?;
-                copy_data(sfd.as_fd(), dfd.as_fd(), src, &self.reflink)?;
+                copy_data(
+                    sfd.as_fd(),
+                    dfd.as_fd(),
+                    src,
+                    &self.reflink,
+                    self.cfg.durable,
+                )?;
                 self.copy_xattrs(sdir, sname, work, tmp)?;
                 if (made.uid, made.gid) != (src.uid, src.gid) {
                     sys::fchownat(dfd.as_fd(), sys::EMPTY, src.uid, src.gid)?;

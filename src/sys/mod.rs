@@ -360,6 +360,23 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> FsResult<()> {
     })
 }
 
+/// Starts writeback of the dirty pages in [offset, offset + len) without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a later fsync then has less left to wait for.
+pub fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64) -> FsResult<()> {
+    retry(|| {
+        // SAFETY: valid fd; the range is only a hint of which pages to write.
+        cvt(unsafe {
+            libc::sync_file_range(
+                fd.as_raw_fd(),
+                offset as i64,
+                len as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        })
+        .map(drop)
+    })
+}
+
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> FsResult<usize> {
     retry(|| {
         // SAFETY: valid fd and a writable buffer of the given length.
