@@ -80,13 +80,14 @@ impl Overlay {
         let cn = cname(name)?;
         let players: Vec<Presence> = parent.with_state(|s| s.layers.to_vec());
         let mut found: Option<Found> = None;
-        for p in players.iter() {
+        for (i, p) in players.iter().enumerate() {
             let dirfd = self.dir_fd(parent, p.layer)?;
             let dir = dirfd.as_fd();
             let st = match sys::fstatat(dir, &cn) {
                 Ok(st) => st,
                 Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => {
-                    if Self::has_aufs_whiteout(dir, name) {
+                    // A `.wh.NAME` hides the layers below; below the last there are none.
+                    if i + 1 < players.len() && Self::has_aufs_whiteout(dir, name) {
                         break;
                     }
                     continue;
