@@ -44,8 +44,15 @@ impl Overlay {
         Opacity::None
     }
 
-    /// Is `st` (named `name` in `dir`) a whiteout of any format?
-    fn is_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr, st: &Stat, xwh: bool) -> bool {
+    /// Is `st` (named `name` in `dir`) a whiteout of any format? (`xwh`: xattr whiteouts
+    /// count, as in a directory marked as holding them.)
+    pub(super) fn is_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Stat,
+        xwh: bool,
+    ) -> bool {
         if whiteout::is_whiteout_dev(st) {
             return true;
         }

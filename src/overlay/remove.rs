@@ -23,7 +23,10 @@ impl Overlay {
             }
             let dirfd = self.dir_fd(parent, p.layer)?;
             match sys::fstatat(dirfd.as_fd(), &cn) {
-                Ok(st) => return Ok(!whiteout::is_whiteout_dev(&st)),
+                // As the kernel's ovl_lower_positive: an xattr whiteout counts as a whiteout
+                // here whether or not its directory is marked as holding them (lookup honours
+                // it only in a marked one).
+                Ok(st) => return Ok(!self.is_whiteout(dirfd.as_fd(), &cn, &st, true)),
                 Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => {
                     if whiteout::aufs_whiteout_for(name)
                         .and_then(|w| cname(&w).ok())
