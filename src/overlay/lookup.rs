@@ -68,7 +68,7 @@ impl Overlay {
     }
 
     /// Is there an AUFS `.wh.NAME` whiteout for `name` in `dir`?
-    fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    pub(super) fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
         match whiteout::aufs_whiteout_for(name).and_then(|n| cname(&n).ok()) {
             Some(wh) => sys::fstatat(dir, &wh).is_ok(),
             None => false,

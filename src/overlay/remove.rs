@@ -28,10 +28,7 @@ impl Overlay {
                 // it only in a marked one).
                 Ok(st) => return Ok(!self.is_whiteout(dirfd.as_fd(), &cn, &st, true)),
                 Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => {
-                    if whiteout::aufs_whiteout_for(name)
-                        .and_then(|w| cname(&w).ok())
-                        .is_some_and(|w| sys::fstatat(dirfd.as_fd(), &w).is_ok())
-                    {
+                    if Self::has_aufs_whiteout(dirfd.as_fd(), name) {
                         return Ok(false);
                     }
                 }
