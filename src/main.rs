@@ -2,20 +2,7 @@
 //! logging and hands over to `mount`; it is the one place that prints a fatal error and
 //! picks the exit status.
 
-mod cli;
-mod config;
-mod dircache;
-mod error;
-mod fuse;
-mod handle;
-mod inode;
-mod layer;
-mod mount;
-mod overlay;
-#[allow(unsafe_code)]
-mod sys;
-mod whiteout;
-
+use layover::{cli, config, mount};
 use std::process::ExitCode;
 
 fn init_logging(debug: bool) {
