@@ -17,25 +17,32 @@ pub enum XattrNs {
     User,
 }
 
-/// Everything the daemon needs, validated.
+/// The layer stack and how the overlay core treats it: all an offline tool needs, and what
+/// the core is built from. Validated against the filesystem; no mountpoint involved.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct Stack {
     /// Lower layers, top first.
     pub lowerdirs: Vec<PathBuf>,
     pub upperdir: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
-    pub mountpoint: PathBuf,
-    pub source: String,
-    pub foreground: bool,
-    pub debug: bool,
     /// Syncs happen: a staged copy-up is fsynced before its rename into the upper, and
     /// fsync/fsyncdir reach the upper (all off with fsync=0 or volatile, as the kernel's
     /// volatile option does).
     pub durable: bool,
-    /// Entry and attribute cache time.
-    pub timeout: Duration,
     pub xattr_ns: XattrNs,
     pub read_only: bool,
+}
+
+/// Everything the daemon needs, validated: the layer stack, and how it is mounted and served.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub stack: Stack,
+    pub mountpoint: PathBuf,
+    pub source: String,
+    pub foreground: bool,
+    pub debug: bool,
+    /// Entry and attribute cache time.
+    pub timeout: Duration,
     pub allow_other: bool,
     pub allow_root: bool,
     /// mount(2) flags (MS_NOSUID, MS_NODEV, ...).
@@ -348,21 +355,23 @@ impl Config {
             .map(|s: &OsString| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "layover".to_string());
         Ok(Config {
-            lowerdirs: lowers,
-            upperdir: upper.map(|u| u.0),
-            workdir: work.map(|w| w.0),
+            stack: Stack {
+                lowerdirs: lowers,
+                upperdir: upper.map(|u| u.0),
+                workdir: work.map(|w| w.0),
+                durable: !o.volatile && o.fsync != Some(false),
+                xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
+                    XattrNs::User
+                } else {
+                    XattrNs::Trusted
+                },
+                read_only,
+            },
             mountpoint,
             source,
             foreground: m.foreground,
             debug: m.debug,
-            durable: !o.volatile && o.fsync != Some(false),
             timeout: Duration::from_secs_f64(o.timeout.unwrap_or(86400.0)),
-            xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
-                XattrNs::User
-            } else {
-                XattrNs::Trusted
-            },
-            read_only,
             // As root the merged view is open to every user, as the kernel's overlay is.
             allow_other: o.allow_other || root,
             allow_root: o.allow_root,

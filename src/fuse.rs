@@ -1,6 +1,7 @@
 //! The only code that names fuser's request and reply types: each operation converts its
 //! arguments, calls the overlay core once, and replies exactly once.
 
+use crate::config::Config;
 use crate::error::Errno;
 use crate::handle::Backings;
 use crate::overlay::{Caller, Entry, NewNode, OpenResult, Overlay, SetAttr, xattr::XattrReply};
@@ -21,15 +22,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Fs {
     pub ov: Arc<Overlay>,
     ttl: Duration,
+    /// Ask for passthrough at INIT (`passthrough=off` does not).
+    want_passthrough: bool,
+    max_write: Option<u32>,
     backings: Backings<BackingId>,
 }
 
 impl Fs {
-    pub fn new(ov: Arc<Overlay>) -> Fs {
-        let ttl = ov.cfg.timeout;
+    pub fn new(ov: Arc<Overlay>, cfg: &Config) -> Fs {
         Fs {
             ov,
-            ttl,
+            ttl: cfg.timeout,
+            want_passthrough: cfg.passthrough,
+            max_write: cfg.max_write,
             backings: Backings::default(),
         }
     }
@@ -219,11 +224,11 @@ impl Filesystem for Fs {
         // Passthrough: the kernel reads and writes the real files itself. It needs root, a
         // kernel that offers it, and one level of filesystem stacking below us.
         let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
-        let passthrough = self.ov.cfg.passthrough
+        let passthrough = self.want_passthrough
             && offered
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
-        let why_not = if !self.ov.cfg.passthrough {
+        let why_not = if !self.want_passthrough {
             "passthrough=off"
         } else if !offered {
             "the kernel does not offer passthrough (it needs root and Linux 6.9 or later)"
@@ -260,7 +265,7 @@ impl Filesystem for Fs {
                 "no passthrough ({why_not}) and no writeback cache offered: every write goes through the daemon"
             );
         }
-        let max_write = self.ov.cfg.max_write.unwrap_or(1 << 20);
+        let max_write = self.max_write.unwrap_or(1 << 20);
         if let Err(m) = config.set_max_write(max_write) {
             let _ = config.set_max_write(m); // the kernel's maximum
         }

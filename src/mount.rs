@@ -92,7 +92,7 @@ fn session_config(cfg: &Config) -> fuser::Config {
 fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, StartupError> {
     let dev = sys::open_fuse_device()
         .map_err(|e| StartupError::new(format!("cannot open /dev/fuse: {e}")))?;
-    let fs = Fs::new(Arc::clone(ov));
+    let fs = Fs::new(Arc::clone(ov), cfg);
     let scfg = session_config(cfg);
     if kernel_mount(cfg, &dev)? {
         let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
@@ -109,7 +109,7 @@ fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, 
         fuser::MountOption::Subtype("layover".into()),
         fuser::MountOption::DefaultPermissions,
     ];
-    if cfg.read_only {
+    if cfg.stack.read_only {
         scfg.mount_options.push(fuser::MountOption::RO);
     }
     fuser::Session::new(fs, &cfg.mountpoint, &scfg).map_err(|e| {
@@ -286,7 +286,7 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
     // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
     sys::umask(0);
     sys::use_one_malloc_arena();
-    let ov = Arc::new(Overlay::new(cfg.clone(), nofile)?);
+    let ov = Arc::new(Overlay::new(cfg.stack.clone(), nofile)?);
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
 
@@ -340,8 +340,12 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
     log::info!(
         "mounted {} ({} lower, {}), {} threads",
         cfg.mountpoint.display(),
-        cfg.lowerdirs.len(),
-        if cfg.read_only { "read-only" } else { "upper" },
+        cfg.stack.lowerdirs.len(),
+        if cfg.stack.read_only {
+            "read-only"
+        } else {
+            "upper"
+        },
         threads(&cfg)
     );
     spawn_signal_thread(&cfg);

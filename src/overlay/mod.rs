@@ -20,7 +20,7 @@ pub use io::OpenResult;
 pub use create::NewNode;
 pub use setattr::SetAttr;
 
-use crate::config::{Config, XattrNs};
+use crate::config::{Stack, XattrNs};
 use crate::dircache::DirCache;
 use crate::error::{Errno, FsResult, StartupError};
 use crate::handle::HandleTable;
@@ -71,7 +71,7 @@ pub trait KernelCache: Send + Sync {
 }
 
 pub struct Overlay {
-    pub cfg: Config,
+    pub cfg: Stack,
     pub layers: Layers,
     /// The work directory (O_PATH), when there is an upper.
     work: Option<OwnedFd>,
@@ -108,7 +108,7 @@ pub fn cname(name: &[u8]) -> FsResult<CString> {
 
 impl Overlay {
     /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
-    pub fn new(cfg: Config, nofile: u64) -> Result<Overlay, StartupError> {
+    pub fn new(cfg: Stack, nofile: u64) -> Result<Overlay, StartupError> {
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
             (Some(u), Some(w)) => {
                 let (ufd, wfd) = crate::layer::open_upper_and_work(u, w).map_err(|e| {
