@@ -67,7 +67,7 @@ impl Fs {
 const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
 
 fn errno(e: Errno) -> fuser::Errno {
-    fuser::Errno::from_i32(e.0)
+    fuser::Errno::from_i32(e.raw())
 }
 
 /// A timestamp from a layer; one that SystemTime cannot hold (a corrupt or hostile layer)

@@ -28,7 +28,7 @@ fn kernel_mount(cfg: &Config, dev: &OwnedFd) -> Result<bool, StartupError> {
     match try_kernel_mount(cfg, dev, &cfg.kernel_data) {
         // SELinux context options fail with EINVAL on a kernel without SELinux: like mount(8)
         // users expect from fuse-overlayfs, they are then dropped with a warning.
-        Err(e) if e.0 == libc::EINVAL && !cfg.kernel_data.is_empty() => {
+        Err(e) if e.raw() == libc::EINVAL && !cfg.kernel_data.is_empty() => {
             eprintln!(
                 "layover: warning: the kernel refused {} (no SELinux?); mounting without",
                 cfg.kernel_data.join(",")
@@ -69,7 +69,7 @@ fn try_kernel_mount(
     let data = c(data.as_bytes())?;
     match sys::mount(&source, &target, c"fuse.layover", cfg.mount_flags, &data) {
         Ok(()) => Ok(true),
-        Err(e) if e.0 == libc::EPERM => Ok(false),
+        Err(e) if e.raw() == libc::EPERM => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -77,7 +77,7 @@ fn copy_data(
                     libc::ENOTTY,
                     libc::ENOSYS,
                 ]
-                .contains(&e.0) =>
+                .contains(&e.raw()) =>
             {
                 reflink.store(false, Ordering::Relaxed);
             }
@@ -96,7 +96,7 @@ fn copy_data(
     while off < size {
         let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
             Ok(d) => d as u64,
-            Err(e) if e == Errno(libc::ENXIO) => break,
+            Err(e) if e == Errno::ENXIO => break,
             Err(_) => off, // SEEK_DATA unsupported: treat everything as data
         };
         let end = match sys::lseek(src, data as i64, libc::SEEK_HOLE) {
@@ -134,7 +134,8 @@ fn copy_range(
                 pos += n as u64;
             }
             Err(e)
-                if [libc::EXDEV, libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP].contains(&e.0) =>
+                if [libc::EXDEV, libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP]
+                    .contains(&e.raw()) =>
             {
                 return copy_by_reading(src, dst, pos, end);
             }

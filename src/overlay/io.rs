@@ -59,7 +59,7 @@ impl Overlay {
             // open; if the file cannot be read, it stays write-only (as libfuse's examples).
             let rw = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
             match sys::openat(dir.as_fd(), &name, rw, 0) {
-                Err(e) if e == Errno(libc::EACCES) => sys::openat(dir.as_fd(), &name, flags, 0)?,
+                Err(e) if e == Errno::EACCES => sys::openat(dir.as_fd(), &name, flags, 0)?,
                 r => r?,
             }
         } else {
