@@ -8,6 +8,7 @@
 //! Entries are dropped when the overlay changes what a directory resolves to (copy-up,
 //! removal, rename over it) and when the kernel forgets the inode.
 
+use crate::inode::Ino;
 use crate::layer::LayerIdx;
 use dashmap::DashMap;
 use std::os::fd::OwnedFd;
@@ -17,7 +18,7 @@ const MAX_CAPACITY: usize = 4096;
 
 pub struct DirCache {
     capacity: usize,
-    map: DashMap<(u64, LayerIdx), Arc<OwnedFd>>,
+    map: DashMap<(Ino, LayerIdx), Arc<OwnedFd>>,
 }
 
 impl DirCache {
@@ -33,11 +34,11 @@ impl DirCache {
         }
     }
 
-    pub fn get(&self, ino: u64, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
+    pub fn get(&self, ino: Ino, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
         self.map.get(&(ino, layer)).map(|r| Arc::clone(r.value()))
     }
 
-    pub fn insert(&self, ino: u64, layer: LayerIdx, fd: Arc<OwnedFd>) {
+    pub fn insert(&self, ino: Ino, layer: LayerIdx, fd: Arc<OwnedFd>) {
         if self.map.len() >= self.capacity {
             self.shrink();
         }
@@ -45,9 +46,9 @@ impl DirCache {
     }
 
     /// Drops every cached fd of one directory.
-    pub fn invalidate(&self, ino: u64, layers: usize) {
-        for l in 0..layers {
-            self.map.remove(&(ino, l as LayerIdx));
+    pub fn invalidate(&self, ino: Ino, layers: impl Iterator<Item = LayerIdx>) {
+        for l in layers {
+            self.map.remove(&(ino, l));
         }
     }
 
@@ -56,7 +57,7 @@ impl DirCache {
     /// under its capacity however the inode numbers fall.
     fn shrink(&self) {
         let excess = self.map.len().saturating_sub(self.capacity * 3 / 4);
-        let victims: Vec<(u64, LayerIdx)> =
+        let victims: Vec<(Ino, LayerIdx)> =
             self.map.iter().take(excess).map(|e| *e.key()).collect();
         for k in victims {
             // Removed one at a time, each fd closed after its shard lock is released.

@@ -3,8 +3,11 @@
 
 use crate::config::Config;
 use crate::error::Errno;
-use crate::handle::Backings;
-use crate::overlay::{Caller, Entry, NewNode, OpenResult, Overlay, SetAttr, xattr::XattrReply};
+use crate::handle::{Backings, Fh};
+use crate::inode::Ino;
+use crate::overlay::{
+    Caller, Entry, FileRange, NewNode, OpenResult, Overlay, SetAttr, xattr::XattrReply,
+};
 use crate::sys::{self, Stat, TimeSpec};
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem,
@@ -65,6 +68,31 @@ impl Fs {
 /// Open files: the page cache survives reopening (every change goes through us), and close
 /// needs no FLUSH round trip (no locks or write-back state live in the daemon).
 const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+
+// The core's numbers and fuser's: converted here and nowhere else.
+impl From<INodeNo> for Ino {
+    fn from(i: INodeNo) -> Ino {
+        Ino(i.0)
+    }
+}
+
+impl From<Ino> for INodeNo {
+    fn from(i: Ino) -> INodeNo {
+        INodeNo(i.0)
+    }
+}
+
+impl From<FileHandle> for Fh {
+    fn from(f: FileHandle) -> Fh {
+        Fh(f.0)
+    }
+}
+
+impl From<Fh> for FileHandle {
+    fn from(f: Fh) -> FileHandle {
+        FileHandle(f.0)
+    }
+}
 
 fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.raw())
@@ -273,7 +301,7 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.ov.lookup(parent.0, name.as_bytes()) {
+        match self.ov.lookup(parent.into(), name.as_bytes()) {
             // A negative entry the kernel may cache: names only appear through us.
             Err(e) if e == Errno::ENOENT => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
             r => self.reply_entry(r, reply),
@@ -281,11 +309,11 @@ impl Filesystem for Fs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.ov.forget(ino.0, nlookup);
+        self.ov.forget(ino.into(), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ov.getattr(ino.0, fh.map(|f| f.0)) {
+        match self.ov.getattr(ino.into(), fh.map(Fh::from)) {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
@@ -316,16 +344,16 @@ impl Filesystem for Fs {
             size,
             atime: atime.map(timespec),
             mtime: mtime.map(timespec),
-            fh: fh.map(|f| f.0),
+            fh: fh.map(Fh::from),
         };
-        match self.ov.setattr(ino.0, a) {
+        match self.ov.setattr(ino.into(), a) {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.ov.readlink(ino.0) {
+        match self.ov.readlink(ino.into()) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -347,7 +375,7 @@ impl Filesystem for Fs {
         };
         let r = self
             .ov
-            .create_node(parent.0, name.as_bytes(), what, caller(req, umask));
+            .create_node(parent.into(), name.as_bytes(), what, caller(req, umask));
         self.reply_entry(r.map(|(e, _)| e), reply);
     }
 
@@ -361,7 +389,7 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         let r = self.ov.create_node(
-            parent.0,
+            parent.into(),
             name.as_bytes(),
             NewNode::Dir { mode },
             caller(req, umask),
@@ -370,11 +398,11 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::reply_empty(self.ov.unlink(parent.0, name.as_bytes()), reply);
+        Self::reply_empty(self.ov.unlink(parent.into(), name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::reply_empty(self.ov.rmdir(parent.0, name.as_bytes()), reply);
+        Self::reply_empty(self.ov.rmdir(parent.into(), name.as_bytes()), reply);
     }
 
     fn symlink(
@@ -390,7 +418,7 @@ impl Filesystem for Fs {
         };
         let r = self
             .ov
-            .create_node(parent.0, link_name.as_bytes(), what, caller(req, 0));
+            .create_node(parent.into(), link_name.as_bytes(), what, caller(req, 0));
         self.reply_entry(r.map(|(e, _)| e), reply);
     }
 
@@ -405,9 +433,9 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let r = self.ov.rename(
-            parent.0,
+            parent.into(),
             name.as_bytes(),
-            newparent.0,
+            newparent.into(),
             newname.as_bytes(),
             flags.bits(),
         );
@@ -422,16 +450,18 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(self.ov.link(ino.0, newparent.0, newname.as_bytes()), reply);
+        self.reply_entry(
+            self.ov
+                .link(ino.into(), newparent.into(), newname.as_bytes()),
+            reply,
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.open(ino.0, flags.0) {
+        match self.ov.open(ino.into(), flags.0) {
             Ok(o) => match self.backing(&o, || reply.open_backing(o.fd.as_fd())) {
-                Some(b) => {
-                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &b)
-                }
-                None => reply.opened(FileHandle(o.fh), FILE_FLAGS),
+                Some(b) => reply.opened_passthrough(o.fh.into(), FopenFlags::FOPEN_NOFLUSH, &b),
+                None => reply.opened(o.fh.into(), FILE_FLAGS),
             },
             Err(e) => reply.error(errno(e)),
         }
@@ -448,7 +478,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.ov.read(fh.0, offset, size) {
+        match self.ov.read(fh.into(), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
         }
@@ -466,7 +496,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ov.write(fh.0, offset, data) {
+        match self.ov.write(fh.into(), offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -493,7 +523,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some((ino, true)) = self.ov.release(fh.0) {
+        if let Some((ino, true)) = self.ov.release(fh.into()) {
             self.backings.release(ino);
         }
         reply.ok();
@@ -507,15 +537,15 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(self.ov.fsync(fh.0, datasync), reply);
+        Self::reply_empty(self.ov.fsync(fh.into(), datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.opendir(ino.0) {
+        match self.ov.opendir(ino.into()) {
             // The kernel may cache the listing and keep it across opens: every change to a
             // directory goes through us, and the kernel drops the cache when it sees one.
             Ok(fh) => reply.opened(
-                FileHandle(fh),
+                fh.into(),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(errno(e)),
@@ -530,11 +560,11 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.ov.readdir(fh.0, offset) {
+        match self.ov.readdir(fh.into(), offset) {
             Ok(list) => {
                 for (i, e) in list.iter().enumerate().skip(offset as usize) {
                     let name = OsStr::from_bytes(&e.name);
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, dtype(e.d_type), name) {
+                    if reply.add(e.ino.into(), (i + 1) as u64, dtype(e.d_type), name) {
                         break;
                     }
                 }
@@ -553,9 +583,9 @@ impl Filesystem for Fs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        let r = self.ov.readdirplus(fh.0, offset, |e, next, st| {
+        let r = self.ov.readdirplus(fh.into(), offset, |e, next, st| {
             let name = OsStr::from_bytes(&e.name);
-            reply.add(INodeNo(e.ino), next, name, &ttl, &attr(st), Generation(0))
+            reply.add(e.ino.into(), next, name, &ttl, &attr(st), Generation(0))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -571,7 +601,7 @@ impl Filesystem for Fs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.ov.releasedir(fh.0);
+        self.ov.releasedir(fh.into());
         reply.ok();
     }
 
@@ -583,7 +613,7 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(self.ov.fsyncdir(ino.0, datasync), reply);
+        Self::reply_empty(self.ov.fsyncdir(ino.into(), datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -606,25 +636,25 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         Self::reply_empty(
-            self.ov.setxattr(ino.0, name.as_bytes(), value, flags),
+            self.ov.setxattr(ino.into(), name.as_bytes(), value, flags),
             reply,
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        Self::reply_xattr(self.ov.getxattr(ino.0, name.as_bytes(), size), reply);
+        Self::reply_xattr(self.ov.getxattr(ino.into(), name.as_bytes(), size), reply);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::reply_xattr(self.ov.listxattr(ino.0, size, req.pid()), reply);
+        Self::reply_xattr(self.ov.listxattr(ino.into(), size, req.pid()), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::reply_empty(self.ov.removexattr(ino.0, name.as_bytes()), reply);
+        Self::reply_empty(self.ov.removexattr(ino.into(), name.as_bytes()), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        Self::reply_empty(self.ov.access(ino.0, mask.bits()), reply);
+        Self::reply_empty(self.ov.access(ino.into(), mask.bits()), reply);
     }
 
     fn create(
@@ -638,16 +668,19 @@ impl Filesystem for Fs {
         reply: ReplyCreate,
     ) {
         let what = NewNode::File { mode, flags };
-        match self
-            .ov
-            .create_file(parent.0, name.as_bytes(), what, flags, caller(req, umask))
-        {
+        match self.ov.create_file(
+            parent.into(),
+            name.as_bytes(),
+            what,
+            flags,
+            caller(req, umask),
+        ) {
             Ok((e, o)) => match self.backing(&o, || reply.open_backing(o.fd.as_fd())) {
                 Some(b) => reply.created_passthrough(
                     &self.ttl,
                     &attr(&e.attr),
                     Generation(0),
-                    FileHandle(o.fh),
+                    o.fh.into(),
                     FopenFlags::FOPEN_NOFLUSH,
                     &b,
                 ),
@@ -655,7 +688,7 @@ impl Filesystem for Fs {
                     &self.ttl,
                     &attr(&e.attr),
                     Generation(0),
-                    FileHandle(o.fh),
+                    o.fh.into(),
                     FILE_FLAGS,
                 ),
             },
@@ -673,7 +706,7 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(self.ov.fallocate(fh.0, offset, length, mode), reply);
+        Self::reply_empty(self.ov.fallocate(fh.into(), offset, length, mode), reply);
     }
 
     fn lseek(
@@ -685,7 +718,7 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.ov.lseek(fh.0, offset, whence) {
+        match self.ov.lseek(fh.into(), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
         }
@@ -704,10 +737,15 @@ impl Filesystem for Fs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .ov
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
+        let from = FileRange {
+            fh: fh_in.into(),
+            offset: offset_in,
+        };
+        let to = FileRange {
+            fh: fh_out.into(),
+            offset: offset_out,
+        };
+        match self.ov.copy_file_range(from, to, len) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }

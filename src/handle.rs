@@ -1,11 +1,21 @@
 //! Open files and directory streams, by the handle number the kernel gives back to us.
 
-use crate::inode::Inode;
+use crate::inode::{Ino, Inode};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A file handle: the number the transport gives back to name an open file or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
+impl std::fmt::Display for Fh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// An open regular file.
 pub struct FileHandle {
@@ -34,7 +44,7 @@ impl FileHandle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
     pub name: Vec<u8>,
-    pub ino: u64,
+    pub ino: Ino,
     /// `DT_*` value.
     pub d_type: u8,
     /// The layer whose entry won (for readdirplus).
@@ -49,28 +59,28 @@ pub struct DirHandle {
 
 #[derive(Default)]
 pub struct HandleTable {
-    files: DashMap<u64, Arc<FileHandle>>,
-    dirs: DashMap<u64, Arc<DirHandle>>,
+    files: DashMap<Fh, Arc<FileHandle>>,
+    dirs: DashMap<Fh, Arc<DirHandle>>,
     next: AtomicU64,
 }
 
 impl HandleTable {
-    fn next(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    fn next(&self) -> Fh {
+        Fh(self.next.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    pub fn add_file(&self, h: FileHandle) -> u64 {
+    pub fn add_file(&self, h: FileHandle) -> Fh {
         let fh = self.next();
         self.files.insert(fh, Arc::new(h));
         fh
     }
 
-    pub fn file(&self, fh: u64) -> Option<Arc<FileHandle>> {
+    pub fn file(&self, fh: Fh) -> Option<Arc<FileHandle>> {
         self.files.get(&fh).map(|r| Arc::clone(r.value()))
     }
 
     /// Every open handle of inode `ino` (a scan of the open files).
-    pub fn files_of(&self, ino: u64) -> Vec<u64> {
+    pub fn files_of(&self, ino: Ino) -> Vec<Fh> {
         self.files
             .iter()
             .filter(|e| e.value().inode.ino == ino)
@@ -79,28 +89,28 @@ impl HandleTable {
     }
 
     /// Some open handle of inode `ino` (a scan: only for objects that lost their name).
-    pub fn any_file_of(&self, ino: u64) -> Option<u64> {
+    pub fn any_file_of(&self, ino: Ino) -> Option<Fh> {
         self.files
             .iter()
             .find(|e| e.value().inode.ino == ino)
             .map(|e| *e.key())
     }
 
-    pub fn remove_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
+    pub fn remove_file(&self, fh: Fh) -> Option<Arc<FileHandle>> {
         self.files.remove(&fh).map(|(_, v)| v)
     }
 
-    pub fn add_dir(&self, h: DirHandle) -> u64 {
+    pub fn add_dir(&self, h: DirHandle) -> Fh {
         let fh = self.next();
         self.dirs.insert(fh, Arc::new(h));
         fh
     }
 
-    pub fn dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
+    pub fn dir(&self, fh: Fh) -> Option<Arc<DirHandle>> {
         self.dirs.get(&fh).map(|r| Arc::clone(r.value()))
     }
 
-    pub fn remove_dir(&self, fh: u64) {
+    pub fn remove_dir(&self, fh: Fh) {
         self.dirs.remove(&fh);
     }
 }
@@ -110,12 +120,12 @@ impl HandleTable {
 #[derive(Default)]
 pub struct IoModes {
     /// ino -> (cached opens, passthrough opens)
-    map: DashMap<u64, (u32, u32)>,
+    map: DashMap<Ino, (u32, u32)>,
 }
 
 impl IoModes {
     /// Registers an open; returns whether it may be passthrough.
-    pub fn begin(&self, ino: u64, want_passthrough: bool) -> bool {
+    pub fn begin(&self, ino: Ino, want_passthrough: bool) -> bool {
         let mut e = self.map.entry(ino).or_default();
         if want_passthrough && e.0 == 0 {
             e.1 += 1;
@@ -126,7 +136,7 @@ impl IoModes {
         }
     }
 
-    pub fn end(&self, ino: u64, passthrough: bool) {
+    pub fn end(&self, ino: Ino, passthrough: bool) {
         self.map.remove_if_mut(&ino, |_, e| {
             if passthrough {
                 e.1 = e.1.saturating_sub(1);
@@ -141,7 +151,7 @@ impl IoModes {
 /// The backing file of an inode's passthrough opens: the kernel wants the same one for all
 /// of them. Counted; dropped (which closes it in the kernel) with the last open.
 pub struct Backings<B> {
-    map: DashMap<u64, (Arc<B>, u32)>,
+    map: DashMap<Ino, (Arc<B>, u32)>,
 }
 
 impl<B> Default for Backings<B> {
@@ -154,7 +164,7 @@ impl<B> Default for Backings<B> {
 
 impl<B> Backings<B> {
     /// The inode's backing, made with `make` (a syscall, run without any lock) if it has none.
-    pub fn acquire<E>(&self, ino: u64, make: impl FnOnce() -> Result<B, E>) -> Result<Arc<B>, E> {
+    pub fn acquire<E>(&self, ino: Ino, make: impl FnOnce() -> Result<B, E>) -> Result<Arc<B>, E> {
         if let Some(mut e) = self.map.get_mut(&ino) {
             e.1 += 1;
             return Ok(Arc::clone(&e.0));
@@ -168,7 +178,7 @@ impl<B> Backings<B> {
         Ok(Arc::clone(&e.0))
     }
 
-    pub fn release(&self, ino: u64) {
+    pub fn release(&self, ino: Ino) {
         let gone = self.map.remove_if_mut(&ino, |_, e| {
             e.1 = e.1.saturating_sub(1);
             e.1 == 0

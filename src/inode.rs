@@ -14,19 +14,52 @@
 //! a live inode's identity), but nothing is ever taken while it is held.
 
 use crate::layer::LayerIdx;
+use crate::sys::Stat;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A kernel-facing inode number: what the transport names an object by (FUSE's node id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+impl std::fmt::Display for Ino {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The root's number, fixed by FUSE.
-pub const ROOT_INO: u64 = 1;
+pub const ROOT_INO: Ino = Ino(1);
 const FS_INDEX_SHIFT: u32 = 56;
 const ALLOCATED_BASE: u64 = 1 << 63;
 
-/// A real object's identity: (st_dev, st_ino).
-pub type RealId = (u64, u64);
+/// A real object's identity in the layers: its (st_dev, st_ino). Made only by `of` (from a
+/// stat), `new` (a directory entry's d_ino in a layer of known device) and `tombstone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RealId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl RealId {
+    /// The identity of the object `st` describes.
+    pub fn of(st: &Stat) -> RealId {
+        RealId::new(st.dev, st.ino)
+    }
+
+    pub fn new(dev: u64, ino: u64) -> RealId {
+        RealId { dev, ino }
+    }
+
+    /// An identity no real object has, for an inode whose object is gone (its number may be
+    /// reused by the filesystem before the kernel forgets the inode).
+    pub fn tombstone(ino: Ino) -> RealId {
+        RealId::new(u64::MAX, ino.0)
+    }
+}
 
 /// One layer that holds this object (for a directory, one of the merged ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,10 +115,15 @@ impl InodeState {
     pub fn top(&self) -> Option<Presence> {
         self.layers.first().copied()
     }
+
+    /// The number of the directory the object is reached through (the root for the root).
+    pub fn parent_ino(&self) -> Ino {
+        self.parent.as_ref().map_or(ROOT_INO, |p| p.ino)
+    }
 }
 
 pub struct Inode {
-    pub ino: u64,
+    pub ino: Ino,
     /// `S_IFMT` bits; an inode never changes type.
     pub kind: u32,
     lookups: AtomicU64,
@@ -101,7 +139,7 @@ pub struct Inode {
 }
 
 impl Inode {
-    pub fn new(ino: u64, kind: u32, state: InodeState) -> Inode {
+    pub fn new(ino: Ino, kind: u32, state: InodeState) -> Inode {
         Inode {
             ino,
             kind,
@@ -147,8 +185,8 @@ impl Inode {
 /// Derives inode numbers from real identities (see the module comment).
 pub struct Numbering {
     devs: Vec<u64>,
-    aliases: DashMap<RealId, u64>,
-    allocated: DashMap<RealId, u64>,
+    aliases: DashMap<RealId, Ino>,
+    allocated: DashMap<RealId, Ino>,
     next: AtomicU64,
 }
 
@@ -169,14 +207,15 @@ impl Numbering {
     }
 
     /// The number for the object whose top real identity is `id`.
-    pub fn number(&self, id: RealId) -> u64 {
+    pub fn number(&self, id: RealId) -> Ino {
         if let Some(n) = self.aliases.get(&id) {
             return *n;
         }
         self.derive(id)
     }
 
-    fn derive(&self, (dev, ino): RealId) -> u64 {
+    fn derive(&self, id: RealId) -> Ino {
+        let RealId { dev, ino } = id;
         let idx = self.devs.iter().position(|&d| d == dev);
         let derived = match idx {
             Some(0) if ino < ALLOCATED_BASE => Some(ino),
@@ -186,25 +225,26 @@ impl Numbering {
             _ => None,
         };
         match derived {
-            Some(n) if n > ROOT_INO => n,
-            _ => *self
-                .allocated
-                .entry((dev, ino))
-                .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed)),
+            Some(n) if n > ROOT_INO.0 => Ino(n),
+            _ => *self.allocated.entry(id).or_insert_with(|| self.allocate()),
         }
+    }
+
+    fn allocate(&self) -> Ino {
+        Ino(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
     /// A number of its own for `id`, whose derived number another object holds now (a
     /// lower hard link whose sibling was copied up); remembered, so that lookups and
     /// readdir keep agreeing on it.
-    pub fn renumber(&self, id: RealId) -> u64 {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+    pub fn renumber(&self, id: RealId) -> Ino {
+        let n = self.allocate();
         self.aliases.insert(id, n);
         n
     }
 
     /// After a copy-up: `upper` is now the object that `number` names.
-    pub fn alias(&self, upper: RealId, number: u64) {
+    pub fn alias(&self, upper: RealId, number: Ino) {
         if self.derive(upper) != number {
             self.aliases.insert(upper, number);
         }
@@ -221,39 +261,39 @@ impl Numbering {
 /// copy-up keep the links together and an unlink move the inode to a name that still exists.
 #[derive(Default)]
 pub struct LinkNames {
-    map: DashMap<u64, Vec<LinkName>>,
+    map: DashMap<Ino, Vec<LinkName>>,
 }
 
 /// One name of a hard-linked object: (parent inode, name).
-pub type LinkName = (u64, Box<[u8]>);
+pub type LinkName = (Ino, Box<[u8]>);
 
 impl LinkNames {
-    pub fn note(&self, ino: u64, parent: u64, name: &[u8]) {
+    pub fn note(&self, ino: Ino, parent: Ino, name: &[u8]) {
         let mut names = self.map.entry(ino).or_default();
         if !names.iter().any(|(p, n)| *p == parent && **n == *name) {
             names.push((parent, name.into()));
         }
     }
 
-    pub fn names(&self, ino: u64) -> Vec<LinkName> {
+    pub fn names(&self, ino: Ino) -> Vec<LinkName> {
         self.map.get(&ino).map(|v| v.clone()).unwrap_or_default()
     }
 
     /// The name is gone; returns another known name of the inode, if any.
-    pub fn unlink(&self, ino: u64, parent: u64, name: &[u8]) -> Option<LinkName> {
+    pub fn unlink(&self, ino: Ino, parent: Ino, name: &[u8]) -> Option<LinkName> {
         let mut names = self.map.get_mut(&ino)?;
         names.retain(|(p, n)| !(*p == parent && **n == *name));
         names.first().cloned()
     }
 
-    pub fn forget(&self, ino: u64) {
+    pub fn forget(&self, ino: Ino) {
         self.map.remove(&ino);
     }
 }
 
 /// Live inodes by number, with their lookup counts.
 pub struct InodeTable {
-    map: DashMap<u64, Arc<Inode>>,
+    map: DashMap<Ino, Arc<Inode>>,
     pub numbers: Numbering,
     /// Inodes dropped since the map was last shrunk.
     dropped: AtomicU64,
@@ -274,13 +314,13 @@ impl InodeTable {
         }
     }
 
-    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+    pub fn get(&self, ino: Ino) -> Option<Arc<Inode>> {
         self.map.get(&ino).map(|r| Arc::clone(r.value()))
     }
 
     /// Records one kernel lookup of the object with top identity `real`, creating its inode
     /// if it is not live. `make` builds a new inode for a given number.
-    pub fn lookup(&self, real: RealId, kind: u32, make: impl Fn(u64) -> Inode) -> Arc<Inode> {
+    pub fn lookup(&self, real: RealId, kind: u32, make: impl Fn(Ino) -> Inode) -> Arc<Inode> {
         let mut number = self.numbers.number(real);
         loop {
             match self.map.entry(number) {
@@ -309,7 +349,7 @@ impl InodeTable {
     }
 
     /// The kernel dropped `n` references; the inode goes when none are left.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: Ino, n: u64) {
         if ino == ROOT_INO {
             return;
         }
@@ -342,6 +382,10 @@ impl InodeTable {
 mod tests {
     use super::*;
 
+    fn id(dev: u64, ino: u64) -> RealId {
+        RealId::new(dev, ino)
+    }
+
     fn state(real: RealId) -> InodeState {
         InodeState {
             parent: None,
@@ -355,46 +399,46 @@ mod tests {
     #[test]
     fn numbers_same_fs_are_real_inos() {
         let n = Numbering::new(&[5, 5]);
-        assert_eq!(n.number((5, 1234)), 1234);
-        assert_eq!(n.number((5, 1)), n.number((5, 1)));
-        assert!(n.number((5, 1)) >= ALLOCATED_BASE);
+        assert_eq!(n.number(id(5, 1234)), Ino(1234));
+        assert_eq!(n.number(id(5, 1)), n.number(id(5, 1)));
+        assert!(n.number(id(5, 1)).0 >= ALLOCATED_BASE);
     }
 
     #[test]
     fn numbers_multi_fs_are_distinct() {
         let n = Numbering::new(&[5, 6]);
-        assert_ne!(n.number((5, 100)), n.number((6, 100)));
-        let big = n.number((6, 1 << 60));
-        assert!(big >= ALLOCATED_BASE);
-        assert_eq!(big, n.number((6, 1 << 60)));
-        assert!(n.number((7, 3)) >= ALLOCATED_BASE);
+        assert_ne!(n.number(id(5, 100)), n.number(id(6, 100)));
+        let big = n.number(id(6, 1 << 60));
+        assert!(big.0 >= ALLOCATED_BASE);
+        assert_eq!(big, n.number(id(6, 1 << 60)));
+        assert!(n.number(id(7, 3)).0 >= ALLOCATED_BASE);
     }
 
     #[test]
     fn alias_keeps_number_across_copy_up() {
         let n = Numbering::new(&[5]);
-        let lower = n.number((5, 10));
-        n.alias((5, 99), lower);
-        assert_eq!(n.number((5, 99)), 10);
-        n.unalias((5, 99));
-        assert_eq!(n.number((5, 99)), 99);
+        let lower = n.number(id(5, 10));
+        n.alias(id(5, 99), lower);
+        assert_eq!(n.number(id(5, 99)), Ino(10));
+        n.unalias(id(5, 99));
+        assert_eq!(n.number(id(5, 99)), Ino(99));
     }
 
     #[test]
     fn lookup_and_forget() {
         let t = InodeTable::new(
             Numbering::new(&[5]),
-            Inode::new(ROOT_INO, libc::S_IFDIR, state((5, 2))),
+            Inode::new(ROOT_INO, libc::S_IFDIR, state(id(5, 2))),
         );
-        let make = |ino| Inode::new(ino, libc::S_IFREG, state((5, 10)));
-        let a = t.lookup((5, 10), libc::S_IFREG, make);
-        let b = t.lookup((5, 10), libc::S_IFREG, make);
-        assert_eq!(a.ino, 10);
+        let make = |ino| Inode::new(ino, libc::S_IFREG, state(id(5, 10)));
+        let a = t.lookup(id(5, 10), libc::S_IFREG, make);
+        let b = t.lookup(id(5, 10), libc::S_IFREG, make);
+        assert_eq!(a.ino, Ino(10));
         assert!(Arc::ptr_eq(&a, &b));
-        t.forget(10, 1);
-        assert!(t.get(10).is_some());
-        t.forget(10, 1);
-        assert!(t.get(10).is_none());
+        t.forget(Ino(10), 1);
+        assert!(t.get(Ino(10)).is_some());
+        t.forget(Ino(10), 1);
+        assert!(t.get(Ino(10)).is_none());
         t.forget(ROOT_INO, 5);
         assert!(t.get(ROOT_INO).is_some());
     }
@@ -403,14 +447,14 @@ mod tests {
     fn conflicting_identity_gets_fresh_number() {
         let t = InodeTable::new(
             Numbering::new(&[5]),
-            Inode::new(ROOT_INO, libc::S_IFDIR, state((5, 2))),
+            Inode::new(ROOT_INO, libc::S_IFDIR, state(id(5, 2))),
         );
-        let a = t.lookup((5, 10), libc::S_IFREG, |ino| {
-            Inode::new(ino, libc::S_IFREG, state((5, 10)))
+        let a = t.lookup(id(5, 10), libc::S_IFREG, |ino| {
+            Inode::new(ino, libc::S_IFREG, state(id(5, 10)))
         });
-        a.update(|s| s.real = (5, 77));
-        let b = t.lookup((5, 10), libc::S_IFREG, |ino| {
-            Inode::new(ino, libc::S_IFREG, state((5, 10)))
+        a.update(|s| s.real = id(5, 77));
+        let b = t.lookup(id(5, 10), libc::S_IFREG, |ino| {
+            Inode::new(ino, libc::S_IFREG, state(id(5, 10)))
         });
         assert_ne!(a.ino, b.ino);
     }

@@ -12,8 +12,25 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Index of a layer in `Layers::all` (0 is the upper when there is one).
-pub type LayerIdx = u16;
+/// Index of a layer in `Layers::all`, top first (0 is the upper when there is one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LayerIdx(u16);
+
+impl LayerIdx {
+    /// The top layer: the upper when there is one.
+    pub const TOP: LayerIdx = LayerIdx(0);
+
+    /// The `i`th layer from the top (`Layers::indexes` gives those of a real stack).
+    #[cfg(test)]
+    pub const fn new(i: u16) -> LayerIdx {
+        LayerIdx(i)
+    }
+
+    /// The position in `Layers::all`.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
 
 pub struct Layer {
     pub path: PathBuf,
@@ -129,29 +146,38 @@ impl Layers {
             all.push(Layer::from_fd(u, fd).map_err(|e| (u.to_path_buf(), e))?);
         }
         for l in lowers {
+            if all.len() >= usize::from(u16::MAX) {
+                return Err((l.clone(), Errno::EINVAL)); // LayerIdx is 16 bits
+            }
             all.push(Layer::open_lower(l).map_err(|e| (l.clone(), e))?);
         }
         Ok(Layers { all, has_upper })
     }
 
     pub fn get(&self, idx: LayerIdx) -> FsResult<&Layer> {
-        self.all.get(idx as usize).ok_or(Errno::EIO)
+        self.all.get(idx.index()).ok_or(Errno::EIO)
     }
 
     pub fn is_upper(&self, idx: LayerIdx) -> bool {
-        self.has_upper && idx == 0
+        self.has_upper && idx == LayerIdx::TOP
     }
 
     /// Index of the upper layer, or EROFS for a read-only mount.
     pub fn upper_idx(&self) -> FsResult<LayerIdx> {
         if self.has_upper {
-            Ok(0)
+            Ok(LayerIdx::TOP)
         } else {
             Err(Errno::EROFS)
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.all.len()
+    /// Every layer's index, top first. (`Layers::open` refuses more than `u16::MAX`.)
+    pub fn indexes(&self) -> impl Iterator<Item = LayerIdx> + use<> {
+        (0..self.all.len()).map(|i| LayerIdx(u16::try_from(i).unwrap_or(u16::MAX)))
+    }
+
+    /// The layers with their indexes, top first.
+    pub fn iter(&self) -> impl Iterator<Item = (LayerIdx, &Layer)> {
+        self.indexes().zip(self.all.iter())
     }
 }

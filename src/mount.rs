@@ -125,19 +125,19 @@ fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, 
 /// the request that caused them.
 struct KernelNotifier {
     notifier: fuser::Notifier,
-    entries: std::sync::mpsc::Sender<(u64, Vec<u8>)>,
+    entries: std::sync::mpsc::Sender<(crate::inode::Ino, Vec<u8>)>,
 }
 
 impl KernelNotifier {
     fn start(notifier: fuser::Notifier) -> KernelNotifier {
-        let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(crate::inode::Ino, Vec<u8>)>();
         let n2 = notifier.clone();
         let spawned = std::thread::Builder::new()
             .name("inval".into())
             .spawn(move || {
                 for (parent, name) in rx {
                     let name = std::ffi::OsStr::from_bytes(&name);
-                    if let Err(e) = n2.inval_entry(fuser::INodeNo(parent), name) {
+                    if let Err(e) = n2.inval_entry(parent.into(), name) {
                         log::debug!("inval_entry({parent}, {name:?}): {e}");
                     }
                 }
@@ -155,14 +155,14 @@ impl KernelNotifier {
 }
 
 impl crate::overlay::KernelCache for KernelNotifier {
-    fn inval_attr(&self, ino: u64) {
+    fn inval_attr(&self, ino: crate::inode::Ino) {
         // Only attributes (offset -1): never waits on page locks a request may hold.
-        if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
+        if let Err(e) = self.notifier.inval_inode(ino.into(), -1, 0) {
             log::debug!("inval_inode({ino}): {e}");
         }
     }
 
-    fn inval_entry(&self, parent: u64, name: &[u8]) {
+    fn inval_entry(&self, parent: crate::inode::Ino, name: &[u8]) {
         let _ = self.entries.send((parent, name.to_vec())); // the thread is gone only at exit
     }
 }

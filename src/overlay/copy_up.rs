@@ -8,7 +8,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::{Inode, Presence};
+use crate::inode::{Inode, Presence, RealId};
 use crate::sys::{self, Stat, TimeSpec};
 use crate::whiteout::is_private_xattr;
 use std::ffi::{CStr, CString};
@@ -249,7 +249,7 @@ impl Overlay {
             Ok(made)
         })?;
 
-        self.inodes.numbers.alias((made.dev, made.ino), inode.ino);
+        self.inodes.numbers.alias(RealId::of(&made), inode.ino);
         inode.update(|s| {
             let mut layers = vec![Presence {
                 layer: upper,
@@ -259,7 +259,7 @@ impl Overlay {
                 layers.extend(s.layers.iter().copied());
             }
             s.layers = layers.into();
-            s.real = (made.dev, made.ino);
+            s.real = RealId::of(&made);
         });
         if src.is_dir() {
             self.invalidate_dir(inode.ino);

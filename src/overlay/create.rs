@@ -8,7 +8,8 @@
 
 use super::{Caller, Entry, Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::{Inode, Presence};
+use crate::inode::{Ino, Inode, Presence};
+use crate::layer::LayerIdx;
 use crate::sys::{self, Stat};
 use crate::whiteout;
 use std::ffi::CStr;
@@ -207,7 +208,7 @@ impl Overlay {
     /// regular file, its open fd.
     pub fn create_node(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &[u8],
         what: NewNode<'_>,
         caller: Caller,
@@ -307,7 +308,7 @@ impl Overlay {
     pub(super) fn enter_upper(&self, parent: &Arc<Inode>, name: &[u8], st: Stat) -> Entry {
         let found = super::lookup::Found {
             layers: vec![Presence {
-                layer: 0,
+                layer: LayerIdx::TOP,
                 xwhiteouts: false,
             }],
             stat: st,
@@ -316,7 +317,7 @@ impl Overlay {
     }
 
     /// link(): copies the source up and links it in the upper.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Entry> {
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> FsResult<Entry> {
         self.check_writable()?;
         reject_reserved(newname)?;
         let inode = self.inode(ino)?;
@@ -333,8 +334,7 @@ impl Overlay {
         let (sdir, sname, _) = self.locate(&inode)?;
         // Both names are known from now on: an unlink of either leaves the other usable.
         let st = inode.state();
-        let sparent = st.parent.as_ref().map_or(crate::inode::ROOT_INO, |p| p.ino);
-        self.link_names.note(inode.ino, sparent, &st.name);
+        self.link_names.note(inode.ino, st.parent_ino(), &st.name);
         let udir = self.dir_fd(&parent, upper)?;
         let cn = cname(newname)?;
         match self.upper_slot(udir.as_fd(), newname, &cn, true)? {

@@ -3,7 +3,8 @@
 
 use super::Overlay;
 use crate::error::{Errno, FsResult};
-use crate::handle::FileHandle;
+use crate::handle::{Fh, FileHandle};
+use crate::inode::Ino;
 use crate::sys;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -23,12 +24,19 @@ const STRIP: i32 = libc::O_CREAT
 
 /// What open tells the kernel.
 pub struct OpenResult {
-    pub fh: u64,
-    pub ino: u64,
+    pub fh: Fh,
+    pub ino: Ino,
     /// The real file, for a passthrough backing.
     pub fd: Arc<OwnedFd>,
     /// Whether the kernel may read and write `fd` directly.
     pub passthrough: bool,
+}
+
+/// One side of a copy_file_range: an open file and a position in it.
+#[derive(Clone, Copy, Debug)]
+pub struct FileRange {
+    pub fh: Fh,
+    pub offset: u64,
 }
 
 pub fn wants_write(flags: i32) -> bool {
@@ -104,7 +112,7 @@ impl Overlay {
 
     /// The kernel would not take the passthrough backing for this handle: it is served
     /// through the daemon instead, and passthrough is not tried again.
-    pub fn passthrough_refused(&self, fh: u64) {
+    pub fn passthrough_refused(&self, fh: Fh) {
         self.passthrough.store(false, Ordering::Relaxed);
         if let Some(h) = self.handles.file(fh)
             && h.passthrough.swap(false, Ordering::Relaxed)
@@ -114,7 +122,7 @@ impl Overlay {
         }
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<OpenResult> {
+    pub fn open(&self, ino: Ino, flags: i32) -> FsResult<OpenResult> {
         let inode = self.inode(ino)?;
         if inode.is_dir() {
             return Err(Errno::EISDIR);
@@ -131,7 +139,7 @@ impl Overlay {
 
     /// The handle's real file, re-opened if the data moved (copy-up) since it was opened:
     /// a reader that opened the lower file sees what is written after the copy-up.
-    pub(super) fn handle_fd(&self, fh: u64) -> FsResult<(Arc<FileHandle>, Arc<OwnedFd>)> {
+    pub(super) fn handle_fd(&self, fh: Fh) -> FsResult<(Arc<FileHandle>, Arc<OwnedFd>)> {
         let h = self.handles.file(fh).ok_or(Errno::EBADF)?;
         let (fd, generation) = h.current();
         if generation == h.inode.data_gen.load(Ordering::Acquire) {
@@ -149,12 +157,12 @@ impl Overlay {
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (_, fd) = self.handle_fd(fh)?;
         sys::pread_vec(fd.as_fd(), size as usize, offset)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<usize> {
         let (_, fd) = self.handle_fd(fh)?;
         let mut done = 0usize;
         while done < data.len() {
@@ -168,14 +176,14 @@ impl Overlay {
     }
 
     /// Closes a handle; returns (inode, was passthrough) for the caller's backing bookkeeping.
-    pub fn release(&self, fh: u64) -> Option<(u64, bool)> {
+    pub fn release(&self, fh: Fh) -> Option<(Ino, bool)> {
         let h = self.handles.remove_file(fh)?;
         let passthrough = h.passthrough.load(Ordering::Relaxed);
         self.io_modes.end(h.inode.ino, passthrough);
         Some((h.inode.ino, passthrough))
     }
 
-    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+    pub fn fsync(&self, fh: Fh, datasync: bool) -> FsResult<()> {
         if !self.cfg.durable {
             return Ok(()); // volatile / fsync=0: every sync is skipped, as the kernel's volatile
         }
@@ -183,7 +191,7 @@ impl Overlay {
         sys::fsync(fd.as_fd(), datasync)
     }
 
-    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> FsResult<()> {
+    pub fn fsyncdir(&self, ino: Ino, datasync: bool) -> FsResult<()> {
         let inode = self.inode(ino)?;
         let top = inode.top().ok_or(Errno::ESTALE)?;
         // A directory removed while open has nothing left to sync: the kernel's overlay
@@ -196,33 +204,27 @@ impl Overlay {
         sys::fsync(rd.as_fd(), datasync)
     }
 
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+    pub fn lseek(&self, fh: Fh, offset: i64, whence: i32) -> FsResult<i64> {
         let (_, fd) = self.handle_fd(fh)?;
         sys::lseek(fd.as_fd(), offset, whence)
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         let (_, fd) = self.handle_fd(fh)?;
         sys::fallocate(fd.as_fd(), mode, offset, len)
     }
 
-    pub fn copy_file_range(
-        &self,
-        fh_in: u64,
-        off_in: u64,
-        fh_out: u64,
-        off_out: u64,
-        len: u64,
-    ) -> FsResult<usize> {
-        let (_, src) = self.handle_fd(fh_in)?;
-        let (_, dst) = self.handle_fd(fh_out)?;
+    /// Copies up to `len` bytes (at most 1 GiB per call) from one open file to another.
+    pub fn copy_file_range(&self, from: FileRange, to: FileRange, len: u64) -> FsResult<usize> {
+        let (_, src) = self.handle_fd(from.fh)?;
+        let (_, dst) = self.handle_fd(to.fh)?;
         let len = len.min(1 << 30) as usize;
-        sys::copy_file_range(src.as_fd(), off_in, dst.as_fd(), off_out, len)
+        sys::copy_file_range(src.as_fd(), from.offset, dst.as_fd(), to.offset, len)
     }
 
     /// access(): permissions are the kernel's (default_permissions); what is left to say is
     /// that a read-only mount cannot be written.
-    pub fn access(&self, ino: u64, mask: i32) -> FsResult<()> {
+    pub fn access(&self, ino: Ino, mask: i32) -> FsResult<()> {
         let inode = self.inode(ino)?;
         if mask & libc::W_OK != 0 && self.check_writable().is_err() {
             return Err(Errno::EROFS);
@@ -234,7 +236,7 @@ impl Overlay {
     /// create(): a new regular file, opened.
     pub fn create_file(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &[u8],
         what: super::NewNode<'_>,
         flags: i32,
@@ -248,7 +250,7 @@ impl Overlay {
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let layer = self.layers.get(0)?;
+        let layer = self.layers.get(crate::layer::LayerIdx::TOP)?;
         sys::fstatfs(layer.root_fd())
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{Entry, Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::{Inode, InodeState, Presence, PresenceList};
+use crate::inode::{Ino, Inode, InodeState, Presence, PresenceList, RealId};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Opacity};
 use std::ffi::CStr;
@@ -142,7 +142,7 @@ impl Overlay {
     /// Takes a lookup reference on the object `found` as `name` in `parent`.
     pub(super) fn enter(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Entry {
         let found = self.settle_copied_up(parent, name, found);
-        let real = (found.stat.dev, found.stat.ino);
+        let real = RealId::of(&found.stat);
         let kind = found.stat.file_type();
         let layers: PresenceList = found.layers.into();
         let inode = self.inodes.lookup(real, kind, |ino| {
@@ -179,7 +179,7 @@ impl Overlay {
     /// it up again (EEXIST). Take the copy's identity and attributes instead. (Another name
     /// of a lower hard link keeps the lower identity: its name differs.)
     fn settle_copied_up(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Found {
-        let real = (found.stat.dev, found.stat.ino);
+        let real = RealId::of(&found.stat);
         let Some(existing) = self.inodes.get(self.inodes.numbers.number(real)) else {
             return found;
         };
@@ -198,7 +198,7 @@ impl Overlay {
             .locate(&existing)
             .and_then(|(dir, cn, _)| sys::fstatat(dir.as_fd(), &cn))
         {
-            Ok(st) if existing.with_state(|s| s.real == (st.dev, st.ino)) => Found {
+            Ok(st) if existing.with_state(|s| s.real == RealId::of(&st)) => Found {
                 layers: existing.with_state(|s| s.layers.to_vec()),
                 stat: st,
             },
@@ -206,7 +206,7 @@ impl Overlay {
         }
     }
 
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Entry> {
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Entry> {
         let parent = self.inode(parent)?;
         let found = self.resolve(&parent, name)?.ok_or(Errno::ENOENT)?;
         Ok(self.enter(&parent, name, found))

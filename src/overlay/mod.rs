@@ -15,7 +15,7 @@ mod rename;
 mod setattr;
 pub mod xattr;
 
-pub use io::OpenResult;
+pub use io::{FileRange, OpenResult};
 
 pub use create::NewNode;
 pub use setattr::SetAttr;
@@ -23,9 +23,10 @@ pub use setattr::SetAttr;
 use crate::config::{Stack, XattrNs};
 use crate::dircache::DirCache;
 use crate::error::{Errno, FsResult, StartupError};
-use crate::handle::HandleTable;
+use crate::handle::{Fh, HandleTable};
 use crate::inode::{
-    Inode, InodeState, InodeTable, LinkNames, Numbering, Presence, PresenceList, ROOT_INO,
+    Ino, Inode, InodeState, InodeTable, LinkNames, Numbering, Presence, PresenceList, ROOT_INO,
+    RealId,
 };
 use crate::layer::{LayerIdx, Layers};
 use crate::sys::{self, Stat};
@@ -64,10 +65,10 @@ pub struct Entry {
 /// change under an inode (set once the session exists).
 pub trait KernelCache: Send + Sync {
     /// Drop the cached attributes of `ino`.
-    fn inval_attr(&self, ino: u64);
+    fn inval_attr(&self, ino: Ino);
     /// Drop the cached entry `name` in directory `parent`. Must not block: it may be called
     /// while the kernel holds the directory's lock for the request we are serving.
-    fn inval_entry(&self, parent: u64, name: &[u8]);
+    fn inval_entry(&self, parent: Ino, name: &[u8]);
 }
 
 pub struct Overlay {
@@ -85,7 +86,7 @@ pub struct Overlay {
     kernel_cache: std::sync::OnceLock<Box<dyn KernelCache>>,
     link_names: LinkNames,
     /// The last attributes of detached objects, until the kernel forgets them.
-    detached_attrs: dashmap::DashMap<u64, Stat>,
+    detached_attrs: dashmap::DashMap<Ino, Stat>,
     io_modes: crate::handle::IoModes,
     /// The kernel granted FUSE passthrough (decided at INIT).
     passthrough: std::sync::atomic::AtomicBool,
@@ -122,7 +123,9 @@ impl Overlay {
             StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
         })?;
         let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
-        let top = layers.get(0).map_err(|_| StartupError::new("no layers"))?;
+        let top = layers
+            .get(LayerIdx::TOP)
+            .map_err(|_| StartupError::new("no layers"))?;
         let root_stat = sys::fstat(top.root_fd())
             .map_err(|e| StartupError::new(format!("cannot stat '{}': {e}", top.path.display())))?;
         let caps = match (&work, layers.has_upper) {
@@ -132,9 +135,10 @@ impl Overlay {
                 rename_whiteout: false,
             },
         };
-        let root_layers: PresenceList = (0..layers.len())
-            .map(|l| Presence {
-                layer: l as LayerIdx,
+        let root_layers: PresenceList = layers
+            .indexes()
+            .map(|layer| Presence {
+                layer,
                 xwhiteouts: false,
             })
             .collect::<Vec<_>>()
@@ -146,7 +150,7 @@ impl Overlay {
                 parent: None,
                 name: Box::new([]),
                 layers: root_layers,
-                real: (root_stat.dev, root_stat.ino),
+                real: RealId::of(&root_stat),
                 detached: false,
             },
         );
@@ -194,7 +198,7 @@ impl Overlay {
 
     /// The kernel's cached attributes of `ino` are stale (its real object changed under it:
     /// copy-up changes nlink and ctime, and a directory's nlink when it becomes merged).
-    pub fn invalidate_attr(&self, ino: u64) {
+    pub fn invalidate_attr(&self, ino: Ino) {
         if let Some(k) = self.kernel_cache.get() {
             k.inval_attr(ino);
         }
@@ -208,7 +212,7 @@ impl Overlay {
     fn link_lower_names(&self, inode: &Arc<Inode>) {
         let names = self.link_names.names(inode.ino);
         let st = inode.state();
-        let copied = (st.parent.as_ref().map_or(ROOT_INO, |p| p.ino), &*st.name);
+        let copied = (st.parent_ino(), &*st.name);
         for (p, n) in names.iter().filter(|(p, n)| (*p, &**n) != copied) {
             let linked = self
                 .inode(*p)
@@ -266,7 +270,7 @@ impl Overlay {
         self.cfg.xattr_ns
     }
 
-    pub fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
+    pub fn inode(&self, ino: Ino) -> FsResult<Arc<Inode>> {
         self.inodes.get(ino).ok_or(Errno::ESTALE)
     }
 
@@ -316,11 +320,10 @@ impl Overlay {
     /// detached (reachable only through its open handles).
     /// `last`: the object's attributes just before, kept for a detached object that nothing
     /// open can be asked about any more (an open directory or fifo: neither has a handle here).
-    pub(super) fn name_removed(&self, inode: &Inode, parent: u64, name: &[u8], last: Option<Stat>) {
+    pub(super) fn name_removed(&self, inode: &Inode, parent: Ino, name: &[u8], last: Option<Stat>) {
         let other = self.link_names.unlink(inode.ino, parent, name);
         let st = inode.state();
-        let was_ours =
-            st.parent.as_ref().map_or(ROOT_INO, |p| p.ino) == parent && *st.name == *name;
+        let was_ours = st.parent_ino() == parent && *st.name == *name;
         if !was_ours {
             return;
         }
@@ -336,7 +339,7 @@ impl Overlay {
                 // object before the kernel forgets this inode, and the new object must not be
                 // taken for this one (it would inherit a detached state and stale names).
                 if last.is_some_and(|l| l.is_dir() || l.nlink <= 1) {
-                    s.real = (u64::MAX, inode.ino);
+                    s.real = RealId::tombstone(inode.ino);
                 }
             }
         });
@@ -410,8 +413,8 @@ impl Overlay {
     }
 
     /// Forgets cached directory fds of `ino` (its real directories changed).
-    pub fn invalidate_dir(&self, ino: u64) {
-        self.dirs.invalidate(ino, self.layers.len());
+    pub fn invalidate_dir(&self, ino: Ino) {
+        self.dirs.invalidate(ino, self.layers.indexes());
     }
 
     /// The root merges every layer's root, stopping below an opaque root.
@@ -420,10 +423,10 @@ impl Overlay {
             return;
         };
         let mut layers = Vec::new();
-        for (i, l) in self.layers.all.iter().enumerate() {
+        for (layer, l) in self.layers.iter() {
             let op = self.opacity(l.root.as_fd(), sys::DOT);
             layers.push(Presence {
-                layer: i as LayerIdx,
+                layer,
                 xwhiteouts: op == crate::whiteout::Opacity::XWhiteouts,
             });
             if op == crate::whiteout::Opacity::Opaque {
@@ -436,7 +439,7 @@ impl Overlay {
     /// Attributes as the merged view reports them: the top object's, with our number, and
     /// nlink 1 for a directory merged from several layers (as the kernel does).
     pub fn present_attr(&self, inode: &Inode, mut st: Stat) -> Stat {
-        st.ino = inode.ino;
+        st.ino = inode.ino.0;
         if st.is_dir() && inode.with_state(|s| s.layers.len()) > 1 {
             st.nlink = 1;
         }
@@ -445,7 +448,7 @@ impl Overlay {
 
     /// getattr; through the caller's open file when the kernel names one (fstat), or through
     /// any open handle when the object has no name any more.
-    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<Stat> {
+    pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> FsResult<Stat> {
         let inode = self.inode(ino)?;
         if let Some(fh) = fh.filter(|fh| self.handles.file(*fh).is_some()) {
             let (_, fd) = self.handle_fd(fh)?;
@@ -461,7 +464,7 @@ impl Overlay {
         Ok(self.present_attr(&inode, st))
     }
 
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: Ino, n: u64) {
         let is_dir = self.inodes.get(ino).is_some_and(|i| i.is_dir());
         self.inodes.forget(ino, n);
         if self.inodes.get(ino).is_none() {
@@ -473,7 +476,7 @@ impl Overlay {
         }
     }
 
-    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
         let inode = self.inode(ino)?;
         let (dir, name, _) = self.locate(&inode)?;
         sys::readlinkat(dir.as_fd(), &name)

@@ -4,8 +4,8 @@
 use super::lookup::Found;
 use super::{Overlay, cname};
 use crate::error::FsResult;
-use crate::handle::DirEntry;
-use crate::inode::{Inode, Presence, ROOT_INO};
+use crate::handle::{DirEntry, Fh};
+use crate::inode::{Ino, Inode, Presence, RealId};
 use crate::layer::LayerIdx;
 use crate::sys::{self, Stat};
 use crate::whiteout;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub struct LayerEntry {
     pub name: Vec<u8>,
     /// Our inode number for it.
-    pub ino: u64,
+    pub ino: Ino,
     pub d_type: u8,
     /// A whiteout (of any format): hides `name` in the layers below.
     pub whiteout: bool,
@@ -119,9 +119,9 @@ impl Overlay {
                 }
             }
             let ino = if whiteout {
-                0
+                Ino(0)
             } else {
-                self.inodes.numbers.number((dev, ino))
+                self.inodes.numbers.number(RealId::new(dev, ino))
             };
             out.push(LayerEntry {
                 name: e.name,
@@ -134,7 +134,7 @@ impl Overlay {
             if !out.iter().any(|e| e.name == name) {
                 out.push(LayerEntry {
                     name,
-                    ino: 0,
+                    ino: Ino(0),
                     d_type: libc::DT_UNKNOWN,
                     whiteout: true,
                 });
@@ -162,25 +162,25 @@ impl Overlay {
             per_layer.push((p.layer, self.layer_listing(dir, *p, xwhiteouts_hide)?));
         }
         let merged = merge_layers(&per_layer);
-        let parent_ino = st.parent.as_ref().map_or(ROOT_INO, |p| p.ino);
+        let parent_ino = st.parent_ino();
         let mut out = Vec::with_capacity(merged.len() + 2);
         out.push(DirEntry {
             name: b".".to_vec(),
             ino: dir.ino,
             d_type: libc::DT_DIR,
-            layer: 0,
+            layer: LayerIdx::TOP,
         });
         out.push(DirEntry {
             name: b"..".to_vec(),
             ino: parent_ino,
             d_type: libc::DT_DIR,
-            layer: 0,
+            layer: LayerIdx::TOP,
         });
         out.extend(merged);
         Ok(out)
     }
 
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+    pub fn opendir(&self, ino: Ino) -> FsResult<Fh> {
         let inode = self.inode(ino)?;
         if !inode.is_dir() {
             return Err(crate::error::Errno::ENOTDIR);
@@ -193,7 +193,7 @@ impl Overlay {
 
     /// The listing of an open directory; built on the first call (offset 0) and kept for
     /// the life of the handle, so that offsets stay meaningful (rewinddir rebuilds it).
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+    pub fn readdir(&self, fh: Fh, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
         let h = self.handles.dir(fh).ok_or(crate::error::Errno::EBADF)?;
         if offset != 0
             && let Some(e) = h.entries.lock().as_ref()
@@ -210,7 +210,7 @@ impl Overlay {
     /// returns true when the reply is full; the entry it refused gets its reference back.
     pub fn readdirplus(
         &self,
-        fh: u64,
+        fh: Fh,
         offset: u64,
         mut emit: impl FnMut(&DirEntry, u64, &Stat) -> bool,
     ) -> FsResult<()> {
@@ -220,7 +220,7 @@ impl Overlay {
             let next = (i + 1) as u64;
             if e.name == b"." || e.name == b".." {
                 let st = Stat {
-                    ino: e.ino,
+                    ino: e.ino.0,
                     mode: libc::S_IFDIR,
                     ..Stat::default()
                 };
@@ -266,7 +266,7 @@ impl Overlay {
         self.resolve(dir, &e.name)
     }
 
-    pub fn releasedir(&self, fh: u64) {
+    pub fn releasedir(&self, fh: Fh) {
         self.handles.remove_dir(fh);
     }
 }
@@ -278,7 +278,7 @@ mod tests {
     fn e(name: &str, ino: u64, whiteout: bool) -> LayerEntry {
         LayerEntry {
             name: name.into(),
-            ino,
+            ino: Ino(ino),
             d_type: libc::DT_REG,
             whiteout,
         }
@@ -294,10 +294,11 @@ mod tests {
             e("c", 0, true),
         ];
         let low = vec![e("c", 5, false), e("d", 6, false), e("b", 7, false)];
-        let m = merge_layers(&[(0, upper), (1, mid), (2, low)]);
+        let l = LayerIdx::new;
+        let m = merge_layers(&[(l(0), upper), (l(1), mid), (l(2), low)]);
         let names: Vec<(String, u64)> = m
             .iter()
-            .map(|d| (String::from_utf8_lossy(&d.name).into_owned(), d.ino))
+            .map(|d| (String::from_utf8_lossy(&d.name).into_owned(), d.ino.0))
             .collect();
         assert_eq!(
             names,
@@ -307,7 +308,7 @@ mod tests {
 
     #[test]
     fn whiteout_in_same_layer_as_nothing_is_invisible() {
-        let m = merge_layers(&[(0, vec![e("x", 0, true)])]);
+        let m = merge_layers(&[(LayerIdx::TOP, vec![e("x", 0, true)])]);
         assert!(m.is_empty());
     }
 }

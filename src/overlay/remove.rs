@@ -4,7 +4,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::Inode;
+use crate::inode::{Ino, Inode, RealId};
 use crate::sys;
 use crate::whiteout;
 use std::ffi::CStr;
@@ -106,15 +106,15 @@ impl Overlay {
         sys::unlinkat(work, &tmp, is_dir)
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         self.remove(parent, name, false)
     }
 
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         self.remove(parent, name, true)
     }
 
-    fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+    fn remove(&self, parent: Ino, name: &[u8], dir: bool) -> FsResult<()> {
         self.check_writable()?;
         let parent = self.inode(parent)?;
         let found = self.resolve(&parent, name)?.ok_or(Errno::ENOENT)?;
@@ -152,7 +152,7 @@ impl Overlay {
             let real = sys::fstatat(udir.as_fd(), &cn)?;
             self.remove_upper(udir.as_fd(), &cn, name, is_dir, whiteout)?;
             if real.nlink <= 1 || is_dir {
-                self.inodes.numbers.unalias((real.dev, real.ino));
+                self.inodes.numbers.unalias(RealId::of(&real));
             }
         } else {
             self.make_whiteout(udir.as_fd(), &cn, name)?;

@@ -5,7 +5,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::Inode;
+use crate::inode::{Ino, Inode, RealId};
 use crate::sys;
 use crate::whiteout::{self, Opacity};
 use std::os::fd::AsFd;
@@ -18,9 +18,9 @@ impl Overlay {
 
     pub fn rename(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &[u8],
-        newparent: u64,
+        newparent: Ino,
         newname: &[u8],
         flags: u32,
     ) -> FsResult<()> {
@@ -196,7 +196,7 @@ impl Overlay {
         if let Some(t) = target
             && (t.nlink <= 1 || t.is_dir())
         {
-            self.inodes.numbers.unalias((t.dev, t.ino));
+            self.inodes.numbers.unalias(RealId::of(&t));
         }
         if let Some(d) = dst
             && d.is_dir()

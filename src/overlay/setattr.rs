@@ -3,6 +3,8 @@
 
 use super::Overlay;
 use crate::error::{Errno, FsResult};
+use crate::handle::Fh;
+use crate::inode::Ino;
 use crate::sys::{self, Stat, TimeSpec};
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -18,7 +20,7 @@ pub struct SetAttr {
     pub atime: Option<TimeSpec>,
     pub mtime: Option<TimeSpec>,
     /// The open file the change came through, if any (ftruncate).
-    pub fh: Option<u64>,
+    pub fh: Option<Fh>,
 }
 
 /// What the changes are applied to: a name in a directory, or an open file.
@@ -38,7 +40,7 @@ impl Target {
 }
 
 impl Overlay {
-    pub fn setattr(&self, ino: u64, a: SetAttr) -> FsResult<Stat> {
+    pub fn setattr(&self, ino: Ino, a: SetAttr) -> FsResult<Stat> {
         self.check_writable()?;
         let inode = self.inode(ino)?;
         let target = if inode.is_detached() {

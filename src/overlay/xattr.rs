@@ -5,6 +5,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
+use crate::inode::Ino;
 use crate::sys;
 use crate::whiteout::{from_real_xattr, to_real_xattr};
 use std::os::fd::AsFd;
@@ -26,7 +27,7 @@ fn sized(data: Vec<u8>, size: u32) -> FsResult<XattrReply> {
 }
 
 impl Overlay {
-    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> FsResult<XattrReply> {
+    pub fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> FsResult<XattrReply> {
         let name = &to_real_xattr(self.xattr_ns(), name);
         let inode = self.inode(ino)?;
         let (dir, fname) = self.reach(&inode)?;
@@ -36,7 +37,7 @@ impl Overlay {
 
     /// listxattr. `caller_pid`: the trusted.* names are listed only to a caller with
     /// CAP_SYS_ADMIN, as a filesystem lists them (the daemon itself sees them all).
-    pub fn listxattr(&self, ino: u64, size: u32, caller_pid: u32) -> FsResult<XattrReply> {
+    pub fn listxattr(&self, ino: Ino, size: u32, caller_pid: u32) -> FsResult<XattrReply> {
         let inode = self.inode(ino)?;
         let (dir, fname) = self.reach(&inode)?;
         let mut out = Vec::new();
@@ -55,7 +56,7 @@ impl Overlay {
         sized(out, size)
     }
 
-    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         let name = &to_real_xattr(self.xattr_ns(), name);
         self.check_writable()?;
         let inode = self.inode(ino)?;
@@ -64,7 +65,7 @@ impl Overlay {
         sys::setxattrat(dir.as_fd(), &fname, &cname(name)?, value, flags)
     }
 
-    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         let name = &to_real_xattr(self.xattr_ns(), name);
         self.check_writable()?;
         let inode = self.inode(ino)?;
