@@ -1,4 +1,6 @@
 //! Open files and directory streams, by the handle number the kernel gives back to us.
+//! (How the transport serves an open file's data, passthrough or cached, is the
+//! transport's: see `fuse::passthrough`.)
 
 use crate::inode::{Ino, Inode};
 use dashmap::DashMap;
@@ -25,8 +27,8 @@ pub struct FileHandle {
     pub file: Mutex<(Arc<OwnedFd>, u64)>,
     /// Open flags as the caller gave them.
     pub flags: i32,
-    /// The kernel reads and writes the real file directly (FUSE passthrough).
-    pub passthrough: std::sync::atomic::AtomicBool,
+    /// How the real file is opened (kept for re-opening it after a copy-up).
+    pub opts: crate::overlay::OpenOpts,
 }
 
 impl FileHandle {
@@ -112,77 +114,5 @@ impl HandleTable {
 
     pub fn remove_dir(&self, fh: Fh) {
         self.dirs.remove(&fh);
-    }
-}
-
-/// Open modes per inode. The kernel refuses to mix passthrough opens and page-cached opens
-/// of one inode (ETXTBSY), so an open is passthrough only while no cached open exists.
-#[derive(Default)]
-pub struct IoModes {
-    /// ino -> (cached opens, passthrough opens)
-    map: DashMap<Ino, (u32, u32)>,
-}
-
-impl IoModes {
-    /// Registers an open; returns whether it may be passthrough.
-    pub fn begin(&self, ino: Ino, want_passthrough: bool) -> bool {
-        let mut e = self.map.entry(ino).or_default();
-        if want_passthrough && e.0 == 0 {
-            e.1 += 1;
-            true
-        } else {
-            e.0 += 1;
-            false
-        }
-    }
-
-    pub fn end(&self, ino: Ino, passthrough: bool) {
-        self.map.remove_if_mut(&ino, |_, e| {
-            if passthrough {
-                e.1 = e.1.saturating_sub(1);
-            } else {
-                e.0 = e.0.saturating_sub(1);
-            }
-            *e == (0, 0)
-        });
-    }
-}
-
-/// The backing file of an inode's passthrough opens: the kernel wants the same one for all
-/// of them. Counted; dropped (which closes it in the kernel) with the last open.
-pub struct Backings<B> {
-    map: DashMap<Ino, (Arc<B>, u32)>,
-}
-
-impl<B> Default for Backings<B> {
-    fn default() -> Self {
-        Backings {
-            map: DashMap::new(),
-        }
-    }
-}
-
-impl<B> Backings<B> {
-    /// The inode's backing, made with `make` (a syscall, run without any lock) if it has none.
-    pub fn acquire<E>(&self, ino: Ino, make: impl FnOnce() -> Result<B, E>) -> Result<Arc<B>, E> {
-        if let Some(mut e) = self.map.get_mut(&ino) {
-            e.1 += 1;
-            return Ok(Arc::clone(&e.0));
-        }
-        let made = Arc::new(make()?);
-        let mut e = self
-            .map
-            .entry(ino)
-            .or_insert_with(|| (Arc::clone(&made), 0));
-        e.1 += 1;
-        Ok(Arc::clone(&e.0))
-    }
-
-    pub fn release(&self, ino: Ino) {
-        let gone = self.map.remove_if_mut(&ino, |_, e| {
-            e.1 = e.1.saturating_sub(1);
-            e.1 == 0
-        });
-        drop(gone); // outside the map's lock: dropping closes the backing file
     }
 }

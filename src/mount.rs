@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::error::StartupError;
-use crate::fuse::Fs;
+use crate::fuse::{Fs, KernelCacheLink};
 use crate::overlay::Overlay;
 use crate::sys;
 use std::ffi::CString;
@@ -120,53 +120,6 @@ fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, 
     })
 }
 
-/// Invalidates the kernel's caches through FUSE notifications. Entry invalidations take the
-/// directory's lock in the kernel, so they are sent from a thread of their own, never from
-/// the request that caused them.
-struct KernelNotifier {
-    notifier: fuser::Notifier,
-    entries: std::sync::mpsc::Sender<(crate::inode::Ino, Vec<u8>)>,
-}
-
-impl KernelNotifier {
-    fn start(notifier: fuser::Notifier) -> KernelNotifier {
-        let (tx, rx) = std::sync::mpsc::channel::<(crate::inode::Ino, Vec<u8>)>();
-        let n2 = notifier.clone();
-        let spawned = std::thread::Builder::new()
-            .name("inval".into())
-            .spawn(move || {
-                for (parent, name) in rx {
-                    let name = std::ffi::OsStr::from_bytes(&name);
-                    if let Err(e) = n2.inval_entry(parent.into(), name) {
-                        log::debug!("inval_entry({parent}, {name:?}): {e}");
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!(
-                "no invalidation thread ({e}): hard links broken by copy-up may show stale data"
-            );
-        }
-        KernelNotifier {
-            notifier,
-            entries: tx,
-        }
-    }
-}
-
-impl crate::overlay::KernelCache for KernelNotifier {
-    fn inval_attr(&self, ino: crate::inode::Ino) {
-        // Only attributes (offset -1): never waits on page locks a request may hold.
-        if let Err(e) = self.notifier.inval_inode(ino.into(), -1, 0) {
-            log::debug!("inval_inode({ino}): {e}");
-        }
-    }
-
-    fn inval_entry(&self, parent: crate::inode::Ino, name: &[u8]) {
-        let _ = self.entries.send((parent, name.to_vec())); // the thread is gone only at exit
-    }
-}
-
 /// Unmounts on SIGTERM/SIGINT/SIGHUP (lazily, so that open files stay usable until
 /// closed); the session then ends by itself.
 fn spawn_signal_thread(cfg: &Config) {
@@ -197,7 +150,7 @@ fn spawn_signal_thread(cfg: &Config) {
 /// thread does it.
 fn spawn_readahead_tuner(cfg: &Config) {
     let mountpoint = cfg.mountpoint.clone();
-    let kib = cfg.max_write.unwrap_or(1 << 20) / 1024;
+    let kib = crate::fuse::max_write(cfg.max_write) / 1024;
     let spawned = std::thread::Builder::new()
         .name("readahead".into())
         .spawn(move || {
@@ -286,7 +239,9 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
     // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
     sys::umask(0);
     sys::use_one_malloc_arena();
-    let ov = Arc::new(Overlay::new(cfg.stack.clone(), nofile)?);
+    let kernel_cache = KernelCacheLink::default();
+    let ov = Overlay::new(cfg.stack.clone(), nofile)?;
+    let ov = Arc::new(ov.with_kernel_cache(Box::new(kernel_cache.clone())));
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
 
@@ -329,7 +284,7 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
             return Err(e);
         }
     };
-    ov.set_kernel_cache(Box::new(KernelNotifier::start(session.notifier())));
+    kernel_cache.connect(session.notifier());
     if let Some(wr) = notify {
         sys::write_all(wr.as_fd(), b"ok");
         drop(wr);

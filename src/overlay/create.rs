@@ -29,7 +29,7 @@ pub enum NewNode<'a> {
     Symlink {
         target: &'a [u8],
     },
-    /// A regular file, opened with these flags (create).
+    /// A regular file, opened with these flags (create; `OpenOpts` already applied).
     File {
         mode: u32,
         flags: i32,
@@ -140,12 +140,7 @@ impl Overlay {
             NewNode::Dir { mode } => sys::mkdirat(dir, name, mode & 0o7777).map(|_| None),
             NewNode::Symlink { target } => sys::symlinkat(&cname(target)?, dir, name).map(|_| None),
             NewNode::File { mode, flags } => {
-                let mut acc = flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC);
-                if self.writeback.load(std::sync::atomic::Ordering::Relaxed)
-                    && acc & libc::O_ACCMODE == libc::O_WRONLY
-                {
-                    acc = (acc & !libc::O_ACCMODE) | libc::O_RDWR; // see Overlay::enable_writeback
-                }
+                let acc = flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC);
                 sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL, mode & 0o7777).map(Some)
             }
         }

@@ -8,7 +8,7 @@ use crate::inode::Ino;
 use crate::sys;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 pub use crate::sys::StatFs;
 
@@ -22,14 +22,37 @@ const STRIP: i32 = libc::O_CREAT
     | libc::O_DIRECT
     | libc::O_NOFOLLOW;
 
-/// What open tells the kernel.
-pub struct OpenResult {
+/// How the transport wants real files opened (given with each open, kept by its handle).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOpts {
+    /// Open write-only files for reading too, where the file allows it: the transport caches
+    /// writes and may read a partly written page through any open (FUSE's writeback cache).
+    pub readable: bool,
+}
+
+impl OpenOpts {
+    /// The access mode to ask for first: read-write instead of write-only when `readable`.
+    fn access(self, flags: i32) -> i32 {
+        if self.readable && flags & libc::O_ACCMODE == libc::O_WRONLY {
+            (flags & !libc::O_ACCMODE) | libc::O_RDWR
+        } else {
+            flags
+        }
+    }
+}
+
+/// What an open made: the handle, and what the transport needs to decide how to serve it.
+pub struct Opened {
     pub fh: Fh,
     pub ino: Ino,
-    /// The real file, for a passthrough backing.
+    /// The real file.
     pub fd: Arc<OwnedFd>,
-    /// Whether the kernel may read and write `fd` directly.
-    pub passthrough: bool,
+    /// A regular file whose data stays in `fd` for good: it is in the upper already, or the
+    /// mount has no upper to copy it to. The transport may let the kernel read and write
+    /// `fd` directly (FUSE passthrough). Any other open must be served through the core:
+    /// after a copy-up, the core's handle re-opens the copy, which a kernel-held file could
+    /// not (it would keep reading the lower file).
+    pub settled: bool,
 }
 
 /// One side of a copy_file_range: an open file and a position in it.
@@ -49,6 +72,7 @@ impl Overlay {
         &self,
         inode: &Arc<crate::inode::Inode>,
         flags: i32,
+        opts: OpenOpts,
     ) -> FsResult<(Arc<OwnedFd>, u64)> {
         let generation = inode.data_gen.load(Ordering::Acquire);
         let (dir, name, top) = self.locate(inode)?;
@@ -60,69 +84,51 @@ impl Overlay {
             libc::O_NOATIME
         };
         let flags = (flags & !STRIP) | noatime;
-        let fd = if self.writeback.load(Ordering::Relaxed)
-            && flags & libc::O_ACCMODE == libc::O_WRONLY
-        {
-            // With the writeback cache the kernel reads a partly written page through any
-            // open; if the file cannot be read, it stays write-only (as libfuse's examples).
-            let rw = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
-            match sys::openat(dir.as_fd(), &name, rw, 0) {
-                Err(e) if e == Errno::EACCES => sys::openat(dir.as_fd(), &name, flags, 0)?,
-                r => r?,
+        let fd = match sys::openat(dir.as_fd(), &name, opts.access(flags), 0) {
+            // Asked for reading too (`OpenOpts::readable`) but the file cannot be read: it
+            // stays write-only (as libfuse's examples do).
+            Err(e) if e == Errno::EACCES && opts.access(flags) != flags => {
+                sys::openat(dir.as_fd(), &name, flags, 0)?
             }
-        } else {
-            sys::openat(dir.as_fd(), &name, flags, 0)?
+            r => r?,
         };
         Ok((Arc::new(fd), generation))
     }
 
-    /// Passthrough is safe when the open file can never be copied up underneath the
-    /// kernel's back: it is already in the upper, or the mount has no upper at all. (A
-    /// passthrough open of a lower file would keep reading the lower copy after a copy-up.)
-    fn passthrough_allowed(&self, inode: &crate::inode::Inode) -> bool {
-        self.passthrough.load(Ordering::Relaxed)
-            && inode.kind == libc::S_IFREG
+    /// Whether the data of `inode`'s open file stays in the real file it opened (see
+    /// `Opened::settled`).
+    fn data_settled(&self, inode: &crate::inode::Inode) -> bool {
+        inode.kind == libc::S_IFREG
             && (!self.layers.has_upper
                 || inode.top().is_some_and(|t| self.layers.is_upper(t.layer)))
     }
 
-    /// Records an open file, deciding its I/O mode.
+    /// Records an open file.
     fn add_handle(
         &self,
         inode: Arc<crate::inode::Inode>,
         fd: Arc<OwnedFd>,
         generation: u64,
         flags: i32,
-    ) -> OpenResult {
+        opts: OpenOpts,
+    ) -> Opened {
         let ino = inode.ino;
-        let passthrough = self.io_modes.begin(ino, self.passthrough_allowed(&inode));
+        let settled = self.data_settled(&inode);
         let fh = self.handles.add_file(FileHandle {
             inode,
             file: parking_lot::Mutex::new((Arc::clone(&fd), generation)),
             flags,
-            passthrough: AtomicBool::new(passthrough),
+            opts,
         });
-        OpenResult {
+        Opened {
             fh,
             ino,
             fd,
-            passthrough,
+            settled,
         }
     }
 
-    /// The kernel would not take the passthrough backing for this handle: it is served
-    /// through the daemon instead, and passthrough is not tried again.
-    pub fn passthrough_refused(&self, fh: Fh) {
-        self.passthrough.store(false, Ordering::Relaxed);
-        if let Some(h) = self.handles.file(fh)
-            && h.passthrough.swap(false, Ordering::Relaxed)
-        {
-            self.io_modes.end(h.inode.ino, true);
-            self.io_modes.begin(h.inode.ino, false);
-        }
-    }
-
-    pub fn open(&self, ino: Ino, flags: i32) -> FsResult<OpenResult> {
+    pub fn open(&self, ino: Ino, flags: i32, opts: OpenOpts) -> FsResult<Opened> {
         let inode = self.inode(ino)?;
         if inode.is_dir() {
             return Err(Errno::EISDIR);
@@ -133,8 +139,8 @@ impl Overlay {
             self.check_writable()?;
             self.copy_up(&inode)?;
         }
-        let (fd, generation) = self.open_real(&inode, flags)?;
-        Ok(self.add_handle(inode, fd, generation, flags))
+        let (fd, generation) = self.open_real(&inode, flags, opts)?;
+        Ok(self.add_handle(inode, fd, generation, flags, opts))
     }
 
     /// The handle's real file, re-opened if the data moved (copy-up) since it was opened:
@@ -145,7 +151,7 @@ impl Overlay {
         if generation == h.inode.data_gen.load(Ordering::Acquire) {
             return Ok((h, fd));
         }
-        match self.open_real(&h.inode, h.flags) {
+        match self.open_real(&h.inode, h.flags, h.opts) {
             Ok((fd, generation)) => {
                 h.replace(Arc::clone(&fd), generation);
                 Ok((h, fd))
@@ -175,12 +181,9 @@ impl Overlay {
         Ok(done)
     }
 
-    /// Closes a handle; returns (inode, was passthrough) for the caller's backing bookkeeping.
-    pub fn release(&self, fh: Fh) -> Option<(Ino, bool)> {
-        let h = self.handles.remove_file(fh)?;
-        let passthrough = h.passthrough.load(Ordering::Relaxed);
-        self.io_modes.end(h.inode.ino, passthrough);
-        Some((h.inode.ino, passthrough))
+    /// Closes a handle.
+    pub fn release(&self, fh: Fh) {
+        self.handles.remove_file(fh);
     }
 
     pub fn fsync(&self, fh: Fh, datasync: bool) -> FsResult<()> {
@@ -233,19 +236,25 @@ impl Overlay {
         sys::fstatat(dir.as_fd(), &name).map(drop)
     }
 
-    /// create(): a new regular file, opened.
+    /// create(): a new regular file with permissions `mode`, opened with `flags`.
     pub fn create_file(
         &self,
         parent: Ino,
         name: &[u8],
-        what: super::NewNode<'_>,
+        mode: u32,
         flags: i32,
+        opts: OpenOpts,
         caller: super::Caller,
-    ) -> FsResult<(super::Entry, OpenResult)> {
+    ) -> FsResult<(super::Entry, Opened)> {
+        let what = super::NewNode::File {
+            mode,
+            flags: opts.access(flags),
+        };
         let (entry, fd) = self.create_node(parent, name, what, caller)?;
         let fd = fd.ok_or(Errno::EIO)?;
         let generation = entry.inode.data_gen.load(Ordering::Acquire);
-        let opened = self.add_handle(Arc::clone(&entry.inode), Arc::new(fd), generation, flags);
+        let inode = Arc::clone(&entry.inode);
+        let opened = self.add_handle(inode, Arc::new(fd), generation, flags, opts);
         Ok((entry, opened))
     }
 

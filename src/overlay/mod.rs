@@ -15,7 +15,7 @@ mod rename;
 mod setattr;
 pub mod xattr;
 
-pub use io::{FileRange, OpenResult};
+pub use io::{FileRange, OpenOpts, Opened};
 
 pub use create::NewNode;
 pub use setattr::SetAttr;
@@ -61,14 +61,22 @@ pub struct Entry {
     pub attr: Stat,
 }
 
-/// The kernel's caches of what we serve, which we must invalidate when the real objects
-/// change under an inode (set once the session exists).
+/// The kernel's caches of what the core serves, kept by the transport: the core says when
+/// they are stale (the real objects changed under an inode without a request for it).
 pub trait KernelCache: Send + Sync {
-    /// Drop the cached attributes of `ino`.
+    /// The cached attributes of `ino` are stale.
     fn inval_attr(&self, ino: Ino);
-    /// Drop the cached entry `name` in directory `parent`. Must not block: it may be called
-    /// while the kernel holds the directory's lock for the request we are serving.
+    /// The cached entry `name` in directory `parent` is stale. Must not block: it may be
+    /// called while the kernel holds the directory's lock for the request being served.
     fn inval_entry(&self, parent: Ino, name: &[u8]);
+}
+
+/// No kernel caches to tell (no transport, as for offline use).
+struct NoKernelCache;
+
+impl KernelCache for NoKernelCache {
+    fn inval_attr(&self, _ino: Ino) {}
+    fn inval_entry(&self, _parent: Ino, _name: &[u8]) {}
 }
 
 pub struct Overlay {
@@ -83,15 +91,11 @@ pub struct Overlay {
     temp_seq: AtomicU64,
     /// The daemon's euid and egid: what the upper's filesystem gives what we create.
     daemon_ids: (u32, u32),
-    kernel_cache: std::sync::OnceLock<Box<dyn KernelCache>>,
+    /// Told when the transport's caches are stale (`with_kernel_cache`).
+    kernel_cache: Box<dyn KernelCache>,
     link_names: LinkNames,
     /// The last attributes of detached objects, until the kernel forgets them.
     detached_attrs: dashmap::DashMap<Ino, Stat>,
-    io_modes: crate::handle::IoModes,
-    /// The kernel granted FUSE passthrough (decided at INIT).
-    passthrough: std::sync::atomic::AtomicBool,
-    /// The kernel's writeback cache is on (decided at INIT).
-    writeback: std::sync::atomic::AtomicBool,
     /// Copy-up may try a reflink (FICLONE); cleared when the filesystems cannot.
     reflink: std::sync::atomic::AtomicBool,
     /// "#layover.PID.", the prefix of temporary names in the work directory (made on first
@@ -165,43 +169,31 @@ impl Overlay {
             caps,
             temp_seq: AtomicU64::new(0),
             daemon_ids: (sys::geteuid(), sys::getegid()),
-            kernel_cache: std::sync::OnceLock::new(),
+            kernel_cache: Box::new(NoKernelCache),
             link_names: LinkNames::default(),
             detached_attrs: dashmap::DashMap::new(),
-            io_modes: crate::handle::IoModes::default(),
-            passthrough: std::sync::atomic::AtomicBool::new(false),
             reflink: std::sync::atomic::AtomicBool::new(true),
-            writeback: std::sync::atomic::AtomicBool::new(false),
             temp_prefix: std::sync::OnceLock::new(),
         };
         ov.refresh_root_layers();
         Ok(ov)
     }
 
-    /// Called once at INIT when the kernel grants passthrough.
-    pub fn enable_passthrough(&self) {
-        self.passthrough
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    /// The transport's caches to tell when they are stale (the core alone tells nobody).
+    pub fn with_kernel_cache(mut self, k: Box<dyn KernelCache>) -> Overlay {
+        self.kernel_cache = k;
+        self
     }
 
-    /// The kernel caches writes (FUSE_WRITEBACK_CACHE, negotiated at INIT without
-    /// passthrough): it may read through a write-only open to fill a page, so files are
-    /// opened for reading too.
-    pub fn enable_writeback(&self) {
-        self.writeback
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
-        let _ = self.kernel_cache.set(k); // set once, at mount
+    /// Whether the merged view is read-only (`ro`, or no upper layer).
+    pub fn read_only(&self) -> bool {
+        self.cfg.read_only || !self.layers.has_upper
     }
 
     /// The kernel's cached attributes of `ino` are stale (its real object changed under it:
     /// copy-up changes nlink and ctime, and a directory's nlink when it becomes merged).
     pub fn invalidate_attr(&self, ino: Ino) {
-        if let Some(k) = self.kernel_cache.get() {
-            k.inval_attr(ino);
-        }
+        self.kernel_cache.inval_attr(ino);
     }
 
     /// After `inode`, a lower file with several links, was copied up through one name: the
@@ -221,9 +213,7 @@ impl Overlay {
                 log::debug!(
                     "copy-up: hard link {n:?} in {p} not kept ({e}); it shows the lower file"
                 );
-                if let Some(k) = self.kernel_cache.get() {
-                    k.inval_entry(*p, n);
-                }
+                self.kernel_cache.inval_entry(*p, n);
             }
         }
     }
@@ -511,7 +501,7 @@ impl Overlay {
 
     /// Fails with EROFS unless the mount can be written.
     pub fn check_writable(&self) -> FsResult<()> {
-        if self.cfg.read_only || !self.layers.has_upper {
+        if self.read_only() {
             return Err(Errno::EROFS);
         }
         Ok(())

@@ -1,26 +1,37 @@
-//! The only code that names fuser's request and reply types: each operation converts its
-//! arguments, calls the overlay core once, and replies exactly once.
+//! The FUSE transport over /dev/fuse (fuser): the only code that names fuser's request and
+//! reply types. Each operation converts its arguments, calls the overlay core once, and
+//! replies exactly once. What is FUSE's and not the overlay's lives beside it: the INIT
+//! handshake (`init`), how open files' data travels (`passthrough`: passthrough backings,
+//! per-inode open modes, the writeback cache's open option) and the kernel-cache
+//! notifications (`notify`). Another transport (FUSE over io_uring) would be a module like
+//! this one, calling the same core.
+
+mod convert;
+mod init;
+mod notify;
+mod passthrough;
+
+pub use init::max_write;
+pub use notify::KernelCacheLink;
 
 use crate::config::Config;
 use crate::error::Errno;
-use crate::handle::{Backings, Fh};
-use crate::inode::Ino;
-use crate::overlay::{
-    Caller, Entry, FileRange, NewNode, OpenResult, Overlay, SetAttr, xattr::XattrReply,
-};
-use crate::sys::{self, Stat, TimeSpec};
+use crate::handle::Fh;
+use crate::overlay::{Entry, FileRange, NewNode, Overlay, SetAttr, xattr::XattrReply};
+use convert::{FILE_FLAGS, attr, caller, decode_dev, dtype, errno, negative_attr, timespec};
 use fuser::{
-    AccessFlags, BackingId, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use passthrough::DataPath;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 pub struct Fs {
     pub ov: Arc<Overlay>,
@@ -28,7 +39,8 @@ pub struct Fs {
     /// Ask for passthrough at INIT (`passthrough=off` does not).
     want_passthrough: bool,
     max_write: Option<u32>,
-    backings: Backings<BackingId>,
+    /// Passthrough or cached, per open file.
+    data: DataPath<BackingId>,
 }
 
 impl Fs {
@@ -38,172 +50,8 @@ impl Fs {
             ttl: cfg.timeout,
             want_passthrough: cfg.passthrough,
             max_write: cfg.max_write,
-            backings: Backings::default(),
+            data: DataPath::default(),
         }
-    }
-
-    /// The backing for a passthrough open, or None (and the handle served by the daemon)
-    /// when the kernel will not take it.
-    fn backing(
-        &self,
-        o: &OpenResult,
-        make: impl FnOnce() -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        if !o.passthrough {
-            return None;
-        }
-        match self.backings.acquire(o.ino, make) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                log::warn!(
-                    "passthrough refused by the kernel ({e}); file data goes through the daemon from now on"
-                );
-                self.ov.passthrough_refused(o.fh);
-                None
-            }
-        }
-    }
-}
-
-/// Open files: the page cache survives reopening (every change goes through us), and close
-/// needs no FLUSH round trip (no locks or write-back state live in the daemon).
-const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
-
-// The core's numbers and fuser's: converted here and nowhere else.
-impl From<INodeNo> for Ino {
-    fn from(i: INodeNo) -> Ino {
-        Ino(i.0)
-    }
-}
-
-impl From<Ino> for INodeNo {
-    fn from(i: Ino) -> INodeNo {
-        INodeNo(i.0)
-    }
-}
-
-impl From<FileHandle> for Fh {
-    fn from(f: FileHandle) -> Fh {
-        Fh(f.0)
-    }
-}
-
-impl From<Fh> for FileHandle {
-    fn from(f: Fh) -> FileHandle {
-        FileHandle(f.0)
-    }
-}
-
-fn errno(e: Errno) -> fuser::Errno {
-    fuser::Errno::from_i32(e.raw())
-}
-
-/// A timestamp from a layer; one that SystemTime cannot hold (a corrupt or hostile layer)
-/// becomes the epoch rather than a panic.
-fn time(t: (i64, i64)) -> SystemTime {
-    let (sec, nsec) = t;
-    let nsec = Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64);
-    let t = if sec >= 0 {
-        UNIX_EPOCH.checked_add(Duration::from_secs(sec as u64))
-    } else {
-        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
-    };
-    t.and_then(|t| t.checked_add(nsec)).unwrap_or(UNIX_EPOCH)
-}
-
-fn timespec(t: TimeOrNow) -> TimeSpec {
-    match t {
-        TimeOrNow::Now => TimeSpec::Now,
-        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
-            Ok(d) => TimeSpec::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let (mut s, mut n) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
-                if n < 0 {
-                    s -= 1;
-                    n += 1_000_000_000;
-                }
-                TimeSpec::Set(s, n)
-            }
-        },
-    }
-}
-
-fn file_type(mode: u32) -> FileType {
-    dtype(sys::dtype_of_mode(mode))
-}
-
-fn dtype(d: u8) -> FileType {
-    match d {
-        libc::DT_DIR => FileType::Directory,
-        libc::DT_LNK => FileType::Symlink,
-        libc::DT_CHR => FileType::CharDevice,
-        libc::DT_BLK => FileType::BlockDevice,
-        libc::DT_FIFO => FileType::NamedPipe,
-        libc::DT_SOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
-/// The kernel's `new_encode_dev`, which FUSE uses for rdev.
-fn encode_dev(rdev: u64) -> u32 {
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
-}
-
-fn decode_dev(dev: u32) -> u64 {
-    let major = (dev & 0xfff00) >> 8;
-    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-    sys::makedev(major, minor)
-}
-
-fn attr(st: &Stat) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(st.ino),
-        size: st.size as u64,
-        blocks: st.blocks as u64,
-        atime: time(st.atime),
-        mtime: time(st.mtime),
-        ctime: time(st.ctime),
-        crtime: time(st.ctime),
-        kind: file_type(st.mode),
-        perm: (st.mode & 0o7777) as u16,
-        nlink: st.nlink as u32,
-        uid: st.uid,
-        gid: st.gid,
-        rdev: encode_dev(st.rdev),
-        blksize: st.blksize as u32,
-        flags: 0,
-    }
-}
-
-/// The attributes of a negative entry: node id 0.
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
-}
-
-fn caller(req: &Request, umask: u32) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-        umask,
     }
 }
 
@@ -233,70 +81,14 @@ impl Fs {
 
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Not FUSE_ATOMIC_O_TRUNC: without it the kernel checks that a file is not being
-        // executed before it truncates it for open(O_TRUNC), as it does for the kernel's
-        // overlay (ETXTBSY), and sends the truncation as a setattr. FUSE_DONT_MASK: the
-        // caller's umask comes unapplied, for the daemon to apply unless the directory has a
-        // default ACL (then the upper's filesystem derives the mode from the ACL).
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DONT_MASK
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_MAX_PAGES
-            | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DO_READDIRPLUS;
-        let supported = config.capabilities() & wanted;
-        if let Err(missing) = config.add_capabilities(supported) {
-            log::debug!("kernel refused capabilities {missing:?}");
-        }
-        // Passthrough: the kernel reads and writes the real files itself. It needs root, a
-        // kernel that offers it, and one level of filesystem stacking below us.
-        let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
-        let passthrough = self.want_passthrough
-            && offered
-            && config.set_max_stack_depth(1).is_ok()
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
-        let why_not = if !self.want_passthrough {
-            "passthrough=off"
-        } else if !offered {
-            "the kernel does not offer passthrough (it needs root and Linux 6.9 or later)"
-        } else {
-            "the kernel refused passthrough"
+        let want = init::Wanted {
+            passthrough: self.want_passthrough,
+            max_write: self.max_write,
+            read_only: self.ov.read_only(),
+            has_upper: self.ov.layers.has_upper,
         };
-        if passthrough {
-            self.ov.enable_passthrough();
-            log::info!(
-                "FUSE passthrough granted: the kernel does the I/O of files in the upper layer{}",
-                if self.ov.layers.has_upper {
-                    ""
-                } else {
-                    " and, as the mount is read-only, of every file"
-                }
-            );
-        } else if self.ov.cfg.read_only {
-            log::info!(
-                "no passthrough ({why_not}): file data is read through the daemon (page-cached)"
-            );
-        } else if config
-            .capabilities()
-            .contains(InitFlags::FUSE_WRITEBACK_CACHE)
-            && config
-                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
-                .is_ok()
-        {
-            self.ov.enable_writeback();
-            log::info!(
-                "no passthrough ({why_not}): file data goes through the daemon with the kernel's writeback cache"
-            );
-        } else {
-            log::warn!(
-                "no passthrough ({why_not}) and no writeback cache offered: every write goes through the daemon"
-            );
-        }
-        let max_write = self.max_write.unwrap_or(1 << 20);
-        if let Err(m) = config.set_max_write(max_write) {
-            let _ = config.set_max_write(m); // the kernel's maximum
-        }
+        let granted = init::negotiate(config, &want);
+        self.data.negotiated(granted.passthrough, granted.writeback);
         Ok(())
     }
 
@@ -458,8 +250,8 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.open(ino.into(), flags.0) {
-            Ok(o) => match self.backing(&o, || reply.open_backing(o.fd.as_fd())) {
+        match self.ov.open(ino.into(), flags.0, self.data.open_opts()) {
+            Ok(o) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
                 Some(b) => reply.opened_passthrough(o.fh.into(), FopenFlags::FOPEN_NOFLUSH, &b),
                 None => reply.opened(o.fh.into(), FILE_FLAGS),
             },
@@ -523,9 +315,8 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some((ino, true)) = self.ov.release(fh.into()) {
-            self.backings.release(ino);
-        }
+        self.ov.release(fh.into());
+        self.data.release(fh.into());
         reply.ok();
     }
 
@@ -667,15 +458,13 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let what = NewNode::File { mode, flags };
-        match self.ov.create_file(
-            parent.into(),
-            name.as_bytes(),
-            what,
-            flags,
-            caller(req, umask),
-        ) {
-            Ok((e, o)) => match self.backing(&o, || reply.open_backing(o.fd.as_fd())) {
+        let opts = self.data.open_opts();
+        let name = name.as_bytes();
+        match self
+            .ov
+            .create_file(parent.into(), name, mode, flags, opts, caller(req, umask))
+        {
+            Ok((e, o)) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
                 Some(b) => reply.created_passthrough(
                     &self.ttl,
                     &attr(&e.attr),
