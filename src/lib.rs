@@ -9,6 +9,7 @@ mod dircache;
 pub mod error;
 mod fuse;
 mod handle;
+pub mod idmap;
 mod inode;
 mod layer;
 pub mod mount;

@@ -437,7 +437,7 @@ impl Filesystem for Fs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::reply_xattr(self.ov.listxattr(ino.into(), size, req.pid()), reply);
+        Self::reply_xattr(self.ov.listxattr(ino.into(), size, &caller(req, 0)), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -297,7 +297,7 @@ impl Overlay {
                 // renamed into place, so root makes it with its final permissions (the
                 // daemon's umask is 0). Set-id bits come after the chown, which clears them.
                 // Without root, the xattrs are set by name, which needs owner write access.
-                let first_mode = if self.daemon_ids.0 == 0 {
+                let first_mode = if self.privileges.any_owner() {
                     perm & 0o1777
                 } else {
                     0o600
@@ -318,8 +318,9 @@ impl Overlay {
                     self.cfg.durable,
                 )?;
                 self.copy_xattrs(sdir, sname, work, tmp)?;
-                if (made.uid, made.gid) != (src.uid, src.gid) {
-                    sys::fchownat(dfd.as_fd(), sys::EMPTY, src.uid, src.gid)?;
+                let owner = self.ids.copy_up_owner(src);
+                if (made.uid, made.gid) != (owner.uid, owner.gid) {
+                    sys::fchownat(dfd.as_fd(), sys::EMPTY, owner.uid, owner.gid)?;
                 }
                 if perm & 0o6000 != 0 || made.mode & 0o7777 != perm {
                     sys::fchmod(dfd.as_fd(), perm)?;
@@ -341,7 +342,8 @@ impl Overlay {
                 sys::symlinkat(&cname(&target)?, work, tmp)?;
                 guard.armed = true;
                 self.copy_xattrs(sdir, sname, work, tmp)?;
-                sys::fchownat(work, tmp, src.uid, src.gid)?;
+                let owner = self.ids.copy_up_owner(src);
+                sys::fchownat(work, tmp, owner.uid, owner.gid)?;
                 let (a, m) = times(src);
                 sys::utimensat(work, tmp, a, m)?;
             }
@@ -364,7 +366,8 @@ impl Overlay {
         tmp: &CStr,
     ) -> FsResult<()> {
         self.copy_xattrs(sdir, sname, work, tmp)?;
-        sys::fchownat(work, tmp, src.uid, src.gid)?;
+        let owner = self.ids.copy_up_owner(src);
+        sys::fchownat(work, tmp, owner.uid, owner.gid)?;
         sys::fchmodat(work, tmp, src.mode & 0o7777)?;
         let (a, m) = times(src);
         sys::utimensat(work, tmp, a, m)

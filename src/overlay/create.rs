@@ -95,31 +95,32 @@ impl Overlay {
         let wanted = wanted & 0o7777;
         let mut mode = wanted;
         let setgid_parent = pst.mode & libc::S_ISGID != 0;
-        let gid = if setgid_parent { pst.gid } else { caller.gid };
+        let host = self.ids.owner_of(&caller);
+        let gid = if setgid_parent { pst.gid } else { host.gid };
         if kind == libc::S_IFDIR && setgid_parent {
             mode |= libc::S_ISGID;
         } else if kind != libc::S_IFDIR
             && mode & libc::S_ISGID != 0
-            && caller.uid != 0
-            && gid != caller.gid
-            && !sys::pid_in_group(caller.pid, gid)
+            && !caller.may_fsetid()
+            && gid != host.gid
+            && !caller.in_group(gid)
         {
             mode &= !libc::S_ISGID;
         }
         // What the filesystem gives an object the daemon creates.
-        let (duid, dgid) = self.daemon_ids;
-        let fs_gid = if setgid_parent { pst.gid } else { dgid };
+        let daemon = self.privileges.ids;
+        let fs_gid = if setgid_parent { pst.gid } else { daemon.gid };
         let fs_mode = if kind == libc::S_IFDIR && setgid_parent {
             wanted | libc::S_ISGID
         } else {
             wanted
         };
-        let chown = (caller.uid, gid) != (duid, fs_gid);
+        let chown = (host.uid, gid) != (daemon.uid, fs_gid);
         // chown clears setuid/setgid of non-directories.
         let chmod = kind != libc::S_IFLNK
             && (mode != fs_mode || (chown && kind != libc::S_IFDIR && mode & 0o6000 != 0));
         Owner {
-            uid: caller.uid,
+            uid: host.uid,
             gid,
             mode,
             chown,

@@ -17,6 +17,7 @@ pub mod xattr;
 
 pub use io::{FileRange, OpenOpts, Opened};
 
+pub use crate::idmap::Caller;
 pub use create::NewNode;
 pub use setattr::SetAttr;
 
@@ -24,6 +25,7 @@ use crate::config::{Stack, XattrNs};
 use crate::dircache::DirCache;
 use crate::error::{Errno, FsResult, StartupError};
 use crate::handle::{Fh, HandleTable};
+use crate::idmap::{IdMap, Privileges};
 use crate::inode::{
     Ino, Inode, InodeState, InodeTable, LinkNames, Numbering, Presence, PresenceList, ROOT_INO,
     RealId,
@@ -42,17 +44,6 @@ pub struct Caps {
     pub whiteout_dev: bool,
     /// renameat2(RENAME_WHITEOUT) works in the upper.
     pub rename_whiteout: bool,
-}
-
-/// Who is asking: the caller's credentials, for ownership of new objects.
-#[derive(Clone, Copy, Debug)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-    /// The caller's umask: ours to apply (POSIX ACLs are on), unless the parent directory
-    /// has a default ACL, which the upper's filesystem then applies instead.
-    pub umask: u32,
 }
 
 /// A looked-up object: its inode (one lookup reference taken) and its attributes.
@@ -89,8 +80,10 @@ pub struct Overlay {
     dirs: DirCache,
     pub caps: Caps,
     temp_seq: AtomicU64,
-    /// The daemon's euid and egid: what the upper's filesystem gives what we create.
-    daemon_ids: (u32, u32),
+    /// What the daemon may do (its ids, root or not).
+    privileges: Privileges,
+    /// Ids between requests and disk (the identity seam).
+    ids: IdMap,
     /// Told when the transport's caches are stale (`with_kernel_cache`).
     kernel_cache: Box<dyn KernelCache>,
     link_names: LinkNames,
@@ -168,7 +161,8 @@ impl Overlay {
             dirs: DirCache::new(nofile),
             caps,
             temp_seq: AtomicU64::new(0),
-            daemon_ids: (sys::geteuid(), sys::getegid()),
+            privileges: Privileges::probe(),
+            ids: IdMap::identity(),
             kernel_cache: Box::new(NoKernelCache),
             link_names: LinkNames::default(),
             detached_attrs: dashmap::DashMap::new(),
@@ -426,9 +420,15 @@ impl Overlay {
         root.update(|s| s.layers = layers.into());
     }
 
-    /// Attributes as the merged view reports them: the top object's, with our number, and
-    /// nlink 1 for a directory merged from several layers (as the kernel does).
-    pub fn present_attr(&self, inode: &Inode, mut st: Stat) -> Stat {
+    /// Attributes as the merged view reports them: the top object's, with our number, the
+    /// ids shown (`IdMap::to_shown`), and nlink 1 for a directory merged from several layers
+    /// (as the kernel does). Every attribute the core returns comes through here.
+    pub fn present_attr(&self, inode: &Inode, st: Stat) -> Stat {
+        self.merged_layout(inode, self.ids.to_shown(st))
+    }
+
+    /// The merged view's number and link count for `inode` (ids untouched).
+    fn merged_layout(&self, inode: &Inode, mut st: Stat) -> Stat {
         st.ino = inode.ino.0;
         if st.is_dir() && inode.with_state(|s| s.layers.len()) > 1 {
             st.nlink = 1;
@@ -448,7 +448,11 @@ impl Overlay {
             Ok((dir, name, _)) => sys::fstatat(dir.as_fd(), &name)?,
             Err(e) => match self.any_open_fd(&inode) {
                 Some(fd) => sys::fstat(fd.as_fd())?,
-                None => *self.detached_attrs.get(&ino).ok_or(e)?,
+                // Kept as shown: its ids are not mapped again.
+                None => {
+                    let shown = *self.detached_attrs.get(&ino).ok_or(e)?;
+                    return Ok(self.merged_layout(&inode, shown));
+                }
             },
         };
         Ok(self.present_attr(&inode, st))

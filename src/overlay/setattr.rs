@@ -73,12 +73,10 @@ impl Overlay {
         }
         let (dir, name) = target.at();
         if a.uid.is_some() || a.gid.is_some() {
-            sys::fchownat(
-                dir,
-                name,
-                a.uid.unwrap_or(u32::MAX),
-                a.gid.unwrap_or(u32::MAX),
-            )?;
+            // -1 leaves that id as it is.
+            let uid = a.uid.map_or(u32::MAX, |u| self.ids.uid_to_host(u));
+            let gid = a.gid.map_or(u32::MAX, |g| self.ids.gid_to_host(g));
+            sys::fchownat(dir, name, uid, gid)?;
         }
         if let Some(mode) = a.mode {
             if inode.kind == libc::S_IFLNK {

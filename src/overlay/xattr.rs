@@ -35,16 +35,16 @@ impl Overlay {
         sized(v, size)
     }
 
-    /// listxattr. `caller_pid`: the trusted.* names are listed only to a caller with
-    /// CAP_SYS_ADMIN, as a filesystem lists them (the daemon itself sees them all).
-    pub fn listxattr(&self, ino: Ino, size: u32, caller_pid: u32) -> FsResult<XattrReply> {
+    /// listxattr. The trusted.* names are listed only to a caller with CAP_SYS_ADMIN, as a
+    /// filesystem lists them (the daemon itself sees them all).
+    pub fn listxattr(&self, ino: Ino, size: u32, caller: &super::Caller) -> FsResult<XattrReply> {
         let inode = self.inode(ino)?;
         let (dir, fname) = self.reach(&inode)?;
         let mut out = Vec::new();
         let mut privileged: Option<bool> = None;
         for n in sys::listxattr_names(dir.as_fd(), &fname)? {
             if n.starts_with(b"trusted.")
-                && !*privileged.get_or_insert_with(|| sys::pid_has_cap_sys_admin(caller_pid))
+                && !*privileged.get_or_insert_with(|| caller.has_cap_sys_admin())
             {
                 continue;
             }
