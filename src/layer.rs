@@ -52,7 +52,7 @@ impl Layer {
                     "lower '{}' used without a private mount ({e})",
                     path.display()
                 );
-                sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?
+                sys::open_dir(&c)?
             }
         };
         Layer::from_fd(path, fd)
@@ -83,10 +83,10 @@ fn cpath(p: &Path) -> FsResult<CString> {
 
 /// Opens `rel` (a canonical relative path) below `root`, one component at a time.
 fn open_below(root: &OwnedFd, rel: &Path) -> FsResult<OwnedFd> {
-    let mut cur = sys::openat(root.as_fd(), sys::DOT, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let mut cur = sys::open_dir_at(root.as_fd(), sys::DOT)?;
     for comp in rel.components() {
         let c = CString::new(comp.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        cur = sys::openat(cur.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        cur = sys::open_dir_at(cur.as_fd(), &c)?;
     }
     Ok(cur)
 }
@@ -97,10 +97,9 @@ fn open_below(root: &OwnedFd, rel: &Path) -> FsResult<OwnedFd> {
 /// Both must come from the same mount, or renames between them fail with EXDEV.
 pub fn open_upper_and_work(upper: &Path, work: &Path) -> FsResult<(OwnedFd, OwnedFd)> {
     let plain = || -> FsResult<(OwnedFd, OwnedFd)> {
-        let dir = libc::O_PATH | libc::O_DIRECTORY;
         Ok((
-            sys::open_path(&cpath(upper)?, dir)?,
-            sys::open_path(&cpath(work)?, dir)?,
+            sys::open_dir(&cpath(upper)?)?,
+            sys::open_dir(&cpath(work)?)?,
         ))
     };
     let mut common = upper.to_path_buf();
@@ -168,6 +167,16 @@ impl Layers {
             Ok(LayerIdx::TOP)
         } else {
             Err(Errno::EROFS)
+        }
+    }
+
+    /// `O_NOATIME` for a lower layer, 0 for the upper: reading a lower leaves its atimes
+    /// alone, as the kernel's overlay does; the upper's atimes are the merged view's own.
+    pub fn noatime(&self, idx: LayerIdx) -> i32 {
+        if self.is_upper(idx) {
+            0
+        } else {
+            libc::O_NOATIME
         }
     }
 

@@ -42,7 +42,8 @@ fn must_copy_xattr(name: &[u8]) -> bool {
     name.starts_with(b"system.posix_acl") || name == b"security.capability"
 }
 
-fn times(st: &Stat) -> (TimeSpec, TimeSpec) {
+/// The atime and mtime of `st`, to set on another object.
+pub(super) fn times(st: &Stat) -> (TimeSpec, TimeSpec) {
     (
         TimeSpec::Set(st.atime.0, st.atime.1),
         TimeSpec::Set(st.mtime.0, st.mtime.1),

@@ -243,9 +243,7 @@ impl Overlay {
                     return Err(e);
                 }
                 if let UpperSlot::AufsWhiteout = slot {
-                    if let Some(wh) = whiteout::aufs_whiteout_for(name) {
-                        sys::unlinkat(udir.as_fd(), &cname(&wh)?, false)?;
-                    }
+                    Self::remove_aufs_whiteout(udir.as_fd(), name)?;
                     if kind == libc::S_IFDIR {
                         self.set_opaque(udir.as_fd(), &cn)?;
                     }
@@ -268,15 +266,6 @@ impl Overlay {
         kind: u32,
         owner: &Owner,
     ) -> FsResult<Option<OwnedFd>> {
-        let work = self.work_fd()?;
-        let tmp = self.temp_name();
-        let fd = self.make_raw(work, &tmp, what)?;
-        let mut guard = super::copy_up::TempGuard {
-            dir: work,
-            name: tmp.clone(),
-            is_dir: kind == libc::S_IFDIR,
-            armed: true,
-        };
         // Made in the work directory, the object got the work directory's defaults, not the
         // parent's (a setgid parent's group): owner and mode are always set.
         let owner = Owner {
@@ -284,15 +273,58 @@ impl Overlay {
             chmod: kind != libc::S_IFLNK,
             ..*owner
         };
-        self.set_owner(work, &tmp, &owner)?;
-        if kind == libc::S_IFDIR {
-            self.set_opaque(work, &tmp)?;
-        }
+        self.replace_whiteout(
+            udir,
+            cn,
+            kind == libc::S_IFDIR,
+            |work, tmp| self.make_raw(work, tmp, what),
+            |work, tmp| {
+                self.set_owner(work, tmp, &owner)?;
+                if kind == libc::S_IFDIR {
+                    self.set_opaque(work, tmp)?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Puts a new object in the place of the whiteout at `cn` in upper directory `udir`:
+    /// `make` creates it under a temporary name in the work directory and `finish` completes
+    /// it there (on a failure of `finish` or of the exchange, it is removed again); then it
+    /// is exchanged with the whiteout (`RENAME_EXCHANGE`), so that the name never uncovers
+    /// the lower layers, and the whiteout, now in the work directory, is removed.
+    fn replace_whiteout<T>(
+        &self,
+        udir: BorrowedFd<'_>,
+        cn: &CStr,
+        is_dir: bool,
+        make: impl FnOnce(BorrowedFd<'_>, &CStr) -> FsResult<T>,
+        finish: impl FnOnce(BorrowedFd<'_>, &CStr) -> FsResult<()>,
+    ) -> FsResult<T> {
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let made = make(work, &tmp)?;
+        let mut guard = super::copy_up::TempGuard {
+            dir: work,
+            name: tmp.clone(),
+            is_dir,
+            armed: true,
+        };
+        finish(work, &tmp)?;
         sys::renameat2(work, &tmp, udir, cn, sys::RENAME_EXCHANGE)?;
-        // The whiteout is now at `tmp` in the work directory.
+        // The whiteout is now at `tmp` in the work directory: the guard removes it.
         guard.is_dir = false;
         drop(guard);
-        Ok(fd)
+        Ok(made)
+    }
+
+    /// Removes the AUFS `.wh.NAME` whiteout of `name` from upper directory `udir` (an object
+    /// now exists at `name`, which the whiteout would hide).
+    pub(super) fn remove_aufs_whiteout(udir: BorrowedFd<'_>, name: &[u8]) -> FsResult<()> {
+        match whiteout::aufs_whiteout_for(name) {
+            Some(wh) => sys::unlinkat(udir, &cname(&wh)?, false),
+            None => Ok(()),
+        }
     }
 
     /// Marks a directory opaque.
@@ -334,25 +366,17 @@ impl Overlay {
         let udir = self.dir_fd(&parent, upper)?;
         let cn = cname(newname)?;
         match self.upper_slot(udir.as_fd(), newname, &cn, true)? {
-            UpperSlot::Whiteout => {
-                let work = self.work_fd()?;
-                let tmp = self.temp_name();
-                sys::linkat(sdir.as_fd(), &sname, work, &tmp)?;
-                let guard = super::copy_up::TempGuard {
-                    dir: work,
-                    name: tmp.clone(),
-                    is_dir: false,
-                    armed: true,
-                };
-                sys::renameat2(work, &tmp, udir.as_fd(), &cn, sys::RENAME_EXCHANGE)?;
-                drop(guard); // removes the whiteout, now at tmp
-            }
+            UpperSlot::Whiteout => self.replace_whiteout(
+                udir.as_fd(),
+                &cn,
+                false,
+                |work, tmp| sys::linkat(sdir.as_fd(), &sname, work, tmp),
+                |_, _| Ok(()),
+            )?,
             slot => {
                 sys::linkat(sdir.as_fd(), &sname, udir.as_fd(), &cn)?;
-                if let UpperSlot::AufsWhiteout = slot
-                    && let Some(wh) = whiteout::aufs_whiteout_for(newname)
-                {
-                    sys::unlinkat(udir.as_fd(), &cname(&wh)?, false)?;
+                if let UpperSlot::AufsWhiteout = slot {
+                    Self::remove_aufs_whiteout(udir.as_fd(), newname)?;
                 }
             }
         }

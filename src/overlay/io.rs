@@ -76,14 +76,7 @@ impl Overlay {
     ) -> FsResult<(Arc<OwnedFd>, u64)> {
         let generation = inode.data_gen.load(Ordering::Acquire);
         let (dir, name, top) = self.locate(inode)?;
-        // Reading a lower file leaves its atime alone, as the kernel's overlay does; the
-        // upper's atimes are the merged view's own.
-        let noatime = if self.layers.is_upper(top.layer) {
-            0
-        } else {
-            libc::O_NOATIME
-        };
-        let flags = (flags & !STRIP) | noatime;
+        let flags = (flags & !STRIP) | self.layers.noatime(top.layer);
         let fd = match sys::openat(dir.as_fd(), &name, opts.access(flags), 0) {
             // Asked for reading too (`OpenOpts::readable`) but the file cannot be read: it
             // stays write-only (as libfuse's examples do).

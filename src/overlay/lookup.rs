@@ -32,7 +32,7 @@ impl Overlay {
             return op;
         }
         // `.wh..wh..opq` inside the directory (OCI/AUFS layers).
-        if let Ok(sub) = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)
+        if let Ok(sub) = sys::open_dir_at(dir, name)
             && sys::fstatat(
                 sub.as_fd(),
                 &cname(whiteout::OPAQUE_MARKER).unwrap_or_default(),

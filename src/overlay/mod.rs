@@ -234,10 +234,7 @@ impl Overlay {
         let (pdir, pname, _) = self.locate(dir)?;
         let before = sys::fstatat(pdir.as_fd(), &pname)?;
         let r = f()?;
-        let (a, m) = (
-            sys::TimeSpec::Set(before.atime.0, before.atime.1),
-            sys::TimeSpec::Set(before.mtime.0, before.mtime.1),
-        );
+        let (a, m) = copy_up::times(&before);
         if let Err(e) = sys::utimensat(pdir.as_fd(), &pname, a, m) {
             log::warn!("copy-up: could not restore a directory's times: {e}");
         }
@@ -269,12 +266,7 @@ impl Overlay {
         let (parent, name) = dir.with_state(|s| (s.parent.clone(), cname(&s.name)));
         let parent = parent.ok_or(Errno::ESTALE)?;
         let pfd = self.dir_fd(&parent, layer)?;
-        let fd = Arc::new(sys::openat(
-            pfd.as_fd(),
-            &name?,
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?);
+        let fd = Arc::new(sys::open_dir_at(pfd.as_fd(), &name?)?);
         self.dirs.insert(dir.ino, layer, Arc::clone(&fd));
         Ok(fd)
     }
@@ -393,6 +385,15 @@ impl Overlay {
         match self.locate(inode) {
             Ok((dir, name, _)) => Ok((dir, name)),
             Err(e) => Ok((self.any_open_fd(inode).ok_or(e)?, CString::default())),
+        }
+    }
+
+    /// The upper object `st` lost a name (removed, or replaced by a rename): once it has no
+    /// other link, its identity may be reused by the filesystem and no longer names the
+    /// inode it was copied up for.
+    pub(super) fn upper_name_gone(&self, st: &Stat) {
+        if st.nlink <= 1 || st.is_dir() {
+            self.inodes.numbers.unalias(RealId::of(st));
         }
     }
 
@@ -534,8 +535,7 @@ mod work {
             Err(e) if e == crate::error::Errno::EEXIST => {}
             Err(e) => return Err(err(e)),
         }
-        let work =
-            sys::openat(top.as_fd(), c"work", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(err)?;
+        let work = sys::open_dir_at(top.as_fd(), c"work").map_err(err)?;
         empty_dir(work.as_fd()).map_err(err)?;
         Ok(work)
     }
@@ -550,7 +550,7 @@ mod work {
             let name = super::cname(&e.name)?;
             let st = sys::fstatat(dir, &name)?;
             if st.is_dir() {
-                let sub = sys::openat(dir, &name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                let sub = sys::open_dir_at(dir, &name)?;
                 empty_dir(sub.as_fd())?;
                 sys::unlinkat(dir, &name, true)?;
             } else {

@@ -63,17 +63,8 @@ impl Overlay {
         xwhiteouts_hide: bool,
     ) -> FsResult<Vec<LayerEntry>> {
         let dirfd = self.dir_fd(dir, p.layer)?;
-        let noatime = if self.layers.is_upper(p.layer) {
-            0
-        } else {
-            libc::O_NOATIME
-        };
-        let rd = sys::openat(
-            dirfd.as_fd(),
-            sys::DOT,
-            libc::O_RDONLY | libc::O_DIRECTORY | noatime,
-            0,
-        )?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | self.layers.noatime(p.layer);
+        let rd = sys::openat(dirfd.as_fd(), sys::DOT, flags, 0)?;
         let raw = sys::read_dir_entries(rd.as_fd())?;
         let mut hidden_by_aufs: Vec<Vec<u8>> = Vec::new();
         let mut out = Vec::with_capacity(raw.len());
@@ -102,17 +93,7 @@ impl Overlay {
                         d_type = sys::dtype_of_mode(st.mode);
                         dev = st.dev;
                         ino = st.ino;
-                        whiteout = whiteout::is_whiteout_dev(&st)
-                            || (xwh
-                                && st.is_reg()
-                                && st.size == 0
-                                && sys::getxattrat(
-                                    dirfd.as_fd(),
-                                    &cn,
-                                    whiteout::xattr_names(self.xattr_ns()).whiteout,
-                                    &mut [],
-                                )
-                                .is_ok());
+                        whiteout = self.is_whiteout(dirfd.as_fd(), &cn, &st, xwh);
                     }
                     // Vanished since getdents: it is not there any more.
                     Err(_) => continue,

@@ -4,7 +4,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::{Ino, Inode, RealId};
+use crate::inode::{Ino, Inode};
 use crate::sys;
 use crate::whiteout;
 use std::ffi::CStr;
@@ -100,7 +100,7 @@ impl Overlay {
             }
         }
         if is_dir {
-            let sub = sys::openat(work, &tmp, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            let sub = sys::open_dir_at(work, &tmp)?;
             super::work::empty_dir(sub.as_fd())?;
         }
         sys::unlinkat(work, &tmp, is_dir)
@@ -151,9 +151,7 @@ impl Overlay {
             let whiteout = self.lower_positive(parent, name)?;
             let real = sys::fstatat(udir.as_fd(), &cn)?;
             self.remove_upper(udir.as_fd(), &cn, name, is_dir, whiteout)?;
-            if real.nlink <= 1 || is_dir {
-                self.inodes.numbers.unalias(RealId::of(&real));
-            }
+            self.upper_name_gone(&real);
         } else {
             self.make_whiteout(udir.as_fd(), &cn, name)?;
         }

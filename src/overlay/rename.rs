@@ -5,7 +5,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
-use crate::inode::{Ino, Inode, RealId};
+use crate::inode::{Ino, Inode};
 use crate::sys;
 use crate::whiteout::{self, Opacity};
 use std::os::fd::AsFd;
@@ -164,7 +164,7 @@ impl Overlay {
             && replaced_merged_dir
         {
             // Merged-empty: only whiteouts are left in it; they go first.
-            let sub = sys::openat(ndir.as_fd(), &ncn, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            let sub = sys::open_dir_at(ndir.as_fd(), &ncn)?;
             super::work::empty_dir(sub.as_fd())?;
         }
         let whiteout = self.lower_positive(parent, name)?;
@@ -190,13 +190,9 @@ impl Overlay {
                 self.make_whiteout(odir.as_fd(), &ocn, name)?;
             }
         }
-        if let Some(wh) = whiteout::aufs_whiteout_for(newname) {
-            let _ = sys::unlinkat(ndir.as_fd(), &cname(&wh)?, false); // usually absent
-        }
-        if let Some(t) = target
-            && (t.nlink <= 1 || t.is_dir())
-        {
-            self.inodes.numbers.unalias(RealId::of(&t));
+        let _ = Self::remove_aufs_whiteout(ndir.as_fd(), newname); // usually absent
+        if let Some(t) = target {
+            self.upper_name_gone(&t);
         }
         if let Some(d) = dst
             && d.is_dir()

@@ -158,6 +158,16 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> FsResu
     }
 }
 
+/// An `O_PATH` fd on directory `name` in `dir` (what `*at` calls below it start from).
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> FsResult<OwnedFd> {
+    openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// An `O_PATH` fd on the directory at an absolute path (startup only, as `open_path`).
+pub fn open_dir(path: &CStr) -> FsResult<OwnedFd> {
+    open_path(path, libc::O_PATH | libc::O_DIRECTORY)
+}
+
 /// Opens an absolute or cwd-relative path as the daemon (startup only, never on the request
 /// path: that always goes through a layer's root fd).
 pub fn open_path(path: &CStr, flags: i32) -> FsResult<OwnedFd> {
