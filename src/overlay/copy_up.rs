@@ -9,6 +9,7 @@
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
 use crate::inode::{Inode, Presence, RealId};
+use crate::layer::LayerIdx;
 use crate::sys::{self, Stat, TimeSpec};
 use crate::whiteout::is_private_xattr;
 use std::ffi::{CStr, CString};
@@ -249,8 +250,22 @@ impl Overlay {
             guard.armed = false;
             Ok(made)
         })?;
+        self.copied_up(inode, upper, &src, &made, with_data);
+        Ok(())
+    }
 
-        self.inodes.numbers.alias(RealId::of(&made), inode.ino);
+    /// After `inode`'s object `src` was copied up as `made` (in layer `upper`): the inode
+    /// now names the copy (keeping its number), open handles re-open it, and the kernel's
+    /// caches hear of what changed.
+    fn copied_up(
+        &self,
+        inode: &Arc<Inode>,
+        upper: LayerIdx,
+        src: &Stat,
+        made: &Stat,
+        with_data: bool,
+    ) {
+        self.inodes.numbers.alias(RealId::of(made), inode.ino);
         inode.update(|s| {
             let mut layers = vec![Presence {
                 layer: upper,
@@ -260,7 +275,7 @@ impl Overlay {
                 layers.extend(s.layers.iter().copied());
             }
             s.layers = layers.into();
-            s.real = RealId::of(&made);
+            s.real = RealId::of(made);
         });
         if src.is_dir() {
             self.invalidate_dir(inode.ino);
@@ -275,7 +290,6 @@ impl Overlay {
         if src.nlink > 1 && !src.is_dir() {
             self.link_lower_names(inode);
         }
-        Ok(())
     }
 
     /// Builds the copy of `src` as `tmp` in the work directory (the guard removes it on
@@ -290,74 +304,67 @@ impl Overlay {
         tmp: &CStr,
         guard: &mut TempGuard<'_>,
     ) -> FsResult<Stat> {
-        let perm = src.mode & 0o7777;
         match src.file_type() {
-            libc::S_IFREG => {
-                let sfd = sys::openat(sdir, sname, libc::O_RDONLY | libc::O_NOATIME, 0)?;
-                // The work directory is mode 0: nobody else can open the file before it is
-                // renamed into place, so root makes it with its final permissions (the
-                // daemon's umask is 0). Set-id bits come after the chown, which clears them.
-                // Without root, the xattrs are set by name, which needs owner write access.
-                let first_mode = if self.privileges.any_owner() {
-                    perm & 0o1777
-                } else {
-                    0o600
-                };
-                let dfd = sys::openat(
-                    work,
-                    tmp,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    first_mode,
-                )?;
-                guard.armed = true;
-                let made = sys::fstat(dfd.as_fd())?;
-                copy_data(
-                    sfd.as_fd(),
-                    dfd.as_fd(),
-                    src,
-                    &self.reflink,
-                    self.cfg.durable,
-                )?;
-                self.copy_xattrs(sdir, sname, work, tmp)?;
-                let owner = self.ids.copy_up_owner(src);
-                if (made.uid, made.gid) != (owner.uid, owner.gid) {
-                    sys::fchownat(dfd.as_fd(), sys::EMPTY, owner.uid, owner.gid)?;
-                }
-                if perm & 0o6000 != 0 || made.mode & 0o7777 != perm {
-                    sys::fchmod(dfd.as_fd(), perm)?;
-                }
-                let (a, m) = times(src);
-                sys::utimensat(dfd.as_fd(), sys::EMPTY, a, m)?;
-                if self.cfg.durable {
-                    sys::fsync(dfd.as_fd(), false)?;
-                }
-                return Ok(made);
-            }
-            libc::S_IFDIR => {
-                sys::mkdirat(work, tmp, 0o700)?;
-                guard.armed = true;
-                self.finish_attrs(sdir, sname, src, work, tmp)?;
-            }
+            libc::S_IFREG => return self.copy_regular(sdir, sname, src, work, tmp, guard),
+            libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
             libc::S_IFLNK => {
                 let target = sys::readlinkat(sdir, sname)?;
                 sys::symlinkat(&cname(&target)?, work, tmp)?;
-                guard.armed = true;
-                self.copy_xattrs(sdir, sname, work, tmp)?;
-                let owner = self.ids.copy_up_owner(src);
-                sys::fchownat(work, tmp, owner.uid, owner.gid)?;
-                let (a, m) = times(src);
-                sys::utimensat(work, tmp, a, m)?;
             }
-            _ => {
-                sys::mknodat(work, tmp, src.file_type() | 0o600, src.rdev)?;
-                guard.armed = true;
-                self.finish_attrs(sdir, sname, src, work, tmp)?;
-            }
+            _ => sys::mknodat(work, tmp, src.file_type() | 0o600, src.rdev)?,
         }
+        guard.armed = true;
+        self.finish_attrs(sdir, sname, src, work, tmp)?;
         sys::fstatat(work, tmp)
     }
 
-    /// xattrs, owner, mode and times of a directory or special file, by name.
+    /// `build_copy` of a regular file: data, xattrs, owner, mode, times, through its fd;
+    /// fsynced when the mount is durable.
+    fn copy_regular(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &CStr,
+        src: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &CStr,
+        guard: &mut TempGuard<'_>,
+    ) -> FsResult<Stat> {
+        let perm = src.mode & 0o7777;
+        // The source is a lower file: reading it leaves its atime alone.
+        let sfd = sys::openat(sdir, sname, libc::O_RDONLY | libc::O_NOATIME, 0)?;
+        // The work directory is mode 0: nobody else can open the file before it is
+        // renamed into place, so root makes it with its final permissions (the
+        // daemon's umask is 0). Set-id bits come after the chown, which clears them.
+        // Without root, the xattrs are set by name, which needs owner write access.
+        let first_mode = if self.privileges.any_owner() {
+            perm & 0o1777
+        } else {
+            0o600
+        };
+        let create = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+        let dfd = sys::openat(work, tmp, create, first_mode)?;
+        guard.armed = true;
+        let made = sys::fstat(dfd.as_fd())?;
+        let durable = self.cfg.durable;
+        copy_data(sfd.as_fd(), dfd.as_fd(), src, &self.reflink, durable)?;
+        self.copy_xattrs(sdir, sname, work, tmp)?;
+        let owner = self.ids.copy_up_owner(src);
+        if (made.uid, made.gid) != (owner.uid, owner.gid) {
+            sys::fchownat(dfd.as_fd(), sys::EMPTY, owner.uid, owner.gid)?;
+        }
+        if perm & 0o6000 != 0 || made.mode & 0o7777 != perm {
+            sys::fchmod(dfd.as_fd(), perm)?;
+        }
+        let (a, m) = times(src);
+        sys::utimensat(dfd.as_fd(), sys::EMPTY, a, m)?;
+        if durable {
+            sys::fsync(dfd.as_fd(), false)?;
+        }
+        Ok(made)
+    }
+
+    /// xattrs, owner, mode (not a symlink's: it has none of its own) and times of a
+    /// directory, symlink or special file, by name.
     fn finish_attrs(
         &self,
         sdir: BorrowedFd<'_>,
@@ -369,7 +376,9 @@ impl Overlay {
         self.copy_xattrs(sdir, sname, work, tmp)?;
         let owner = self.ids.copy_up_owner(src);
         sys::fchownat(work, tmp, owner.uid, owner.gid)?;
-        sys::fchmodat(work, tmp, src.mode & 0o7777)?;
+        if src.file_type() != libc::S_IFLNK {
+            sys::fchmodat(work, tmp, src.mode & 0o7777)?;
+        }
         let (a, m) = times(src);
         sys::utimensat(work, tmp, a, m)
     }

@@ -104,36 +104,31 @@ impl Overlay {
             if self.is_whiteout(dir, &cn, &st, p.xwhiteouts) {
                 break;
             }
-            match &mut found {
-                None => {
-                    let mut layers = vec![Presence {
+            if !st.is_dir() {
+                // A non-directory is the object when nothing was found above it; below a
+                // directory it ends the merge.
+                if found.is_none() {
+                    let layers = vec![Presence {
                         layer: p.layer,
                         xwhiteouts: false,
                     }];
-                    if !st.is_dir() {
-                        return Ok(Some(Found { layers, stat: st }));
-                    }
-                    let op = self.opacity(dir, &cn);
-                    layers[0].xwhiteouts = op == Opacity::XWhiteouts;
-                    let opaque = op == Opacity::Opaque;
-                    found = Some(Found { layers, stat: st });
-                    if opaque {
-                        break;
-                    }
+                    return Ok(Some(Found { layers, stat: st }));
                 }
-                Some(f) => {
-                    if !st.is_dir() {
-                        break;
-                    }
-                    let op = self.opacity(dir, &cn);
-                    f.layers.push(Presence {
-                        layer: p.layer,
-                        xwhiteouts: op == Opacity::XWhiteouts,
-                    });
-                    if op == Opacity::Opaque {
-                        break;
-                    }
-                }
+                break;
+            }
+            // A directory: the top one gives the attributes; it merges with those below it
+            // until one is opaque.
+            let f = found.get_or_insert_with(|| Found {
+                layers: Vec::new(),
+                stat: st,
+            });
+            let op = self.opacity(dir, &cn);
+            f.layers.push(Presence {
+                layer: p.layer,
+                xwhiteouts: op == Opacity::XWhiteouts,
+            });
+            if op == Opacity::Opaque {
+                break;
             }
         }
         Ok(found)

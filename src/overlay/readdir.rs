@@ -7,10 +7,11 @@ use crate::error::FsResult;
 use crate::handle::{DirEntry, Fh};
 use crate::inode::{Ino, Inode, Presence, RealId};
 use crate::layer::LayerIdx;
+use crate::sys::RawDirEntry;
 use crate::sys::{self, Stat};
 use crate::whiteout;
 use std::collections::HashSet;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 /// One entry of one layer's directory, classified.
@@ -66,6 +67,8 @@ impl Overlay {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | self.layers.noatime(p.layer);
         let rd = sys::openat(dirfd.as_fd(), sys::DOT, flags, 0)?;
         let raw = sys::read_dir_entries(rd.as_fd())?;
+        let layer_dev = self.layers.get(p.layer)?.dev;
+        let xwh = p.xwhiteouts && xwhiteouts_hide;
         let mut hidden_by_aufs: Vec<Vec<u8>> = Vec::new();
         let mut out = Vec::with_capacity(raw.len());
         for e in raw {
@@ -78,39 +81,11 @@ impl Overlay {
                 }
                 continue;
             }
-            let mut d_type = e.d_type;
-            let mut dev = self.layers.get(p.layer)?.dev;
-            let mut ino = e.ino;
-            let mut whiteout = false;
-            let xwh = p.xwhiteouts && xwhiteouts_hide;
-            let needs_stat = d_type == libc::DT_CHR
-                || d_type == libc::DT_UNKNOWN
-                || (xwh && d_type == libc::DT_REG);
-            if needs_stat {
-                let cn = cname(&e.name)?;
-                match sys::fstatat(dirfd.as_fd(), &cn) {
-                    Ok(st) => {
-                        d_type = sys::dtype_of_mode(st.mode);
-                        dev = st.dev;
-                        ino = st.ino;
-                        whiteout = self.is_whiteout(dirfd.as_fd(), &cn, &st, xwh);
-                    }
-                    // Vanished since getdents: it is not there any more.
-                    Err(_) => continue,
-                }
+            if let Some(entry) = self.classify(dirfd.as_fd(), layer_dev, e, xwh)? {
+                out.push(entry);
             }
-            let ino = if whiteout {
-                Ino(0)
-            } else {
-                self.inodes.numbers.number(RealId::new(dev, ino))
-            };
-            out.push(LayerEntry {
-                name: e.name,
-                ino,
-                d_type,
-                whiteout,
-            });
         }
+        // A `.wh.NAME` hides NAME below this layer, like a whiteout at NAME would.
         for name in hidden_by_aufs {
             if !out.iter().any(|e| e.name == name) {
                 out.push(LayerEntry {
@@ -122,6 +97,42 @@ impl Overlay {
             }
         }
         Ok(out)
+    }
+
+    /// One entry of a layer's directory `dir` (on device `layer_dev`): its number and type,
+    /// and whether it is a whiteout (`xwh`: xattr whiteouts count). A stat is made only when
+    /// getdents cannot tell (a character device may be a whiteout, an unknown type, a
+    /// regular file that may be an xattr whiteout). None: it vanished since getdents.
+    fn classify(
+        &self,
+        dir: BorrowedFd<'_>,
+        layer_dev: u64,
+        e: RawDirEntry,
+        xwh: bool,
+    ) -> FsResult<Option<LayerEntry>> {
+        let (mut d_type, mut id, mut whiteout) = (e.d_type, RealId::new(layer_dev, e.ino), false);
+        let needs_stat =
+            d_type == libc::DT_CHR || d_type == libc::DT_UNKNOWN || (xwh && d_type == libc::DT_REG);
+        if needs_stat {
+            let cn = cname(&e.name)?;
+            let Ok(st) = sys::fstatat(dir, &cn) else {
+                return Ok(None);
+            };
+            d_type = sys::dtype_of_mode(st.mode);
+            id = RealId::of(&st);
+            whiteout = self.is_whiteout(dir, &cn, &st, xwh);
+        }
+        let ino = if whiteout {
+            Ino(0)
+        } else {
+            self.inodes.numbers.number(id)
+        };
+        Ok(Some(LayerEntry {
+            name: e.name,
+            ino,
+            d_type,
+            whiteout,
+        }))
     }
 
     /// The merged listing of directory `ino`, with `.` and `..` first.

@@ -9,7 +9,7 @@ mod dirent;
 mod proc;
 mod xattr;
 
-pub use dirent::read_dir_entries;
+pub use dirent::{RawDirEntry, read_dir_entries};
 pub use proc::*;
 pub use xattr::*;
 
