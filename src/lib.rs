@@ -2,6 +2,15 @@
 //! the semantics in `overlay`), the FUSE transport (`fuse`, `mount`) and the command line
 //! (`cli`, `config`). The binary in `main.rs` only parses, logs and runs; offline tools and
 //! the operation-level tests use the same core the daemon does.
+//!
+//! The public API, for tools and tests:
+//! - `config::Stack` describes a layer stack; `Overlay::new` opens it as the daemon does.
+//! - `Overlay`'s operations by inode number are the ones the daemon serves (lookup, getattr,
+//!   readdir, create_node, unlink, rename, setattr, open, write, ...), with the types they
+//!   take and return re-exported here.
+//!
+//! Everything else (the inode table, handles, layers, the syscall layer `sys`, the on-disk
+//! format `whiteout`, the FUSE glue) stays crate-private: it may change at any time.
 
 pub mod cli;
 pub mod config;
@@ -16,3 +25,11 @@ mod overlay;
 #[allow(unsafe_code)]
 mod sys;
 mod whiteout;
+
+pub use config::{Stack, XattrNs};
+pub use error::{Errno, FsResult, StartupError};
+pub use handle::DirEntry;
+pub use layer::LayerIdx;
+pub use overlay::xattr::XattrReply;
+pub use overlay::{Caller, Entry, NewNode, OpenResult, Overlay, SetAttr};
+pub use sys::{Stat, StatFs, TimeSpec};

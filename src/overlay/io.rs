@@ -104,7 +104,7 @@ impl Overlay {
 
     /// The kernel would not take the passthrough backing for this handle: it is served
     /// through the daemon instead, and passthrough is not tried again.
-    pub fn passthrough_refused(&self, fh: u64) {
+    pub(crate) fn passthrough_refused(&self, fh: u64) {
         self.passthrough.store(false, Ordering::Relaxed);
         if let Some(h) = self.handles.file(fh)
             && h.passthrough.swap(false, Ordering::Relaxed)

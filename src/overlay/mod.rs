@@ -56,8 +56,15 @@ pub struct Caller {
 
 /// A looked-up object: its inode (one lookup reference taken) and its attributes.
 pub struct Entry {
-    pub inode: Arc<Inode>,
+    pub(crate) inode: Arc<Inode>,
     pub attr: Stat,
+}
+
+impl Entry {
+    /// The object's inode number (what the reference taken is on).
+    pub fn ino(&self) -> u64 {
+        self.inode.ino
+    }
 }
 
 /// The kernel's caches of what we serve, which we must invalidate when the real objects
@@ -71,14 +78,14 @@ pub trait KernelCache: Send + Sync {
 }
 
 pub struct Overlay {
-    pub cfg: Stack,
-    pub layers: Layers,
+    pub(crate) cfg: Stack,
+    pub(crate) layers: Layers,
     /// The work directory (O_PATH), when there is an upper.
     work: Option<OwnedFd>,
-    pub inodes: InodeTable,
-    pub handles: HandleTable,
+    pub(crate) inodes: InodeTable,
+    pub(crate) handles: HandleTable,
     dirs: DirCache,
-    pub caps: Caps,
+    pub(crate) caps: Caps,
     temp_seq: AtomicU64,
     /// The daemon's euid and egid: what the upper's filesystem gives what we create.
     daemon_ids: (u32, u32),
@@ -175,7 +182,7 @@ impl Overlay {
     }
 
     /// Called once at INIT when the kernel grants passthrough.
-    pub fn enable_passthrough(&self) {
+    pub(crate) fn enable_passthrough(&self) {
         self.passthrough
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -183,18 +190,18 @@ impl Overlay {
     /// The kernel caches writes (FUSE_WRITEBACK_CACHE, negotiated at INIT without
     /// passthrough): it may read through a write-only open to fill a page, so files are
     /// opened for reading too.
-    pub fn enable_writeback(&self) {
+    pub(crate) fn enable_writeback(&self) {
         self.writeback
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
+    pub(crate) fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
         let _ = self.kernel_cache.set(k); // set once, at mount
     }
 
     /// The kernel's cached attributes of `ino` are stale (its real object changed under it:
     /// copy-up changes nlink and ctime, and a directory's nlink when it becomes merged).
-    pub fn invalidate_attr(&self, ino: u64) {
+    pub(crate) fn invalidate_attr(&self, ino: u64) {
         if let Some(k) = self.kernel_cache.get() {
             k.inval_attr(ino);
         }
@@ -266,12 +273,12 @@ impl Overlay {
         self.cfg.xattr_ns
     }
 
-    pub fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
+    pub(crate) fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
         self.inodes.get(ino).ok_or(Errno::ESTALE)
     }
 
     /// The `O_PATH` fd of directory `dir` in `layer` (which must hold it).
-    pub fn dir_fd(&self, dir: &Arc<Inode>, layer: LayerIdx) -> FsResult<Arc<OwnedFd>> {
+    pub(crate) fn dir_fd(&self, dir: &Arc<Inode>, layer: LayerIdx) -> FsResult<Arc<OwnedFd>> {
         if dir.ino == ROOT_INO {
             return Ok(Arc::clone(&self.layers.get(layer)?.root));
         }
@@ -293,7 +300,7 @@ impl Overlay {
 
     /// Where the top object of `inode` is: (its directory's fd in the top layer, its name,
     /// the top layer). The root is (layer root, ".").
-    pub fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
+    pub(crate) fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
         // Only what is needed is copied out of the state (this runs on every getattr).
         let (detached, top, parent, name) =
             inode.with_state(|s| (s.detached, s.top(), s.parent.clone(), cname(&s.name)));
@@ -410,7 +417,7 @@ impl Overlay {
     }
 
     /// Forgets cached directory fds of `ino` (its real directories changed).
-    pub fn invalidate_dir(&self, ino: u64) {
+    pub(crate) fn invalidate_dir(&self, ino: u64) {
         self.dirs.invalidate(ino, self.layers.len());
     }
 
@@ -435,7 +442,7 @@ impl Overlay {
 
     /// Attributes as the merged view reports them: the top object's, with our number, and
     /// nlink 1 for a directory merged from several layers (as the kernel does).
-    pub fn present_attr(&self, inode: &Inode, mut st: Stat) -> Stat {
+    pub(crate) fn present_attr(&self, inode: &Inode, mut st: Stat) -> Stat {
         st.ino = inode.ino;
         if st.is_dir() && inode.with_state(|s| s.layers.len()) > 1 {
             st.nlink = 1;
@@ -507,7 +514,7 @@ impl Overlay {
     }
 
     /// Fails with EROFS unless the mount can be written.
-    pub fn check_writable(&self) -> FsResult<()> {
+    pub(crate) fn check_writable(&self) -> FsResult<()> {
         if self.cfg.read_only || !self.layers.has_upper {
             return Err(Errno::EROFS);
         }
