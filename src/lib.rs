@@ -4,7 +4,9 @@
 //! the operation-level tests use the same core the daemon does.
 //!
 //! The public API, for tools and tests:
-//! - `config::Stack` describes a layer stack; `Overlay::new` opens it as the daemon does.
+//! - `config::Stack` describes a layer stack; `Overlay::open_read_only` opens it for reading
+//!   (no mount, no workdir, nothing written, no privilege needed), `Overlay::new` as the
+//!   daemon does (upper and work opened, `WORKDIR/work` emptied and probed).
 //! - `Overlay`'s operations by inode number are the ones the daemon serves (lookup, getattr,
 //!   readdir, create_node, unlink, rename, setattr, open, write, ...), with the types they
 //!   take and return re-exported here.

@@ -43,6 +43,14 @@ pub struct Caps {
     pub rename_whiteout: bool,
 }
 
+impl Caps {
+    /// Nothing probed: no work directory to try things in.
+    const NONE: Caps = Caps {
+        whiteout_dev: false,
+        rename_whiteout: false,
+    };
+}
+
 /// Who is asking: the caller's credentials, for ownership of new objects.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -113,7 +121,16 @@ pub fn cname(name: &[u8]) -> FsResult<CString> {
     CString::new(name).map_err(|_| Errno::EINVAL)
 }
 
+/// The directory-fd cache of an overlay opened by `Overlay::open_read_only` is sized as for
+/// this open-file limit (a quarter of it): tools run under the usual soft limit of 1,024 and
+/// must not raise it (that would change the process they run in).
+const READ_ONLY_NOFILE: u64 = 1024;
+
 impl Overlay {
+    /// The daemon's constructor. Opens upper and work (through one private clone of their
+    /// mount where permitted) and every lower (through a private read-only, noatime clone);
+    /// prepares `WORKDIR/work` (created if missing, emptied of a crashed mount's leftovers)
+    /// and probes what the upper allows there (0/0 mknod, `RENAME_WHITEOUT`).
     /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
     pub fn new(cfg: Stack, nofile: u64) -> Result<Overlay, StartupError> {
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
@@ -128,17 +145,46 @@ impl Overlay {
         let layers = Layers::open(upper, &cfg.lowerdirs).map_err(|(p, e)| {
             StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
         })?;
+        let caps = match (&work, layers.has_upper) {
+            (Some(w), true) => work::probe(w.as_fd()),
+            _ => Caps::NONE,
+        };
+        Overlay::build(cfg, layers, work, caps, nofile)
+    }
+
+    /// Opens a layer stack for reading only, for offline tools and tests: the upper (when
+    /// `stack` names one) and the lowers are opened as the daemon opens lowers (through
+    /// private read-only, noatime clones of their mounts as root, plainly otherwise); the
+    /// workdir is neither opened nor emptied nor probed, and nothing is written anywhere.
+    /// Every change fails with EROFS (the overlay is read-only whatever `stack` says). Needs
+    /// no privilege beyond reading the layers. (Without the clones, that is as an ordinary
+    /// user, reading the upper may update its atimes as any reader's does under relatime:
+    /// only lowers are read with `O_NOATIME`.)
+    pub fn open_read_only(stack: &Stack) -> Result<Overlay, StartupError> {
+        let cfg = Stack {
+            read_only: true,
+            ..stack.clone()
+        };
+        let layers =
+            Layers::open_read_only(cfg.upperdir.as_deref(), &cfg.lowerdirs).map_err(|(p, e)| {
+                StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
+            })?;
+        Overlay::build(cfg, layers, None, Caps::NONE, READ_ONLY_NOFILE)
+    }
+
+    /// The overlay over opened layers: the root inode (merging every layer's root) and empty
+    /// tables. Does no I/O beyond reading the layer roots.
+    fn build(
+        cfg: Stack,
+        layers: Layers,
+        work: Option<OwnedFd>,
+        caps: Caps,
+        nofile: u64,
+    ) -> Result<Overlay, StartupError> {
         let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
         let top = layers.get(0).map_err(|_| StartupError::new("no layers"))?;
         let root_stat = sys::fstat(top.root_fd())
             .map_err(|e| StartupError::new(format!("cannot stat '{}': {e}", top.path.display())))?;
-        let caps = match (&work, layers.has_upper) {
-            (Some(w), true) => work::probe(w.as_fd()),
-            _ => Caps {
-                whiteout_dev: false,
-                rename_whiteout: false,
-            },
-        };
         let root_layers: PresenceList = (0..layers.len())
             .map(|l| Presence {
                 layer: l as LayerIdx,
