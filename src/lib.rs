@@ -7,6 +7,8 @@
 //! - `config::Stack` describes a layer stack; `Overlay::open_read_only` opens it for reading
 //!   (no mount, no workdir, nothing written, no privilege needed), `Overlay::new` as the
 //!   daemon does (upper and work opened, `WORKDIR/work` emptied and probed).
+//! - `Overlay::query` answers by path (`Query`: resolve, list, readlink, getxattr,
+//!   listxattr, and which layers supply an object).
 //! - `Overlay`'s operations by inode number are the ones the daemon serves (lookup, getattr,
 //!   readdir, create_node, unlink, rename, setattr, open, write, ...), with the types they
 //!   take and return re-exported here.
@@ -31,7 +33,8 @@ mod whiteout;
 pub use config::{Stack, XattrNs};
 pub use error::{Errno, FsResult, StartupError};
 pub use handle::DirEntry;
+pub use inode::ROOT_INO;
 pub use layer::LayerIdx;
 pub use overlay::xattr::XattrReply;
-pub use overlay::{Caller, Entry, NewNode, OpenResult, Overlay, SetAttr};
+pub use overlay::{Caller, Entry, LayerInfo, NewNode, Node, OpenResult, Overlay, Query, SetAttr};
 pub use sys::{Stat, StatFs, TimeSpec};

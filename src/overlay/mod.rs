@@ -9,6 +9,7 @@ mod copy_up;
 mod create;
 mod io;
 mod lookup;
+mod query;
 mod readdir;
 mod remove;
 mod rename;
@@ -16,6 +17,7 @@ mod setattr;
 pub mod xattr;
 
 pub use io::OpenResult;
+pub use query::{LayerInfo, Node, Query};
 
 pub use create::NewNode;
 pub use setattr::SetAttr;
