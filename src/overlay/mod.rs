@@ -575,7 +575,8 @@ impl Overlay {
 }
 
 /// The work directory: prepared at mount (leftovers of a crash removed), probed for what the
-/// upper's filesystem allows.
+/// upper's filesystem allows. Only the daemon's constructor comes here; the read-only one
+/// never opens the workdir.
 mod work {
     use super::Caps;
     use crate::error::StartupError;
@@ -594,7 +595,16 @@ mod work {
         }
         let work =
             sys::openat(top.as_fd(), c"work", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(err)?;
-        empty_dir(work.as_fd()).map_err(err)?;
+        match empty_dir(work.as_fd()) {
+            // Mode 0, as the kernel makes it (by us or by a kernel mount before): a daemon
+            // without CAP_DAC_OVERRIDE (an ordinary user) cannot use it so, and opens it up
+            // to its owner (itself; anyone else's work directory stays refused).
+            Err(e) if e == crate::error::Errno(libc::EACCES) => {
+                sys::fchmodat(top.as_fd(), c"work", 0o700).map_err(err)?;
+                empty_dir(work.as_fd()).map_err(err)?;
+            }
+            r => r.map_err(err)?,
+        }
         Ok(work)
     }
 
