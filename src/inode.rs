@@ -314,6 +314,11 @@ impl InodeTable {
         }
     }
 
+    /// How many inodes are live (the root included).
+    pub fn live_count(&self) -> usize {
+        self.map.len()
+    }
+
     pub fn get(&self, ino: Ino) -> Option<Arc<Inode>> {
         self.map.get(&ino).map(|r| Arc::clone(r.value()))
     }

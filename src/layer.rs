@@ -153,6 +153,23 @@ impl Layers {
         Ok(Layers { all, has_upper })
     }
 
+    /// Every layer opened for reading only, the upper (when given) as a lower is: through a
+    /// private read-only, noatime clone of its mount where permitted, plainly otherwise. For
+    /// offline tools, which must change nothing; the upper is still index 0.
+    pub fn open_read_only(
+        upper: Option<&Path>,
+        lowers: &[PathBuf],
+    ) -> Result<Layers, (PathBuf, Errno)> {
+        let mut all = Vec::new();
+        for l in upper.into_iter().chain(lowers.iter().map(PathBuf::as_path)) {
+            all.push(Layer::open_lower(l).map_err(|e| (l.to_path_buf(), e))?);
+        }
+        Ok(Layers {
+            all,
+            has_upper: upper.is_some(),
+        })
+    }
+
     pub fn get(&self, idx: LayerIdx) -> FsResult<&Layer> {
         self.all.get(idx.index()).ok_or(Errno::EIO)
     }

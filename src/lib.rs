@@ -2,6 +2,19 @@
 //! the semantics in `overlay`), the FUSE transport (`fuse`, `mount`) and the command line
 //! (`cli`, `config`). The binary in `main.rs` only parses, logs and runs; offline tools and
 //! the operation-level tests use the same core the daemon does.
+//!
+//! The public API, for tools and tests:
+//! - `config::Stack` describes a layer stack; `Overlay::open_read_only` opens it for reading
+//!   (no mount, no workdir, nothing written, no privilege needed), `Overlay::new` as the
+//!   daemon does (upper and work opened, `WORKDIR/work` emptied and probed).
+//! - `Overlay::query` answers by path (`Query`: resolve, list, readlink, getxattr,
+//!   listxattr, and which layers supply an object).
+//! - `Overlay`'s operations by inode number are the ones the daemon serves (lookup, getattr,
+//!   readdir, create_node, unlink, rename, setattr, open, write, ...), with the types they
+//!   take and return re-exported here.
+//!
+//! Everything else (the inode table, handles, layers, the syscall layer `sys`, the on-disk
+//! format `whiteout`, the FUSE glue) stays crate-private: it may change at any time.
 
 pub mod cli;
 pub mod config;
@@ -17,3 +30,16 @@ mod overlay;
 #[allow(unsafe_code)]
 mod sys;
 mod whiteout;
+
+pub use config::{Stack, XattrNs};
+pub use error::{Errno, FsResult, StartupError};
+pub use handle::DirEntry;
+pub use handle::Fh;
+pub use inode::Ino;
+pub use inode::ROOT_INO;
+pub use layer::LayerIdx;
+pub use overlay::xattr::XattrReply;
+pub use overlay::{
+    Caller, Entry, FileRange, LayerInfo, NewNode, Node, OpenOpts, Opened, Overlay, Query, SetAttr,
+};
+pub use sys::{Stat, StatFs, TimeSpec};

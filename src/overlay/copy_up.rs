@@ -203,13 +203,13 @@ impl Overlay {
     }
 
     /// Makes sure `inode` lives in the upper layer, copying it (and its parents) up.
-    pub fn copy_up(&self, inode: &Arc<Inode>) -> FsResult<()> {
+    pub(crate) fn copy_up(&self, inode: &Arc<Inode>) -> FsResult<()> {
         self.copy_up_with(inode, true)
     }
 
     /// Copy-up for an open with O_TRUNC: the data would be thrown away at once, so it is not
     /// copied (the kernel does the same).
-    pub fn copy_up_truncated(&self, inode: &Arc<Inode>) -> FsResult<()> {
+    pub(crate) fn copy_up_truncated(&self, inode: &Arc<Inode>) -> FsResult<()> {
         self.copy_up_with(inode, false)
     }
 

@@ -77,7 +77,7 @@ impl Overlay {
 
     /// Resolves `name` in the directory `parent`. `Ok(None)`: the name does not exist in the
     /// merged view.
-    pub fn resolve(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Option<Found>> {
+    pub(crate) fn resolve(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Option<Found>> {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }

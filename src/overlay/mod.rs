@@ -9,6 +9,7 @@ mod copy_up;
 mod create;
 mod io;
 mod lookup;
+mod query;
 mod readdir;
 mod remove;
 mod rename;
@@ -16,6 +17,7 @@ mod setattr;
 pub mod xattr;
 
 pub use io::{FileRange, OpenOpts, Opened};
+pub use query::{LayerInfo, Node, Query};
 
 pub use crate::idmap::Caller;
 pub use create::NewNode;
@@ -46,10 +48,25 @@ pub struct Caps {
     pub rename_whiteout: bool,
 }
 
+impl Caps {
+    /// Nothing probed: no work directory to try things in.
+    const NONE: Caps = Caps {
+        whiteout_dev: false,
+        rename_whiteout: false,
+    };
+}
+
 /// A looked-up object: its inode (one lookup reference taken) and its attributes.
 pub struct Entry {
-    pub inode: Arc<Inode>,
+    pub(crate) inode: Arc<Inode>,
     pub attr: Stat,
+}
+
+impl Entry {
+    /// The object's inode number (what the reference taken is on).
+    pub fn ino(&self) -> Ino {
+        self.inode.ino
+    }
 }
 
 /// The kernel's caches of what the core serves, kept by the transport: the core says when
@@ -71,14 +88,14 @@ impl KernelCache for NoKernelCache {
 }
 
 pub struct Overlay {
-    pub cfg: Stack,
-    pub layers: Layers,
+    pub(crate) cfg: Stack,
+    pub(crate) layers: Layers,
     /// The work directory (O_PATH), when there is an upper.
     work: Option<OwnedFd>,
-    pub inodes: InodeTable,
-    pub handles: HandleTable,
+    pub(crate) inodes: InodeTable,
+    pub(crate) handles: HandleTable,
     dirs: DirCache,
-    pub caps: Caps,
+    pub(crate) caps: Caps,
     temp_seq: AtomicU64,
     /// What the daemon may do (its ids, root or not).
     privileges: Privileges,
@@ -104,7 +121,16 @@ pub fn cname(name: &[u8]) -> FsResult<CString> {
     CString::new(name).map_err(|_| Errno::EINVAL)
 }
 
+/// The directory-fd cache of an overlay opened by `Overlay::open_read_only` is sized as for
+/// this open-file limit (a quarter of it): tools run under the usual soft limit of 1,024 and
+/// must not raise it (that would change the process they run in).
+const READ_ONLY_NOFILE: u64 = 1024;
+
 impl Overlay {
+    /// The daemon's constructor. Opens upper and work (through one private clone of their
+    /// mount where permitted) and every lower (through a private read-only, noatime clone);
+    /// prepares `WORKDIR/work` (created if missing, emptied of a crashed mount's leftovers)
+    /// and probes what the upper allows there (0/0 mknod, `RENAME_WHITEOUT`).
     /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
     pub fn new(cfg: Stack, nofile: u64) -> Result<Overlay, StartupError> {
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
@@ -119,19 +145,48 @@ impl Overlay {
         let layers = Layers::open(upper, &cfg.lowerdirs).map_err(|(p, e)| {
             StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
         })?;
+        let caps = match (&work, layers.has_upper) {
+            (Some(w), true) => work::probe(w.as_fd()),
+            _ => Caps::NONE,
+        };
+        Overlay::build(cfg, layers, work, caps, nofile)
+    }
+
+    /// Opens a layer stack for reading only, for offline tools and tests: the upper (when
+    /// `stack` names one) and the lowers are opened as the daemon opens lowers (through
+    /// private read-only, noatime clones of their mounts as root, plainly otherwise); the
+    /// workdir is neither opened nor emptied nor probed, and nothing is written anywhere.
+    /// Every change fails with EROFS (the overlay is read-only whatever `stack` says). Needs
+    /// no privilege beyond reading the layers. (Without the clones, that is as an ordinary
+    /// user, reading the upper may update its atimes as any reader's does under relatime:
+    /// only lowers are read with `O_NOATIME`.)
+    pub fn open_read_only(stack: &Stack) -> Result<Overlay, StartupError> {
+        let cfg = Stack {
+            read_only: true,
+            ..stack.clone()
+        };
+        let layers =
+            Layers::open_read_only(cfg.upperdir.as_deref(), &cfg.lowerdirs).map_err(|(p, e)| {
+                StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
+            })?;
+        Overlay::build(cfg, layers, None, Caps::NONE, READ_ONLY_NOFILE)
+    }
+
+    /// The overlay over opened layers: the root inode (merging every layer's root) and empty
+    /// tables. Does no I/O beyond reading the layer roots.
+    fn build(
+        cfg: Stack,
+        layers: Layers,
+        work: Option<OwnedFd>,
+        caps: Caps,
+        nofile: u64,
+    ) -> Result<Overlay, StartupError> {
         let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
         let top = layers
             .get(LayerIdx::TOP)
             .map_err(|_| StartupError::new("no layers"))?;
         let root_stat = sys::fstat(top.root_fd())
             .map_err(|e| StartupError::new(format!("cannot stat '{}': {e}", top.path.display())))?;
-        let caps = match (&work, layers.has_upper) {
-            (Some(w), true) => work::probe(w.as_fd()),
-            _ => Caps {
-                whiteout_dev: false,
-                rename_whiteout: false,
-            },
-        };
         let root_layers: PresenceList = layers
             .indexes()
             .map(|layer| Presence {
@@ -186,7 +241,7 @@ impl Overlay {
 
     /// The kernel's cached attributes of `ino` are stale (its real object changed under it:
     /// copy-up changes nlink and ctime, and a directory's nlink when it becomes merged).
-    pub fn invalidate_attr(&self, ino: Ino) {
+    pub(crate) fn invalidate_attr(&self, ino: Ino) {
         self.kernel_cache.inval_attr(ino);
     }
 
@@ -251,12 +306,12 @@ impl Overlay {
         self.cfg.xattr_ns
     }
 
-    pub fn inode(&self, ino: Ino) -> FsResult<Arc<Inode>> {
+    pub(crate) fn inode(&self, ino: Ino) -> FsResult<Arc<Inode>> {
         self.inodes.get(ino).ok_or(Errno::ESTALE)
     }
 
     /// The `O_PATH` fd of directory `dir` in `layer` (which must hold it).
-    pub fn dir_fd(&self, dir: &Arc<Inode>, layer: LayerIdx) -> FsResult<Arc<OwnedFd>> {
+    pub(crate) fn dir_fd(&self, dir: &Arc<Inode>, layer: LayerIdx) -> FsResult<Arc<OwnedFd>> {
         if dir.ino == ROOT_INO {
             return Ok(Arc::clone(&self.layers.get(layer)?.root));
         }
@@ -273,7 +328,7 @@ impl Overlay {
 
     /// Where the top object of `inode` is: (its directory's fd in the top layer, its name,
     /// the top layer). The root is (layer root, ".").
-    pub fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
+    pub(crate) fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
         // Only what is needed is copied out of the state (this runs on every getattr).
         let (detached, top, parent, name) =
             inode.with_state(|s| (s.detached, s.top(), s.parent.clone(), cname(&s.name)));
@@ -398,7 +453,7 @@ impl Overlay {
     }
 
     /// Forgets cached directory fds of `ino` (its real directories changed).
-    pub fn invalidate_dir(&self, ino: Ino) {
+    pub(crate) fn invalidate_dir(&self, ino: Ino) {
         self.dirs.invalidate(ino, self.layers.indexes());
     }
 
@@ -424,7 +479,7 @@ impl Overlay {
     /// Attributes as the merged view reports them: the top object's, with our number, the
     /// ids shown (`IdMap::to_shown`), and nlink 1 for a directory merged from several layers
     /// (as the kernel does). Every attribute the core returns comes through here.
-    pub fn present_attr(&self, inode: &Inode, st: Stat) -> Stat {
+    pub(crate) fn present_attr(&self, inode: &Inode, st: Stat) -> Stat {
         self.merged_layout(inode, self.ids.to_shown(st))
     }
 
@@ -505,7 +560,7 @@ impl Overlay {
     }
 
     /// Fails with EROFS unless the mount can be written.
-    pub fn check_writable(&self) -> FsResult<()> {
+    pub(crate) fn check_writable(&self) -> FsResult<()> {
         if self.read_only() {
             return Err(Errno::EROFS);
         }
@@ -518,7 +573,8 @@ impl Overlay {
 }
 
 /// The work directory: prepared at mount (leftovers of a crash removed), probed for what the
-/// upper's filesystem allows.
+/// upper's filesystem allows. Only the daemon's constructor comes here; the read-only one
+/// never opens the workdir.
 mod work {
     use super::Caps;
     use crate::error::StartupError;
@@ -536,7 +592,16 @@ mod work {
             Err(e) => return Err(err(e)),
         }
         let work = sys::open_dir_at(top.as_fd(), c"work").map_err(err)?;
-        empty_dir(work.as_fd()).map_err(err)?;
+        match empty_dir(work.as_fd()) {
+            // Mode 0, as the kernel makes it (by us or by a kernel mount before): a daemon
+            // without CAP_DAC_OVERRIDE (an ordinary user) cannot use it so, and opens it up
+            // to its owner (itself; anyone else's work directory stays refused).
+            Err(e) if e == crate::error::Errno::EACCES => {
+                sys::fchmodat(top.as_fd(), c"work", 0o700).map_err(err)?;
+                empty_dir(work.as_fd()).map_err(err)?;
+            }
+            r => r.map_err(err)?,
+        }
         Ok(work)
     }
 

@@ -136,7 +136,7 @@ impl Overlay {
     }
 
     /// The merged listing of directory `ino`, with `.` and `..` first.
-    pub fn list_dir(&self, dir: &Arc<Inode>) -> FsResult<Vec<DirEntry>> {
+    pub(crate) fn list_dir(&self, dir: &Arc<Inode>) -> FsResult<Vec<DirEntry>> {
         self.list_dir_with(dir, true)
     }
 
