@@ -209,7 +209,7 @@ fn parse_mount(args: &[OsString]) -> Result<Command, StartupError> {
         _ => {
             return Err(StartupError::new(format!(
                 "too many arguments: '{}' (expected [SOURCE] MOUNTPOINT)",
-                positionals[2].to_string_lossy()
+                crate::config::one_line(&positionals[2].to_string_lossy())
             )));
         }
     };
@@ -242,7 +242,10 @@ fn clap_outcome(e: clap::Error) -> Result<Command, StartupError> {
         _ => {
             let first = text.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            Err(StartupError::new(format!("{first} (see layover --help)")))
+            Err(StartupError::new(format!(
+                "{} (see layover --help)",
+                crate::config::one_line(first)
+            )))
         }
     }
 }
@@ -251,7 +254,7 @@ fn to_utf8(v: &OsString) -> Result<String, StartupError> {
     v.to_str().map(str::to_owned).ok_or_else(|| {
         StartupError::new(format!(
             "option '{}' is not valid UTF-8",
-            v.to_string_lossy()
+            crate::config::one_line(&v.to_string_lossy())
         ))
     })
 }
@@ -325,6 +328,8 @@ mod tests {
             &["--frobnicate", "/mnt"],
             &["a", "b", "c"],
             &["-o", "lowerdir=/a"],
+            &["-x\r", "/m"],
+            &["a", "b", "c\nd"],
         ] {
             let e = p(args).expect_err(&format!("{args:?} accepted"));
             assert!(!e.0.contains('\n'), "{args:?}: {e}");

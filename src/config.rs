@@ -355,19 +355,34 @@ pub const IGNORED_KEYS: &[&str] = &[
     "subtype",
 ];
 
+/// `s` for a message that must stay on one line: control characters (a newline in a path)
+/// are shown escaped, everything else as typed.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn bool_value(key: &str, v: &str) -> Result<bool, StartupError> {
     match v {
         "1" | "yes" | "on" | "true" => Ok(true),
         "0" | "no" | "off" | "false" => Ok(false),
         _ => Err(StartupError::new(format!(
-            "option {key}={v}: expected 0 or 1"
+            "option {key}={}: expected 0 or 1",
+            one_line(v)
         ))),
     }
 }
 
 fn num_value<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, StartupError> {
     v.parse()
-        .map_err(|_| StartupError::new(format!("option {key}={v}: not a valid number")))
+        .map_err(|_| StartupError::new(format!("option {key}={}: not a valid number", one_line(v))))
 }
 
 fn timeout_value(v: &str) -> Result<f64, StartupError> {
@@ -388,16 +403,20 @@ fn lowerdirs(v: &str) -> Result<Vec<String>, StartupError> {
     if v.is_empty() {
         return Err(StartupError::new("lowerdir is empty"));
     }
-    let parts = split_escaped(v, ':');
+    // Empty once unescaped: `a::b`, a trailing `:`, or a lone `\` (whose escape is dropped).
+    let parts: Vec<String> = split_escaped(v, ':').iter().map(|s| unescape(s)).collect();
     if parts.iter().any(String::is_empty) {
         if v.contains("::") {
             return Err(StartupError::new(
                 "lowerdir: data-only lower layers (lowerdir=a::b) are not supported",
             ));
         }
-        return Err(StartupError::new(format!("lowerdir={v}: empty layer path")));
+        return Err(StartupError::new(format!(
+            "lowerdir={}: empty layer path",
+            one_line(v)
+        )));
     }
-    Ok(parts.iter().map(|s| unescape(s)).collect())
+    Ok(parts)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,7 +448,10 @@ fn apply_option(o: &mut Options, opt: &str) -> Result<(), StartupError> {
             (None, _) => "",
             (Some(_), Some(v)) => v,
             (Some(_), None) => {
-                return Err(StartupError::new(format!("option {key} needs a value")));
+                return Err(StartupError::new(format!(
+                    "option {} needs a value",
+                    one_line(key)
+                )));
             }
         };
         return (k.apply)(o, v);
@@ -441,7 +463,8 @@ fn apply_option(o: &mut Options, opt: &str) -> Result<(), StartupError> {
         o.mount.suid = suid.unwrap_or(o.mount.suid);
         o.mount.dev = dev.unwrap_or(o.mount.dev);
     } else if KERNEL_DATA_KEYS.contains(&key) {
-        let v = value.ok_or_else(|| StartupError::new(format!("option {key} needs a value")))?;
+        let v = value
+            .ok_or_else(|| StartupError::new(format!("option {} needs a value", one_line(key))))?;
         o.mount.kernel_data.push(format!("{key}={v}"));
     } else if !(IGNORED_KEYS.contains(&key) || key.starts_with("x-")) {
         o.unknown.push(opt.to_string());
@@ -512,7 +535,10 @@ fn wrap(text: &str, indent: usize) -> String {
 // ---------------------------------------------------------------------------------------------
 
 fn err_path(what: &str, p: &Path, msg: impl std::fmt::Display) -> StartupError {
-    StartupError::new(format!("{what} '{}': {msg}", p.display()))
+    StartupError::new(format!(
+        "{what} '{}': {msg}",
+        one_line(&p.to_string_lossy())
+    ))
 }
 
 /// The path must exist and be a directory; returns its canonical form and device.
@@ -781,6 +807,8 @@ mod tests {
         assert!(p("threads=-1").is_err());
         assert!(p("context").is_err());
         assert!(p("lowerdir=/a:").is_err());
+        assert!(p("lowerdir=/a:\\").is_err());
+        assert!(p("lowerdir=\\").is_err());
     }
 
     #[test]
