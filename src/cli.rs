@@ -89,8 +89,9 @@ struct MountCli {
     positionals: Vec<OsString>,
 }
 
-/// The subcommands: the reserved words and, once they exist, their arguments. The list of
-/// words that are subcommands is read from here (`is_subcommand`), never written again.
+/// The subcommands: the reserved words and, once they exist, their arguments. The rule reads
+/// the words from here (`is_subcommand`); `name` spells them for messages (a unit test keeps
+/// the two in step).
 #[derive(Subcommand, Debug, PartialEq, Eq)]
 pub enum Tool {
     /// Why a path in the merged view looks as it does: the layer it comes from, what hides it
@@ -406,6 +407,21 @@ mod tests {
         }
         for word in ["Explain", "help", "mount", "overlay", "explain2", ""] {
             assert!(!is_subcommand(OsStr::new(word)), "{word}");
+        }
+    }
+
+    #[test]
+    fn tool_names_agree_with_clap() {
+        let names: Vec<String> = ToolCli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert_eq!(names, ["explain", "diff", "export", "check", "stats"]);
+        for n in names {
+            let Ok(Command::Tool(t)) = p(&[&n]) else {
+                panic!("{n}")
+            };
+            assert_eq!(t.name(), n);
         }
     }
 
