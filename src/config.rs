@@ -123,7 +123,8 @@ pub struct Options {
     pub layers: LayerOptions,
     pub mount: MountOptions,
     pub daemon: DaemonOptions,
-    /// Options we did not recognise (each gets a one-line warning).
+    /// Options we did not recognise (each gets a one-line warning: control characters are
+    /// shown escaped).
     pub unknown: Vec<String>,
 }
 
@@ -467,7 +468,7 @@ fn apply_option(o: &mut Options, opt: &str) -> Result<(), StartupError> {
             .ok_or_else(|| StartupError::new(format!("option {} needs a value", one_line(key))))?;
         o.mount.kernel_data.push(format!("{key}={v}"));
     } else if !(IGNORED_KEYS.contains(&key) || key.starts_with("x-")) {
-        o.unknown.push(opt.to_string());
+        o.unknown.push(one_line(opt));
     }
     Ok(())
 }
@@ -760,6 +761,7 @@ mod tests {
         assert_eq!(o.layers.fsync, Some(false));
         assert_eq!(o.daemon.timeout, Some(2.5));
         assert_eq!(o.unknown, vec!["bogus=1"]);
+        assert_eq!(opts(&["a\nb"]).unknown, vec!["a\\nb"]);
         assert_ne!(o.mount.flags_set & libc::MS_NOEXEC, 0);
     }
 
