@@ -1,19 +1,40 @@
-//! The command line as the user typed it: fuse-overlayfs's syntax
-//! `layover [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT`, plus `--help` and `--version`.
+//! The command line as the user typed it, parsed with clap: fuse-overlayfs's syntax
+//! `layover [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT`, `--help`, `--version`, and the words
+//! reserved for subcommands. What the `-o` options mean is `config`'s business; this module
+//! only collects them (its `--help` shows `config`'s table of keys).
 //!
-//! Subcommands (explain, diff, export, check) will be recognised by their first word before
-//! the mount syntax is parsed, so they can never be mistaken for a SOURCE.
+//! # Subcommand or mountpoint
+//!
+//! A word is a subcommand only when it is the **first** argument and spelled exactly as one
+//! (`explain`, `diff`, `export`, `check`, `stats`); anything else first (an option, a path,
+//! another word) makes the whole line the mount syntax, where those words are plain
+//! positionals. clap is not asked to find subcommands itself: it would take `explain` for
+//! one in `layover -o OPTS explain`. So a directory named like a subcommand mounts in every
+//! form that is used in practice:
+//! - containers-storage and fuse-overlayfs's documentation: `layover -o OPTS MERGED`;
+//! - mount(8) through mount.fuse3: `layover SOURCE MOUNTPOINT -o OPTS`, where the mountpoint
+//!   is second (and absolute: mount(8) canonicalises it);
+//! - by hand with the mountpoint first: `layover ./explain -o OPTS`.
+//!
+//! The one argument that stands first in practice is mount(8)'s SOURCE, a free name shown
+//! in /proc/mounts (`overlay` or `layover` by convention): it must not be a reserved word.
+//! Reserved words answer "not implemented yet" (exit 2) until their tools exist, so that a
+//! line that would mean something else later fails today instead of being taken for a mount.
 
 use crate::error::StartupError;
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::ffi::{OsStr, OsString};
 
 /// What the user asked for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Help,
-    Version,
+    /// Print this text on stdout and exit 0 (`--help` of the mount syntax or a subcommand).
+    Help(String),
+    /// Print this text on stdout and exit 0.
+    Version(String),
     Mount(MountArgs),
+    /// A subcommand; none is implemented yet.
+    Tool(Tool),
 }
 
 /// The mount syntax, before the options are interpreted.
@@ -27,90 +48,206 @@ pub struct MountArgs {
     pub mountpoint: OsString,
 }
 
-pub const USAGE: &str = "\
-usage: layover [-f] [-d] [-o OPTIONS]... [SOURCE] MOUNTPOINT
+/// The mount syntax as clap sees it. The positionals are one list, counted afterwards: clap
+/// cannot put an optional positional (SOURCE) before a required one.
+#[derive(Parser, Debug)]
+#[command(
+    name = "layover",
+    version,
+    about = "Mount a merged view of directories with the semantics of the kernel's overlayfs, \
+             through FUSE.",
+    override_usage = "layover [-f] [-d] [-o OPTIONS]... [SOURCE] MOUNTPOINT\n       \
+                      layover SUBCOMMAND [ARGS]...",
+    args_override_self = true,
+    disable_help_subcommand = true,
+    help_template = "{usage-heading} {usage}\n\n{about-with-newline}\n{before-help}Options:\n{options}{after-help}",
+    before_help = "Arguments:\n  \
+                   [SOURCE]       only a name for /proc/mounts (default \"layover\"), as mount(8)\n                 \
+                   passes it; not a subcommand's name (see Subcommands)\n  \
+                   MOUNTPOINT     an existing directory, not inside a layer"
+)]
+struct MountCli {
+    /// Mount options, comma-separated (see Mount options)
+    #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append,
+          allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+    options: Vec<OsString>,
 
-Mounts a merged view of one writable upper directory over read-only lower directories,
-with the semantics of the kernel's overlayfs, through FUSE.
+    /// Stay in the foreground (else the command returns once the mount is live)
+    #[arg(short = 'f')]
+    foreground: bool,
 
-  -o lowerdir=TOP:...:BOTTOM   read-only layers, the leftmost highest (required)
-  -o upperdir=DIR,workdir=DIR  the writable layer and its staging directory, on one
-                               filesystem (both or neither; without them the mount is
-                               read-only)
-  -o fsync=0 | volatile        skip the fsync before a copy-up is renamed into place
-  -o timeout=SECONDS           how long the kernel caches entries and attributes
-  -o userxattr                 use user.overlay.* markers instead of trusted.overlay.*
-  -o allow_other,ro,nodev,...  generic FUSE and mount options
-  -f                           stay in the foreground
-  -d                           foreground, with debug logging (RUST_LOG works too)
-  -h, --help                   this text
-  -V, --version                the version
+    /// Foreground, with debug logging (RUST_LOG=debug works too)
+    #[arg(short = 'd', long = "debug")]
+    debug: bool,
 
-Options may repeat and are comma-separated; \\, and \\: escape separators.
-Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`.";
+    /// Single-threaded in libfuse: accepted and ignored
+    #[arg(short = 's', hide = true)]
+    single_threaded: bool,
+
+    /// `[SOURCE] MOUNTPOINT` (described in `before_help`, as clap would show them as one list)
+    #[arg(value_name = "ARGS", hide = true, value_parser = clap::value_parser!(OsString))]
+    positionals: Vec<OsString>,
+}
+
+/// The subcommands: the reserved words and, once they exist, their arguments. The rule reads
+/// the words from here (`is_subcommand`); `name` spells them for messages (a unit test keeps
+/// the two in step).
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum Tool {
+    /// Why a path in the merged view looks as it does: the layer it comes from, what hides it
+    Explain(Reserved),
+    /// What the upper layer changes against the lowers
+    Diff(Reserved),
+    /// The upper layer as an OCI layer
+    Export(Reserved),
+    /// Check a layer stack for what the kernel's overlayfs would refuse or misread
+    Check(Reserved),
+    /// Figures about a layer stack or a live mount
+    Stats(Reserved),
+}
+
+/// The arguments of a subcommand that is not implemented yet: anything, kept as given.
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true, hide = true)]
+    pub args: Vec<OsString>,
+}
+
+impl Tool {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tool::Explain(_) => "explain",
+            Tool::Diff(_) => "diff",
+            Tool::Export(_) => "export",
+            Tool::Check(_) => "check",
+            Tool::Stats(_) => "stats",
+        }
+    }
+}
+
+/// The subcommand syntax: `layover SUBCOMMAND ...`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "layover",
+    disable_help_subcommand = true,
+    disable_version_flag = true
+)]
+struct ToolCli {
+    #[command(subcommand)]
+    tool: Tool,
+}
+
+/// Whether `word`, as the first argument, names a subcommand (the rule in the module
+/// comment). Only the exact name counts: `./explain` or `explain/` is a path.
+pub fn is_subcommand(word: &OsStr) -> bool {
+    ToolCli::command()
+        .get_subcommands()
+        .any(|c| OsStr::new(c.get_name()) == word)
+}
+
+/// The text after the options in `--help`: the `-o` keys, the subcommand rule, exit codes.
+fn after_help() -> String {
+    let words: Vec<String> = ToolCli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    format!(
+        "Mount options (-o):\n{opts}\n\n  \
+         -o may repeat, stand before or after the arguments, and be glued (-oOPTIONS). Within\n  \
+         one, options are comma-separated; \\, and \\: put a comma or a colon inside a value\n  \
+         (\\\\ a backslash). Where two options disagree, the later one wins.\n\n\
+         Subcommands (reserved, not implemented yet): {words}\n  \
+         A word is a subcommand only as the first argument. To mount on a directory named like\n  \
+         one, put anything else first: `layover -o OPTIONS explain`, `layover SOURCE explain`,\n  \
+         `layover ./explain -o OPTIONS`. mount(8)'s SOURCE must not be one of these words.\n\n\
+         Exit status:\n  \
+         0  mounted (the daemon serves in the background), or help or version printed\n  \
+         1  the mount could not be made (the message says which path and why)\n  \
+         2  the command line is wrong\n\n\
+         Examples:\n  \
+         layover -o lowerdir=/l2:/l1,upperdir=/u,workdir=/w /merged\n  \
+         mount -t fuse.layover -o lowerdir=/l2:/l1,upperdir=/u,workdir=/w overlay /merged\n  \
+         fstab: overlay /merged fuse.layover lowerdir=/l2:/l1,upperdir=/u,workdir=/w 0 0\n\n\
+         Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`.",
+        opts = crate::config::options_help(),
+        words = words.join(", "),
+    )
+}
 
 /// Parses the arguments after the program name.
 pub fn parse(args: &[OsString]) -> Result<Command, StartupError> {
-    let mut m = MountArgs::default();
-    let mut positional: Vec<OsString> = Vec::new();
-    let mut i = 0;
-    let mut only_positional = false;
-    while i < args.len() {
-        let arg = &args[i];
-        let bytes = arg.as_bytes();
-        i += 1;
-        if only_positional || !bytes.starts_with(b"-") || bytes == b"-" {
-            positional.push(arg.clone());
-            continue;
-        }
-        match bytes {
-            b"--" => only_positional = true,
-            b"-h" | b"--help" => return Ok(Command::Help),
-            b"-V" | b"--version" => return Ok(Command::Version),
-            b"-f" => m.foreground = true,
-            b"-d" | b"--debug" => {
-                m.foreground = true;
-                m.debug = true;
-            }
-            b"-s" => {} // single-threaded in libfuse: accepted, we stay multi-threaded
-            b"-o" => {
-                let Some(v) = args.get(i) else {
-                    return Err(StartupError::new("option -o needs an argument"));
-                };
-                i += 1;
-                m.options.push(to_utf8(v)?);
-            }
-            _ if bytes.starts_with(b"-o") => {
-                m.options
-                    .push(to_utf8(&OsString::from(std::ffi::OsStr::from_bytes(
-                        &bytes[2..],
-                    )))?)
-            }
-            _ => {
-                return Err(StartupError::new(format!(
-                    "unknown argument '{}' (see layover --help)",
-                    arg.to_string_lossy()
-                )));
-            }
-        }
+    match args.first() {
+        Some(first) if is_subcommand(first) => parse_tool(args),
+        _ => parse_mount(args),
     }
-    match positional.len() {
-        0 => Err(StartupError::new(
-            "no mountpoint given (see layover --help)",
-        )),
-        1 => {
-            m.mountpoint = positional.remove(0);
-            Ok(Command::Mount(m))
+}
+
+fn argv(args: &[OsString]) -> impl Iterator<Item = OsString> + '_ {
+    std::iter::once(OsString::from("layover")).chain(args.iter().cloned())
+}
+
+fn parse_mount(args: &[OsString]) -> Result<Command, StartupError> {
+    let cmd = MountCli::command().after_help(after_help());
+    let parsed = cmd
+        .try_get_matches_from(argv(args))
+        .and_then(|m| MountCli::from_arg_matches(&m));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        Err(e) => return clap_outcome(e),
+    };
+    let mut positionals = cli.positionals;
+    let (source, mountpoint) = match positionals.len() {
+        0 => {
+            return Err(StartupError::new(
+                "no mountpoint given (see layover --help)",
+            ));
         }
+        1 => (None, positionals.remove(0)),
         2 => {
-            m.mountpoint = positional.remove(1);
-            m.source = Some(positional.remove(0));
-            Ok(Command::Mount(m))
+            let mountpoint = positionals.remove(1);
+            (Some(positionals.remove(0)), mountpoint)
         }
-        _ => Err(StartupError::new(format!(
-            "too many arguments: '{}' (expected [SOURCE] MOUNTPOINT)",
-            positional[2].to_string_lossy()
-        ))),
+        _ => {
+            return Err(StartupError::new(format!(
+                "too many arguments: '{}' (expected [SOURCE] MOUNTPOINT)",
+                crate::config::one_line(&positionals[2].to_string_lossy())
+            )));
+        }
+    };
+    Ok(Command::Mount(MountArgs {
+        foreground: cli.foreground || cli.debug,
+        debug: cli.debug,
+        options: cli.options.iter().map(to_utf8).collect::<Result<_, _>>()?,
+        source,
+        mountpoint,
+    }))
+}
+
+fn parse_tool(args: &[OsString]) -> Result<Command, StartupError> {
+    match ToolCli::try_parse_from(argv(args)) {
+        Ok(cli) => Ok(Command::Tool(cli.tool)),
+        Err(e) => clap_outcome(e),
+    }
+}
+
+/// Help and version are answers; every other clap error becomes one line, as every usage
+/// error of layover is (`layover: ...` on stderr, exit 2).
+fn clap_outcome(e: clap::Error) -> Result<Command, StartupError> {
+    use clap::error::ErrorKind;
+    let text = e.to_string();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Ok(Command::Help(text))
+        }
+        ErrorKind::DisplayVersion => Ok(Command::Version(text)),
+        _ => {
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            Err(StartupError::new(format!(
+                "{} (see layover --help)",
+                crate::config::one_line(first)
+            )))
+        }
     }
 }
 
@@ -118,7 +255,7 @@ fn to_utf8(v: &OsString) -> Result<String, StartupError> {
     v.to_str().map(str::to_owned).ok_or_else(|| {
         StartupError::new(format!(
             "option '{}' is not valid UTF-8",
-            v.to_string_lossy()
+            crate::config::one_line(&v.to_string_lossy())
         ))
     })
 }
@@ -126,17 +263,28 @@ fn to_utf8(v: &OsString) -> Result<String, StartupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
 
     fn p(args: &[&str]) -> Result<Command, StartupError> {
         parse(&args.iter().map(OsString::from).collect::<Vec<_>>())
     }
 
+    fn mount(args: &[&str]) -> MountArgs {
+        match p(args) {
+            Ok(Command::Mount(m)) => m,
+            other => panic!("{args:?}: not a mount: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        MountCli::command().debug_assert();
+        ToolCli::command().debug_assert();
+    }
+
     #[test]
     fn mount_syntax() {
-        let Command::Mount(m) = p(&["-o", "lowerdir=/a", "-oallow_other", "-f", "/mnt"]).unwrap()
-        else {
-            panic!("not a mount")
-        };
+        let m = mount(&["-o", "lowerdir=/a", "-oallow_other", "-f", "/mnt"]);
         assert_eq!(m.options, vec!["lowerdir=/a", "allow_other"]);
         assert!(m.foreground && !m.debug);
         assert_eq!(m.mountpoint, "/mnt");
@@ -145,24 +293,148 @@ mod tests {
 
     #[test]
     fn source_and_mountpoint() {
-        let Command::Mount(m) = p(&["overlay", "/mnt", "-o", "rw,lowerdir=/a"]).unwrap() else {
-            panic!("not a mount")
-        };
-        assert_eq!(m.source.as_deref(), Some(std::ffi::OsStr::new("overlay")));
+        let m = mount(&["overlay", "/mnt", "-o", "rw,lowerdir=/a"]);
+        assert_eq!(m.source.as_deref(), Some(OsStr::new("overlay")));
         assert_eq!(m.mountpoint, "/mnt");
+        assert_eq!(m.options, vec!["rw,lowerdir=/a"]);
+        // Options between the positionals, and after `--` everything is positional.
+        let m = mount(&["src", "-o", "a", "/mnt", "-ob", "-s"]);
+        assert_eq!(m.source.as_deref(), Some(OsStr::new("src")));
+        assert_eq!(
+            (m.mountpoint.as_os_str(), m.options),
+            (OsStr::new("/mnt"), vec!["a".to_string(), "b".to_string()])
+        );
+        let m = mount(&["-o", "x", "--", "-weird"]);
+        assert_eq!(m.mountpoint, "-weird");
+        let m = mount(&["-o", "-dash-value", "-"]);
+        assert_eq!(m.options, vec!["-dash-value"]);
+        assert_eq!(m.mountpoint, "-");
     }
 
     #[test]
-    fn errors() {
-        assert!(p(&[]).is_err());
-        assert!(p(&["-o"]).is_err());
-        assert!(p(&["-x", "/mnt"]).is_err());
-        assert!(p(&["a", "b", "c"]).is_err());
-        assert_eq!(p(&["--help"]).unwrap(), Command::Help);
-        assert_eq!(p(&["-V"]).unwrap(), Command::Version);
-        let Command::Mount(m) = p(&["-d", "/m"]).unwrap() else {
-            panic!()
-        };
+    fn flags_repeat_and_debug_implies_foreground() {
+        let m = mount(&["-d", "/m"]);
         assert!(m.debug && m.foreground);
+        let m = mount(&["--debug", "-f", "-f", "-s", "/m"]);
+        assert!(m.debug && m.foreground);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        for args in [
+            &[][..],
+            &["-o"],
+            &["/mnt", "-o"],
+            &["-x", "/mnt"],
+            &["--frobnicate", "/mnt"],
+            &["a", "b", "c"],
+            &["-o", "lowerdir=/a"],
+            &["-x\r", "/m"],
+            &["a", "b", "c\nd"],
+        ] {
+            let e = p(args).expect_err(&format!("{args:?} accepted"));
+            assert!(!e.0.contains('\n'), "{args:?}: {e}");
+            assert!(
+                e.0.ends_with("(see layover --help)") || e.0.starts_with("too many"),
+                "{e}"
+            );
+        }
+        let bad = OsString::from_vec(b"lowerdir=/\xff".to_vec());
+        let e = parse(&["-o".into(), bad, "/m".into()]).unwrap_err();
+        assert!(e.0.contains("not valid UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn non_utf8_paths_pass_through() {
+        let mnt = OsString::from_vec(b"/mnt/\xff".to_vec());
+        let Command::Mount(m) = parse(&["-o".into(), "lowerdir=/a".into(), mnt.clone()]).unwrap()
+        else {
+            panic!("not a mount")
+        };
+        assert_eq!(m.mountpoint, mnt);
+    }
+
+    #[test]
+    fn help_and_version() {
+        for flag in ["-h", "--help"] {
+            let Ok(Command::Help(h)) = p(&[flag]) else {
+                panic!("{flag}")
+            };
+            for needle in [
+                "lowerdir=",
+                "upperdir=",
+                "-o <OPTIONS>",
+                "Subcommands",
+                "Exit status",
+            ] {
+                assert!(h.contains(needle), "{flag}: {needle} missing:\n{h}");
+            }
+        }
+        // Help wins wherever it stands, as with libfuse.
+        assert!(matches!(
+            p(&["-o", "x", "/m", "--help"]),
+            Ok(Command::Help(_))
+        ));
+        let Ok(Command::Version(v)) = p(&["-V"]) else {
+            panic!("-V")
+        };
+        assert_eq!(v.trim(), format!("layover {}", env!("CARGO_PKG_VERSION")));
+        assert!(matches!(p(&["--version"]), Ok(Command::Version(_))));
+    }
+
+    /// The rule: a reserved word is a subcommand only as the first argument.
+    #[test]
+    fn subcommand_only_as_first_argument() {
+        for word in ["explain", "diff", "export", "check", "stats"] {
+            assert!(is_subcommand(OsStr::new(word)), "{word}");
+            match p(&[word, "/some/path"]) {
+                Ok(Command::Tool(t)) => {
+                    assert_eq!(t.name(), word);
+                }
+                other => panic!("{word}: {other:?}"),
+            }
+            // containers-storage's form, and mount(8)'s through mount.fuse3.
+            let m = mount(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w", word]);
+            assert_eq!(m.mountpoint, word);
+            let m = mount(&["overlay", word, "-o", "lowerdir=/a"]);
+            assert_eq!(m.mountpoint, word);
+            let m = mount(&["-f", word, "-o", "lowerdir=/a"]);
+            assert_eq!(m.mountpoint, word);
+            let dotted = format!("./{word}");
+            assert_eq!(mount(&[&dotted, "-o", "lowerdir=/a"]).mountpoint, *dotted);
+            let slashed = format!("{word}/");
+            assert_eq!(mount(&[&slashed, "-o", "lowerdir=/a"]).mountpoint, *slashed);
+        }
+        for word in ["Explain", "help", "mount", "overlay", "explain2", ""] {
+            assert!(!is_subcommand(OsStr::new(word)), "{word}");
+        }
+    }
+
+    #[test]
+    fn tool_names_agree_with_clap() {
+        let names: Vec<String> = ToolCli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert_eq!(names, ["explain", "diff", "export", "check", "stats"]);
+        for n in names {
+            let Ok(Command::Tool(t)) = p(&[&n]) else {
+                panic!("{n}")
+            };
+            assert_eq!(t.name(), n);
+        }
+    }
+
+    #[test]
+    fn subcommand_arguments_and_help() {
+        let Ok(Command::Tool(Tool::Explain(r))) = p(&["explain", "-o", "lowerdir=/a", "x"]) else {
+            panic!("explain")
+        };
+        assert_eq!(r.args, vec!["-o", "lowerdir=/a", "x"]);
+        assert!(matches!(p(&["diff"]), Ok(Command::Tool(Tool::Diff(_)))));
+        let Ok(Command::Help(h)) = p(&["explain", "--help"]) else {
+            panic!("explain --help")
+        };
+        assert!(h.contains("layer"), "{h}");
     }
 }

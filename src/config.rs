@@ -58,8 +58,13 @@ pub struct Config {
     pub unknown: Vec<String>,
 }
 
-/// Splits on `sep` where it is not escaped by a backslash; escapes are kept.
-fn split_escaped(s: &str, sep: char) -> Vec<String> {
+// ---------------------------------------------------------------------------------------------
+// Escapes: `\,` and `\:` (and `\\`) protect separators inside option values.
+// ---------------------------------------------------------------------------------------------
+
+/// Splits on `sep` where it is not escaped by a backslash; escapes are kept, so that a
+/// second split (on `:` inside a `lowerdir=` taken from a split on `,`) still sees them.
+pub fn split_escaped(s: &str, sep: char) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars();
@@ -79,8 +84,8 @@ fn split_escaped(s: &str, sep: char) -> Vec<String> {
     out
 }
 
-/// Removes one level of backslash escapes.
-fn unescape(s: &str) -> String {
+/// Removes one level of backslash escapes (a lone backslash at the end is dropped).
+pub fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -95,28 +100,274 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// The inverse of `unescape` for option values: backslash, comma and colon get a backslash,
+/// so that any path survives `lowerdir=`/`upperdir=` inside a comma-separated `-o`.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | ',' | ':') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options as written, one struct per concern
+// ---------------------------------------------------------------------------------------------
+
 /// Options as written, before the filesystem is consulted.
 #[derive(Debug, Default, PartialEq)]
 pub struct Options {
+    pub layers: LayerOptions,
+    pub mount: MountOptions,
+    pub daemon: DaemonOptions,
+    /// Options we did not recognise (each gets a one-line warning: control characters are
+    /// shown escaped).
+    pub unknown: Vec<String>,
+}
+
+/// What makes a `Stack`: the layer directories and how the core treats them.
+#[derive(Debug, Default, PartialEq)]
+pub struct LayerOptions {
+    /// Top first, unescaped.
     pub lowerdirs: Vec<String>,
     pub upperdir: Option<String>,
     pub workdir: Option<String>,
     pub fsync: Option<bool>,
     pub volatile: bool,
-    pub timeout: Option<f64>,
     pub userxattr: bool,
+    /// `ro`: a generic mount flag, but also what makes the stack read-only.
     pub ro: bool,
+}
+
+/// Generic mount(8) and FUSE mount options.
+#[derive(Debug, Default, PartialEq)]
+pub struct MountOptions {
     pub allow_other: bool,
     pub allow_root: bool,
     pub suid: bool,
     pub dev: bool,
+    /// mount(2) flags asked for and asked against; the ones against win, whatever the order
+    /// (`noexec,exec` is exec).
     pub flags_set: u64,
     pub flags_clear: u64,
     pub kernel_data: Vec<String>,
+}
+
+/// How the daemon serves the mount.
+#[derive(Debug, Default, PartialEq)]
+pub struct DaemonOptions {
+    pub timeout: Option<f64>,
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
-    pub unknown: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table of keys
+// ---------------------------------------------------------------------------------------------
+
+/// One `-o` key with a meaning of its own.
+pub struct Key {
+    pub name: &'static str,
+    /// What the value looks like in `--help`; `None` for a key that takes no value (a value
+    /// given anyway is ignored, as it always was).
+    pub value: Option<&'static str>,
+    /// One line for `--help`.
+    pub help: &'static str,
+    apply: fn(&mut Options, &str) -> Result<(), StartupError>,
+}
+
+/// Keys that describe the layer stack (all an offline tool needs).
+pub const LAYER_KEYS: &[Key] = &[
+    Key {
+        name: "lowerdir",
+        value: Some("TOP:...:BOTTOM"),
+        help: "read-only layers, the leftmost highest (required); a later lowerdir= replaces an earlier one",
+        apply: |o, v| {
+            o.layers.lowerdirs = lowerdirs(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "upperdir",
+        value: Some("DIR"),
+        help: "the writable layer; needs workdir (without both the mount is read-only)",
+        apply: |o, v| {
+            o.layers.upperdir = Some(unescape(v));
+            Ok(())
+        },
+    },
+    Key {
+        name: "workdir",
+        value: Some("DIR"),
+        help: "an empty directory on upperdir's filesystem, where copy-ups are staged",
+        apply: |o, v| {
+            o.layers.workdir = Some(unescape(v));
+            Ok(())
+        },
+    },
+    Key {
+        name: "fsync",
+        value: Some("0|1"),
+        help: "0: no fsync before a copy-up is renamed into place, and fsync is not passed on",
+        apply: |o, v| {
+            o.layers.fsync = Some(bool_value("fsync", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "volatile",
+        value: None,
+        help: "the same as fsync=0 (the kernel's name for it)",
+        apply: |o, _| {
+            o.layers.volatile = true;
+            Ok(())
+        },
+    },
+    Key {
+        name: "userxattr",
+        value: None,
+        help: "markers in user.overlay.* instead of trusted.overlay.* (the default without CAP_SYS_ADMIN)",
+        apply: |o, _| {
+            o.layers.userxattr = true;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ro",
+        value: None,
+        help: "mount read-only, even with an upperdir",
+        apply: |o, _| {
+            o.layers.ro = true;
+            Ok(())
+        },
+    },
+    Key {
+        name: "rw",
+        value: None,
+        help: "mount read-write (the default with an upperdir)",
+        apply: |o, _| {
+            o.layers.ro = false;
+            Ok(())
+        },
+    },
+];
+
+/// Keys that decide how the daemon serves the mount.
+pub const DAEMON_KEYS: &[Key] = &[
+    Key {
+        name: "timeout",
+        value: Some("SECONDS"),
+        help: "how long the kernel caches entries and attributes (default 86400)",
+        apply: |o, v| {
+            o.daemon.timeout = Some(timeout_value(v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "threads",
+        value: Some("N"),
+        help: "worker threads (default twice the CPUs, from 8 to 32)",
+        apply: |o, v| {
+            o.daemon.threads = Some(num_value("threads", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "max_write",
+        value: Some("BYTES"),
+        help: "the largest write request (default 1 MiB, or the kernel's limit)",
+        apply: |o, v| {
+            o.daemon.max_write = Some(num_value("max_write", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "passthrough",
+        value: Some("0|1"),
+        help: "0: serve file data through the daemon and the writeback cache, not FUSE passthrough",
+        apply: |o, v| {
+            o.daemon.passthrough = Some(bool_value("passthrough", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "allow_other",
+        value: None,
+        help: "let every user use the mount (always on as root, as with the kernel's overlay)",
+        apply: |o, _| {
+            o.mount.allow_other = true;
+            Ok(())
+        },
+    },
+    Key {
+        name: "allow_root",
+        value: None,
+        help: "let root use the mount besides its owner",
+        apply: |o, _| {
+            o.mount.allow_root = true;
+            Ok(())
+        },
+    },
+];
+
+/// Generic mount flags: name, mount(2) flags it sets, flags it clears.
+pub const MOUNT_FLAGS: &[(&str, u64, u64)] = &[
+    ("exec", 0, libc::MS_NOEXEC),
+    ("noexec", libc::MS_NOEXEC, 0),
+    ("atime", 0, libc::MS_NOATIME | libc::MS_RELATIME),
+    ("norelatime", 0, libc::MS_NOATIME | libc::MS_RELATIME),
+    ("noatime", libc::MS_NOATIME, 0),
+    ("relatime", libc::MS_RELATIME, 0),
+    ("strictatime", libc::MS_STRICTATIME, 0),
+    ("nodiratime", libc::MS_NODIRATIME, 0),
+    ("diratime", 0, libc::MS_NODIRATIME),
+    ("sync", libc::MS_SYNCHRONOUS, 0),
+    ("async", 0, libc::MS_SYNCHRONOUS),
+    ("dirsync", libc::MS_DIRSYNC, 0),
+];
+
+/// nosuid and nodev are the default, as for every FUSE mount: name, suid, dev.
+const SUID_DEV: &[(&str, Option<bool>, Option<bool>)] = &[
+    ("suid", Some(true), None),
+    ("nosuid", Some(false), None),
+    ("dev", None, Some(true)),
+    ("nodev", None, Some(false)),
+];
+
+/// SELinux labels, passed to the kernel in the mount data as `KEY=VALUE`.
+pub const KERNEL_DATA_KEYS: &[&str] = &["context", "fscontext", "defcontext", "rootcontext"];
+
+/// Always on, or only meaningful to mount(8) and fstab: accepted silently, as are `x-*`.
+pub const IGNORED_KEYS: &[&str] = &[
+    "default_permissions",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "_netdev",
+    "nofail",
+    "fsname",
+    "subtype",
+];
+
+/// `s` for a message that must stay on one line: control characters (a newline in a path)
+/// are shown escaped, everything else as typed.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn bool_value(key: &str, v: &str) -> Result<bool, StartupError> {
@@ -124,110 +375,171 @@ fn bool_value(key: &str, v: &str) -> Result<bool, StartupError> {
         "1" | "yes" | "on" | "true" => Ok(true),
         "0" | "no" | "off" | "false" => Ok(false),
         _ => Err(StartupError::new(format!(
-            "option {key}={v}: expected 0 or 1"
+            "option {key}={}: expected 0 or 1",
+            one_line(v)
         ))),
     }
 }
 
 fn num_value<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, StartupError> {
     v.parse()
-        .map_err(|_| StartupError::new(format!("option {key}={v}: not a valid number")))
+        .map_err(|_| StartupError::new(format!("option {key}={}: not a valid number", one_line(v))))
 }
 
-/// Interprets every `-o` argument.
+fn timeout_value(v: &str) -> Result<f64, StartupError> {
+    let t: f64 = num_value("timeout", v)?;
+    // Also refuses NaN and infinities, which Duration cannot hold.
+    if !(0.0..=1e9).contains(&t) {
+        return Err(StartupError::new(format!(
+            "option timeout={t}: out of range"
+        )));
+    }
+    Ok(t)
+}
+
+/// `lowerdir=`'s value: split on unescaped colons, each layer unescaped; an empty layer is
+/// refused, and `a::b` (the kernel's data-only lowers) with a message of its own rather than
+/// being read as `a:b`.
+fn lowerdirs(v: &str) -> Result<Vec<String>, StartupError> {
+    if v.is_empty() {
+        return Err(StartupError::new("lowerdir is empty"));
+    }
+    // Empty once unescaped: `a::b`, a trailing `:`, or a lone `\` (whose escape is dropped).
+    let parts: Vec<String> = split_escaped(v, ':').iter().map(|s| unescape(s)).collect();
+    if parts.iter().any(String::is_empty) {
+        if v.contains("::") {
+            return Err(StartupError::new(
+                "lowerdir: data-only lower layers (lowerdir=a::b) are not supported",
+            ));
+        }
+        return Err(StartupError::new(format!(
+            "lowerdir={}: empty layer path",
+            one_line(v)
+        )));
+    }
+    Ok(parts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------------------------
+
+/// Interprets every `-o` argument: each is split on unescaped commas, and each option is
+/// applied in order (a later one wins where two disagree).
 pub fn parse_options(args: &[String]) -> Result<Options, StartupError> {
     let mut o = Options::default();
     for arg in args {
         for opt in split_escaped(arg, ',') {
-            if opt.is_empty() {
-                continue;
-            }
-            let (key, value) = match opt.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (opt.clone(), None),
-            };
-            let need = |v: &Option<String>| {
-                v.clone()
-                    .ok_or_else(|| StartupError::new(format!("option {key} needs a value")))
-            };
-            match key.as_str() {
-                "lowerdir" => {
-                    let v = need(&value)?;
-                    if v.is_empty() {
-                        return Err(StartupError::new("lowerdir is empty"));
-                    }
-                    if split_escaped(&v, ':').iter().any(String::is_empty) {
-                        if v.contains("::") {
-                            return Err(StartupError::new(
-                                "lowerdir: data-only lower layers (lowerdir=a::b) are not supported",
-                            ));
-                        }
-                        return Err(StartupError::new(format!("lowerdir={v}: empty layer path")));
-                    }
-                    // A later lowerdir= replaces an earlier one, as with mount(8).
-                    o.lowerdirs = split_escaped(&v, ':').iter().map(|s| unescape(s)).collect();
-                }
-                "upperdir" => o.upperdir = Some(unescape(&need(&value)?)),
-                "workdir" => o.workdir = Some(unescape(&need(&value)?)),
-                "fsync" => o.fsync = Some(bool_value(&key, &need(&value)?)?),
-                "volatile" => o.volatile = true,
-                "timeout" => {
-                    let t: f64 = num_value(&key, &need(&value)?)?;
-                    if !(0.0..=1e9).contains(&t) {
-                        return Err(StartupError::new(format!(
-                            "option timeout={t}: out of range"
-                        )));
-                    }
-                    o.timeout = Some(t);
-                }
-                "userxattr" => o.userxattr = true,
-                "threads" => o.threads = Some(num_value(&key, &need(&value)?)?),
-                "max_write" => o.max_write = Some(num_value(&key, &need(&value)?)?),
-                "passthrough" => o.passthrough = Some(bool_value(&key, &need(&value)?)?),
-                "allow_other" => o.allow_other = true,
-                "allow_root" => o.allow_root = true,
-                "ro" => o.ro = true,
-                "rw" => o.ro = false,
-                "suid" => o.suid = true,
-                "nosuid" => o.suid = false,
-                "dev" => o.dev = true,
-                "nodev" => o.dev = false,
-                "exec" => o.flags_clear |= libc::MS_NOEXEC,
-                "noexec" => o.flags_set |= libc::MS_NOEXEC,
-                "atime" | "norelatime" => o.flags_clear |= libc::MS_NOATIME | libc::MS_RELATIME,
-                "noatime" => o.flags_set |= libc::MS_NOATIME,
-                "relatime" => o.flags_set |= libc::MS_RELATIME,
-                "strictatime" => o.flags_set |= libc::MS_STRICTATIME,
-                "nodiratime" => o.flags_set |= libc::MS_NODIRATIME,
-                "diratime" => o.flags_clear |= libc::MS_NODIRATIME,
-                "sync" => o.flags_set |= libc::MS_SYNCHRONOUS,
-                "async" => o.flags_clear |= libc::MS_SYNCHRONOUS,
-                "dirsync" => o.flags_set |= libc::MS_DIRSYNC,
-                "context" | "fscontext" | "defcontext" | "rootcontext" => {
-                    o.kernel_data.push(format!("{key}={}", need(&value)?));
-                }
-                // Always on, or only meaningful to mount(8) and fstab: accepted silently.
-                "default_permissions"
-                | "defaults"
-                | "auto"
-                | "noauto"
-                | "user"
-                | "users"
-                | "nouser"
-                | "_netdev"
-                | "nofail"
-                | "fsname"
-                | "subtype" => {}
-                _ if key.starts_with("x-") => {}
-                _ => o.unknown.push(opt.clone()),
+            if !opt.is_empty() {
+                apply_option(&mut o, &opt)?;
             }
         }
     }
     Ok(o)
 }
 
+/// One `KEY` or `KEY=VALUE`, looked up in each table in turn.
+fn apply_option(o: &mut Options, opt: &str) -> Result<(), StartupError> {
+    let (key, value) = match opt.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (opt, None),
+    };
+    if let Some(k) = LAYER_KEYS.iter().chain(DAEMON_KEYS).find(|k| k.name == key) {
+        let v = match (k.value, value) {
+            (None, _) => "",
+            (Some(_), Some(v)) => v,
+            (Some(_), None) => {
+                return Err(StartupError::new(format!(
+                    "option {} needs a value",
+                    one_line(key)
+                )));
+            }
+        };
+        return (k.apply)(o, v);
+    }
+    if let Some(&(_, set, clear)) = MOUNT_FLAGS.iter().find(|f| f.0 == key) {
+        o.mount.flags_set |= set;
+        o.mount.flags_clear |= clear;
+    } else if let Some(&(_, suid, dev)) = SUID_DEV.iter().find(|f| f.0 == key) {
+        o.mount.suid = suid.unwrap_or(o.mount.suid);
+        o.mount.dev = dev.unwrap_or(o.mount.dev);
+    } else if KERNEL_DATA_KEYS.contains(&key) {
+        let v = value
+            .ok_or_else(|| StartupError::new(format!("option {} needs a value", one_line(key))))?;
+        o.mount.kernel_data.push(format!("{key}={v}"));
+    } else if !(IGNORED_KEYS.contains(&key) || key.starts_with("x-")) {
+        o.unknown.push(one_line(opt));
+    }
+    Ok(())
+}
+
+/// The `-o` keys for `--help`: one line per key of the tables above, then the generic ones.
+pub fn options_help() -> String {
+    let mut out = String::new();
+    for k in LAYER_KEYS.iter().chain(DAEMON_KEYS) {
+        let left = match k.value {
+            Some(v) => format!("{}={v}", k.name),
+            None => k.name.to_string(),
+        };
+        out.push_str(&format!("  {left:<26} {}\n", wrap(k.help, 29)));
+    }
+    let flags: Vec<&str> = MOUNT_FLAGS
+        .iter()
+        .map(|f| f.0)
+        .chain(SUID_DEV.iter().map(|f| f.0))
+        .collect();
+    let rest = [
+        (
+            "generic mount flags",
+            format!("{} (nosuid,nodev by default)", flags.join(" ")),
+        ),
+        (
+            "SELinux labels",
+            format!("{}=LABEL", KERNEL_DATA_KEYS.join("|")),
+        ),
+        (
+            "accepted, ignored",
+            format!("{} x-*", IGNORED_KEYS.join(" ")),
+        ),
+        ("anything else", "accepted with a warning".to_string()),
+    ];
+    for (left, text) in rest {
+        out.push_str(&format!("  {left:<26} {}\n", wrap(&text, 29)));
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// Wraps `text` at spaces to lines of at most 96 columns, continuation lines indented by
+/// `indent` (a word longer than a line stays whole).
+fn wrap(text: &str, indent: usize) -> String {
+    let width = 96 - indent;
+    let mut out = String::new();
+    let mut line_len = 0;
+    for word in text.split(' ') {
+        if line_len > 0 && line_len + 1 + word.len() > width {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            line_len = 0;
+        } else if line_len > 0 {
+            out.push(' ');
+            line_len += 1;
+        }
+        out.push_str(word);
+        line_len += word.len();
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks against the filesystem
+// ---------------------------------------------------------------------------------------------
+
 fn err_path(what: &str, p: &Path, msg: impl std::fmt::Display) -> StartupError {
-    StartupError::new(format!("{what} '{}': {msg}", p.display()))
+    StartupError::new(format!(
+        "{what} '{}': {msg}",
+        one_line(&p.to_string_lossy())
+    ))
 }
 
 /// The path must exist and be a directory; returns its canonical form and device.
@@ -244,70 +556,78 @@ fn inside(child: &Path, parent: &Path) -> bool {
     child != parent && child.starts_with(parent)
 }
 
-impl Config {
-    /// Builds the configuration from the command line and checks it against the filesystem.
-    pub fn from_args(m: &MountArgs) -> Result<Config, StartupError> {
-        let o = parse_options(&m.options)?;
+/// `child` may be neither `parent` nor below it.
+fn apart(what: &str, child: &Path, parent_what: &str, parent: &Path) -> Result<(), StartupError> {
+    if child == parent || inside(child, parent) {
+        return Err(err_path(
+            what,
+            child,
+            format!("is inside {parent_what} '{}'", parent.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Upper and work: one filesystem, two directories, neither inside the other.
+fn check_upper_work(u: &(PathBuf, u64), w: &(PathBuf, u64)) -> Result<(), StartupError> {
+    let ((u, udev), (w, wdev)) = (u, w);
+    if udev != wdev {
+        return Err(err_path(
+            "workdir",
+            w,
+            "not on the same filesystem as upperdir",
+        ));
+    }
+    if u == w {
+        return Err(err_path("workdir", w, "is the same directory as upperdir"));
+    }
+    if inside(w, u) {
+        return Err(err_path("workdir", w, "is inside upperdir"));
+    }
+    if inside(u, w) {
+        return Err(err_path("upperdir", u, "is inside workdir"));
+    }
+    Ok(())
+}
+
+impl Stack {
+    /// Builds a layer stack from `-o` options alone (`lowerdir=...[,upperdir=...]`), as an
+    /// offline tool does: the layer keys are read (others are ignored here), and the
+    /// directories are checked against the filesystem; no mountpoint is involved.
+    pub fn from_options(args: &[String]) -> Result<Stack, StartupError> {
+        Stack::from_layer_options(&parse_options(args)?.layers)
+    }
+
+    /// An upperdir without a workdir is accepted here and makes a read-only stack (a tool
+    /// only reads); a mount refuses it (`Config::from_args`). A workdir without an upperdir is
+    /// always refused.
+    pub fn from_layer_options(o: &LayerOptions) -> Result<Stack, StartupError> {
         if o.lowerdirs.is_empty() {
             return Err(StartupError::new(
                 "no lowerdir given (-o lowerdir=DIR[:DIR...])",
             ));
         }
-        match (&o.upperdir, &o.workdir) {
-            (Some(_), None) => return Err(StartupError::new("upperdir given without workdir")),
-            (None, Some(_)) => return Err(StartupError::new("workdir given without upperdir")),
-            _ => {}
+        if o.upperdir.is_none() && o.workdir.is_some() {
+            return Err(StartupError::new("workdir given without upperdir"));
         }
-        let mountpoint_arg = PathBuf::from(&m.mountpoint);
-        let (mountpoint, _) = check_dir("mountpoint", &mountpoint_arg)?;
         let mut lowers = Vec::new();
         for l in &o.lowerdirs {
             lowers.push(check_dir("lowerdir", Path::new(l))?.0);
         }
-        let upper = o
-            .upperdir
-            .as_deref()
+        let upper = o.upperdir.as_deref();
+        let upper = upper
             .map(|u| check_dir("upperdir", Path::new(u)))
             .transpose()?;
-        let work = o
-            .workdir
-            .as_deref()
+        let work = o.workdir.as_deref();
+        let work = work
             .map(|w| check_dir("workdir", Path::new(w)))
             .transpose()?;
-        if let (Some((u, udev)), Some((w, wdev))) = (&upper, &work) {
-            if udev != wdev {
-                return Err(err_path(
-                    "workdir",
-                    w,
-                    "not on the same filesystem as upperdir",
-                ));
-            }
-            if u == w {
-                return Err(err_path("workdir", w, "is the same directory as upperdir"));
-            }
-            if inside(w, u) {
-                return Err(err_path("workdir", w, "is inside upperdir"));
-            }
-            if inside(u, w) {
-                return Err(err_path("upperdir", u, "is inside workdir"));
-            }
+        if let (Some(u), Some(w)) = (&upper, &work) {
+            check_upper_work(u, w)?;
         }
         for l in &lowers {
-            if inside(&mountpoint, l) {
-                return Err(err_path(
-                    "mountpoint",
-                    &mountpoint,
-                    format!("is inside lowerdir '{}'", l.display()),
-                ));
-            }
             if let Some((u, _)) = &upper {
-                if u == l || inside(u, l) {
-                    return Err(err_path(
-                        "upperdir",
-                        u,
-                        format!("is inside lowerdir '{}'", l.display()),
-                    ));
-                }
+                apart("upperdir", u, "lowerdir", l)?;
                 if inside(l, u) {
                     return Err(err_path(
                         "lowerdir",
@@ -316,73 +636,103 @@ impl Config {
                     ));
                 }
             }
-            if let Some((w, _)) = &work
-                && (w == l || inside(w, l))
-            {
+            if let Some((w, _)) = &work {
+                apart("workdir", w, "lowerdir", l)?;
+            }
+        }
+        let writable = upper.is_some() && work.is_some() && !o.ro;
+        Ok(Stack {
+            lowerdirs: lowers,
+            upperdir: upper.map(|u| u.0),
+            workdir: work.map(|w| w.0),
+            durable: !o.volatile && o.fsync != Some(false),
+            xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
+                XattrNs::User
+            } else {
+                XattrNs::Trusted
+            },
+            read_only: !writable,
+        })
+    }
+
+    /// The mountpoint may not be inside a layer, nor be the workdir (it may be the upperdir
+    /// or a lower, as with the kernel's overlay: the mount then hides it).
+    fn check_mountpoint(&self, mnt: &Path) -> Result<(), StartupError> {
+        let what = "mountpoint";
+        for l in &self.lowerdirs {
+            if inside(mnt, l) {
                 return Err(err_path(
-                    "workdir",
-                    w,
+                    what,
+                    mnt,
                     format!("is inside lowerdir '{}'", l.display()),
                 ));
             }
         }
-        if let Some((u, _)) = &upper
-            && inside(&mountpoint, u)
+        if let Some(u) = &self.upperdir
+            && inside(mnt, u)
         {
-            return Err(err_path("mountpoint", &mountpoint, "is inside upperdir"));
+            return Err(err_path(what, mnt, "is inside upperdir"));
         }
-        if let Some((w, _)) = &work
-            && (w == &mountpoint || inside(&mountpoint, w))
+        if let Some(w) = &self.workdir
+            && (w == mnt || inside(mnt, w))
         {
-            return Err(err_path("mountpoint", &mountpoint, "is inside workdir"));
+            return Err(err_path(what, mnt, "is inside workdir"));
         }
+        Ok(())
+    }
+}
 
-        let root = crate::sys::geteuid() == 0;
-        let mut flags = o.flags_set & !o.flags_clear;
-        if !o.suid {
-            flags |= libc::MS_NOSUID;
+impl Config {
+    /// Builds the configuration from the command line and checks it against the filesystem:
+    /// the stack (as `Stack::from_layer_options`), then what only a mount needs: a workdir
+    /// beside the upperdir, and a mountpoint that is a directory outside the layers.
+    pub fn from_args(m: &MountArgs) -> Result<Config, StartupError> {
+        let o = parse_options(&m.options)?;
+        // A mount writes, so an upper needs its workdir (an offline stack does not).
+        if o.layers.upperdir.is_some() && o.layers.workdir.is_none() {
+            return Err(StartupError::new("upperdir given without workdir"));
         }
-        if !o.dev {
-            flags |= libc::MS_NODEV;
-        }
-        let read_only = o.ro || upper.is_none();
-        if read_only {
-            flags |= libc::MS_RDONLY;
-        }
+        let stack = Stack::from_layer_options(&o.layers)?;
+        let (mountpoint, _) = check_dir("mountpoint", Path::new(&m.mountpoint))?;
+        stack.check_mountpoint(&mountpoint)?;
         let source = m
             .source
             .as_ref()
-            .map(|s: &OsString| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "layover".to_string());
+            .map(|s: &OsString| s.to_string_lossy().into_owned());
         Ok(Config {
-            stack: Stack {
-                lowerdirs: lowers,
-                upperdir: upper.map(|u| u.0),
-                workdir: work.map(|w| w.0),
-                durable: !o.volatile && o.fsync != Some(false),
-                xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
-                    XattrNs::User
-                } else {
-                    XattrNs::Trusted
-                },
-                read_only,
-            },
+            mount_flags: mount_flags(&o.mount, stack.read_only),
+            stack,
             mountpoint,
-            source,
+            source: source.unwrap_or_else(|| "layover".to_string()),
             foreground: m.foreground,
             debug: m.debug,
-            timeout: Duration::from_secs_f64(o.timeout.unwrap_or(86400.0)),
+            timeout: Duration::from_secs_f64(o.daemon.timeout.unwrap_or(86400.0)),
             // As root the merged view is open to every user, as the kernel's overlay is.
-            allow_other: o.allow_other || root,
-            allow_root: o.allow_root,
-            mount_flags: flags,
-            kernel_data: o.kernel_data,
-            max_write: o.max_write,
-            threads: o.threads,
-            passthrough: o.passthrough != Some(false),
+            allow_other: o.mount.allow_other || crate::sys::geteuid() == 0,
+            allow_root: o.mount.allow_root,
+            kernel_data: o.mount.kernel_data,
+            max_write: o.daemon.max_write,
+            threads: o.daemon.threads,
+            passthrough: o.daemon.passthrough != Some(false),
             unknown: o.unknown,
         })
     }
+}
+
+/// The mount(2) flags: those asked for less those asked against, nosuid and nodev unless
+/// asked otherwise, read-only when the stack is.
+fn mount_flags(m: &MountOptions, read_only: bool) -> u64 {
+    let mut flags = m.flags_set & !m.flags_clear;
+    if !m.suid {
+        flags |= libc::MS_NOSUID;
+    }
+    if !m.dev {
+        flags |= libc::MS_NODEV;
+    }
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    flags
 }
 
 #[cfg(test)]
@@ -396,20 +746,53 @@ mod tests {
     #[test]
     fn escapes() {
         let o = opts(&["lowerdir=/a\\:b:/c\\,d,upperdir=/u", "workdir=/w"]);
-        assert_eq!(o.lowerdirs, vec!["/a:b", "/c,d"]);
-        assert_eq!(o.upperdir.as_deref(), Some("/u"));
-        assert_eq!(o.workdir.as_deref(), Some("/w"));
+        assert_eq!(o.layers.lowerdirs, vec!["/a:b", "/c,d"]);
+        assert_eq!(o.layers.upperdir.as_deref(), Some("/u"));
+        assert_eq!(o.layers.workdir.as_deref(), Some("/w"));
+        assert_eq!(escape("/a:b,c\\d"), "/a\\:b\\,c\\\\d");
+        assert_eq!(unescape(&escape("/a:b,c\\d")), "/a:b,c\\d");
     }
 
     #[test]
     fn generic_and_unknown() {
         let o =
             opts(&["lowerdir=/a,allow_other,ro,noexec,fsync=0,timeout=2.5,bogus=1,x-systemd.foo"]);
-        assert!(o.allow_other && o.ro);
-        assert_eq!(o.fsync, Some(false));
-        assert_eq!(o.timeout, Some(2.5));
+        assert!(o.mount.allow_other && o.layers.ro);
+        assert_eq!(o.layers.fsync, Some(false));
+        assert_eq!(o.daemon.timeout, Some(2.5));
         assert_eq!(o.unknown, vec!["bogus=1"]);
-        assert_ne!(o.flags_set & libc::MS_NOEXEC, 0);
+        assert_eq!(opts(&["a\nb"]).unknown, vec!["a\\nb"]);
+        assert_ne!(o.mount.flags_set & libc::MS_NOEXEC, 0);
+    }
+
+    #[test]
+    fn later_options_win() {
+        let o = opts(&[
+            "ro,suid,dev,passthrough=0",
+            "rw,nodev,passthrough=on,threads=3",
+        ]);
+        assert!(!o.layers.ro && o.mount.suid && !o.mount.dev);
+        assert_eq!(o.daemon.passthrough, Some(true));
+        assert_eq!(o.daemon.threads, Some(3));
+        let o = opts(&["lowerdir=/a:/b", "lowerdir=/c"]);
+        assert_eq!(o.layers.lowerdirs, vec!["/c"]);
+    }
+
+    #[test]
+    fn mount_flags_against_win() {
+        let o = opts(&["exec,noexec,noatime,nodiratime,context=system_u:object_r:tmp_t:s0"]);
+        let flags = mount_flags(&o.mount, false);
+        assert_eq!(flags & libc::MS_NOEXEC, 0);
+        assert_ne!(flags & libc::MS_NOATIME, 0);
+        assert_ne!(flags & libc::MS_NODIRATIME, 0);
+        assert_ne!(flags & libc::MS_NOSUID, 0);
+        assert_ne!(flags & libc::MS_NODEV, 0);
+        assert_eq!(flags & libc::MS_RDONLY, 0);
+        assert_ne!(mount_flags(&o.mount, true) & libc::MS_RDONLY, 0);
+        assert_eq!(
+            o.mount.kernel_data,
+            vec!["context=system_u:object_r:tmp_t:s0"]
+        );
     }
 
     #[test]
@@ -420,6 +803,100 @@ mod tests {
         assert!(p("lowerdir").is_err());
         assert!(p("fsync=maybe").is_err());
         assert!(p("timeout=abc").is_err());
+        assert!(p("timeout=NaN").is_err());
+        assert!(p("timeout=inf").is_err());
+        assert!(p("timeout=-1").is_err());
+        assert!(p("threads=-1").is_err());
+        assert!(p("context").is_err());
         assert!(p("lowerdir=/a:").is_err());
+        assert!(p("lowerdir=/a:\\").is_err());
+        assert!(p("lowerdir=\\").is_err());
+    }
+
+    #[test]
+    fn every_key_is_in_the_help() {
+        let help = options_help();
+        for k in LAYER_KEYS.iter().chain(DAEMON_KEYS) {
+            assert!(help.contains(k.name), "{} missing from the help", k.name);
+        }
+        for f in MOUNT_FLAGS {
+            assert!(help.contains(f.0), "{} missing from the help", f.0);
+        }
+    }
+
+    /// A fresh directory under the system's temporary directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let p =
+                std::env::temp_dir().join(format!("layover-config-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+
+        fn dir(&self, name: &str) -> String {
+            let p = self.0.join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            p.display().to_string()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn stack_without_a_mountpoint() {
+        let t = TempDir::new("stack");
+        let (l1, l2, u, w) = (t.dir("l1"), t.dir("l2"), t.dir("u"), t.dir("w"));
+        let s = Stack::from_options(&[format!("lowerdir={l1}:{l2}")]).unwrap();
+        assert_eq!(s.lowerdirs.len(), 2);
+        assert!(s.read_only && s.upperdir.is_none());
+        // An upper alone is a read-only stack for a tool, and refused for a mount.
+        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u}")]).unwrap();
+        assert!(s.read_only && s.upperdir.is_some());
+        let m = MountArgs {
+            options: vec![format!("lowerdir={l1},upperdir={u}")],
+            mountpoint: t.dir("mnt").into(),
+            ..MountArgs::default()
+        };
+        assert!(Config::from_args(&m).is_err());
+        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u},workdir={w},fsync=0")])
+            .unwrap();
+        assert!(!s.read_only && !s.durable);
+        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u},workdir={w},ro")]);
+        assert!(s.unwrap().read_only);
+        let bad = |o: String| Stack::from_options(&[o]).is_err();
+        assert!(bad(format!("lowerdir={l1},workdir={w}")));
+        assert!(bad(format!("lowerdir={l1},upperdir={u},workdir={u}")));
+        assert!(bad(format!("lowerdir={l1},upperdir={l1},workdir={w}")));
+        assert!(bad(format!("lowerdir={l1},upperdir={u},workdir={l1}/x",)));
+        assert!(bad(format!("upperdir={u},workdir={w}")));
+    }
+
+    #[test]
+    fn config_checks_the_mountpoint() {
+        let t = TempDir::new("mnt");
+        let (l1, u, w) = (t.dir("l1"), t.dir("u"), t.dir("w"));
+        let m = |mnt: String| MountArgs {
+            options: vec![format!("lowerdir={l1},upperdir={u},workdir={w}")],
+            mountpoint: mnt.into(),
+            source: Some("overlay".into()),
+            ..MountArgs::default()
+        };
+        let c = Config::from_args(&m(t.dir("mnt"))).unwrap();
+        assert_eq!(c.source, "overlay");
+        assert!(!c.stack.read_only);
+        assert_eq!(c.mount_flags & libc::MS_RDONLY, 0);
+        assert!(Config::from_args(&m(t.dir("l1/inside"))).is_err());
+        assert!(Config::from_args(&m(t.dir("u/inside"))).is_err());
+        assert!(Config::from_args(&m(w.clone())).is_err());
+        assert!(Config::from_args(&m(format!("{l1}/missing"))).is_err());
+        // Over the upper itself is allowed, as with the kernel's overlay.
+        assert!(Config::from_args(&m(u.clone())).is_ok());
     }
 }

@@ -22,13 +22,15 @@ fn main() -> ExitCode {
         }
     };
     match cmd {
-        cli::Command::Help => {
-            println!("{}", cli::USAGE);
+        cli::Command::Help(text) | cli::Command::Version(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
-        cli::Command::Version => {
-            println!("layover {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+        cli::Command::Tool(t) => {
+            // A usage error: this build has no such command yet (cli.rs says why the word is
+            // reserved already).
+            eprintln!("layover: {}: not implemented yet", t.name());
+            ExitCode::from(2)
         }
         cli::Command::Mount(m) => {
             init_logging(m.debug);
