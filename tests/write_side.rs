@@ -13,9 +13,10 @@
 //! 4. the lower layers on disk are as the kernel left its copy of them (types and mtimes;
 //!    atimes in `reading_leaves_lower_atimes_alone`).
 //!
-//! Syscalls std does not wrap (renameat2, mknod, fallocate, lseek SEEK_DATA, utimensat with
-//! UTIME_NOW/UTIME_OMIT, xattrs, mmap, O_TMPFILE, copy_file_range) go through small python3
-//! helpers in `common` (tests may not use `unsafe`); another user is `setpriv`.
+//! Syscalls std does not wrap (renameat2, mknod, truncate, fallocate, lseek SEEK_DATA,
+//! utimensat with UTIME_NOW/UTIME_OMIT, xattrs, O_TMPFILE, copy_file_range) are called
+//! directly through the testkit's safe wrappers; mmap goes through a python3 child (every mmap
+//! API is `unsafe`); another user is a thread with that user's credentials.
 //!
 //! A test records every mismatch and reports them all at its end, so one failure does not
 //! hide the next. "premise" in a message means the kernel did not do what the test expected:
@@ -28,7 +29,7 @@ use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
@@ -466,14 +467,6 @@ fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new().mode(mode).create(p)
 }
 
-fn truncate(p: &Path, len: u64) -> io::Result<()> {
-    py(
-        "def main(a):\n    os.truncate(a[0], int(a[1]))",
-        &[p.as_os_str(), os(&len.to_string())],
-    )
-    .map(drop)
-}
-
 /// (kind, mode, uid, gid, size, nlink) of a path, not following symlinks.
 fn stat(p: &Path) -> io::Result<(Kind, u32, u32, u32, u64, u64)> {
     let m = fs::symlink_metadata(p)?;
@@ -604,7 +597,21 @@ fn create_with_excl_trunc_append() {
 
 /// A default ACL u::rwx g::rwx o::rwx in the kernel's binary xattr format (version 2, then
 /// tag/perm/id entries: USER_OBJ, GROUP_OBJ, OTHER).
-const PY_DEFAULT_ACL: &str = "ACL = bytes([2,0,0,0, 1,0,7,0,255,255,255,255, 4,0,7,0,255,255,255,255, 32,0,7,0,255,255,255,255])\n";
+const DEFAULT_ACL: &[u8] = &[
+    2, 0, 0, 0, 1, 0, 7, 0, 255, 255, 255, 255, 4, 0, 7, 0, 255, 255, 255, 255, 32, 0, 7, 0, 255,
+    255, 255, 255,
+];
+
+/// open(O_CREAT|O_WRONLY, mode), then close.
+fn create_mode(p: &Path, mode: u32) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(p)
+        .map(drop)
+}
 
 #[test]
 fn default_acl_takes_the_place_of_the_umask() {
@@ -614,11 +621,19 @@ fn default_acl_takes_the_place_of_the_umask() {
     // Under umask 022, new objects in a directory with a default ACL take their mode from
     // the ACL (0666 files, 0777 directories), elsewhere from the umask: the kernel applies
     // the umask only where no default ACL is. One directory new in the upper, one lower.
-    let script = format!(
-        "{PY_DEFAULT_ACL}def main(a):\n    os.umask(0o022)\n    m = a[0]\n    os.mkdir(m + '/new', 0o755)\n    for d in ('/new', '/low'):\n        os.setxattr(m + d, 'system.posix_acl_default', ACL)\n        os.close(os.open(m + d + '/f', os.O_CREAT | os.O_WRONLY, 0o666))\n        os.mkdir(m + d + '/sub', 0o777)\n        os.mkfifo(m + d + '/p', 0o666)\n    os.close(os.open(m + '/plain/g', os.O_CREAT | os.O_WRONLY, 0o666))\n    os.mkdir(m + '/plain/sub', 0o777)"
-    );
     t.ok("create under default ACLs, umask 022", |m| {
-        py(&script, &[m.as_os_str()])
+        with_umask(0o022, || {
+            mkdir(&m.join("new"), 0o755)?;
+            for d in ["new", "low"] {
+                let d = m.join(d);
+                setxattr(&d, "system.posix_acl_default", DEFAULT_ACL, 0)?;
+                create_mode(&d.join("f"), 0o666)?;
+                mkdir(&d.join("sub"), 0o777)?;
+                mknod(&d.join("p"), S_IFIFO | 0o666, 0, 0)?;
+            }
+            create_mode(&m.join("plain/g"), 0o666)?;
+            mkdir(&m.join("plain/sub"), 0o777)
+        })
     });
     t.ok("modes", |m| {
         [
@@ -2056,24 +2071,51 @@ fn copy_up_preserves_metadata() {
 // Another user
 // ---------------------------------------------------------------------------------------------
 
-/// Runs a python helper as uid/gid 1000 on both mounts; same errno required.
-fn user_op(t: &T, what: &str, want: Option<i32>, script: &str, rel: &str) {
-    // A fixed umask, so that the premises about modes hold whatever the caller's is.
-    let script = format!("os.umask(0o022)\n{script}");
+/// Runs `op` as uid/gid 1000 (umask 022, so that the premises about modes hold whatever the
+/// process's is) on both mounts; same errno required.
+fn user_op(t: &T, what: &str, want: Option<i32>, op: fn(&Path) -> io::Result<()>, rel: &str) {
     t.op(&format!("as uid 1000: {what}"), want, |m| {
-        py_as(1000, 1000, &script, &[m.join(rel).as_os_str()])
+        let p = m.join(rel);
+        as_user(1000, 1000, 0o022, || op(&p))
     });
 }
 
-const PY_CREATE: &str =
-    "def main(a):\n    os.close(os.open(a[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))";
-const PY_MKDIR: &str = "def main(a):\n    os.mkdir(a[0], 0o777)";
-const PY_WRITE: &str = "def main(a):\n    fd = os.open(a[0], os.O_WRONLY)\n    os.write(fd, b'by 1000')\n    os.close(fd)";
-const PY_READ: &str =
-    "def main(a):\n    fd = os.open(a[0], os.O_RDONLY)\n    os.read(fd, 100)\n    os.close(fd)";
-const PY_CHMOD: &str = "def main(a):\n    os.chmod(a[0], 0o777)";
-const PY_UNLINK: &str = "def main(a):\n    os.unlink(a[0])";
-const PY_TRUNCATE: &str = "def main(a):\n    os.truncate(a[0], 2)";
+fn user_create(p: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(p)
+        .map(drop)
+}
+
+fn user_mkdir(p: &Path) -> io::Result<()> {
+    mkdir(p, 0o777)
+}
+
+fn user_write(p: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(p)?
+        .write(b"by 1000")
+        .map(drop)
+}
+
+fn user_read(p: &Path) -> io::Result<()> {
+    File::open(p)?.read(&mut [0u8; 100]).map(drop)
+}
+
+fn user_chmod(p: &Path) -> io::Result<()> {
+    fs::set_permissions(p, fs::Permissions::from_mode(0o777))
+}
+
+fn user_unlink(p: &Path) -> io::Result<()> {
+    fs::remove_file(p)
+}
+
+fn user_truncate(p: &Path) -> io::Result<()> {
+    truncate(p, 2)
+}
 
 #[test]
 fn operations_as_another_user() {
@@ -2092,56 +2134,56 @@ fn operations_as_another_user() {
         .chmod("tmpd", 0o1777)
         .file_owned("mine", "uid 1000's", 0o644, 1000, 1000);
     let t = T::mount(env);
-    user_op(&t, "create in a 0777 dir", None, PY_CREATE, "pub/new");
-    user_op(&t, "mkdir in a 0777 dir", None, PY_MKDIR, "pub/newdir");
+    user_op(&t, "create in a 0777 dir", None, user_create, "pub/new");
+    user_op(&t, "mkdir in a 0777 dir", None, user_mkdir, "pub/newdir");
     user_op(
         &t,
         "create in root's 0755 root dir",
         Some(libc::EACCES),
-        PY_CREATE,
+        user_create,
         "nope",
     );
     user_op(
         &t,
         "write root's 0644 file",
         Some(libc::EACCES),
-        PY_WRITE,
+        user_write,
         "rootfile",
     );
     user_op(
         &t,
         "read root's 0600 file",
         Some(libc::EACCES),
-        PY_READ,
+        user_read,
         "secret",
     );
     user_op(
         &t,
         "chmod root's file",
         Some(libc::EPERM),
-        PY_CHMOD,
+        user_chmod,
         "rootfile",
     );
-    user_op(&t, "create in a setgid dir", None, PY_CREATE, "sg/f");
-    user_op(&t, "mkdir in a setgid dir", None, PY_MKDIR, "sg/sub");
-    user_op(&t, "write a setuid file", None, PY_WRITE, "suid");
-    user_op(&t, "write a setgid+x file", None, PY_WRITE, "sgid");
+    user_op(&t, "create in a setgid dir", None, user_create, "sg/f");
+    user_op(&t, "mkdir in a setgid dir", None, user_mkdir, "sg/sub");
+    user_op(&t, "write a setuid file", None, user_write, "suid");
+    user_op(&t, "write a setgid+x file", None, user_write, "sgid");
     user_op(
         &t,
         "truncate a setuid file",
         None,
-        PY_TRUNCATE,
+        user_truncate,
         "suid-trunc",
     );
     user_op(
         &t,
         "unlink root's file in a sticky dir",
         Some(libc::EPERM),
-        PY_UNLINK,
+        user_unlink,
         "tmpd/rootf",
     );
-    user_op(&t, "write own file", None, PY_WRITE, "mine");
-    user_op(&t, "chmod own file", None, PY_CHMOD, "mine");
+    user_op(&t, "write own file", None, user_write, "mine");
+    user_op(&t, "chmod own file", None, user_chmod, "mine");
     t.ok("owners and modes", |m| {
         [
             "pub/new",

@@ -2,10 +2,10 @@
 //! of fixture layers ([`TestEnv::mount_pair`]), and the comparison of what they show.
 
 use crate::env::TestEnv;
+use crate::run::{cmd_ok, os};
 use crate::snapshot::{Snapshot, snapshot};
-use crate::sys::py;
+use crate::sys::{record_times, utimensat};
 use crate::tree::{Compare, assert_same_tree};
-use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -128,24 +128,18 @@ impl TestEnv {
 /// match the first.
 pub fn copy_layers_exact(env: &TestEnv, dests: &[&str]) -> Vec<PathBuf> {
     let src = env.root.join("src");
+    let times = record_times(&src);
+    let mut from = src.into_os_string();
+    from.push("/.");
     let dirs: Vec<PathBuf> = dests.iter().map(|d| env.root.join(d)).collect();
-    let mut args: Vec<&OsStr> = vec![src.as_os_str()];
-    args.extend(dirs.iter().map(|d| d.as_os_str()));
-    let r = py(
-        "import stat, subprocess\n\
-         def main(a):\n    src = fs(a[0])\n    rec = {}\n    todo = [b'']\n    \
-         while todo:\n        rel = todo.pop()\n        p = os.path.join(src, rel) if rel else src\n        \
-         st = os.lstat(p)\n        rec[rel] = (st.st_atime_ns, st.st_mtime_ns)\n        \
-         if stat.S_ISDIR(st.st_mode):\n            \
-         todo.extend(os.path.join(rel, n) if rel else n for n in os.listdir(p))\n    \
-         for d in a[1:]:\n        d = fs(d)\n        os.makedirs(d)\n        \
-         subprocess.run(['cp', '-a', os.path.join(src, b'.'), d], check=True)\n        \
-         for rel, (at, mt) in rec.items():\n            \
-         os.utime(os.path.join(d, rel) if rel else d, ns=(at, mt), follow_symlinks=False)",
-        &args,
-    );
-    if let Err(e) = r {
-        panic!("copying the fixture layers to {dests:?}: {e}");
+    for d in &dirs {
+        fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        cmd_ok("cp", &[os("-a"), &from, d.as_os_str()]);
+        for (rel, atime, mtime) in &times {
+            let p = d.join(rel);
+            utimensat(&p, *atime, *mtime, true)
+                .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+        }
     }
     dirs
 }
