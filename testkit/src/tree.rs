@@ -78,34 +78,6 @@ pub(crate) fn fields(n: &Node, cmp: &Compare) -> Vec<(&'static str, String)> {
     f
 }
 
-/// Differences between two snapshots, one readable line each.
-pub fn diff(a: &Snapshot, b: &Snapshot, cmp: &Compare) -> Vec<String> {
-    let mut out = Vec::new();
-    let keys: BTreeSet<&Vec<u8>> = a.nodes.keys().chain(b.nodes.keys()).collect();
-    for k in keys {
-        match (a.nodes.get(k), b.nodes.get(k)) {
-            (Some(x), None) => out.push(format!("{}: only in kernel ({:?})", show(k), x.kind)),
-            (None, Some(y)) => out.push(format!("{}: only in layover ({:?})", show(k), y.kind)),
-            (Some(x), Some(y)) => {
-                let fx = fields(x, cmp);
-                let fy = fields(y, cmp);
-                let mx: BTreeMap<_, _> = fx.iter().cloned().collect();
-                let my: BTreeMap<_, _> = fy.iter().cloned().collect();
-                let names: BTreeSet<&str> = mx.keys().chain(my.keys()).copied().collect();
-                for name in names {
-                    let vx = mx.get(name).map_or("-", String::as_str);
-                    let vy = my.get(name).map_or("-", String::as_str);
-                    if vx != vy {
-                        out.push(format!("{}: {name}: kernel {vx} | layover {vy}", show(k)));
-                    }
-                }
-            }
-            (None, None) => {}
-        }
-    }
-    out
-}
-
 pub(crate) fn render(lines: &[String]) -> String {
     let mut s = String::new();
     for l in lines.iter().take(80) {
@@ -119,67 +91,18 @@ pub(crate) fn render(lines: &[String]) -> String {
     s
 }
 
-/// Asserts that layover's tree shows what the kernel's does, printing a diff otherwise. Also
-/// checks each mount's inode consistency and that both group names into inodes alike.
+/// Asserts that layover's tree shows what the kernel's does, printing every difference
+/// otherwise ([`tree_report`], with each mount's inode rules).
 pub fn assert_same_tree(kernel: &Snapshot, layover: &Snapshot, cmp: &Compare) {
-    let mut report = String::new();
-    if !kernel.errors.is_empty() {
-        writeln!(
-            report,
-            "walking the KERNEL mount:\n{}",
-            render(&kernel.errors)
-        )
-        .unwrap();
-    }
-    if !layover.errors.is_empty() {
-        writeln!(
-            report,
-            "walking the LAYOVER mount:\n{}",
-            render(&layover.errors)
-        )
-        .unwrap();
-    }
-    let d = diff(kernel, layover, cmp);
-    if !d.is_empty() {
-        writeln!(
-            report,
-            "trees differ (kernel {} vs layover {}), {} difference(s):\n{}",
-            kernel.root.display(),
-            layover.root.display(),
-            d.len(),
-            render(&d)
-        )
-        .unwrap();
-    }
-    let ki = inode_problems(kernel, Who::Kernel);
-    if !ki.is_empty() {
-        writeln!(
-            report,
-            "inode inconsistencies in the KERNEL mount (the test's premise is wrong):\n{}",
-            render(&ki)
-        )
-        .unwrap();
-    }
-    let li = inode_problems(layover, Who::Layover);
-    if !li.is_empty() {
-        writeln!(report, "inode inconsistencies in layover:\n{}", render(&li)).unwrap();
-    }
-    let kg = ino_groups(kernel);
-    let lg = ino_groups(layover);
-    if kg != lg {
-        let fmt = |g: &BTreeSet<Vec<Vec<u8>>>| -> Vec<String> {
-            g.iter()
-                .map(|grp| grp.iter().map(|p| show(p)).collect::<Vec<_>>().join(" = "))
-                .collect()
-        };
-        writeln!(
-            report,
-            "names sharing an inode differ:\n kernel:\n{} layover:\n{}",
-            render(&fmt(&kg)),
-            render(&fmt(&lg))
-        )
-        .unwrap();
-    }
+    let report = tree_report(
+        kernel,
+        "kernel",
+        Some(Who::Kernel),
+        layover,
+        "layover",
+        Some(Who::Layover),
+        cmp,
+    );
     assert!(report.is_empty(), "\n{report}");
 }
 
@@ -352,8 +275,9 @@ pub fn normalise_upper(s: &mut Snapshot) {
     }
 }
 
-/// Like [`assert_same_tree`]'s report, for any two snapshots: "" when they agree, else a
-/// readable account naming them `la` and `lb`. `who_*` says whose inode rules apply (None:
+/// Compares two snapshots: "" when they agree, else a readable account naming them `la` and
+/// `lb`: errors met while walking either, every field that differs ([`Compare`] says which
+/// count), each one's inode problems ([`inode_problems`]), and which names share an inode. `who_*` says whose inode rules apply (None:
 /// no inode consistency check, e.g. for the kernel's overlay over layers on several file
 /// systems, where it reports several st_dev by design).
 pub fn tree_report(
@@ -401,7 +325,7 @@ pub fn tree_report(
     if !d.is_empty() {
         writeln!(
             report,
-            "{la} ({}) and {lb} ({}) differ in {} place(s):\n{}",
+            "trees differ: {la} ({}) and {lb} ({}), in {} place(s):\n{}",
             a.root.display(),
             b.root.display(),
             d.len(),
