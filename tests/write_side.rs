@@ -37,10 +37,6 @@ const OLD: i64 = 1_000_000_000;
 /// Times at or after this (2017-07-14) count as "set during the test".
 const CUTOFF: i64 = 1_500_000_000;
 
-const S_IFIFO: u32 = 0o010_000;
-const S_IFCHR: u32 = 0o020_000;
-const S_IFBLK: u32 = 0o060_000;
-const S_IFREG: u32 = 0o100_000;
 const SEEK_DATA: i32 = 3;
 const SEEK_HOLE: i32 = 4;
 const FALLOC_FL_KEEP_SIZE: i32 = 1;

@@ -1,9 +1,8 @@
 //! Building fixture layers: files, directories, links, special files, whiteouts in the
 //! kernel's and the OCI formats, opaque markers, xattrs and times.
 
-use crate::run::{cmd_ok, os};
+use crate::sys::{S_IFBLK, S_IFCHR, S_IFIFO, Ts, mknod, record_times, setxattr, utimensat};
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -98,7 +97,8 @@ impl Layer {
 
     pub fn fifo(&self, rel: impl AsRef<Path>) -> &Self {
         let p = self.parent(rel.as_ref());
-        cmd_ok("mkfifo", &[p.as_os_str()]);
+        // As mkfifo(1): mode 0666, less the umask.
+        mknod(&p, S_IFIFO | 0o666, 0, 0).unwrap_or_else(|e| panic!("mkfifo {}: {e}", p.display()));
         self
     }
 
@@ -121,15 +121,17 @@ impl Layer {
     /// A device node: kind 'c' or 'b'.
     pub fn device(&self, rel: impl AsRef<Path>, kind: char, major: u32, minor: u32) -> &Self {
         let p = self.parent(rel.as_ref());
-        cmd_ok(
-            "mknod",
-            &[
-                p.as_os_str(),
-                os(&kind.to_string()),
-                os(&major.to_string()),
-                os(&minor.to_string()),
-            ],
-        );
+        let ftype = match kind {
+            'c' => S_IFCHR,
+            'b' => S_IFBLK,
+            _ => panic!(
+                "device {}: kind {kind:?} is neither 'c' nor 'b'",
+                p.display()
+            ),
+        };
+        // As mknod(1): mode 0666, less the umask.
+        mknod(&p, ftype | 0o666, major, minor)
+            .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
         self
     }
 
@@ -160,21 +162,8 @@ impl Layer {
     /// Sets an xattr on the node itself (not following symlinks).
     pub fn xattr(&self, rel: impl AsRef<Path>, name: &str, value: impl AsRef<[u8]>) -> &Self {
         let p = self.root.join(rel);
-        let mut hex = String::from("0x");
-        for b in value.as_ref() {
-            write!(hex, "{b:02x}").unwrap();
-        }
-        cmd_ok(
-            "setfattr",
-            &[
-                os("-h"),
-                os("-n"),
-                os(name),
-                os("-v"),
-                os(&hex),
-                p.as_os_str(),
-            ],
-        );
+        setxattr(&p, name, value.as_ref(), 0)
+            .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
         self
     }
 
@@ -193,15 +182,8 @@ impl Layer {
     /// Sets atime and mtime (seconds and nanoseconds since the epoch), not following symlinks.
     pub fn times(&self, rel: impl AsRef<Path>, secs: i64, nsecs: u32) -> &Self {
         let p = self.root.join(rel);
-        cmd_ok(
-            "touch",
-            &[
-                os("-h"),
-                os("-d"),
-                os(&format!("@{secs}.{nsecs:09}")),
-                p.as_os_str(),
-            ],
-        );
+        let t = Ts::At(secs, i64::from(nsecs));
+        utimensat(&p, t, t, true).unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
         self
     }
 }
@@ -210,17 +192,9 @@ impl Layer {
 /// to `secs`: fixtures get one old, known time, so that a timestamp the overlay must
 /// preserve can be told from one it set just now.
 pub fn age_tree(dir: &Path, secs: i64) {
-    cmd_ok(
-        "find",
-        &[
-            dir.as_os_str(),
-            os("-exec"),
-            os("touch"),
-            os("-h"),
-            os("-d"),
-            os(&format!("@{secs}")),
-            os("{}"),
-            os("+"),
-        ],
-    );
+    let t = Ts::At(secs, 0);
+    for (rel, _, _) in record_times(dir) {
+        let p = dir.join(rel);
+        utimensat(&p, t, t, true).unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+    }
 }

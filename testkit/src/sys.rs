@@ -16,6 +16,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// File types for [`mknod`]'s mode.
+pub const S_IFIFO: u32 = 0o010_000;
+pub const S_IFCHR: u32 = 0o020_000;
+pub const S_IFBLK: u32 = 0o060_000;
+pub const S_IFREG: u32 = 0o100_000;
+
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
 
