@@ -269,6 +269,27 @@ pub(crate) fn unhex(s: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// getfattr's complaints (lines "getfattr: /abs/path: Message") go to the node they name,
+/// else to the snapshot's errors.
+fn record_getfattr_errors(
+    stderr: &[u8],
+    rel_of: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
+    nodes: &mut BTreeMap<Vec<u8>, Node>,
+    errors: &mut Vec<String>,
+) {
+    for line in stderr.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+        let body = line.strip_prefix(b"getfattr: ").unwrap_or(line);
+        let located = body
+            .windows(2)
+            .rposition(|w| w == b": ")
+            .and_then(|i| Some((rel_of(&unescape_octal(&body[..i]))?, &body[i + 2..])));
+        match located.and_then(|(rel, msg)| Some((nodes.get_mut(&rel)?, msg))) {
+            Some((n, msg)) => n.xattr_error = Some(String::from_utf8_lossy(msg).into_owned()),
+            None => errors.push(format!("getfattr: {}", String::from_utf8_lossy(body))),
+        }
+    }
+}
+
 /// Fills in every node's xattrs with one recursive getfattr call.
 fn collect_xattrs(root: &Path, nodes: &mut BTreeMap<Vec<u8>, Node>, errors: &mut Vec<String>) {
     for n in nodes.values_mut() {
@@ -330,18 +351,7 @@ fn collect_xattrs(root: &Path, nodes: &mut BTreeMap<Vec<u8>, Node>, errors: &mut
             )),
         }
     }
-    // Lines look like "getfattr: /abs/path: Message".
-    for line in out.stderr.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-        let body = line.strip_prefix(b"getfattr: ").unwrap_or(line);
-        let located = body
-            .windows(2)
-            .rposition(|w| w == b": ")
-            .and_then(|i| Some((rel_of(&unescape_octal(&body[..i]))?, &body[i + 2..])));
-        match located.and_then(|(rel, msg)| Some((nodes.get_mut(&rel)?, msg))) {
-            Some((n, msg)) => n.xattr_error = Some(String::from_utf8_lossy(msg).into_owned()),
-            None => errors.push(format!("getfattr: {}", String::from_utf8_lossy(body))),
-        }
-    }
+    record_getfattr_errors(&out.stderr, &rel_of, nodes, errors);
 }
 
 /// How many times `.` and `..` appear in a raw listing of `dir` (via `ls -f`, which, unlike

@@ -275,32 +275,8 @@ pub fn normalise_upper(s: &mut Snapshot) {
     }
 }
 
-/// Compares two snapshots: "" when they agree, else a readable account naming them `la` and
-/// `lb`: errors met while walking either, every field that differs ([`Compare`] says which
-/// count), each one's inode problems ([`inode_problems`]), and which names share an inode. `who_*` says whose inode rules apply (None:
-/// no inode consistency check, e.g. for the kernel's overlay over layers on several file
-/// systems, where it reports several st_dev by design).
-pub fn tree_report(
-    a: &Snapshot,
-    la: &str,
-    who_a: Option<Who>,
-    b: &Snapshot,
-    lb: &str,
-    who_b: Option<Who>,
-    cmp: &Compare,
-) -> String {
-    let mut report = String::new();
-    for (s, l) in [(a, la), (b, lb)] {
-        if !s.errors.is_empty() {
-            writeln!(
-                report,
-                "walking {l} ({}):\n{}",
-                s.root.display(),
-                render(&s.errors)
-            )
-            .unwrap();
-        }
-    }
+/// Every path only one snapshot holds, and every compared field that differs, one line each.
+fn field_differences(a: &Snapshot, la: &str, b: &Snapshot, lb: &str, cmp: &Compare) -> Vec<String> {
     let mut d = Vec::new();
     let keys: BTreeSet<&Vec<u8>> = a.nodes.keys().chain(b.nodes.keys()).collect();
     for k in keys {
@@ -322,6 +298,37 @@ pub fn tree_report(
             (None, None) => {}
         }
     }
+    d
+}
+
+/// Compares two snapshots: "" when they agree, else a readable account naming them `la` and
+/// `lb`: errors met while walking either, every field that differs ([`Compare`] says which
+/// count), each one's inode problems ([`inode_problems`]), and which names share an inode.
+/// `who_*` says whose inode rules apply (None: no inode consistency check, e.g. for the
+/// kernel's overlay over layers on several file systems, where it reports several st_dev by
+/// design).
+pub fn tree_report(
+    a: &Snapshot,
+    la: &str,
+    who_a: Option<Who>,
+    b: &Snapshot,
+    lb: &str,
+    who_b: Option<Who>,
+    cmp: &Compare,
+) -> String {
+    let mut report = String::new();
+    for (s, l) in [(a, la), (b, lb)] {
+        if !s.errors.is_empty() {
+            writeln!(
+                report,
+                "walking {l} ({}):\n{}",
+                s.root.display(),
+                render(&s.errors)
+            )
+            .unwrap();
+        }
+    }
+    let d = field_differences(a, la, b, lb, cmp);
     if !d.is_empty() {
         writeln!(
             report,
