@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || die "the tests mount file systems and must run as root: sudo $0"
 
 # Debian packages the tests call: mount.fuse3/fusermount3 (fuse3), getfattr/setfattr (attr),
-# python3 (scripts), a C toolchain (build-essential). mount/umount, cp, mknod... are essential.
+# python3 (scripts, and the tests' mmap helper), a C toolchain (build-essential).
+# mount/umount, cp, mknod... are essential.
 # Cargo-installed test tools (fsx) are installed below, once cargo is found.
 missing=()
 command -v mount.fuse3 >/dev/null || missing+=(fuse3)

@@ -8,9 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use layover_testkit::*;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;

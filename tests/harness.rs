@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use layover_testkit::*;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +15,7 @@ fn a_killed_daemon_fails_the_test() {
     env.layer("l1").file("a", "a");
     env.layer("l2").file("b", "b");
     let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
-    let pids = daemon_pids(&pair.layover, false);
+    let pids = daemon_pids(&pair.layover.mnt, false);
     assert_eq!(pids.len(), 1, "{pids:?}");
     cmd_ok("kill", &[os("-KILL"), os(&pids[0].to_string())]);
     assert!(wait_until(Duration::from_secs(5), || !process_alive(
@@ -34,9 +32,9 @@ fn a_differing_tree_fails_the_comparison() {
     env.layer("l2").file("b", "b");
     let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
     // Change the layover side's layers behind its back (before anything is cached).
-    fs::write(pair.layover_layers.join("upper/extra"), "only in layover").unwrap();
-    fs::write(pair.layover_layers.join("upper/a"), "changed").unwrap();
-    compare_pair(&pair, &Compare::default());
+    fs::write(pair.layover.layers.join("upper/extra"), "only in layover").unwrap();
+    fs::write(pair.layover.layers.join("upper/a"), "changed").unwrap();
+    pair.check_merged("after changing layover's upper");
 }
 
 #[test]
@@ -47,7 +45,11 @@ fn mounts_are_gone_after_a_failed_test() {
         env.layer("l1").file("a", "a");
         env.layer("l2").file("b", "b");
         let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
-        *root.lock().unwrap() = Some((env.root.clone(), pair.kernel.clone(), pair.layover.clone()));
+        *root.lock().unwrap() = Some((
+            env.root.clone(),
+            pair.kernel.mnt.clone(),
+            pair.layover.mnt.clone(),
+        ));
         panic!("deliberate");
     });
     assert!(r.is_err());

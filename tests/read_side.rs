@@ -6,43 +6,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use layover_testkit::*;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Asserts that `op` fails (or succeeds) alike on both mounts, and with `expected`.
-fn same_errno<T>(
+fn same_errno<T: std::fmt::Debug>(
     pair: &Pair,
     rel: &Path,
     what: &str,
     expected: Option<i32>,
     op: impl Fn(&Path) -> std::io::Result<T>,
 ) {
-    let (k, l) = pair.both(rel);
-    let ke = errno(op(&k));
-    let le = errno(op(&l));
-    assert_eq!(
-        ke,
-        expected,
-        "premise: kernel {what} {} gave {}, test expected {}",
-        show(rel.as_os_str().as_bytes()),
-        errno_name(ke),
-        errno_name(expected)
-    );
-    assert_eq!(
-        le,
-        ke,
-        "{what} {}: kernel gives {}, layover gives {}",
-        show(rel.as_os_str().as_bytes()),
-        errno_name(ke),
-        errno_name(le)
-    );
+    pair.same_errno(rel, what, expected, op);
 }
 
 fn lstat_errno(pair: &Pair, rel: impl AsRef<Path>, expected: Option<i32>) {
@@ -80,7 +59,7 @@ fn assert_content(pair: &Pair, rel: &str, want: &[u8]) {
 /// Mounts the pair and compares the whole trees with the default field set.
 fn compare(env: &TestEnv, lowers: &[&str], upper: Option<&str>) -> Pair {
     let pair = env.mount_pair(lowers, upper);
-    compare_pair(&pair, &Compare::default());
+    pair.check_merged("after mounting");
     env.assert_alive();
     pair
 }
@@ -348,7 +327,7 @@ fn ten_thousand_entries_merged() {
         "layover lists {} entries in big/",
         ln.len()
     );
-    compare_pair(&pair, &Compare::default());
+    pair.check_merged("after mounting");
     env.assert_alive();
 }
 
@@ -514,7 +493,7 @@ fn symlinks_relative_absolute_dangling_and_outside() {
     // Following happens in the caller's context: etc/ is the host's /etc on both.
     let mut host: Vec<Vec<u8>> = list(Path::new("/etc")).unwrap();
     host.sort();
-    for mnt in [&pair.kernel, &pair.layover] {
+    for mnt in [&pair.kernel.mnt, &pair.layover.mnt] {
         let mut got = list(&mnt.join("etc/")).unwrap();
         got.sort();
         assert_eq!(
@@ -554,7 +533,7 @@ fn hard_links_within_a_lower() {
         .hardlink("q1", "q2");
     for upper in [Some("upper"), None] {
         let pair = compare(&env, &["l1", "l2", "l3"], upper);
-        let l = &pair.layover;
+        let l = &pair.layover.mnt;
         let a = fs::symlink_metadata(l.join("h/a")).unwrap();
         let c = fs::symlink_metadata(l.join("other/c")).unwrap();
         let b = fs::symlink_metadata(l.join("h/b")).unwrap();
@@ -707,13 +686,13 @@ fn stat_and_readdir_inodes_agree_and_stay_stable() {
         .file("d/w", "w")
         .dir("e/i");
     let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
-    let before = snapshot(&pair.layover);
+    let before = snapshot(&pair.layover.mnt);
     let problems = inode_problems(&before, Who::Layover);
     assert!(problems.is_empty(), "{problems:#?}");
     // Make the kernel forget its dentries and inodes, then look again: a name keeps its st_ino.
     fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
-    let after = snapshot(&pair.layover);
-    let kb = snapshot(&pair.kernel);
+    let after = snapshot(&pair.layover.mnt);
+    let kb = snapshot(&pair.kernel.mnt);
     assert_same_tree(&kb, &after, &Compare::default());
     for (path, n) in &before.nodes {
         let m = &after.nodes[path];
@@ -739,7 +718,7 @@ fn dot_entries_once_and_no_duplicate_names() {
     }
     env.layer("upper").file("d/n0", "up").whiteout("d/n1");
     let pair = compare(&env, &["l1", "l2", "l3"], Some("upper"));
-    let snap = snapshot(&pair.layover);
+    let snap = snapshot(&pair.layover.mnt);
     for (path, n) in &snap.nodes {
         if n.kind != Kind::Dir {
             continue;
@@ -990,7 +969,7 @@ fn userxattr_opaque_directories() {
         return;
     }
     let pair = env.mount_pair_with(&spec);
-    compare_pair(&pair, &Compare::default());
+    pair.check_merged("after mounting");
     lstat_errno(&pair, "uo/below", Some(libc::ENOENT));
     lstat_errno(&pair, "to/below", None);
     lstat_errno(&pair, "plain/below", None);
@@ -1018,7 +997,7 @@ fn directory_nlink_matches_kernel() {
             dir_nlink: true,
             ..Compare::default()
         };
-        compare_pair(&pair, &cmp);
+        pair.check_merged_with("after mounting", &cmp);
     }
 }
 
@@ -1098,7 +1077,7 @@ fn read_only_mount_gives_erofs() {
             lr.stderr
         );
     }
-    compare_pair(&pair, &Compare::default());
+    pair.check_merged("after mounting");
     // One lower and nothing else (the kernel needs two lowers for this, layover need not).
     let single = env.copy_layers("single");
     let mnt = env.mkdir("single.mnt");
@@ -1125,8 +1104,14 @@ fn statfs_matches_kernel() {
     for upper in [Some("upper"), None] {
         let pair = env.mount_pair(&["l1", "l2"], upper);
         let fmt = os("%b %S %c %l");
-        let k = cmd_ok("stat", &[os("-f"), os("-c"), fmt, pair.kernel.as_os_str()]);
-        let l = cmd_ok("stat", &[os("-f"), os("-c"), fmt, pair.layover.as_os_str()]);
+        let k = cmd_ok(
+            "stat",
+            &[os("-f"), os("-c"), fmt, pair.kernel.mnt.as_os_str()],
+        );
+        let l = cmd_ok(
+            "stat",
+            &[os("-f"), os("-c"), fmt, pair.layover.mnt.as_os_str()],
+        );
         assert_eq!(
             l.stdout, k.stdout,
             "statfs (blocks, block size, inodes, namelen), upper {upper:?}"
@@ -1191,14 +1176,14 @@ fn permissions_for_another_user() {
         ];
         for (prog, rel) in cases {
             let (k, l) = pair.both(rel);
-            let kr = as_user(&pair.kernel, &[os(prog), k.as_os_str()]);
-            let lr = as_user(&pair.layover, &[os(prog), l.as_os_str()]);
+            let kr = as_user(&pair.kernel.mnt, &[os(prog), k.as_os_str()]);
+            let lr = as_user(&pair.layover.mnt, &[os(prog), l.as_os_str()]);
             assert_eq!(lr, kr, "uid 1000: {prog} {rel} (upper {upper:?})");
         }
         // The premise: some of these must actually be refused.
         let (ok, _) = as_user(
-            &pair.kernel,
-            &[os("cat"), pair.kernel.join("secret").as_os_str()],
+            &pair.kernel.mnt,
+            &[os("cat"), pair.kernel.mnt.join("secret").as_os_str()],
         );
         assert!(
             !ok,
@@ -1225,8 +1210,8 @@ fn concurrent_walks_agree() {
         }
     }
     let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
-    let kernel = snapshot(&pair.kernel);
-    let mnt = pair.layover.clone();
+    let kernel = snapshot(&pair.kernel.mnt);
+    let mnt = pair.layover.mnt.clone();
     std::thread::scope(|s| {
         let walkers: Vec<_> = (0..6)
             .map(|_| {
@@ -1265,7 +1250,7 @@ fn large_and_sparse_files() {
     }
     env.layer("l1").file("small", "s");
     let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
-    compare_pair(&pair, &Compare::default());
+    pair.check_merged("after mounting");
     for name in ["big", "sparse"] {
         let (k, l) = pair.both(name);
         let (kf, lf) = (fs::File::open(&k).unwrap(), fs::File::open(&l).unwrap());
@@ -1301,12 +1286,12 @@ fn changing_lowers_underneath_does_not_crash() {
         .file("long", vec![b'x'; 100_000]);
     env.layer("l1").file("d/c", "c").dir("becomes-file");
     let pair = env.mount_pair(&["l1", "l2"], Some("upper"));
-    let mnt = &pair.layover;
+    let mnt = &pair.layover.mnt;
     let _ = snapshot(mnt);
     let held = fs::File::open(mnt.join("long")).unwrap();
     let dir_handle = fs::read_dir(mnt.join("d")).unwrap();
-    let l1 = pair.layover_layers.join("l1");
-    let l2 = pair.layover_layers.join("l2");
+    let l1 = pair.layover.layers.join("l1");
+    let l2 = pair.layover.layers.join("l2");
     fs::remove_dir_all(l2.join("tree")).unwrap();
     fs::remove_file(l2.join("becomes-dir")).unwrap();
     fs::create_dir(l2.join("becomes-dir")).unwrap();
@@ -1362,7 +1347,7 @@ fn readahead_window_is_one_request() {
     env.layer("l1").file("f", "x");
     env.layer("u");
     let pair = env.mount_pair(&["l1"], Some("u"));
-    let dev = fs::metadata(&pair.layover).unwrap().dev();
+    let dev = fs::metadata(&pair.layover.mnt).unwrap().dev();
     let path = format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",
         libc::major(dev),

@@ -13,9 +13,10 @@
 //! 4. the lower layers on disk are as the kernel left its copy of them (types and mtimes;
 //!    atimes in `reading_leaves_lower_atimes_alone`).
 //!
-//! Syscalls std does not wrap (renameat2, mknod, fallocate, lseek SEEK_DATA, utimensat with
-//! UTIME_NOW/UTIME_OMIT, xattrs, mmap, O_TMPFILE, copy_file_range) go through small python3
-//! helpers in `common` (tests may not use `unsafe`); another user is `setpriv`.
+//! Syscalls std does not wrap (renameat2, mknod, truncate, fallocate, lseek SEEK_DATA,
+//! utimensat with UTIME_NOW/UTIME_OMIT, xattrs, O_TMPFILE, copy_file_range) are called
+//! directly through the testkit's safe wrappers; mmap goes through a python3 child (every mmap
+//! API is `unsafe`); another user is a thread with that user's credentials.
 //!
 //! A test records every mismatch and reports them all at its end, so one failure does not
 //! hide the next. "premise" in a message means the kernel did not do what the test expected:
@@ -23,16 +24,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
-use std::fmt::Debug;
+use layover_testkit::*;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 /// The time every fixture node carries (2001-09-09).
@@ -40,10 +37,6 @@ const OLD: i64 = 1_000_000_000;
 /// Times at or after this (2017-07-14) count as "set during the test".
 const CUTOFF: i64 = 1_500_000_000;
 
-const S_IFIFO: u32 = 0o010_000;
-const S_IFCHR: u32 = 0o020_000;
-const S_IFBLK: u32 = 0o060_000;
-const S_IFREG: u32 = 0o100_000;
 const SEEK_DATA: i32 = 3;
 const SEEK_HOLE: i32 = 4;
 const FALLOC_FL_KEEP_SIZE: i32 = 1;
@@ -52,42 +45,24 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
 
-/// One mount's side of a test: its mountpoint and the layers it runs on.
-struct Side {
-    mnt: PathBuf,
-    lowers: Vec<PathBuf>,
-    upper: PathBuf,
-    work: PathBuf,
+/// A test: its directory and the kernel-vs-layover [`Pair`], which records every mismatch and
+/// reports them all at [`T::finish`].
+struct T {
+    env: TestEnv,
+    pair: Pair,
 }
 
-impl Side {
-    fn opts(&self, work: &Path) -> String {
-        let lowers: Vec<String> = self
-            .lowers
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowers.join(":"),
-            self.upper.display(),
-            work.display()
-        )
+impl std::ops::Deref for T {
+    type Target = Pair;
+    fn deref(&self) -> &Pair {
+        &self.pair
     }
 }
 
-/// A test: the kernel's side, layover's side, and the mismatches found so far.
-struct T {
-    env: TestEnv,
-    k: Side,
-    l: Side,
-    fails: Mutex<Vec<String>>,
-    /// Whether the kernel's mount keeps one st_dev and d_ino == st_ino (not when its layers
-    /// span several file systems).
-    kernel_inodes: bool,
-    /// Compare file contents byte for byte instead of through the snapshots' hashes (much
-    /// faster for tests with files of many MiB; the diffs then show no content).
-    raw_content: bool,
+impl std::ops::DerefMut for T {
+    fn deref_mut(&mut self) -> &mut Pair {
+        &mut self.pair
+    }
 }
 
 /// A new test directory with an (empty) upper layer; build the lowers `l1` (top) and `l2`
@@ -114,327 +89,29 @@ impl T {
             upper: Some("upper"),
             extra: vec![],
         });
-        let side = |mnt: &Path, dir: &Path| Side {
-            mnt: mnt.to_owned(),
-            lowers: vec![dir.join("l1"), dir.join("l2")],
-            upper: dir.join("upper"),
-            work: dir.join("upper.work"),
-        };
-        T {
-            k: side(&pair.kernel, &pair.kernel_layers),
-            l: side(&pair.layover, &pair.layover_layers),
-            env,
-            fails: Mutex::new(Vec::new()),
-            kernel_inodes: true,
-            raw_content: false,
-        }
+        T::new(env, pair)
+    }
+
+    /// The side-by-side comparison this suite makes: every mismatch recorded, times set during
+    /// the test compared as "recent".
+    fn new(env: TestEnv, mut pair: Pair) -> T {
+        pair.collect = true;
+        pair.recent_after = Some(CUTOFF);
+        T { env, pair }
     }
 
     fn kp(&self, rel: &str) -> PathBuf {
-        self.k.mnt.join(rel)
+        self.kernel.mnt.join(rel)
     }
 
     fn lp(&self, rel: &str) -> PathBuf {
-        self.l.mnt.join(rel)
+        self.layover.mnt.join(rel)
     }
 
-    fn fail(&self, msg: String) {
-        eprintln!("MISMATCH: {msg}");
-        self.fails.lock().unwrap().push(msg);
-    }
-
-    /// Runs `f` on the kernel's mount root, then on layover's: the kernel must give `want`
-    /// (None: success), layover what the kernel gave, and on success the same value.
-    fn op<R: PartialEq + Debug>(
-        &self,
-        what: &str,
-        want: Option<i32>,
-        f: impl Fn(&Path) -> io::Result<R>,
-    ) -> Option<R> {
-        self.op_inner(what, Some(want), f)
-    }
-
-    /// Like [`T::op`] without an expectation: layover must give whatever the kernel gives.
-    fn agree<R: PartialEq + Debug>(
-        &self,
-        what: &str,
-        f: impl Fn(&Path) -> io::Result<R>,
-    ) -> Option<R> {
-        self.op_inner(what, None, f)
-    }
-
-    fn op_inner<R: PartialEq + Debug>(
-        &self,
-        what: &str,
-        want: Option<Option<i32>>,
-        f: impl Fn(&Path) -> io::Result<R>,
-    ) -> Option<R> {
-        let kr = f(&self.k.mnt);
-        let lr = f(&self.l.mnt);
-        let (ke, le) = (
-            kr.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1)),
-            lr.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1)),
-        );
-        if let Some(want) = want
-            && ke != want
-        {
-            self.fail(format!(
-                "premise: kernel {what}: {} ({kr:?}), the test expected {}",
-                errno_name(ke),
-                errno_name(want)
-            ));
-        }
-        if le != ke {
-            self.fail(format!(
-                "{what}: kernel gives {}, layover gives {}",
-                errno_name(ke),
-                errno_name(le)
-            ));
-        }
-        match (kr, lr) {
-            (Ok(k), Ok(l)) => {
-                if k != l {
-                    self.fail(format!("{what}: kernel returns {k:?}, layover {l:?}"));
-                }
-                Some(l)
-            }
-            _ => None,
-        }
-    }
-
-    fn ok<R: PartialEq + Debug>(
-        &self,
-        what: &str,
-        f: impl Fn(&Path) -> io::Result<R>,
-    ) -> Option<R> {
-        self.op(what, None, f)
-    }
-
-    fn err<R: PartialEq + Debug>(
-        &self,
-        what: &str,
-        errno: i32,
-        f: impl Fn(&Path) -> io::Result<R>,
-    ) {
-        self.op(what, Some(errno), f);
-    }
-
-    fn snap(&self, root: &Path) -> Snapshot {
-        snapshot_with(
-            root,
-            SnapOpts {
-                xattrs: true,
-                content: !self.raw_content,
-            },
-        )
-    }
-
-    /// With `raw_content`: the contents of the regular files both snapshots hold, compared
-    /// byte for byte.
-    fn check_contents(&self, a: &Snapshot, la: &str, b: &Snapshot, lb: &str) {
-        if !self.raw_content {
-            return;
-        }
-        for (rel, n) in &a.nodes {
-            if n.kind != Kind::File || b.nodes.get(rel).map(|m| m.kind) != Some(Kind::File) {
-                continue;
-            }
-            let p = Path::new(std::ffi::OsStr::from_bytes(rel));
-            let (x, y) = (fs::read(a.root.join(p)), fs::read(b.root.join(p)));
-            match (&x, &y) {
-                (Ok(x), Ok(y)) if x == y => {}
-                (Ok(x), Ok(y)) => self.fail(format!(
-                    "{}: content differs: {la} {} bytes, {lb} {} bytes, first difference at {:?}",
-                    show(rel),
-                    x.len(),
-                    y.len(),
-                    x.iter().zip(y.iter()).position(|(p, q)| p != q)
-                )),
-                _ => self.fail(format!(
-                    "{}: reading: {la} {:?}, {lb} {:?}",
-                    show(rel),
-                    x.map(|v| v.len()),
-                    y.map(|v| v.len())
-                )),
-            }
-        }
-    }
-
-    /// The merged trees now.
-    fn check_merged(&self, when: &str) {
-        let mut k = self.snap(&self.k.mnt);
-        let mut l = self.snap(&self.l.mnt);
-        blur_recent_times(&mut k, CUTOFF);
-        blur_recent_times(&mut l, CUTOFF);
-        let r = tree_report(
-            &k,
-            "kernel",
-            self.kernel_inodes.then_some(Who::Kernel),
-            &l,
-            "layover",
-            Some(Who::Layover),
-            &Compare::default(),
-        );
-        if !r.is_empty() {
-            self.fail(format!("merged trees {when}:\n{r}"));
-        }
-        self.check_contents(&k, "kernel", &l, "layover");
-    }
-
-    /// The upper layers on disk now.
-    fn check_upper(&self, when: &str) {
-        let mut k = self.snap(&self.k.upper);
-        let mut l = self.snap(&self.l.upper);
-        for s in [&mut k, &mut l] {
-            normalise_upper(s);
-            blur_recent_times(s, CUTOFF);
-        }
-        let r = tree_report(
-            &k,
-            "kernel's upper",
-            Some(Who::Layover),
-            &l,
-            "layover's upper",
-            Some(Who::Layover),
-            &Compare::default(),
-        );
-        if !r.is_empty() {
-            self.fail(format!("upper layers on disk {when}:\n{r}"));
-        }
-        self.check_contents(&k, "kernel's upper", &l, "layover's upper");
-    }
-
-    /// The lower layers on disk: the kernel never changes them (it opens lower files with
-    /// O_NOATIME, so not even their atimes move); layover must leave its copies as the
-    /// kernel left its own. Atimes are compared only when asked ([`reading_leaves_lower_atimes_alone`]
-    /// checks them, so that one cause does not fail every test).
-    fn check_lowers_untouched(&self, atimes: bool) {
-        let walk = |d: &Path| {
-            let mut w = walk_times(d);
-            if !atimes {
-                for v in w.values_mut() {
-                    v.1 = (0, 0);
-                }
-            }
-            w
-        };
-        for (kl, ll) in self.k.lowers.iter().zip(&self.l.lowers) {
-            let (k, l) = (walk(kl), walk(ll));
-            let mut d = Vec::new();
-            for (rel, kv) in &k {
-                match l.get(rel) {
-                    Some(lv) if lv == kv => {}
-                    lv => d.push(format!(
-                        "{}: kernel's copy (type, atime, mtime) {kv:?}, layover's {lv:?}",
-                        rel.display()
-                    )),
-                }
-            }
-            d.extend(
-                l.keys()
-                    .filter(|rel| !k.contains_key(*rel))
-                    .map(|rel| format!("{}: only in layover's copy", rel.display())),
-            );
-            if !d.is_empty() {
-                let n = d.len();
-                d.truncate(20);
-                self.fail(format!(
-                    "layover changed its lower layer {} ({n} path(s)); the kernel left its copy alone:\n  {}",
-                    ll.display(),
-                    d.join("\n  ")
-                ));
-            }
-        }
-    }
-
-    /// Regular files (or anything but directories and whiteouts) in a work directory.
-    fn temp_files(work: &Path) -> Vec<String> {
-        list_tree(work)
-            .into_iter()
-            .filter(|(p, k)| {
-                let whiteout = *k == Kind::Char
-                    && fs::symlink_metadata(work.join(p)).is_ok_and(|m| m.rdev() == 0);
-                *k != Kind::Dir && !whiteout
-            })
-            .map(|(p, k)| format!("{} ({k:?})", p.display()))
-            .collect()
-    }
-
-    /// The final comparisons (see the module comment); fails the test with every mismatch
-    /// recorded along the way.
+    /// The final comparisons (see the module comment, and [`Pair::finish`]).
     fn finish(self) {
-        self.env.assert_alive();
-        self.check_merged("at the end");
-        self.check_upper("at the end");
-        let mut kview = self.snap(&self.k.mnt);
-        blur_recent_times(&mut kview, CUTOFF);
-
-        // Unmount layover; its daemon must be gone before its work dir is judged.
-        umount_retrying(&self.l.mnt);
-        self.env.untrack(&self.l.mnt);
-        if !wait_until(Duration::from_secs(10), || {
-            daemon_pids(&self.l.mnt, false).is_empty()
-        }) {
-            self.fail("layover's daemon still runs 10 s after its unmount".into());
-        }
-        let leftovers: Vec<String> = list_tree(&self.l.work)
-            .into_iter()
-            .filter(|(p, k)| {
-                !(*k == Kind::Dir && (p == Path::new("work") || p == Path::new("index")))
-            })
-            .map(|(p, k)| format!("{} ({k:?})", p.display()))
-            .collect();
-        if !leftovers.is_empty() {
-            self.fail(format!(
-                "layover's workdir is not empty after a clean unmount: {leftovers:?}"
-            ));
-        }
-
-        // The kernel's view of layover's upper, beside the kernel's own (still mounted).
-        let fresh = self.l.work.with_file_name("kernel-check.work");
-        fs::create_dir_all(&fresh).unwrap();
-        let mnt = self.env.mkdir("kernel-check.mnt");
-        match self.env.try_mount_kernel(&self.l.opts(&fresh), &mnt) {
-            Err(e) => self.fail(format!("the kernel refuses to mount layover's upper: {e}")),
-            Ok(()) => {
-                let mut v = self.snap(&mnt);
-                blur_recent_times(&mut v, CUTOFF);
-                let r = tree_report(
-                    &kview,
-                    "kernel's own view",
-                    self.kernel_inodes.then_some(Who::Kernel),
-                    &v,
-                    "kernel's view of layover's upper",
-                    self.kernel_inodes.then_some(Who::Kernel),
-                    &Compare::default(),
-                );
-                if !r.is_empty() {
-                    self.fail(format!("after remounting:\n{r}"));
-                }
-                self.check_contents(
-                    &kview,
-                    "kernel's own view",
-                    &v,
-                    "kernel's view of layover's upper",
-                );
-            }
-        }
-        // The kernel keeps one shared whiteout (work/#NNN) in its workdir; anything else is
-        // news.
-        umount_retrying(&self.k.mnt);
-        self.env.untrack(&self.k.mnt);
-        let kleft = T::temp_files(&self.k.work);
-        if !kleft.is_empty() {
-            eprintln!("note: the kernel's workdir after unmount holds {kleft:?}");
-        }
-        self.check_lowers_untouched(false);
-        let fails = std::mem::take(&mut *self.fails.lock().unwrap());
-        assert!(
-            fails.is_empty(),
-            "\n{} mismatch(es):\n\n{}",
-            fails.len(),
-            fails.join("\n\n")
-        );
+        let T { env, pair } = self;
+        pair.finish(&env);
     }
 }
 
@@ -466,14 +143,6 @@ fn names(p: &Path) -> io::Result<Vec<String>> {
 
 fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new().mode(mode).create(p)
-}
-
-fn truncate(p: &Path, len: u64) -> io::Result<()> {
-    py(
-        "def main(a):\n    os.truncate(a[0], int(a[1]))",
-        &[p.as_os_str(), os(&len.to_string())],
-    )
-    .map(drop)
 }
 
 /// (kind, mode, uid, gid, size, nlink) of a path, not following symlinks.
@@ -606,7 +275,21 @@ fn create_with_excl_trunc_append() {
 
 /// A default ACL u::rwx g::rwx o::rwx in the kernel's binary xattr format (version 2, then
 /// tag/perm/id entries: USER_OBJ, GROUP_OBJ, OTHER).
-const PY_DEFAULT_ACL: &str = "ACL = bytes([2,0,0,0, 1,0,7,0,255,255,255,255, 4,0,7,0,255,255,255,255, 32,0,7,0,255,255,255,255])\n";
+const DEFAULT_ACL: &[u8] = &[
+    2, 0, 0, 0, 1, 0, 7, 0, 255, 255, 255, 255, 4, 0, 7, 0, 255, 255, 255, 255, 32, 0, 7, 0, 255,
+    255, 255, 255,
+];
+
+/// open(O_CREAT|O_WRONLY, mode), then close.
+fn create_mode(p: &Path, mode: u32) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(p)
+        .map(drop)
+}
 
 #[test]
 fn default_acl_takes_the_place_of_the_umask() {
@@ -616,11 +299,19 @@ fn default_acl_takes_the_place_of_the_umask() {
     // Under umask 022, new objects in a directory with a default ACL take their mode from
     // the ACL (0666 files, 0777 directories), elsewhere from the umask: the kernel applies
     // the umask only where no default ACL is. One directory new in the upper, one lower.
-    let script = format!(
-        "{PY_DEFAULT_ACL}def main(a):\n    os.umask(0o022)\n    m = a[0]\n    os.mkdir(m + '/new', 0o755)\n    for d in ('/new', '/low'):\n        os.setxattr(m + d, 'system.posix_acl_default', ACL)\n        os.close(os.open(m + d + '/f', os.O_CREAT | os.O_WRONLY, 0o666))\n        os.mkdir(m + d + '/sub', 0o777)\n        os.mkfifo(m + d + '/p', 0o666)\n    os.close(os.open(m + '/plain/g', os.O_CREAT | os.O_WRONLY, 0o666))\n    os.mkdir(m + '/plain/sub', 0o777)"
-    );
     t.ok("create under default ACLs, umask 022", |m| {
-        py(&script, &[m.as_os_str()])
+        with_umask(0o022, || {
+            mkdir(&m.join("new"), 0o755)?;
+            for d in ["new", "low"] {
+                let d = m.join(d);
+                setxattr(&d, "system.posix_acl_default", DEFAULT_ACL, 0)?;
+                create_mode(&d.join("f"), 0o666)?;
+                mkdir(&d.join("sub"), 0o777)?;
+                mknod(&d.join("p"), S_IFIFO | 0o666, 0, 0)?;
+            }
+            create_mode(&m.join("plain/g"), 0o666)?;
+            mkdir(&m.join("plain/sub"), 0o777)
+        })
     });
     t.ok("modes", |m| {
         [
@@ -638,7 +329,7 @@ fn default_acl_takes_the_place_of_the_umask() {
         .collect::<io::Result<Vec<_>>>()
     });
     for (n, want) in [("new/f", 0o666), ("low/sub", 0o777), ("plain/g", 0o644)] {
-        match stat(&t.l.mnt.join(n)) {
+        match stat(&t.layover.mnt.join(n)) {
             Ok(s) if s.1 & 0o7777 == want => {}
             other => t.fail(format!("mode of {n}: want {want:o}, layover {other:?}")),
         }
@@ -920,11 +611,11 @@ fn rmdir_of_merged_empty_dir_removes_its_whiteouts() {
     t.err("m is gone", libc::ENOENT, |m| {
         fs::symlink_metadata(m.join("m")).map(drop)
     });
-    let has_m_dir = fs::symlink_metadata(t.l.upper.join("m")).map(|m| m.is_dir());
+    let has_m_dir = fs::symlink_metadata(t.layover.upper().join("m")).map(|m| m.is_dir());
     if let Ok(true) = has_m_dir {
         t.fail(format!(
             "layover's upper still holds a directory m after rmdir: {:?}",
-            list_tree(&t.l.upper.join("m"))
+            list_tree(&t.layover.upper().join("m"))
         ));
     }
     t.finish();
@@ -1385,8 +1076,8 @@ fn setxattr_and_removexattr() {
     });
     t.ok("od is still merged (not opaque)", |m| names(&m.join("od")));
     // The escaped name on disk.
-    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
-        let stored = getxattr(&side.upper.join("g"), "trusted.overlay.overlay.foo");
+    for (who, side) in [("kernel", &t.kernel), ("layover", &t.layover)] {
+        let stored = getxattr(&side.upper().join("g"), "trusted.overlay.overlay.foo");
         if who == "kernel" && stored.as_deref().ok() != Some(b"bar".as_slice()) {
             t.fail(format!(
                 "premise: the kernel stores trusted.overlay.foo as trusted.overlay.overlay.foo: {stored:?}"
@@ -1455,10 +1146,10 @@ fn fallocate_lseek_and_copy_file_range() {
     // After the copy-up, where data and holes are depends on how each copied (the kernel
     // copies 1 MiB chunks, layover data extents): each must report what its own upper file
     // holds.
-    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+    for (who, side) in [("kernel", &t.kernel), ("layover", &t.layover)] {
         for (off, whence) in [(0, SEEK_DATA), (0, SEEK_HOLE), ((8 << 20) - 1, SEEK_DATA)] {
             let merged = lseek(&side.mnt.join("sparse"), off, whence);
-            let upper = lseek(&side.upper.join("sparse"), off, whence);
+            let upper = lseek(&side.upper().join("sparse"), off, whence);
             if format!("{merged:?}") != format!("{upper:?}") {
                 t.fail(format!(
                     "{who}: lseek(sparse, {off}, {whence}) after copy-up: merged view {merged:?}, upper file {upper:?}"
@@ -1468,7 +1159,7 @@ fn fallocate_lseek_and_copy_file_range() {
         let merged = fs::metadata(side.mnt.join("sparse"))
             .map(|m| m.blocks())
             .ok();
-        let upper = fs::metadata(side.upper.join("sparse"))
+        let upper = fs::metadata(side.upper().join("sparse"))
             .map(|m| m.blocks())
             .ok();
         if merged != upper {
@@ -1636,7 +1327,7 @@ fn copy_up_of_a_64_mib_file() {
     });
     let mut want = big;
     want.extend_from_slice(b"tail");
-    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+    for (who, side) in [("kernel", &t.kernel), ("layover", &t.layover)] {
         let got = fs::read(side.mnt.join("big")).unwrap();
         if got != want {
             let first = got.iter().zip(&want).position(|(a, b)| a != b);
@@ -1671,8 +1362,8 @@ fn sparse_file_stays_sparse_after_copy_up() {
         // The kernel copies 1 MiB chunks around each data extent (ovl_copy_up_data skips
         // only whole holey chunks): 2 MiB for three 4 KiB pages. 8 MiB of 64 is "sparse".
         let limit = (8u64 << 20) / 512;
-        for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
-            let upper = fs::metadata(side.upper.join(name)).map(|m| m.blocks());
+        for (who, side) in [("kernel", &t.kernel), ("layover", &t.layover)] {
+            let upper = fs::metadata(side.upper().join(name)).map(|m| m.blocks());
             let merged = fs::metadata(side.mnt.join(name)).map(|m| m.blocks());
             eprintln!("st_blocks of {name}: {who}: upper {upper:?}, merged {merged:?}");
             if !matches!(upper, Ok(b) if b <= limit) {
@@ -1752,7 +1443,7 @@ fn copy_up_keeps_the_hard_links_the_kernel_knows() {
         .hardlink("h1", "h2")
         .hardlink("h1", "d/h3");
     let t = T::mount(env);
-    let m = t.l.mnt.clone();
+    let m = t.layover.mnt.clone();
     let h = ["h1", "h2", "d/h3"];
     for n in h {
         fs::metadata(m.join(n)).unwrap(); // the kernel now knows every name
@@ -1776,7 +1467,7 @@ fn copy_up_keeps_the_hard_links_the_kernel_knows() {
     }
     let up: Vec<_> = h
         .iter()
-        .map(|n| fs::metadata(t.l.upper.join(n)).unwrap())
+        .map(|n| fs::metadata(t.layover.upper().join(n)).unwrap())
         .collect();
     for (n, s) in h.iter().zip(&up) {
         assert_eq!(s.ino(), up[0].ino(), "{n} in the upper is one file");
@@ -1784,18 +1475,20 @@ fn copy_up_keeps_the_hard_links_the_kernel_knows() {
     }
     for n in h {
         assert_eq!(
-            read(&t.l.lowers[1].join(n)).unwrap(),
+            read(&t.layover.lowers[1].join(n)).unwrap(),
             b"old content",
             "{n} in the lower is untouched"
         );
     }
     // The kernel reads layover's upper the same way.
-    umount_retrying(&t.l.mnt);
-    t.env.untrack(&t.l.mnt);
-    let fresh = t.l.work.with_file_name("kernel-check.work");
+    umount_retrying(&t.layover.mnt);
+    t.env.untrack(&t.layover.mnt);
+    let fresh = t.layover.work().with_file_name("kernel-check.work");
     fs::create_dir_all(&fresh).unwrap();
     let kmnt = t.env.mkdir("kernel-check.mnt");
-    t.env.try_mount_kernel(&t.l.opts(&fresh), &kmnt).unwrap();
+    t.env
+        .try_mount_kernel(&t.layover.opts(&fresh), &kmnt)
+        .unwrap();
     for n in h {
         assert_eq!(
             read(&kmnt.join(n)).unwrap(),
@@ -1816,7 +1509,7 @@ fn reader_opened_before_copy_up_sees_new_data() {
         .file("h", pattern(300_000, 6));
     let t = T::mount(env);
     let open = |side: &Side, n: &str| File::open(side.mnt.join(n)).unwrap();
-    let readers: Vec<[File; 3]> = [&t.k, &t.l]
+    let readers: Vec<[File; 3]> = [&t.kernel, &t.layover]
         .iter()
         .map(|s| [open(s, "f"), open(s, "g"), open(s, "h")])
         .collect();
@@ -1866,7 +1559,7 @@ fn reader_opened_before_copy_up_sees_new_data() {
     let want = (
         b"old NEW old".to_vec(),
         b"to ".to_vec(),
-        read_at(&open(&t.k, "h"), 200_000, 64),
+        read_at(&open(&t.kernel, "h"), 200_000, 64),
     );
     if after[0] != want {
         t.fail(format!(
@@ -1906,7 +1599,7 @@ fn concurrent_copy_up_race() {
         env.layer("l2").file(format!("d{i}/race"), o);
     }
     let t = T::mount(env);
-    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
+    for (who, side) in [("kernel", &t.kernel), ("layover", &t.layover)] {
         for (i, original) in originals.iter().enumerate() {
             let path = side.mnt.join(format!("d{i}/race"));
             let barrier = Arc::new(Barrier::new(THREADS));
@@ -1955,14 +1648,14 @@ fn concurrent_copy_up_race() {
                     want.len()
                 ));
             }
-            let on_disk = fs::read(side.upper.join(format!("d{i}/race"))).unwrap_or_default();
+            let on_disk = fs::read(side.upper().join(format!("d{i}/race"))).unwrap_or_default();
             if on_disk != want {
                 t.fail(format!(
                     "{who}: the upper's d{i}/race does not hold every write"
                 ));
             }
         }
-        let temps = T::temp_files(&side.work);
+        let temps = temp_files(side.work());
         if !temps.is_empty() {
             t.fail(format!(
                 "{who}: temporary files left in the workdir while mounted: {temps:?}"
@@ -2045,8 +1738,8 @@ fn copy_up_preserves_metadata() {
     });
     // The same atimes on disk in both uppers.
     for rel in ["d/f", "d", "p/q", "p/q/r/deep"] {
-        let k = atime(&t.k.upper.join(rel));
-        let l = atime(&t.l.upper.join(rel));
+        let k = atime(&t.kernel.upper().join(rel));
+        let l = atime(&t.layover.upper().join(rel));
         if format!("{k:?}") != format!("{l:?}") {
             t.fail(format!("atime of upper {rel}: kernel {k:?}, layover {l:?}"));
         }
@@ -2058,24 +1751,51 @@ fn copy_up_preserves_metadata() {
 // Another user
 // ---------------------------------------------------------------------------------------------
 
-/// Runs a python helper as uid/gid 1000 on both mounts; same errno required.
-fn user_op(t: &T, what: &str, want: Option<i32>, script: &str, rel: &str) {
-    // A fixed umask, so that the premises about modes hold whatever the caller's is.
-    let script = format!("os.umask(0o022)\n{script}");
+/// Runs `op` as uid/gid 1000 (umask 022, so that the premises about modes hold whatever the
+/// process's is) on both mounts; same errno required.
+fn user_op(t: &T, what: &str, want: Option<i32>, op: fn(&Path) -> io::Result<()>, rel: &str) {
     t.op(&format!("as uid 1000: {what}"), want, |m| {
-        py_as(1000, 1000, &script, &[m.join(rel).as_os_str()])
+        let p = m.join(rel);
+        as_user(1000, 1000, 0o022, || op(&p))
     });
 }
 
-const PY_CREATE: &str =
-    "def main(a):\n    os.close(os.open(a[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))";
-const PY_MKDIR: &str = "def main(a):\n    os.mkdir(a[0], 0o777)";
-const PY_WRITE: &str = "def main(a):\n    fd = os.open(a[0], os.O_WRONLY)\n    os.write(fd, b'by 1000')\n    os.close(fd)";
-const PY_READ: &str =
-    "def main(a):\n    fd = os.open(a[0], os.O_RDONLY)\n    os.read(fd, 100)\n    os.close(fd)";
-const PY_CHMOD: &str = "def main(a):\n    os.chmod(a[0], 0o777)";
-const PY_UNLINK: &str = "def main(a):\n    os.unlink(a[0])";
-const PY_TRUNCATE: &str = "def main(a):\n    os.truncate(a[0], 2)";
+fn user_create(p: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(p)
+        .map(drop)
+}
+
+fn user_mkdir(p: &Path) -> io::Result<()> {
+    mkdir(p, 0o777)
+}
+
+fn user_write(p: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(p)?
+        .write(b"by 1000")
+        .map(drop)
+}
+
+fn user_read(p: &Path) -> io::Result<()> {
+    File::open(p)?.read(&mut [0u8; 100]).map(drop)
+}
+
+fn user_chmod(p: &Path) -> io::Result<()> {
+    fs::set_permissions(p, fs::Permissions::from_mode(0o777))
+}
+
+fn user_unlink(p: &Path) -> io::Result<()> {
+    fs::remove_file(p)
+}
+
+fn user_truncate(p: &Path) -> io::Result<()> {
+    truncate(p, 2)
+}
 
 #[test]
 fn operations_as_another_user() {
@@ -2094,56 +1814,56 @@ fn operations_as_another_user() {
         .chmod("tmpd", 0o1777)
         .file_owned("mine", "uid 1000's", 0o644, 1000, 1000);
     let t = T::mount(env);
-    user_op(&t, "create in a 0777 dir", None, PY_CREATE, "pub/new");
-    user_op(&t, "mkdir in a 0777 dir", None, PY_MKDIR, "pub/newdir");
+    user_op(&t, "create in a 0777 dir", None, user_create, "pub/new");
+    user_op(&t, "mkdir in a 0777 dir", None, user_mkdir, "pub/newdir");
     user_op(
         &t,
         "create in root's 0755 root dir",
         Some(libc::EACCES),
-        PY_CREATE,
+        user_create,
         "nope",
     );
     user_op(
         &t,
         "write root's 0644 file",
         Some(libc::EACCES),
-        PY_WRITE,
+        user_write,
         "rootfile",
     );
     user_op(
         &t,
         "read root's 0600 file",
         Some(libc::EACCES),
-        PY_READ,
+        user_read,
         "secret",
     );
     user_op(
         &t,
         "chmod root's file",
         Some(libc::EPERM),
-        PY_CHMOD,
+        user_chmod,
         "rootfile",
     );
-    user_op(&t, "create in a setgid dir", None, PY_CREATE, "sg/f");
-    user_op(&t, "mkdir in a setgid dir", None, PY_MKDIR, "sg/sub");
-    user_op(&t, "write a setuid file", None, PY_WRITE, "suid");
-    user_op(&t, "write a setgid+x file", None, PY_WRITE, "sgid");
+    user_op(&t, "create in a setgid dir", None, user_create, "sg/f");
+    user_op(&t, "mkdir in a setgid dir", None, user_mkdir, "sg/sub");
+    user_op(&t, "write a setuid file", None, user_write, "suid");
+    user_op(&t, "write a setgid+x file", None, user_write, "sgid");
     user_op(
         &t,
         "truncate a setuid file",
         None,
-        PY_TRUNCATE,
+        user_truncate,
         "suid-trunc",
     );
     user_op(
         &t,
         "unlink root's file in a sticky dir",
         Some(libc::EPERM),
-        PY_UNLINK,
+        user_unlink,
         "tmpd/rootf",
     );
-    user_op(&t, "write own file", None, PY_WRITE, "mine");
-    user_op(&t, "chmod own file", None, PY_CHMOD, "mine");
+    user_op(&t, "write own file", None, user_write, "mine");
+    user_op(&t, "chmod own file", None, user_chmod, "mine");
     t.ok("owners and modes", |m| {
         [
             "pub/new",
@@ -2200,12 +1920,13 @@ fn enospc_during_copy_up() {
         let side = Side {
             mnt: env.mkdir(format!("{tag}.mnt")),
             lowers: vec![dir.join("l1"), dir.join("l2")],
-            upper: small.join("upper"),
-            work: small.join("work"),
+            upper: Some(small.join("upper")),
+            work: Some(small.join("work")),
+            layers: dir,
         };
-        fs::create_dir(&side.upper).unwrap();
-        fs::create_dir(&side.work).unwrap();
-        let opts = side.opts(&side.work);
+        fs::create_dir(side.upper()).unwrap();
+        fs::create_dir(side.work()).unwrap();
+        let opts = side.opts(side.work());
         if kernel {
             env.mount_kernel(&opts, &side.mnt);
         } else {
@@ -2215,14 +1936,9 @@ fn enospc_during_copy_up() {
     }
     let l = sides.pop().unwrap();
     let k = sides.pop().unwrap();
-    let t = T {
-        env,
-        k,
-        l,
-        fails: Mutex::new(Vec::new()),
-        kernel_inodes: false,
-        raw_content: false,
-    };
+    let mut pair = Pair::new(k, l);
+    pair.kernel_inodes = false;
+    let t = T::new(env, pair);
     t.ok("copy up a small file", |m| {
         OpenOptions::new()
             .append(true)
@@ -2240,13 +1956,13 @@ fn enospc_during_copy_up() {
     t.ok("the lower content still shows", |m| {
         Ok(fs::read(m.join("big"))?.len())
     });
-    for (who, side) in [("kernel", &t.k), ("layover", &t.l)] {
-        if fs::symlink_metadata(side.upper.join("big")).is_ok() {
+    for (who, side) in [("kernel", &t.kernel), ("layover", &t.layover)] {
+        if fs::symlink_metadata(side.upper().join("big")).is_ok() {
             t.fail(format!(
                 "{who}: the upper holds a (partial) big after ENOSPC"
             ));
         }
-        let temps = T::temp_files(&side.work);
+        let temps = temp_files(side.work());
         if !temps.is_empty() {
             t.fail(format!("{who}: the workdir holds {temps:?} after ENOSPC"));
         }
