@@ -3,6 +3,7 @@
 
 use crate::cli::MountArgs;
 use crate::error::StartupError;
+use crate::privilege::Privilege;
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -360,7 +361,7 @@ impl Config {
                 upperdir: upper.map(|u| u.0),
                 workdir: work.map(|w| w.0),
                 durable: !o.volatile && o.fsync != Some(false),
-                xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
+                xattr_ns: if o.userxattr || !Privilege::detect().may_use_trusted_xattrs() {
                     XattrNs::User
                 } else {
                     XattrNs::Trusted

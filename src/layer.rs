@@ -23,11 +23,15 @@ pub struct Layer {
 
 impl Layer {
     /// Opens a lower's root, through a private read-only, noatime clone of its mount where
-    /// the kernel allows it (root): reading through the merged view then never touches a
+    /// the kernel allows it (real root): reading through the merged view then never touches a
     /// lower's atimes (readlink has no O_NOATIME), the daemon cannot write a lower even by
     /// mistake, and it does not keep the lower's mount point busy.
-    fn open_lower(path: &Path) -> FsResult<Layer> {
+    /// `clone`: private clones are tried (real root); else the plain path is opened.
+    fn open_lower(path: &Path, clone: bool) -> FsResult<Layer> {
         let c = cpath(path)?;
+        if !clone {
+            return Layer::from_fd(path, sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?);
+        }
         let fd = match sys::clone_mount_readonly(&c) {
             Ok(fd) => fd,
             Err(e) => {
@@ -78,7 +82,8 @@ fn open_below(root: &OwnedFd, rel: &Path) -> FsResult<OwnedFd> {
 /// the mount they share where the kernel allows it (root): then unmounting that mount right
 /// after unmounting layover never finds it busy, even while the daemon is still exiting.
 /// Both must come from the same mount, or renames between them fail with EXDEV.
-pub fn open_upper_and_work(upper: &Path, work: &Path) -> FsResult<(OwnedFd, OwnedFd)> {
+/// `clone`: a private clone is tried (real root); else the plain paths are opened.
+pub fn open_upper_and_work(upper: &Path, work: &Path, clone: bool) -> FsResult<(OwnedFd, OwnedFd)> {
     let plain = || -> FsResult<(OwnedFd, OwnedFd)> {
         let dir = libc::O_PATH | libc::O_DIRECTORY;
         Ok((
@@ -86,6 +91,9 @@ pub fn open_upper_and_work(upper: &Path, work: &Path) -> FsResult<(OwnedFd, Owne
             sys::open_path(&cpath(work)?, dir)?,
         ))
     };
+    if !clone {
+        return plain();
+    }
     let mut common = upper.to_path_buf();
     while !work.starts_with(&common) {
         if !common.pop() {
@@ -118,10 +126,12 @@ pub fn open_upper_and_work(upper: &Path, work: &Path) -> FsResult<(OwnedFd, Owne
 }
 
 impl Layers {
-    /// `upper`: its path and root fd (from `open_upper_and_work`).
+    /// `upper`: its path and root fd (from `open_upper_and_work`). `clone`: lowers are
+    /// opened through private clones of their mounts where the kernel allows it (real root).
     pub fn open(
         upper: Option<(&Path, OwnedFd)>,
         lowers: &[PathBuf],
+        clone: bool,
     ) -> Result<Layers, (PathBuf, Errno)> {
         let mut all = Vec::new();
         let has_upper = upper.is_some();
@@ -129,7 +139,7 @@ impl Layers {
             all.push(Layer::from_fd(u, fd).map_err(|e| (u.to_path_buf(), e))?);
         }
         for l in lowers {
-            all.push(Layer::open_lower(l).map_err(|e| (l.clone(), e))?);
+            all.push(Layer::open_lower(l, clone).map_err(|e| (l.clone(), e))?);
         }
         Ok(Layers { all, has_upper })
     }

@@ -13,6 +13,7 @@ mod inode;
 mod layer;
 pub mod mount;
 mod overlay;
+pub mod privilege;
 #[allow(unsafe_code)]
 mod sys;
 mod whiteout;

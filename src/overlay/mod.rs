@@ -108,17 +108,23 @@ pub fn cname(name: &[u8]) -> FsResult<CString> {
 
 impl Overlay {
     /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
-    pub fn new(cfg: Stack, nofile: u64) -> Result<Overlay, StartupError> {
+    pub fn new(
+        cfg: Stack,
+        nofile: u64,
+        privilege: &crate::privilege::Privilege,
+    ) -> Result<Overlay, StartupError> {
+        let clone = privilege.clones_mounts();
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
             (Some(u), Some(w)) => {
-                let (ufd, wfd) = crate::layer::open_upper_and_work(u, w).map_err(|e| {
+                let (ufd, wfd) = crate::layer::open_upper_and_work(u, w, clone).map_err(|e| {
                     StartupError::new(format!("cannot open upperdir '{}': {e}", u.display()))
                 })?;
-                (Some((u.as_path(), ufd)), Some(work::prepare(w, wfd)?))
+                let work = work::prepare(w, wfd, privilege)?;
+                (Some((u.as_path(), ufd)), Some(work))
             }
             _ => (None, None),
         };
-        let layers = Layers::open(upper, &cfg.lowerdirs).map_err(|(p, e)| {
+        let layers = Layers::open(upper, &cfg.lowerdirs, clone).map_err(|(p, e)| {
             StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
         })?;
         let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
@@ -529,12 +535,33 @@ mod work {
     use std::path::Path;
 
     /// Opens the work directory and its `work` subdirectory (as the kernel lays it out),
-    /// emptying the latter of anything a crashed mount left.
-    pub fn prepare(w: &Path, top: OwnedFd) -> Result<OwnedFd, StartupError> {
+    /// emptying the latter of anything a crashed mount left. The kernel makes `work` mode 0,
+    /// which only a daemon that overrides permission bits can use; an ordinary user's is
+    /// 0700 (only its owner, and root, may enter it), set again on one made mode 0 earlier.
+    pub fn prepare(
+        w: &Path,
+        top: OwnedFd,
+        privilege: &crate::privilege::Privilege,
+    ) -> Result<OwnedFd, StartupError> {
         let err = |e| StartupError::new(format!("workdir '{}': {e}", w.display()));
-        match sys::mkdirat(top.as_fd(), c"work", 0o000) {
+        let mode = if privilege.overrides_modes() {
+            0o000
+        } else {
+            0o700
+        };
+        match sys::mkdirat(top.as_fd(), c"work", mode) {
             Ok(()) => {}
-            Err(e) if e == crate::error::Errno::EEXIST => {}
+            Err(e) if e == crate::error::Errno::EEXIST => {
+                if !privilege.overrides_modes() {
+                    sys::fchmodat(top.as_fd(), c"work", mode).map_err(|e| {
+                        StartupError::new(format!(
+                            "workdir '{}': cannot make its 'work' directory usable ({e}): it \
+                             belongs to another user; remove it, or use another workdir",
+                            w.display()
+                        ))
+                    })?;
+                }
+            }
             Err(e) => return Err(err(e)),
         }
         let work =

@@ -507,6 +507,13 @@ pub fn umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask) }
 }
 
+/// `faccessat(AT_FDCWD, path, mode, AT_EACCESS)`: may the effective ids do `mode`
+/// (`libc::W_OK | libc::X_OK` ...) on `path`?
+pub fn access(path: &CStr, mode: i32) -> FsResult<()> {
+    // SAFETY: NUL-terminated path.
+    cvt(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mode, libc::AT_EACCESS) }).map(drop)
+}
+
 pub fn geteuid() -> u32 {
     // SAFETY: cannot fail.
     unsafe { libc::geteuid() }
