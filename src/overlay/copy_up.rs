@@ -243,8 +243,13 @@ impl Overlay {
                 Stat { size: 0, ..src }
             };
             let made = self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
-            sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)?;
+            self.lending_owner_write(udir.as_fd(), || {
+                sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)
+            })?;
             guard.armed = false;
+            if src.is_dir() && self.dir_mode_deferred(src.mode) {
+                sys::fchmodat(udir.as_fd(), &sname, src.mode & 0o7777)?;
+            }
             Ok(made)
         })?;
 
@@ -353,6 +358,40 @@ impl Overlay {
         sys::fstatat(work, tmp)
     }
 
+    /// An ordinary user's daemon has no CAP_DAC_OVERRIDE, which the kernel's mounter
+    /// credentials have over the user's own files in a user namespace: a directory copied up
+    /// without owner write and search permission (0500) could not be renamed into place (its
+    /// `..` changes) nor receive its children. It is built 0700 and gets its own mode once in
+    /// place (`dir_mode_deferred`), and a directory without them lends itself u+wx to its
+    /// owner for the one rename copy-up makes in it (`lending_owner_write`).
+    fn dir_mode_deferred(&self, mode: u32) -> bool {
+        !self.caps.overrides_modes && mode & 0o700 != 0o700
+    }
+
+    /// Runs `f`, which adds a name to the upper directory `dir`, with owner write and search
+    /// permission lent to `dir` when the daemon needs it and owns `dir` (see above). Copy-ups
+    /// into one directory are not serialised, so the mode put back is the one read before; a
+    /// chmod of `dir` racing with such a copy-up may be undone (documented in semantics.md).
+    fn lending_owner_write<T>(
+        &self,
+        dir: BorrowedFd<'_>,
+        f: impl FnOnce() -> FsResult<T>,
+    ) -> FsResult<T> {
+        if self.caps.overrides_modes {
+            return f();
+        }
+        let st = sys::fstat(dir)?;
+        if st.mode & 0o300 == 0o300 || st.uid != self.daemon_ids.0 {
+            return f();
+        }
+        sys::fchmodat(dir, sys::EMPTY, (st.mode & 0o7777) | 0o300)?;
+        let r = f();
+        if let Err(e) = sys::fchmodat(dir, sys::EMPTY, st.mode & 0o7777) {
+            log::warn!("copy-up: could not put a directory's mode back: {e}");
+        }
+        r
+    }
+
     /// xattrs, owner, mode and times of a directory or special file, by name.
     fn finish_attrs(
         &self,
@@ -364,7 +403,11 @@ impl Overlay {
     ) -> FsResult<()> {
         self.copy_xattrs(sdir, sname, work, tmp)?;
         sys::fchownat(work, tmp, src.uid, src.gid)?;
-        sys::fchmodat(work, tmp, src.mode & 0o7777)?;
+        let mut mode = src.mode & 0o7777;
+        if src.is_dir() && self.dir_mode_deferred(mode) {
+            mode |= 0o700; // its own mode once in place
+        }
+        sys::fchmodat(work, tmp, mode)?;
         let (a, m) = times(src);
         sys::utimensat(work, tmp, a, m)
     }

@@ -41,6 +41,10 @@ pub struct Caps {
     pub whiteout_dev: bool,
     /// renameat2(RENAME_WHITEOUT) works in the upper.
     pub rename_whiteout: bool,
+    /// Permission bits do not stop the daemon on the upper's objects (CAP_DAC_OVERRIDE: root,
+    /// or root in a user namespace over its own files); an ordinary user's daemon works around
+    /// them where it owns the object, as the kernel's mounter credentials need not.
+    pub overrides_modes: bool,
 }
 
 /// Who is asking: the caller's credentials, for ownership of new objects.
@@ -132,10 +136,11 @@ impl Overlay {
         let root_stat = sys::fstat(top.root_fd())
             .map_err(|e| StartupError::new(format!("cannot stat '{}': {e}", top.path.display())))?;
         let caps = match (&work, layers.has_upper) {
-            (Some(w), true) => work::probe(w.as_fd()),
+            (Some(w), true) => work::probe(w.as_fd(), privilege),
             _ => Caps {
                 whiteout_dev: false,
                 rename_whiteout: false,
+                overrides_modes: privilege.overrides_modes(),
             },
         };
         let root_layers: PresenceList = (0..layers.len())
@@ -591,7 +596,7 @@ mod work {
     }
 
     /// What the upper's filesystem lets us do, tried in the work directory.
-    pub fn probe(work: BorrowedFd<'_>) -> Caps {
+    pub fn probe(work: BorrowedFd<'_>, privilege: &crate::privilege::Privilege) -> Caps {
         let name = c"#layover-probe";
         let whiteout_dev = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
         let _ = sys::unlinkat(work, name, false); // only cleans up the probe
@@ -603,6 +608,7 @@ mod work {
         Caps {
             whiteout_dev,
             rename_whiteout,
+            overrides_modes: privilege.overrides_modes(),
         }
     }
 }

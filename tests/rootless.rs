@@ -1,0 +1,246 @@
+//! Rootless side by side: for each case, the kernel's overlayfs mounted in a user namespace
+//! by an ordinary user (`unshare -Urm`, `mount -t overlay -o userxattr`), the reference,
+//! and layover mounted by the same user on an identical copy of the same layers — through
+//! fusermount3 (an ordinary user, case a) or as root in a user namespace (case b). The
+//! same operations run in both as the user (in the namespace: its root with every
+//! capability dropped, the same user to the filesystem), and the results, the merged tree
+//! and the upper on disk (whiteouts, `user.overlay.*` markers) must be the same, except for
+//! the differences each case names (and pins: a named difference that does not happen
+//! fails too).
+//!
+//! Runs as root, to bind a 0666 node over /dev/fuse inside each test's own mount namespace
+//! (see `support`); needs the user `podtest` with subordinate ids (.ci/run makes it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "rootless/support.rs"]
+mod support;
+
+use support::Scratch;
+
+/// How layover is mounted.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    /// An ordinary user, through fusermount3.
+    User,
+    /// Root in a user namespace of its own (`unshare -Urm`), mount(2) on /dev/fuse.
+    UserNamespace,
+    /// Root in a user namespace mapping the user's subordinate ids too, as podman's rootless
+    /// namespace does (`unshare --map-auto --map-root-user -m`), operations run with the
+    /// namespace root's capabilities (the kernel's mount is made the same way).
+    MappedUserNamespace,
+}
+
+const DROP_CAPS: &str = "setpriv --bounding-set=-all --inh-caps=-all";
+
+/// Builds the layers twice (k/ for the kernel, f/ for layover), runs `case` in both
+/// mounts; returns (kernel output, layover output): the operations' results, the merged
+/// tree and the upper.
+fn run_case(s: &Scratch, case: &str, way: Way) -> (String, String) {
+    s.user_ok("$OPS setup k && $OPS setup f");
+    let (ns, as_user) = if way == Way::MappedUserNamespace {
+        ("unshare --map-auto --map-root-user -m", "")
+    } else {
+        ("unshare -Urm", DROP_CAPS)
+    };
+    s.user_ok(&format!(
+        "{ns} sh -ec 'mount -t overlay -o userxattr,lowerdir=$PWD/k/l,\
+         upperdir=$PWD/k/u,workdir=$PWD/k/w overlay $PWD/k/m; \
+         {as_user} $OPS run {case} $PWD/k/m > k/out || true; umount $PWD/k/m'
+         $OPS upper k/u >> k/out"
+    ));
+    let opts = "-o lowerdir=$PWD/f/l,upperdir=$PWD/f/u,workdir=$PWD/f/w $PWD/f/m";
+    match way {
+        Way::User => s.user_ok(&format!(
+            "$LAYOVER {opts}
+             $OPS run {case} $PWD/f/m > f/out || true
+             fusermount3 -u $PWD/f/m
+             $OPS upper f/u f/w/work >> f/out"
+        )),
+        Way::UserNamespace | Way::MappedUserNamespace => s.user_ok(&format!(
+            "{ns} sh -ec '$LAYOVER {opts}; \
+             {as_user} $OPS run {case} $PWD/f/m > f/out || true; umount $PWD/f/m'
+             $OPS upper f/u >> f/out"
+        )),
+    };
+    (s.read("k/out"), s.read("f/out"))
+}
+
+/// Lines of `a` not matched in `b` (as multisets).
+fn missing_from(a: &[String], b: &[String]) -> Vec<String> {
+    let mut rest = b.to_vec();
+    let mut out = Vec::new();
+    for l in a {
+        match rest.iter().position(|x| x == l) {
+            Some(i) => {
+                rest.remove(i);
+            }
+            None => out.push(l.clone()),
+        }
+    }
+    out
+}
+
+/// The two outputs agree but for `differences` (kernel line, layover line; "" for a line
+/// the side does not have), each of which must happen. Layover's work directory must be
+/// left empty.
+fn compare(case: &str, kernel: &str, layover: &str, differences: &[(&str, &str)]) {
+    let mut layover_lines: Vec<String> = Vec::new();
+    let mut work_left = None;
+    for l in layover.lines() {
+        if let Some(w) = l.strip_prefix("work leftovers: ") {
+            work_left = Some(w.to_string());
+        } else {
+            layover_lines.push(l.to_string());
+        }
+    }
+    if let Some(w) = work_left {
+        assert_eq!(
+            w, "[]",
+            "{case}: layover left objects in its work directory"
+        );
+    }
+    let mut kernel_lines: Vec<String> = kernel.lines().map(str::to_string).collect();
+    for (k, l) in differences {
+        for (side, lines, want) in [
+            ("kernel", &mut kernel_lines, k),
+            ("layover", &mut layover_lines, l),
+        ] {
+            if want.is_empty() {
+                continue;
+            }
+            let i = lines.iter().position(|x| x == want);
+            assert!(
+                i.is_some(),
+                "{case}: the expected difference did not happen: {side} should say\n  \
+                 {want}\nkernel said:\n{kernel}\nlayover said:\n{layover}"
+            );
+            lines.remove(i.unwrap());
+        }
+    }
+    let only_k = missing_from(&kernel_lines, &layover_lines);
+    let only_l = missing_from(&layover_lines, &kernel_lines);
+    assert!(
+        only_k.is_empty() && only_l.is_empty() && kernel_lines == layover_lines,
+        "{case}: layover differs from the kernel's overlayfs in a user namespace\n\
+         only the kernel:\n  {}\nonly layover:\n  {}\nkernel said:\n{kernel}\nlayover said:\n{layover}",
+        only_k.join("\n  "),
+        only_l.join("\n  "),
+    );
+}
+
+/// Runs `case` both ways and compares; returns layover's output.
+fn same(case: &str, way: Way, differences: &[(&str, &str)]) -> String {
+    let s = Scratch::new(case);
+    let (k, l) = run_case(&s, case, way);
+    compare(case, &k, &l, differences);
+    l
+}
+
+#[test]
+fn read_merge() {
+    let out = same("read", Way::User, &[]);
+    assert!(out.contains("read d/f gave b'x\\n'"), "{out}");
+}
+
+#[test]
+fn copy_up_on_append() {
+    same("append", Way::User, &[]);
+}
+
+/// The one thing an ordinary user's daemon cannot do that the kernel's mounter credentials
+/// can in a user namespace: read a file of its own whose mode denies it (CAP_DAC_OVERRIDE).
+/// Its copy-up fails with EACCES; root in a user namespace (below) matches the kernel.
+#[test]
+fn copy_up_of_a_0000_file() {
+    same(
+        "copyup_0000",
+        Way::User,
+        &[
+            ("op chmod f0000 0640: ok", "op chmod f0000 0640: EACCES"),
+            ("op read f0000: ok", "op read f0000: EACCES"),
+            ("read f0000 gave b'secret\\n'", ""),
+            (
+                "merged file f0000: 0o640 me:me size=7 nlink=1 sha=b37e50cedcd3",
+                "merged file f0000: 0o0 me:me size=7 nlink=1",
+            ),
+            (
+                "upper file f0000: 0o640 me:me size=7 nlink=1 sha=b37e50cedcd3",
+                "",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn copy_up_of_a_0500_directory() {
+    same("copyup_0500", Way::User, &[]);
+}
+
+#[test]
+fn unlink_of_lower_files_leaves_0_0_whiteouts() {
+    let out = same("unlink", Way::User, &[]);
+    assert!(out.contains("upper chardev d/f: 0o0 me:me 0/0"), "{out}");
+}
+
+#[test]
+fn rmdir_of_lower_directories() {
+    same("rmdir", Way::User, &[]);
+}
+
+#[test]
+fn mkdir_over_a_whiteout_is_opaque() {
+    let out = same("mkdir_opaque", Way::User, &[]);
+    assert!(
+        out.contains("upper dir d: 0o755 me:me xattrs[user.overlay.opaque=y]"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rename_of_lower_objects() {
+    same("rename", Way::User, &[]);
+}
+
+/// Another id does not exist in the kernel's `unshare -Ur` namespace (EINVAL); an ordinary
+/// user outside any namespace may name it but not give a file to it (EPERM, from the
+/// kernel's own check: the request never reaches layover).
+#[test]
+fn chown_to_another_id_as_an_ordinary_user() {
+    same(
+        "chown",
+        Way::User,
+        &[
+            ("op chown a to 1234: EINVAL", "op chown a to 1234: EPERM"),
+            ("op chgrp a to 1234: EINVAL", "op chgrp a to 1234: EPERM"),
+        ],
+    );
+}
+
+#[test]
+fn root_in_a_user_namespace() {
+    for case in [
+        "mkdir_opaque",
+        "append",
+        "copyup_0000",
+        "copyup_0500",
+        "rename",
+    ] {
+        same(case, Way::UserNamespace, &[]);
+    }
+}
+
+/// In a namespace with the subordinate ids mapped (podman's), root of the namespace may give
+/// a file to another id, through the kernel's mount and through layover alike; on disk the
+/// file belongs to the matching subordinate id (1234 is 100000 + 1233 outside).
+#[test]
+fn chown_in_a_user_namespace_with_subordinate_ids() {
+    let s = Scratch::new("chown_mapped");
+    let (k, l) = run_case(&s, "chown", Way::MappedUserNamespace);
+    compare("chown_mapped", &k, &l, &[]);
+    assert!(k.contains("op chown a to 1234: ok"), "kernel:\n{k}");
+    assert!(
+        k.contains("upper file a: 0o644 101233:101233"),
+        "kernel:\n{k}"
+    );
+}
