@@ -40,6 +40,7 @@ with the semantics of the kernel's overlayfs, through FUSE.
   -o fsync=0 | volatile        skip the fsync before a copy-up is renamed into place
   -o timeout=SECONDS           how long the kernel caches entries and attributes
   -o userxattr                 use user.overlay.* markers instead of trusted.overlay.*
+  -o whiteout=chardev|file     write 0/0 devices or .wh. files (default: as the upper has)
   -o allow_other,ro,nodev,...  generic FUSE and mount options
   -f                           stay in the foreground
   -d                           foreground, with debug logging (RUST_LOG works too)

@@ -32,6 +32,8 @@ pub struct Stack {
     pub durable: bool,
     pub xattr_ns: XattrNs,
     pub read_only: bool,
+    /// `whiteout=chardev|file`: the whiteout format forced (None: decided at mount).
+    pub whiteout: Option<crate::whiteout::Format>,
 }
 
 /// Everything the daemon needs, validated: the layer stack, and how it is mounted and served.
@@ -117,6 +119,7 @@ pub struct Options {
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    pub whiteout: Option<crate::whiteout::Format>,
     pub unknown: Vec<String>,
 }
 
@@ -185,6 +188,15 @@ pub fn parse_options(args: &[String]) -> Result<Options, StartupError> {
                 "threads" => o.threads = Some(num_value(&key, &need(&value)?)?),
                 "max_write" => o.max_write = Some(num_value(&key, &need(&value)?)?),
                 "passthrough" => o.passthrough = Some(bool_value(&key, &need(&value)?)?),
+                "whiteout" => {
+                    let v = need(&value)?;
+                    o.whiteout =
+                        Some(crate::whiteout::Format::parse(v.as_bytes()).ok_or_else(|| {
+                            StartupError::new(format!(
+                                "option whiteout={v}: expected chardev or file"
+                            ))
+                        })?);
+                }
                 "allow_other" => o.allow_other = true,
                 "allow_root" => o.allow_root = true,
                 "ro" => o.ro = true,
@@ -367,6 +379,7 @@ impl Config {
                     XattrNs::Trusted
                 },
                 read_only,
+                whiteout: o.whiteout,
             },
             mountpoint,
             source,

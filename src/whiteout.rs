@@ -11,6 +11,34 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 /// The AUFS/OCI opaque-directory marker file.
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
+/// How a mount writes whiteouts and opaque markers (it always reads both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// 0/0 character devices and the `overlay.opaque` xattr: the kernel's format.
+    Chardev,
+    /// `.wh.NAME` files and `.wh..wh..opq` markers: the OCI/AUFS format, for filesystems or
+    /// kernels (before 5.8, unprivileged) where 0/0 devices cannot be made.
+    File,
+}
+
+impl Format {
+    /// The option's value (`whiteout=chardev|file`), and what the work directory records.
+    pub fn parse(v: &[u8]) -> Option<Format> {
+        match v {
+            b"chardev" => Some(Format::Chardev),
+            b"file" => Some(Format::File),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Chardev => "chardev",
+            Format::File => "file",
+        }
+    }
+}
+
 /// Is this stat a kernel-format whiteout (a character device 0/0)?
 pub fn is_whiteout_dev(st: &Stat) -> bool {
     st.is_chr() && st.rdev == 0
@@ -121,6 +149,14 @@ mod tests {
         assert_eq!(aufs_whiteout_for(b"x").unwrap(), b".wh.x");
         assert!(aufs_whiteout_for(&[b'a'; 252]).is_none());
         assert!(is_aufs_special(b".wh.x"));
+    }
+
+    #[test]
+    fn formats() {
+        for f in [Format::Chardev, Format::File] {
+            assert_eq!(Format::parse(f.name().as_bytes()), Some(f));
+        }
+        assert_eq!(Format::parse(b"aufs"), None);
     }
 
     #[test]

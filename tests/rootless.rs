@@ -36,7 +36,8 @@ const DROP_CAPS: &str = "setpriv --bounding-set=-all --inh-caps=-all";
 /// Builds the layers twice (k/ for the kernel, f/ for layover), runs `case` in both
 /// mounts; returns (kernel output, layover output): the operations' results, the merged
 /// tree and the upper.
-fn run_case(s: &Scratch, case: &str, way: Way) -> (String, String) {
+/// `extra`: more layover options (",whiteout=file").
+fn run_case(s: &Scratch, case: &str, way: Way, extra: &str) -> (String, String) {
     s.user_ok("$OPS setup k && $OPS setup f");
     let (ns, as_user) = if way == Way::MappedUserNamespace {
         ("unshare --map-auto --map-root-user -m", "")
@@ -49,7 +50,7 @@ fn run_case(s: &Scratch, case: &str, way: Way) -> (String, String) {
          {as_user} $OPS run {case} $PWD/k/m > k/out || true; umount $PWD/k/m'
          $OPS upper k/u >> k/out"
     ));
-    let opts = "-o lowerdir=$PWD/f/l,upperdir=$PWD/f/u,workdir=$PWD/f/w $PWD/f/m";
+    let opts = format!("-o lowerdir=$PWD/f/l,upperdir=$PWD/f/u,workdir=$PWD/f/w{extra} $PWD/f/m");
     match way {
         Way::User => s.user_ok(&format!(
             "$LAYOVER {opts}
@@ -132,9 +133,15 @@ fn compare(case: &str, kernel: &str, layover: &str, differences: &[(&str, &str)]
 /// Runs `case` both ways and compares; returns layover's output.
 fn same(case: &str, way: Way, differences: &[(&str, &str)]) -> String {
     let s = Scratch::new(case);
-    let (k, l) = run_case(&s, case, way);
+    let (k, l) = run_case(&s, case, way, "");
     compare(case, &k, &l, differences);
     l
+}
+
+/// The lines of a run's output that describe the upper, and the others.
+fn split_upper(out: &str) -> (String, String) {
+    let (upper, rest): (Vec<&str>, Vec<&str>) = out.lines().partition(|l| l.starts_with("upper "));
+    (upper.join("\n"), rest.join("\n"))
 }
 
 #[test]
@@ -236,11 +243,60 @@ fn root_in_a_user_namespace() {
 #[test]
 fn chown_in_a_user_namespace_with_subordinate_ids() {
     let s = Scratch::new("chown_mapped");
-    let (k, l) = run_case(&s, "chown", Way::MappedUserNamespace);
+    let (k, l) = run_case(&s, "chown", Way::MappedUserNamespace, "");
     compare("chown_mapped", &k, &l, &[]);
     assert!(k.contains("op chown a to 1234: ok"), "kernel:\n{k}");
     assert!(
         k.contains("upper file a: 0o644 101233:101233"),
         "kernel:\n{k}"
     );
+}
+
+/// whiteout=file: the same merged view as the kernel's, written as `.wh.NAME` files and a
+/// `.wh..wh..opq` marker instead of 0/0 devices and the opaque xattr.
+#[test]
+fn whiteout_format_file_when_forced() {
+    let s = Scratch::new("wh_file");
+    let (k, l) = run_case(&s, "mkdir_opaque", Way::User, ",whiteout=file");
+    let ((_, k_rest), (l_upper, l_rest)) = (split_upper(&k), split_upper(&l));
+    let l_rest: String = l_rest
+        .lines()
+        .filter(|x| !x.starts_with("work leftovers"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(k_rest, l_rest, "the merged views differ");
+    for want in [
+        "upper file d/.wh..wh..opq: 0o0 me:me size=0",
+        "upper file d/new: 0o644 me:me",
+    ] {
+        assert!(l_upper.contains(want), "no '{want}' in:\n{l_upper}");
+    }
+    assert!(
+        !l_upper.contains("chardev"),
+        "a 0/0 device was written:\n{l_upper}"
+    );
+    assert!(!l_upper.contains("user.overlay.opaque"), "{l_upper}");
+}
+
+/// An upper written with `.wh.` files keeps that format at its next mount without the
+/// option (the work directory notes it), even though 0/0 devices could be made.
+#[test]
+fn an_upper_keeps_its_whiteout_format() {
+    let s = Scratch::new("wh_keep");
+    s.user_ok("$OPS setup f");
+    let opts = "lowerdir=$PWD/f/l,upperdir=$PWD/f/u,workdir=$PWD/f/w";
+    let out = s.user_ok(&format!(
+        "$LAYOVER -o {opts},whiteout=file $PWD/f/m
+         rm f/m/a
+         fusermount3 -u $PWD/f/m
+         $LAYOVER -o {opts} $PWD/f/m
+         rm f/m/r
+         ls f/m
+         fusermount3 -u $PWD/f/m
+         $OPS upper f/u"
+    ));
+    assert!(out.contains("upper file .wh.a: 0o0 me:me size=0"), "{out}");
+    assert!(out.contains("upper file .wh.r: 0o0 me:me size=0"), "{out}");
+    assert!(!out.contains("chardev"), "{out}");
+    assert!(!out.lines().any(|l| l == "a" || l == "r"), "{out}");
 }

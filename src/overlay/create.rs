@@ -298,8 +298,19 @@ impl Overlay {
         Ok(fd)
     }
 
-    /// Marks a directory opaque.
+    /// Marks a directory opaque: the xattr, or a `.wh..wh..opq` file inside it when this
+    /// mount writes whiteouts as files.
     pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<()> {
+        if !self.caps.whiteout_dev {
+            let sub = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            let marker = cname(whiteout::OPAQUE_MARKER)?;
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            return match sys::openat(sub.as_fd(), &marker, flags, 0) {
+                Ok(_) => Ok(()),
+                Err(e) if e == Errno::EEXIST => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         sys::setxattrat(dir, name, self.opaque_name(), b"y", 0)
     }
 

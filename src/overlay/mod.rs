@@ -37,7 +37,8 @@ use std::sync::atomic::AtomicU64;
 /// What the daemon found it may do, probed once at start.
 #[derive(Clone, Copy, Debug)]
 pub struct Caps {
-    /// mknod of a 0/0 character device works in the upper (else `.wh.` files are written).
+    /// Whiteouts are written as 0/0 character devices and opaque directories marked by xattr
+    /// (else `.wh.NAME` files and `.wh..wh..opq` markers): `work::probe` decides.
     pub whiteout_dev: bool,
     /// renameat2(RENAME_WHITEOUT) works in the upper.
     pub rename_whiteout: bool,
@@ -136,7 +137,7 @@ impl Overlay {
         let root_stat = sys::fstat(top.root_fd())
             .map_err(|e| StartupError::new(format!("cannot stat '{}': {e}", top.path.display())))?;
         let caps = match (&work, layers.has_upper) {
-            (Some(w), true) => work::probe(w.as_fd(), privilege),
+            (Some(w), true) => work::probe(w.as_fd(), top.root_fd(), cfg.whiteout, privilege)?,
             _ => Caps {
                 whiteout_dev: false,
                 rename_whiteout: false,
@@ -536,6 +537,7 @@ mod work {
     use super::Caps;
     use crate::error::StartupError;
     use crate::sys;
+    use crate::whiteout::Format;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
     use std::path::Path;
 
@@ -571,15 +573,20 @@ mod work {
         }
         let work =
             sys::openat(top.as_fd(), c"work", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(err)?;
-        empty_dir(work.as_fd()).map_err(err)?;
+        empty_dir_keeping(work.as_fd(), Some(FORMAT_RECORD.to_bytes())).map_err(err)?;
         Ok(work)
     }
 
     /// Removes everything inside a directory (not following symlinks).
     pub fn empty_dir(dir: BorrowedFd<'_>) -> crate::error::FsResult<()> {
+        empty_dir_keeping(dir, None)
+    }
+
+    /// Removes everything inside a directory but the entry `keep`.
+    fn empty_dir_keeping(dir: BorrowedFd<'_>, keep: Option<&[u8]>) -> crate::error::FsResult<()> {
         let rd = sys::openat(dir, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         for e in sys::read_dir_entries(rd.as_fd())? {
-            if e.name == b"." || e.name == b".." {
+            if e.name == b"." || e.name == b".." || Some(&*e.name) == keep {
                 continue;
             }
             let name = super::cname(&e.name)?;
@@ -595,20 +602,108 @@ mod work {
         Ok(())
     }
 
-    /// What the upper's filesystem lets us do, tried in the work directory.
-    pub fn probe(work: BorrowedFd<'_>, privilege: &crate::privilege::Privilege) -> Caps {
+    /// Where a mount that writes `.wh.` files notes it, so that later mounts keep that
+    /// format even where 0/0 devices could be made: one upper never mixes formats by
+    /// accident. (The kernel's format needs no note: it is what the probe picks anyway, and
+    /// a clean unmount leaves `work/` empty then, as the kernel's does.) It lives in `work/`
+    /// (kept when that is emptied at mount) so that a failed first start, which removes
+    /// `work/`, leaves nothing behind.
+    const FORMAT_RECORD: &std::ffi::CStr = c"#layover-whiteout-format";
+
+    fn recorded_format(work: BorrowedFd<'_>) -> Option<Format> {
+        let fd = sys::openat(work, FORMAT_RECORD, libc::O_RDONLY, 0).ok()?;
+        let mut v = Vec::new();
+        sys::read_all(fd.as_fd(), &mut v).ok()?;
+        Format::parse(v.trim_ascii())
+    }
+
+    fn record_format(work: BorrowedFd<'_>, f: Format) -> Result<(), StartupError> {
+        if f == Format::Chardev {
+            let _ = sys::unlinkat(work, FORMAT_RECORD, false); // usually absent
+            return Ok(());
+        }
+        let tmp = c"#layover-whiteout-format.new";
+        let write = || -> crate::error::FsResult<()> {
+            let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY;
+            let fd = sys::openat(work, tmp, flags, 0o600)?;
+            sys::write_all(fd.as_fd(), format!("{}\n", f.name()).as_bytes());
+            sys::renameat2(work, tmp, work, FORMAT_RECORD, 0)
+        };
+        write().map_err(|e| {
+            StartupError::new(format!("workdir: cannot note the whiteout format: {e}"))
+        })
+    }
+
+    /// Without a note, the upper's root tells what it was written with: `.wh.` names (an
+    /// OCI layer, an older rootless mount) or 0/0 devices.
+    fn format_in_upper_root(upper: BorrowedFd<'_>) -> Option<Format> {
+        let rd = sys::openat(upper, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0).ok()?;
+        let entries = sys::read_dir_entries(rd.as_fd()).ok()?;
+        if entries
+            .iter()
+            .any(|e| crate::whiteout::aufs_hidden_name(&e.name).is_some())
+        {
+            return Some(Format::File);
+        }
+        entries
+            .iter()
+            .filter(|e| e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN)
+            .filter_map(|e| super::cname(&e.name).ok())
+            .any(|n| sys::fstatat(upper, &n).is_ok_and(|st| crate::whiteout::is_whiteout_dev(&st)))
+            .then_some(Format::Chardev)
+    }
+
+    /// What the upper's filesystem lets us do, tried in the work directory, and the whiteout
+    /// format: `forced` by the option, else the one this upper was written with, else 0/0
+    /// devices where they can be made (Linux >= 5.8 lets an ordinary user make them), else
+    /// `.wh.` files.
+    pub fn probe(
+        work: BorrowedFd<'_>,
+        upper: BorrowedFd<'_>,
+        forced: Option<Format>,
+        privilege: &crate::privilege::Privilege,
+    ) -> Result<Caps, StartupError> {
         let name = c"#layover-probe";
-        let whiteout_dev = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
+        let can_mknod = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
         let _ = sys::unlinkat(work, name, false); // only cleans up the probe
+        let recorded = recorded_format(work);
+        let found = recorded.or_else(|| format_in_upper_root(upper));
+        let format = match (forced, found) {
+            (Some(f), Some(was)) if f != was => {
+                log::warn!(
+                    "this upper holds {} whiteouts; whiteout={} writes the other format too",
+                    was.name(),
+                    f.name()
+                );
+                f
+            }
+            (Some(f), _) | (None, Some(f)) => f,
+            (None, None) if can_mknod => Format::Chardev,
+            (None, None) => Format::File,
+        };
+        if format == Format::Chardev && !can_mknod {
+            return Err(StartupError::new(format!(
+                "whiteouts: a 0/0 character device cannot be made in the workdir (Linux \
+                 before 5.8 without root, or a nodev filesystem){}: -o whiteout=file writes \
+                 .wh. files instead",
+                if forced.is_none() {
+                    ", and this upper already holds such whiteouts"
+                } else {
+                    ""
+                }
+            )));
+        }
+        record_format(work, format)?;
         let a = c"#layover-probe-a";
-        let rename_whiteout = sys::mknodat(work, a, libc::S_IFREG | 0o600, 0).is_ok()
+        let rename_whiteout = format == Format::Chardev
+            && sys::mknodat(work, a, libc::S_IFREG | 0o600, 0).is_ok()
             && sys::renameat2(work, a, work, name, sys::RENAME_WHITEOUT).is_ok();
         let _ = sys::unlinkat(work, a, false); // probe cleanup: the whiteout left at `a`
         let _ = sys::unlinkat(work, name, false); // probe cleanup: the renamed file
-        Caps {
-            whiteout_dev,
+        Ok(Caps {
+            whiteout_dev: format == Format::Chardev,
             rename_whiteout,
             overrides_modes: privilege.overrides_modes(),
-        }
+        })
     }
 }
