@@ -12,6 +12,7 @@ mod handle;
 mod inode;
 mod layer;
 pub mod mount;
+mod opener;
 mod overlay;
 pub mod privilege;
 #[allow(unsafe_code)]

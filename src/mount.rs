@@ -459,13 +459,15 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
         eprintln!("layover: warning: unknown option '{u}' ignored");
     }
     let privilege = Privilege::detect();
+    // Forked first, while nothing but stdio is open (it must hold no layer and no /dev/fuse).
+    let opener = crate::opener::Opener::start(&privilege);
     let dev = preflight(&cfg, &privilege)?;
     let nofile = sys::raise_nofile_limit();
     // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
     sys::umask(0);
     sys::use_one_malloc_arena();
     let made_work = work_subdir_is_new(&cfg);
-    let ov = Arc::new(Overlay::new(cfg.stack.clone(), nofile, &privilege)?);
+    let ov = Arc::new(Overlay::new(cfg.stack.clone(), nofile, &privilege, opener)?);
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
     let notify = daemonize(&cfg).inspect_err(|_| undo_start(&cfg, &ov, made_work))?;

@@ -155,27 +155,15 @@ fn copy_up_on_append() {
     same("append", Way::User, &[]);
 }
 
-/// The one thing an ordinary user's daemon cannot do that the kernel's mounter credentials
-/// can in a user namespace: read a file of its own whose mode denies it (CAP_DAC_OVERRIDE).
-/// Its copy-up fails with EACCES; root in a user namespace (below) matches the kernel.
+/// A file of the user's own whose mode denies reading it (0000) is copied up as the kernel's
+/// mounter credentials do it: an ordinary user's daemon opens it through its opener (a helper
+/// in a user namespace of its own, see src/opener.rs).
 #[test]
 fn copy_up_of_a_0000_file() {
-    same(
-        "copyup_0000",
-        Way::User,
-        &[
-            ("op chmod f0000 0640: ok", "op chmod f0000 0640: EACCES"),
-            ("op read f0000: ok", "op read f0000: EACCES"),
-            ("read f0000 gave b'secret\\n'", ""),
-            (
-                "merged file f0000: 0o640 me:me size=7 nlink=1 sha=b37e50cedcd3",
-                "merged file f0000: 0o0 me:me size=7 nlink=1",
-            ),
-            (
-                "upper file f0000: 0o640 me:me size=7 nlink=1 sha=b37e50cedcd3",
-                "",
-            ),
-        ],
+    let out = same("copyup_0000", Way::User, &[]);
+    assert!(
+        out.contains("upper file f0000: 0o640 me:me size=7"),
+        "{out}"
     );
 }
 

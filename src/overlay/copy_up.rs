@@ -12,7 +12,7 @@ use crate::inode::{Inode, Presence};
 use crate::sys::{self, Stat, TimeSpec};
 use crate::whiteout::is_private_xattr;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -296,7 +296,7 @@ impl Overlay {
         let perm = src.mode & 0o7777;
         match src.file_type() {
             libc::S_IFREG => {
-                let sfd = sys::openat(sdir, sname, libc::O_RDONLY | libc::O_NOATIME, 0)?;
+                let sfd = self.open_source(sdir, sname)?;
                 // The work directory is mode 0: nobody else can open the file before it is
                 // renamed into place, so root makes it with its final permissions (the
                 // daemon's umask is 0). Set-id bits come after the chown, which clears them.
@@ -390,6 +390,18 @@ impl Overlay {
             log::warn!("copy-up: could not put a directory's mode back: {e}");
         }
         r
+    }
+
+    /// The file to copy, opened for reading; one whose mode denies the daemon (a 0000 file of
+    /// an ordinary user) through the opener, as the kernel's mounter credentials would.
+    fn open_source(&self, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<OwnedFd> {
+        match sys::openat(dir, name, libc::O_RDONLY | libc::O_NOATIME, 0) {
+            Err(e) if e.0 == libc::EACCES => match &self.opener {
+                Some(o) => o.open_read(dir, name),
+                None => Err(e),
+            },
+            other => other,
+        }
     }
 
     /// xattrs, owner, mode and times of a directory or special file, by name.

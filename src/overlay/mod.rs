@@ -101,6 +101,8 @@ pub struct Overlay {
     /// "#layover.PID.", the prefix of temporary names in the work directory (made on first
     /// use, after the daemon has forked).
     temp_prefix: std::sync::OnceLock<String>,
+    /// Opens the user's own files whatever their mode, for an ordinary user's daemon.
+    opener: Option<crate::opener::Opener>,
 }
 
 /// The whiteout in the work directory that upper whiteouts are hard links to.
@@ -113,10 +115,12 @@ pub fn cname(name: &[u8]) -> FsResult<CString> {
 
 impl Overlay {
     /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
+    /// `opener`: an ordinary user's way to read its own unreadable files (see `opener`).
     pub fn new(
         cfg: Stack,
         nofile: u64,
         privilege: &crate::privilege::Privilege,
+        opener: Option<crate::opener::Opener>,
     ) -> Result<Overlay, StartupError> {
         let clone = privilege.clones_mounts();
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
@@ -181,6 +185,7 @@ impl Overlay {
             reflink: std::sync::atomic::AtomicBool::new(true),
             writeback: std::sync::atomic::AtomicBool::new(false),
             temp_prefix: std::sync::OnceLock::new(),
+            opener,
         };
         ov.refresh_root_layers();
         Ok(ov)

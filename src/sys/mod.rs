@@ -6,10 +6,12 @@
 //! at a time, so a caller that starts from a layer's root fd cannot leave the layer.
 
 mod dirent;
+mod fdpass;
 mod proc;
 mod xattr;
 
 pub use dirent::read_dir_entries;
+pub use fdpass::*;
 pub use proc::*;
 pub use xattr::*;
 
