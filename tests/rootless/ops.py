@@ -30,7 +30,7 @@ def setup(d):
     l = os.path.join(d, "l")
     files = {"a": b"hi\n", "f0000": b"secret\n", "r": b"rename me\n",
              "d/f": b"x\n", "d/e": b"y\n", "d0500/g": b"g\n"}
-    for sub in ("d", "d0500", "empty"):
+    for sub in ("d", "d0500", "empty", "d0000"):
         os.mkdir(os.path.join(l, sub), 0o755)
     for name, data in files.items():
         with open(os.path.join(l, name), "wb") as f:
@@ -40,6 +40,7 @@ def setup(d):
     os.symlink("a", os.path.join(l, "s"))
     os.chmod(os.path.join(l, "f0000"), 0o000)
     os.chmod(os.path.join(l, "d0500"), 0o500)
+    os.chmod(os.path.join(l, "d0000"), 0o000)
 
 
 def op(name, f):
@@ -100,6 +101,22 @@ def case_ops(case):
         op("chown a to own ids", lambda: os.chown("a", os.getuid(), os.getgid()))
         op("chown a to 1234", lambda: os.chown("a", 1234, -1))
         op("chgrp a to 1234", lambda: os.chown("a", -1, 1234))
+    elif case == "misc":
+        op("truncating open of a", lambda: os.close(os.open("a", os.O_WRONLY | os.O_TRUNC)))
+        op("link r r.link", lambda: os.link("r", "r.link"))
+        op("symlink", lambda: os.symlink("target", "d/sl"))
+        op("mkfifo", lambda: os.mkfifo("d/fifo", 0o640))
+        op("mknod char 1/3", lambda: os.mknod("d/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3)))
+        op("setxattr user on a lower file", lambda: os.setxattr("d/e", "user.x", b"1"))
+        op("setxattr user on a lower dir", lambda: os.setxattr("d", "user.y", b"2"))
+        op("setxattr trusted", lambda: os.setxattr("r", "trusted.x", b"1"))
+        op("setxattr user.overlay", lambda: os.setxattr("r", "user.overlay.opaque", b"y"))
+        op("utime f0000", lambda: os.utime("f0000", (1000000000, 1000000000)))
+        op("chmod d0000 0755", lambda: os.chmod("d0000", 0o755))
+        op("create in d0000", lambda: write_new("d0000/n", b"n\n"))
+        op("mkdir in d0500", lambda: os.mkdir("d0500/x"))
+        op("rename lower dir", lambda: os.rename("d", "d2"))
+        op("unlink in d0500", lambda: os.unlink("d0500/g"))
     else:
         sys.exit(f"unknown case {case}")
 
@@ -141,7 +158,10 @@ def tree(root, upper):
             # Descend only where the mode lets the owner in: a capable namespace root must
             # not see more than the ordinary user.
             if perm & 0o500 == 0o500:
-                children = sorted(os.listdir(p))
+                try:
+                    children = sorted(os.listdir(p))
+                except OSError as e:
+                    desc += f" (listing: {errno.errorcode.get(e.errno)})"
             else:
                 desc += " (not listed)"
         elif stat.S_ISREG(m):
