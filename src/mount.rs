@@ -454,11 +454,18 @@ fn announce(cfg: &Config, ov: &Overlay, privilege: &Privilege) {
 }
 
 /// Runs the mount to its end. Returns only on a startup failure.
-pub fn run(cfg: Config) -> Result<(), StartupError> {
+pub fn run(mut cfg: Config) -> Result<(), StartupError> {
     for u in &cfg.unknown {
         eprintln!("layover: warning: unknown option '{u}' ignored");
     }
     let privilege = Privilege::detect();
+    // The kernel offers passthrough at INIT to anyone but registers a backing file only for
+    // CAP_SYS_ADMIN in the initial namespace: without it, asking would fail at the first open
+    // and leave the mount without the writeback cache, which is decided at INIT.
+    if cfg.passthrough && privilege.mode != Mode::Root {
+        log::debug!("no passthrough without root: file data through the writeback cache");
+        cfg.passthrough = false;
+    }
     // Forked first, while nothing but stdio is open (it must hold no layer and no /dev/fuse).
     let opener = crate::opener::Opener::start(&privilege);
     let dev = preflight(&cfg, &privilege)?;
