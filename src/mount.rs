@@ -390,6 +390,10 @@ fn work_subdir_is_new(cfg: &Config) -> bool {
 /// and the parent that hears of it call this; whichever comes second finds nothing left.)
 fn undo_start(cfg: &Config, ov: &Overlay, made_work: bool) {
     ov.cleanup_work();
+    remove_new_work_subdir(cfg, made_work);
+}
+
+fn remove_new_work_subdir(cfg: &Config, made_work: bool) {
     if made_work && let Some(w) = &cfg.stack.workdir {
         let work = w.join("work");
         if let Err(e) = std::fs::remove_dir_all(&work)
@@ -474,7 +478,9 @@ pub fn run(mut cfg: Config) -> Result<(), StartupError> {
     sys::umask(0);
     sys::use_one_malloc_arena();
     let made_work = work_subdir_is_new(&cfg);
-    let ov = Arc::new(Overlay::new(cfg.stack.clone(), nofile, &privilege, opener)?);
+    let ov = Overlay::new(cfg.stack.clone(), nofile, &privilege, opener)
+        .inspect_err(|_| remove_new_work_subdir(&cfg, made_work))?;
+    let ov = Arc::new(ov);
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
     let notify = daemonize(&cfg).inspect_err(|_| undo_start(&cfg, &ov, made_work))?;

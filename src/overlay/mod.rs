@@ -640,9 +640,11 @@ mod work {
     }
 
     /// Without a note, the upper's root tells what it was written with: `.wh.` names (an
-    /// OCI layer, an older rootless mount) or 0/0 devices.
+    /// OCI layer, an older rootless mount) or 0/0 devices. (Read without touching its atime,
+    /// which the kernel's mount leaves alone.)
     fn format_in_upper_root(upper: BorrowedFd<'_>) -> Option<Format> {
-        let rd = sys::openat(upper, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0).ok()?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME;
+        let rd = sys::openat(upper, sys::DOT, flags, 0).ok()?;
         let entries = sys::read_dir_entries(rd.as_fd()).ok()?;
         if entries
             .iter()
