@@ -364,15 +364,16 @@ impl Overlay {
     /// `..` changes) nor receive its children. It is built 0700 and gets its own mode once in
     /// place (`dir_mode_deferred`), and a directory without them lends itself u+wx to its
     /// owner for the one rename copy-up makes in it (`lending_owner_write`).
-    fn dir_mode_deferred(&self, mode: u32) -> bool {
+    pub(super) fn dir_mode_deferred(&self, mode: u32) -> bool {
         !self.caps.overrides_modes && mode & 0o700 != 0o700
     }
 
-    /// Runs `f`, which adds a name to the upper directory `dir`, with owner write and search
-    /// permission lent to `dir` when the daemon needs it and owns `dir` (see above). Copy-ups
+    /// Runs `f`, which adds a name to the upper directory `dir` or sets its opaque xattr,
+    /// with owner write and search permission lent to `dir` when the daemon needs it and owns
+    /// `dir` (see above). Copy-ups
     /// into one directory are not serialised, so the mode put back is the one read before; a
     /// chmod of `dir` racing with such a copy-up may be undone (documented in semantics.md).
-    fn lending_owner_write<T>(
+    pub(super) fn lending_owner_write<T>(
         &self,
         dir: BorrowedFd<'_>,
         f: impl FnOnce() -> FsResult<T>,
@@ -384,7 +385,11 @@ impl Overlay {
         if st.mode & 0o300 == 0o300 || st.uid != self.daemon_ids.0 {
             return f();
         }
-        sys::fchmodat(dir, sys::EMPTY, (st.mode & 0o7777) | 0o300)?;
+        if let Err(e) = sys::fchmodat(dir, sys::EMPTY, (st.mode & 0o7777) | 0o300) {
+            // (fchmodat2 with AT_EMPTY_PATH needs Linux 6.6: f then fails as it would have.)
+            log::debug!("copy-up: cannot lend owner write to a directory: {e}");
+            return f();
+        }
         let r = f();
         if let Err(e) = sys::fchmodat(dir, sys::EMPTY, st.mode & 0o7777) {
             log::warn!("copy-up: could not put a directory's mode back: {e}");

@@ -282,9 +282,18 @@ impl Overlay {
         };
         // Made in the work directory, the object got the work directory's defaults, not the
         // parent's (a setgid parent's group): owner and mode are always set.
+        // A directory without owner write and search permission gets its mode once in place,
+        // where an ordinary user's daemon could not move it (see `dir_mode_deferred`).
+        let deferred = kind == libc::S_IFDIR && self.dir_mode_deferred(owner.mode);
+        let mode = owner.mode;
         let owner = Owner {
             chown: true,
             chmod: kind != libc::S_IFLNK,
+            mode: if deferred {
+                owner.mode | 0o700
+            } else {
+                owner.mode
+            },
             ..*owner
         };
         self.set_owner(work, &tmp, &owner)?;
@@ -295,23 +304,32 @@ impl Overlay {
         // The whiteout is now at `tmp` in the work directory.
         guard.is_dir = false;
         drop(guard);
+        if deferred {
+            sys::fchmodat(udir, cn, mode)?;
+        }
         Ok(fd)
     }
 
     /// Marks a directory opaque: the xattr, or a `.wh..wh..opq` file inside it when this
-    /// mount writes whiteouts as files.
+    /// mount writes whiteouts as files. Both need write permission on the directory, which an
+    /// ordinary user's daemon lends itself for a directory made without it (`mkdir d 0500`).
     pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<()> {
-        if !self.caps.whiteout_dev {
-            let sub = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        if self.caps.whiteout_dev && self.caps.overrides_modes {
+            return sys::setxattrat(dir, name, self.opaque_name(), b"y", 0);
+        }
+        let sub = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        self.lending_owner_write(sub.as_fd(), || {
+            if self.caps.whiteout_dev {
+                return sys::setxattrat(dir, name, self.opaque_name(), b"y", 0);
+            }
             let marker = cname(whiteout::OPAQUE_MARKER)?;
             let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
-            return match sys::openat(sub.as_fd(), &marker, flags, 0) {
+            match sys::openat(sub.as_fd(), &marker, flags, 0) {
                 Ok(_) => Ok(()),
                 Err(e) if e == Errno::EEXIST => Ok(()),
                 Err(e) => Err(e),
-            };
-        }
-        sys::setxattrat(dir, name, self.opaque_name(), b"y", 0)
+            }
+        })
     }
 
     /// Registers an object that now lives only in the upper as `name` in `parent`.

@@ -94,6 +94,13 @@ def case_ops(case):
         op("rmdir d", lambda: os.rmdir("d"))
         op("mkdir d", lambda: os.mkdir("d", 0o755))
         op("create d/new", lambda: write_new("d/new", b"new\n"))
+        op("rmdir empty", lambda: os.rmdir("empty"))
+        op("mkdir empty 0500", lambda: os.mkdir("empty", 0o500))
+        op("mkdir u0500 0500", lambda: os.mkdir("u0500", 0o500))
+        op("rename u0500 into d", lambda: os.rename("u0500", "d/u0500"))
+        op("rename d/u0500 into the merged root", lambda: os.rename("d/u0500", "u0500b"))
+        op("mkdir top0500 0500", lambda: os.mkdir("top0500", 0o500))
+        op("rename top0500 in the merged root", lambda: os.rename("top0500", "top0500b"))
     elif case == "rename":
         op("rename r r2", lambda: os.rename("r", "r2"))
         op("rename d/e e2", lambda: os.rename("d/e", "e2"))
