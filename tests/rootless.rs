@@ -180,7 +180,13 @@ fn unlink_of_lower_files_leaves_0_0_whiteouts() {
 
 #[test]
 fn rmdir_of_lower_directories() {
-    same("rmdir", Way::User, &[]);
+    let out = same("rmdir", Way::User, &[]);
+    for done in [
+        "op rmdir d (0500, whiteouts inside): ok",
+        "op rename x over d0500 (0500, a whiteout inside): ok",
+    ] {
+        assert!(out.contains(done), "{out}");
+    }
 }
 
 #[test]

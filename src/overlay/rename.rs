@@ -164,6 +164,7 @@ impl Overlay {
             && replaced_merged_dir
         {
             // Merged-empty: only whiteouts are left in it; they go first.
+            let _ = self.open_doomed_dir(ndir.as_fd(), &ncn); // it goes: no mode to put back
             let sub = sys::openat(ndir.as_fd(), &ncn, libc::O_PATH | libc::O_DIRECTORY, 0)?;
             super::work::empty_dir(sub.as_fd())?;
         }

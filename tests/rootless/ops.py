@@ -88,6 +88,16 @@ def case_ops(case):
     elif case == "rmdir":
         op("rmdir empty", lambda: os.rmdir("empty"))
         op("rmdir d", lambda: os.rmdir("d"))
+        op("unlink d/f", lambda: os.unlink("d/f"))
+        op("unlink d/e", lambda: os.unlink("d/e"))
+        op("chmod d 0500", lambda: os.chmod("d", 0o500))
+        op("rmdir d (0500, whiteouts inside)", lambda: os.rmdir("d"))
+        op("mkdir x", lambda: os.mkdir("x"))
+        op("unlink d0500/g", lambda: os.unlink("d0500/g"))
+        op("chmod d0500 0700", lambda: os.chmod("d0500", 0o700))
+        op("unlink d0500/g", lambda: os.unlink("d0500/g"))
+        op("chmod d0500 0500", lambda: os.chmod("d0500", 0o500))
+        op("rename x over d0500 (0500, a whiteout inside)", lambda: os.rename("x", "d0500"))
     elif case == "mkdir_opaque":
         op("unlink d/f", lambda: os.unlink("d/f"))
         op("unlink d/e", lambda: os.unlink("d/e"))
