@@ -1,5 +1,6 @@
 //! The opener: how an ordinary user's daemon reads a file of its own whose mode denies it
-//! (a 0000 file to copy up), as the kernel's overlayfs mounted in a user namespace does with
+//! (a 0000 file to copy up: its data, and its `user.*` xattrs, whose reading needs read
+//! permission), as the kernel's overlayfs mounted in a user namespace does with
 //! its mounter's CAP_DAC_OVERRIDE. At start, before any thread, layer or /dev/fuse is
 //! opened, a helper process is forked that enters a user namespace of its own mapping only
 //! the user's uid and gid to themselves: there it holds CAP_DAC_OVERRIDE over exactly the
@@ -18,6 +19,14 @@ use crate::sys;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
+
+/// Requests: `o` + NAME (open NAME read-only), `x` + NAME + NUL + XATTR (read an xattr),
+/// each with the directory fd attached. Answers: the errno (4 bytes, 0 for success), then the
+/// open file attached or the xattr's value.
+const OPEN: u8 = b'o';
+const XATTR: u8 = b'x';
+/// The largest xattr value (XATTR_SIZE_MAX) and the errno in front of it.
+const ANSWER_MAX: usize = 65536 + 4;
 
 pub struct Opener {
     /// One request at a time: the request and its answer are a pair on the socket.
@@ -70,14 +79,55 @@ impl Opener {
 
     /// Opens `name` in `dir` read-only (never following a symlink) through the helper.
     pub fn open_read(&self, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<OwnedFd> {
+        let mut req = vec![OPEN];
+        req.extend_from_slice(name.to_bytes());
+        let (_, fd) = self.ask(dir, &req)?;
+        fd.ok_or(Errno::EIO)
+    }
+
+    /// The value of xattr `attr` of `name` in `dir` (not following a symlink).
+    pub fn getxattr(&self, dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> FsResult<Vec<u8>> {
+        let mut req = vec![XATTR];
+        req.extend_from_slice(name.to_bytes_with_nul());
+        req.extend_from_slice(attr.to_bytes());
+        Ok(self.ask(dir, &req)?.0)
+    }
+
+    fn ask(&self, dir: BorrowedFd<'_>, req: &[u8]) -> FsResult<(Vec<u8>, Option<OwnedFd>)> {
         let sock = self.sock.lock().map_err(|_| Errno::EIO)?;
-        sys::send_with_fd(sock.as_fd(), name.to_bytes(), Some(dir))?;
-        let mut code = [0u8; 4];
-        match sys::recv_with_fd(sock.as_fd(), &mut code)? {
-            (4, Some(fd)) if code == [0; 4] => Ok(fd),
-            (4, None) => Err(Errno(i32::from_le_bytes(code))),
-            _ => Err(Errno::EIO),
+        sys::send_with_fd(sock.as_fd(), req, Some(dir))?;
+        let mut answer = vec![0u8; ANSWER_MAX];
+        let (n, fd) = sys::recv_with_fd(sock.as_fd(), &mut answer)?;
+        let code = answer
+            .get(..4)
+            .filter(|_| n >= 4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .ok_or(Errno::EIO)?;
+        if code != 0 {
+            return Err(Errno(code));
         }
+        answer.truncate(n);
+        answer.drain(..4);
+        Ok((answer, fd))
+    }
+}
+
+/// What the helper does for one request.
+fn answer(req: &[u8], dir: Option<OwnedFd>) -> FsResult<(Vec<u8>, Option<OwnedFd>)> {
+    let dir = dir.ok_or(Errno::EINVAL)?;
+    match req.split_first() {
+        Some((&OPEN, name)) => {
+            let name = CString::new(name).map_err(|_| Errno::EINVAL)?;
+            let fd = sys::openat(dir.as_fd(), &name, libc::O_RDONLY | libc::O_NOATIME, 0)?;
+            Ok((Vec::new(), Some(fd)))
+        }
+        Some((&XATTR, rest)) => {
+            let nul = rest.iter().position(|&b| b == 0).ok_or(Errno::EINVAL)?;
+            let name = CString::new(&rest[..nul]).map_err(|_| Errno::EINVAL)?;
+            let attr = CString::new(&rest[nul + 1..]).map_err(|_| Errno::EINVAL)?;
+            Ok((sys::getxattr_vec(dir.as_fd(), &name, &attr)?, None))
+        }
+        _ => Err(Errno::EINVAL),
     }
 }
 
@@ -99,14 +149,11 @@ fn helper(sock: OwnedFd, uid: u32, gid: u32) -> ! {
             Ok((0, _)) | Err(_) => sys::exit_now(0),
             Ok(got) => got,
         };
-        let opened = match (dir, CString::new(&buf[..n])) {
-            (Some(dir), Ok(name)) => {
-                sys::openat(dir.as_fd(), &name, libc::O_RDONLY | libc::O_NOATIME, 0)
+        let sent = match answer(&buf[..n], dir) {
+            Ok((mut value, fd)) => {
+                value.splice(0..0, [0u8; 4]);
+                sys::send_with_fd(sock.as_fd(), &value, fd.as_ref().map(|f| f.as_fd()))
             }
-            _ => Err(Errno::EINVAL),
-        };
-        let sent = match &opened {
-            Ok(fd) => sys::send_with_fd(sock.as_fd(), &[0; 4], Some(fd.as_fd())),
             Err(e) => sys::send_with_fd(sock.as_fd(), &e.0.to_le_bytes(), None),
         };
         if sent.is_err() {

@@ -234,8 +234,8 @@ fn assorted_operations() {
         &[
             ("op create in d0000: ok", "op create in d0000: EACCES"),
             (
-                "merged dir d0000: 0o755 me:me",
-                "merged dir d0000: 0o755 me:me (listing: EACCES)",
+                "merged dir d0000: 0o755 me:me xattrs[user.hidden]",
+                "merged dir d0000: 0o755 me:me (listing: EACCES) xattrs[user.hidden]",
             ),
             (
                 "merged file d0000/n: 0o644 me:me size=2 nlink=1 sha=a4fb621495a0",

@@ -185,7 +185,7 @@ impl Overlay {
                 continue;
             }
             let cn = cname(&n)?;
-            let v = match sys::getxattr_vec(sdir, sname, &cn) {
+            let v = match self.source_xattr(sdir, sname, &cn) {
                 Ok(v) => v,
                 Err(e) if e == Errno::ENODATA => continue,
                 Err(e) => return Err(e),
@@ -403,6 +403,18 @@ impl Overlay {
         match sys::openat(dir, name, libc::O_RDONLY | libc::O_NOATIME, 0) {
             Err(e) if e.0 == libc::EACCES => match &self.opener {
                 Some(o) => o.open_read(dir, name),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// An xattr of the object to copy; through the opener when its mode denies the daemon
+    /// reading a `user.*` one (as for its data, see `open_source`).
+    fn source_xattr(&self, dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> FsResult<Vec<u8>> {
+        match sys::getxattr_vec(dir, name, attr) {
+            Err(e) if e.0 == libc::EACCES => match &self.opener {
+                Some(o) => o.getxattr(dir, name, attr),
                 None => Err(e),
             },
             other => other,

@@ -38,6 +38,8 @@ def setup(d):
         os.chmod(os.path.join(l, name), 0o644)
     os.setxattr(os.path.join(l, "a"), b"user.note", b"kept")
     os.symlink("a", os.path.join(l, "s"))
+    os.setxattr(os.path.join(l, "f0000"), b"user.hidden", b"h")
+    os.setxattr(os.path.join(l, "d0000"), b"user.hidden", b"d")
     os.chmod(os.path.join(l, "f0000"), 0o000)
     os.chmod(os.path.join(l, "d0500"), 0o500)
     os.chmod(os.path.join(l, "d0000"), 0o000)
