@@ -29,6 +29,9 @@ enum Way {
     /// namespace does (`unshare --map-auto --map-root-user -m`), operations run with the
     /// namespace root's capabilities (the kernel's mount is made the same way).
     MappedUserNamespace,
+    /// As `MappedUserNamespace`, with layers owned by a subordinate id (uid and gid 1000 in
+    /// the namespace, 100999 outside), as podman's rootless containers' layers are.
+    SubordinateLayers,
 }
 
 const DROP_CAPS: &str = "setpriv --bounding-set=-all --inh-caps=-all";
@@ -39,15 +42,19 @@ const DROP_CAPS: &str = "setpriv --bounding-set=-all --inh-caps=-all";
 /// `extra`: more layover options (",whiteout=file").
 fn run_case(s: &Scratch, case: &str, way: Way, extra: &str) -> (String, String) {
     s.user_ok("$OPS setup k && $OPS setup f");
-    let (ns, as_user) = if way == Way::MappedUserNamespace {
+    let mapped = matches!(way, Way::MappedUserNamespace | Way::SubordinateLayers);
+    let (ns, as_user) = if mapped {
         ("unshare --map-auto --map-root-user -m", "")
     } else {
         ("unshare -Urm", DROP_CAPS)
     };
+    if way == Way::SubordinateLayers {
+        s.user_ok(&format!("{ns} chown -R 1000:1000 k f"));
+    }
     s.user_ok(&format!(
         "{ns} sh -ec 'mount -t overlay -o userxattr,lowerdir=$PWD/k/l,\
          upperdir=$PWD/k/u,workdir=$PWD/k/w overlay $PWD/k/m; \
-         {as_user} $OPS run {case} $PWD/k/m > k/out || true; umount $PWD/k/m'
+         {as_user} $OPS run {case} $PWD/k/m > k/out || true; $OPS unmount $PWD/k/m'
          $OPS upper k/u >> k/out"
     ));
     let opts = format!("-o lowerdir=$PWD/f/l,upperdir=$PWD/f/u,workdir=$PWD/f/w{extra} $PWD/f/m");
@@ -55,14 +62,16 @@ fn run_case(s: &Scratch, case: &str, way: Way, extra: &str) -> (String, String) 
         Way::User => s.user_ok(&format!(
             "$LAYOVER {opts}
              $OPS run {case} $PWD/f/m > f/out || true
-             fusermount3 -u $PWD/f/m
+             $OPS unmount $PWD/f/m
              $OPS upper f/u f/w/work >> f/out"
         )),
-        Way::UserNamespace | Way::MappedUserNamespace => s.user_ok(&format!(
-            "{ns} sh -ec '$LAYOVER {opts}; \
-             {as_user} $OPS run {case} $PWD/f/m > f/out || true; umount $PWD/f/m'
+        Way::UserNamespace | Way::MappedUserNamespace | Way::SubordinateLayers => {
+            s.user_ok(&format!(
+                "{ns} sh -ec '$LAYOVER {opts}; \
+             {as_user} $OPS run {case} $PWD/f/m > f/out || true; $OPS unmount $PWD/f/m'
              $OPS upper f/u >> f/out"
-        )),
+            ))
+        }
     };
     (s.read("k/out"), s.read("f/out"))
 }
@@ -313,15 +322,33 @@ fn an_upper_keeps_its_whiteout_format() {
     let out = s.user_ok(&format!(
         "$LAYOVER -o {opts},whiteout=file $PWD/f/m
          rm f/m/a
-         fusermount3 -u $PWD/f/m
+         $OPS unmount $PWD/f/m
          $LAYOVER -o {opts} $PWD/f/m
          rm f/m/r
          ls f/m
-         fusermount3 -u $PWD/f/m
+         $OPS unmount $PWD/f/m
          $OPS upper f/u"
     ));
     assert!(out.contains("upper file .wh.a: 0o0 me:me size=0"), "{out}");
     assert!(out.contains("upper file .wh.r: 0o0 me:me size=0"), "{out}");
     assert!(!out.contains("chardev"), "{out}");
     assert!(!out.lines().any(|l| l == "a" || l == "r"), "{out}");
+}
+
+/// Podman's layout: layers owned by a subordinate id, layover mounted by root of a user
+/// namespace that maps the subordinate ids, operations with that root's capabilities.
+#[test]
+fn layers_owned_by_subordinate_ids() {
+    for case in [
+        "append",
+        "copyup_0000",
+        "copyup_0500",
+        "unlink",
+        "rmdir",
+        "mkdir_opaque",
+        "rename",
+        "misc",
+    ] {
+        same(case, Way::SubordinateLayers, &[]);
+    }
 }

@@ -7,12 +7,16 @@ namespace without capabilities (then the user's own files show as uid 0: "me" ei
     ops.py setup DIR            lower l/ (and empty u/ w/ m/) in DIR
     ops.py run CASE MERGED      CASE's operations, then the merged tree
     ops.py upper UPPER [WORK]   the upper on disk (overlay markers included), WORK's leftovers
+    ops.py unmount MNT          fusermount3 -u (or umount, in a namespace), retried while
+                                the kernel still finds the mount busy (EBUSY) for a moment
 """
 import errno
 import hashlib
 import os
 import stat
+import subprocess
 import sys
+import time
 
 # The kernel's own bookkeeping in an upper, which layover need not write.
 BOOKKEEPING = {b"user.overlay.origin", b"user.overlay.impure", b"user.overlay.uuid",
@@ -174,9 +178,10 @@ def tree(root, upper):
         children = []
         if stat.S_ISDIR(m):
             desc = "dir " + desc
-            # Descend only where the mode lets the owner in: a capable namespace root must
-            # not see more than the ordinary user.
-            if perm & 0o500 == 0o500:
+            # In a merged view, descend only where the mode lets the owner in: a capable
+            # namespace root must not see more than the ordinary user. An upper is always
+            # read by the ordinary user, outside any namespace.
+            if (os.access(p, os.R_OK | os.X_OK) if upper else perm & 0o500 == 0o500):
                 try:
                     children = sorted(os.listdir(p))
                 except OSError as e:
@@ -185,7 +190,7 @@ def tree(root, upper):
                 desc += " (not listed)"
         elif stat.S_ISREG(m):
             desc = f"file {desc} size={st.st_size} nlink={st.st_nlink}"
-            if perm & 0o400:
+            if (os.access(p, os.R_OK) if upper else perm & 0o400):
                 with open(p, "rb") as f:
                     desc += " sha=" + hashlib.sha256(f.read()).hexdigest()[:12]
         elif stat.S_ISLNK(m):
@@ -214,6 +219,14 @@ def main():
         case_ops(sys.argv[2])
         for line in tree(".", False):
             print("merged " + line)
+    elif cmd == "unmount":
+        tool = ["umount"] if os.getuid() == 0 else ["fusermount3", "-u"]
+        for _ in range(50):
+            r = subprocess.run(tool + [sys.argv[2]], capture_output=True, text=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        sys.exit(f"cannot unmount {sys.argv[2]}: {r.stderr.strip()}")
     elif cmd == "upper":
         for line in tree(sys.argv[2], True):
             print("upper " + line)
