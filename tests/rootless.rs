@@ -352,3 +352,65 @@ fn layers_owned_by_subordinate_ids() {
         same(case, Way::SubordinateLayers, &[]);
     }
 }
+
+/// A mount that cannot be made says what is missing in one line, exits 1, and leaves
+/// nothing mounted and nothing created in the work directory.
+#[test]
+fn what_is_missing_is_named_and_nothing_is_left() {
+    let s = Scratch::new("missing");
+    s.user_ok("mkdir -p l u w m && echo hi > l/a");
+    std::fs::create_dir(s.path("rootw")).unwrap(); // root's: the user may not write it
+    let opts = "-o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/w";
+    let cases: [(&str, bool, &str); 5] = [
+        (
+            "$LAYOVER {opts} $PWD/m",
+            false,
+            "cannot open /dev/fuse (Permission denied",
+        ),
+        (
+            "FUSERMOUNT_PATH=$PWD/none $LAYOVER {opts} $PWD/m",
+            true,
+            "fusermount3 '",
+        ),
+        (
+            "$LAYOVER -o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/rootw $PWD/m",
+            true,
+            "rootw': not writable by uid 1001",
+        ),
+        // fusermount3 refuses a mountpoint the user may not write: after `work` was made.
+        (
+            "$LAYOVER {opts} /",
+            true,
+            "through fusermount3: fusermount3:",
+        ),
+        (
+            "unshare -Ur $LAYOVER {opts} $PWD/m",
+            true,
+            "root in a user namespace may mount only in a mount namespace of its own",
+        ),
+    ];
+    for (cmd, fuse, want) in cases {
+        let cmd = cmd.replace("{opts}", opts);
+        let (ok, out, err) = s.user_with(
+            &format!("set +e; {cmd}; echo status=$?; grep -q \" $PWD/m \" /proc/self/mountinfo && echo MOUNTED; true"),
+            fuse,
+        );
+        assert!(ok, "{cmd}: {err}");
+        assert!(
+            out.contains("status=1"),
+            "{cmd}: not exit status 1: {out} {err}"
+        );
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("layover: ") && lines[0].contains(want),
+            "{cmd}: want one line with '{want}', got:\n{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(s.path("w")).unwrap().collect();
+        assert!(left.is_empty(), "{cmd}: the workdir holds {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&*s.dir.to_string_lossy()),
+            "{cmd}: left a mount"
+        );
+    }
+}

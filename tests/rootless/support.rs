@@ -103,14 +103,25 @@ impl Scratch {
     /// is a 0666 node, with the scratch directory as the current directory and `$OPS`,
     /// `$LAYOVER` set. Returns (success, stdout, stderr).
     pub fn user(&self, script: &str) -> (bool, String, String) {
+        self.user_with(script, true)
+    }
+
+    /// Like `user`; `fuse`: whether /dev/fuse is usable (a 0666 node bound over it), else
+    /// the host's own node (mode 0600: the user cannot open it).
+    pub fn user_with(&self, script: &str, fuse: bool) -> (bool, String, String) {
         let d = self.dir.display().to_string();
         let inner = format!(
             "cd {d} && OPS='python3 {d}/ops.py' LAYOVER={BIN} \
              PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME={d} sh -ec '{}'",
             script.replace('\'', "'\\''")
         );
+        let bind = if fuse {
+            format!("mount --bind {d}/fuse /dev/fuse && ")
+        } else {
+            String::new()
+        };
         let outer = format!(
-            "mount --make-rprivate / && mount --bind {d}/fuse /dev/fuse && \
+            "mount --make-rprivate / && {bind}\
              exec setpriv --reuid={USER} --regid={USER} --init-groups -- sh -c \"$0\""
         );
         let out = Command::new("timeout")
