@@ -497,6 +497,9 @@ pub fn run(mut cfg: Config) -> Result<(), StartupError> {
     };
     ov.set_kernel_cache(Box::new(KernelNotifier::start(session.notifier())));
     announce(&cfg, &ov, &privilege);
+    // Only root may change the mount's read-ahead window (sysfs); the tuner's stat of the
+    // mountpoint would otherwise only make an unmount right after mounting find it busy.
+    let tune_readahead = privilege.mode == Mode::Root;
     if let Some(wr) = notify {
         sys::write_all(wr.as_fd(), b"ok");
         drop(wr);
@@ -504,14 +507,16 @@ pub fn run(mut cfg: Config) -> Result<(), StartupError> {
             sys::redirect_stdio_to_null();
         }
     }
-    serve(&cfg, session, ov)
+    serve(&cfg, session, ov, tune_readahead)
 }
 
 /// Serves the live mount until it is unmounted, then exits the process.
-fn serve(cfg: &Config, session: fuser::Session<Fs>, ov: Arc<Overlay>) -> ! {
+fn serve(cfg: &Config, session: fuser::Session<Fs>, ov: Arc<Overlay>, tune_readahead: bool) -> ! {
     spawn_signal_thread(cfg);
     spawn_exit_watcher(&session, Arc::clone(&ov));
-    spawn_readahead_tuner(cfg);
+    if tune_readahead {
+        spawn_readahead_tuner(cfg);
+    }
     let result = session.run();
     // Unmounted (the exit watcher did not get there first): leave the work directory empty
     // and let go of every layer at once. Exiting without running destructors means no time
