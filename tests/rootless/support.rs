@@ -92,6 +92,9 @@ impl Scratch {
         ));
         assert!(made, "cannot prepare {d}");
         std::fs::write(dir.join("ops.py"), OPS).unwrap();
+        // The binary under test, where the user can run it: the build directory may be
+        // closed to them (a checkout in /root).
+        std::fs::copy(BIN, dir.join("layover")).unwrap();
         Scratch { dir }
     }
 
@@ -111,7 +114,7 @@ impl Scratch {
     pub fn user_with(&self, script: &str, fuse: bool) -> (bool, String, String) {
         let d = self.dir.display().to_string();
         let inner = format!(
-            "cd {d} && OPS='python3 {d}/ops.py' LAYOVER={BIN} \
+            "cd {d} && OPS='python3 {d}/ops.py' LAYOVER={d}/layover \
              PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME={d} sh -ec '{}'",
             script.replace('\'', "'\\''")
         );
