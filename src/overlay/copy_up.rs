@@ -243,13 +243,8 @@ impl Overlay {
                 Stat { size: 0, ..src }
             };
             let made = self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
-            self.lending_owner_write(udir.as_fd(), || {
-                sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)
-            })?;
+            self.place_copy(&src, (work, &tmp), (udir.as_fd(), &sname))?;
             guard.armed = false;
-            if src.is_dir() && self.dir_mode_deferred(src.mode) {
-                sys::fchmodat(udir.as_fd(), &sname, src.mode & 0o7777)?;
-            }
             Ok(made)
         })?;
 
@@ -277,6 +272,23 @@ impl Overlay {
         }
         if src.nlink > 1 && !src.is_dir() {
             self.link_lower_names(inode);
+        }
+        Ok(())
+    }
+
+    /// Renames the finished copy of `src` from the work directory into the upper directory,
+    /// never over anything; a directory copied without owner write gets its mode now.
+    fn place_copy(
+        &self,
+        src: &Stat,
+        (work, tmp): (BorrowedFd<'_>, &CStr),
+        (udir, name): (BorrowedFd<'_>, &CStr),
+    ) -> FsResult<()> {
+        self.lending_owner_write(udir, || {
+            sys::renameat2(work, tmp, udir, name, sys::RENAME_NOREPLACE)
+        })?;
+        if src.is_dir() && self.dir_mode_deferred(src.mode) {
+            sys::fchmodat(udir, name, src.mode & 0o7777)?;
         }
         Ok(())
     }
