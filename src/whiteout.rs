@@ -37,6 +37,35 @@ impl Format {
             Format::File => "file",
         }
     }
+
+    /// The format a mount writes: `forced` by the option, else the one the upper was
+    /// `found` written with, else 0/0 devices where the work directory lets us make one
+    /// (`can_mknod`), else files. Ok also names the upper's other format when the option
+    /// forces mixing; Err says why no format will do (0/0 devices needed but impossible).
+    pub fn choose(
+        forced: Option<Format>,
+        found: Option<Format>,
+        can_mknod: bool,
+    ) -> Result<(Format, Option<Format>), String> {
+        let chosen = match (forced, found) {
+            (Some(f), _) | (None, Some(f)) => f,
+            (None, None) if can_mknod => Format::Chardev,
+            (None, None) => Format::File,
+        };
+        if chosen == Format::Chardev && !can_mknod {
+            return Err(format!(
+                "whiteouts: a 0/0 character device cannot be made in the workdir (Linux \
+                 before 5.8 without root, or a nodev filesystem){}: -o whiteout=file writes \
+                 .wh. files instead",
+                if forced.is_none() {
+                    ", and this upper already holds such whiteouts"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok((chosen, found.filter(|&was| was != chosen)))
+    }
 }
 
 /// Is this stat a kernel-format whiteout (a character device 0/0)?
@@ -157,6 +186,29 @@ mod tests {
             assert_eq!(Format::parse(f.name().as_bytes()), Some(f));
         }
         assert_eq!(Format::parse(b"aufs"), None);
+    }
+
+    #[test]
+    fn choosing_a_format() {
+        use Format::{Chardev, File};
+        // Nothing known: 0/0 devices where they can be made, else files.
+        assert_eq!(Format::choose(None, None, true), Ok((Chardev, None)));
+        assert_eq!(Format::choose(None, None, false), Ok((File, None)));
+        // An upper keeps its format, even where devices could be made.
+        assert_eq!(Format::choose(None, Some(File), true), Ok((File, None)));
+        assert_eq!(
+            Format::choose(None, Some(Chardev), true),
+            Ok((Chardev, None))
+        );
+        // An upper of 0/0 devices where none can be made now: refused, not mixed.
+        assert!(Format::choose(None, Some(Chardev), false).is_err());
+        // The option wins, and says so when it mixes.
+        assert_eq!(
+            Format::choose(Some(File), Some(Chardev), true),
+            Ok((File, Some(Chardev)))
+        );
+        assert_eq!(Format::choose(Some(File), None, true), Ok((File, None)));
+        assert!(Format::choose(Some(Chardev), None, false).is_err());
     }
 
     #[test]

@@ -675,31 +675,19 @@ mod work {
         let _ = sys::unlinkat(work, name, false); // only cleans up the probe
         let recorded = recorded_format(work);
         let found = recorded.or_else(|| format_in_upper_root(upper));
-        let format = match (forced, found) {
-            (Some(f), Some(was)) if f != was => {
-                log::warn!(
-                    "this upper holds {} whiteouts; whiteout={} writes the other format too",
-                    was.name(),
-                    f.name()
-                );
+        let format = match Format::choose(forced, found, can_mknod) {
+            Ok((f, mixing)) => {
+                if let Some(was) = mixing {
+                    log::warn!(
+                        "this upper holds {} whiteouts; whiteout={} writes the other format too",
+                        was.name(),
+                        f.name()
+                    );
+                }
                 f
             }
-            (Some(f), _) | (None, Some(f)) => f,
-            (None, None) if can_mknod => Format::Chardev,
-            (None, None) => Format::File,
+            Err(why) => return Err(StartupError::new(why)),
         };
-        if format == Format::Chardev && !can_mknod {
-            return Err(StartupError::new(format!(
-                "whiteouts: a 0/0 character device cannot be made in the workdir (Linux \
-                 before 5.8 without root, or a nodev filesystem){}: -o whiteout=file writes \
-                 .wh. files instead",
-                if forced.is_none() {
-                    ", and this upper already holds such whiteouts"
-                } else {
-                    ""
-                }
-            )));
-        }
         record_format(work, format)?;
         let a = c"#layover-probe-a";
         let rename_whiteout = format == Format::Chardev
