@@ -470,8 +470,13 @@ pub fn run(mut cfg: Config) -> Result<(), StartupError> {
         log::debug!("no passthrough without root: file data through the writeback cache");
         cfg.passthrough = false;
     }
-    // Forked first, while nothing but stdio is open (it must hold no layer and no /dev/fuse).
-    let opener = crate::opener::Opener::start(&privilege);
+    // Forked first, while nothing but stdio is open (it must hold no layer and no /dev/fuse);
+    // only copy-up needs it.
+    let opener = if cfg.stack.read_only {
+        None
+    } else {
+        crate::opener::Opener::start(&privilege)
+    };
     let dev = preflight(&cfg, &privilege)?;
     let nofile = sys::raise_nofile_limit();
     // New objects get exactly the mode the kernel asked for (it applied the caller's umask).

@@ -95,9 +95,19 @@ impl Opener {
 
     fn ask(&self, dir: BorrowedFd<'_>, req: &[u8]) -> FsResult<(Vec<u8>, Option<OwnedFd>)> {
         let sock = self.sock.lock().map_err(|_| Errno::EIO)?;
-        sys::send_with_fd(sock.as_fd(), req, Some(dir))?;
+        // A helper that is gone leaves the daemon as it would be without one: EACCES.
+        let gone = |e: Errno| {
+            log::warn!(
+                "the opener is gone ({e}): a file whose mode denies reading cannot be copied up"
+            );
+            Errno(libc::EACCES)
+        };
+        sys::send_with_fd(sock.as_fd(), req, Some(dir)).map_err(gone)?;
         let mut answer = vec![0u8; ANSWER_MAX];
-        let (n, fd) = sys::recv_with_fd(sock.as_fd(), &mut answer)?;
+        let (n, fd) = sys::recv_with_fd(sock.as_fd(), &mut answer).map_err(gone)?;
+        if n == 0 {
+            return Err(gone(Errno(libc::EPIPE)));
+        }
         let code = answer
             .get(..4)
             .filter(|_| n >= 4)
@@ -134,6 +144,9 @@ fn answer(req: &[u8], dir: Option<OwnedFd>) -> FsResult<(Vec<u8>, Option<OwnedFd
 /// The helper process: enters its own user namespace, says whether that worked, then
 /// serves open requests until the daemon's end of the socket closes.
 fn helper(sock: OwnedFd, uid: u32, gid: u32) -> ! {
+    // Out of the terminal's session, so that a hangup or ^C meant for the command that
+    // started the mount does not end the helper of a daemon that lives on.
+    sys::setsid();
     sys::redirect_stdio_to_null();
     let entered = sys::unshare(libc::CLONE_NEWUSER).is_ok()
         && std::fs::write("/proc/self/setgroups", "deny").is_ok()
