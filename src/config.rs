@@ -3,6 +3,8 @@
 
 use crate::cli::MountArgs;
 use crate::error::StartupError;
+use crate::privilege::Privilege;
+use crate::whiteout::Format;
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ pub struct Stack {
     pub durable: bool,
     pub xattr_ns: XattrNs,
     pub read_only: bool,
+    /// `whiteout=chardev|file`: the whiteout format forced (None: decided at mount).
+    pub whiteout: Option<Format>,
 }
 
 /// Everything the daemon needs, validated: the layer stack, and how it is mounted and served.
@@ -140,6 +144,7 @@ pub struct LayerOptions {
     pub userxattr: bool,
     /// `ro`: a generic mount flag, but also what makes the stack read-only.
     pub ro: bool,
+    pub whiteout: Option<Format>,
 }
 
 /// Generic mount(8) and FUSE mount options.
@@ -233,6 +238,21 @@ pub const LAYER_KEYS: &[Key] = &[
         help: "markers in user.overlay.* instead of trusted.overlay.* (the default without CAP_SYS_ADMIN)",
         apply: |o, _| {
             o.layers.userxattr = true;
+            Ok(())
+        },
+    },
+    Key {
+        name: "whiteout",
+        value: Some("chardev|file"),
+        help: "write whiteouts as 0/0 devices or as .wh. files (default: as the upper has them, else devices where they can be made)",
+        apply: |o, v| {
+            let f = Format::parse(v.as_bytes()).ok_or_else(|| {
+                StartupError::new(format!(
+                    "option whiteout={}: expected chardev or file",
+                    one_line(v)
+                ))
+            })?;
+            o.layers.whiteout = Some(f);
             Ok(())
         },
     },
@@ -594,14 +614,19 @@ impl Stack {
     /// Builds a layer stack from `-o` options alone (`lowerdir=...[,upperdir=...]`), as an
     /// offline tool does: the layer keys are read (others are ignored here), and the
     /// directories are checked against the filesystem; no mountpoint is involved.
-    pub fn from_options(args: &[String]) -> Result<Stack, StartupError> {
-        Stack::from_layer_options(&parse_options(args)?.layers)
+    /// `privilege`: who the process runs as (decides the default xattr namespace).
+    pub fn from_options(args: &[String], privilege: &Privilege) -> Result<Stack, StartupError> {
+        Stack::from_layer_options(&parse_options(args)?.layers, privilege)
     }
 
     /// An upperdir without a workdir is accepted here and makes a read-only stack (a tool
     /// only reads); a mount refuses it (`Config::from_args`). A workdir without an upperdir is
-    /// always refused.
-    pub fn from_layer_options(o: &LayerOptions) -> Result<Stack, StartupError> {
+    /// always refused. Markers live in `user.overlay.*` with `userxattr` or when `privilege`
+    /// may not use `trusted.*` xattrs.
+    pub fn from_layer_options(
+        o: &LayerOptions,
+        privilege: &Privilege,
+    ) -> Result<Stack, StartupError> {
         if o.lowerdirs.is_empty() {
             return Err(StartupError::new(
                 "no lowerdir given (-o lowerdir=DIR[:DIR...])",
@@ -646,12 +671,13 @@ impl Stack {
             upperdir: upper.map(|u| u.0),
             workdir: work.map(|w| w.0),
             durable: !o.volatile && o.fsync != Some(false),
-            xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
+            xattr_ns: if o.userxattr || !privilege.may_use_trusted_xattrs() {
                 XattrNs::User
             } else {
                 XattrNs::Trusted
             },
             read_only: !writable,
+            whiteout: o.whiteout,
         })
     }
 
@@ -686,13 +712,14 @@ impl Config {
     /// Builds the configuration from the command line and checks it against the filesystem:
     /// the stack (as `Stack::from_layer_options`), then what only a mount needs: a workdir
     /// beside the upperdir, and a mountpoint that is a directory outside the layers.
-    pub fn from_args(m: &MountArgs) -> Result<Config, StartupError> {
+    /// `privilege`: the one decision of who the daemon runs as (`Privilege::detect`).
+    pub fn from_args(m: &MountArgs, privilege: &Privilege) -> Result<Config, StartupError> {
         let o = parse_options(&m.options)?;
         // A mount writes, so an upper needs its workdir (an offline stack does not).
         if o.layers.upperdir.is_some() && o.layers.workdir.is_none() {
             return Err(StartupError::new("upperdir given without workdir"));
         }
-        let stack = Stack::from_layer_options(&o.layers)?;
+        let stack = Stack::from_layer_options(&o.layers, privilege)?;
         let (mountpoint, _) = check_dir("mountpoint", Path::new(&m.mountpoint))?;
         stack.check_mountpoint(&mountpoint)?;
         let source = m
@@ -707,8 +734,9 @@ impl Config {
             foreground: m.foreground,
             debug: m.debug,
             timeout: Duration::from_secs_f64(o.daemon.timeout.unwrap_or(86400.0)),
-            // As root the merged view is open to every user, as the kernel's overlay is.
-            allow_other: o.mount.allow_other || crate::sys::geteuid() == 0,
+            // As root (also in a user namespace: mount(2) is ours) the merged view is open to
+            // every user, as the kernel's overlay is.
+            allow_other: o.mount.allow_other || privilege.mounts_itself(),
             allow_root: o.mount.allow_root,
             kernel_data: o.mount.kernel_data,
             max_write: o.daemon.max_write,
@@ -853,24 +881,35 @@ mod tests {
     fn stack_without_a_mountpoint() {
         let t = TempDir::new("stack");
         let (l1, l2, u, w) = (t.dir("l1"), t.dir("l2"), t.dir("u"), t.dir("w"));
-        let s = Stack::from_options(&[format!("lowerdir={l1}:{l2}")]).unwrap();
+        let s =
+            Stack::from_options(&[format!("lowerdir={l1}:{l2}")], &Privilege::detect()).unwrap();
         assert_eq!(s.lowerdirs.len(), 2);
         assert!(s.read_only && s.upperdir.is_none());
         // An upper alone is a read-only stack for a tool, and refused for a mount.
-        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u}")]).unwrap();
+        let s = Stack::from_options(
+            &[format!("lowerdir={l1},upperdir={u}")],
+            &Privilege::detect(),
+        )
+        .unwrap();
         assert!(s.read_only && s.upperdir.is_some());
         let m = MountArgs {
             options: vec![format!("lowerdir={l1},upperdir={u}")],
             mountpoint: t.dir("mnt").into(),
             ..MountArgs::default()
         };
-        assert!(Config::from_args(&m).is_err());
-        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u},workdir={w},fsync=0")])
-            .unwrap();
+        assert!(Config::from_args(&m, &Privilege::detect()).is_err());
+        let s = Stack::from_options(
+            &[format!("lowerdir={l1},upperdir={u},workdir={w},fsync=0")],
+            &Privilege::detect(),
+        )
+        .unwrap();
         assert!(!s.read_only && !s.durable);
-        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u},workdir={w},ro")]);
+        let s = Stack::from_options(
+            &[format!("lowerdir={l1},upperdir={u},workdir={w},ro")],
+            &Privilege::detect(),
+        );
         assert!(s.unwrap().read_only);
-        let bad = |o: String| Stack::from_options(&[o]).is_err();
+        let bad = |o: String| Stack::from_options(&[o], &Privilege::detect()).is_err();
         assert!(bad(format!("lowerdir={l1},workdir={w}")));
         assert!(bad(format!("lowerdir={l1},upperdir={u},workdir={u}")));
         assert!(bad(format!("lowerdir={l1},upperdir={l1},workdir={w}")));
@@ -888,15 +927,15 @@ mod tests {
             source: Some("overlay".into()),
             ..MountArgs::default()
         };
-        let c = Config::from_args(&m(t.dir("mnt"))).unwrap();
+        let c = Config::from_args(&m(t.dir("mnt")), &Privilege::detect()).unwrap();
         assert_eq!(c.source, "overlay");
         assert!(!c.stack.read_only);
         assert_eq!(c.mount_flags & libc::MS_RDONLY, 0);
-        assert!(Config::from_args(&m(t.dir("l1/inside"))).is_err());
-        assert!(Config::from_args(&m(t.dir("u/inside"))).is_err());
-        assert!(Config::from_args(&m(w.clone())).is_err());
-        assert!(Config::from_args(&m(format!("{l1}/missing"))).is_err());
+        assert!(Config::from_args(&m(t.dir("l1/inside")), &Privilege::detect()).is_err());
+        assert!(Config::from_args(&m(t.dir("u/inside")), &Privilege::detect()).is_err());
+        assert!(Config::from_args(&m(w.clone()), &Privilege::detect()).is_err());
+        assert!(Config::from_args(&m(format!("{l1}/missing")), &Privilege::detect()).is_err());
         // Over the upper itself is allowed, as with the kernel's overlay.
-        assert!(Config::from_args(&m(u.clone())).is_ok());
+        assert!(Config::from_args(&m(u.clone()), &Privilege::detect()).is_ok());
     }
 }

@@ -26,7 +26,9 @@ pub mod idmap;
 mod inode;
 mod layer;
 pub mod mount;
+mod opener;
 mod overlay;
+pub mod privilege;
 #[allow(unsafe_code)]
 mod sys;
 mod whiteout;
@@ -38,8 +40,11 @@ pub use handle::Fh;
 pub use inode::Ino;
 pub use inode::ROOT_INO;
 pub use layer::LayerIdx;
+pub use opener::Opener;
 pub use overlay::xattr::XattrReply;
 pub use overlay::{
     Caller, Entry, FileRange, LayerInfo, NewNode, Node, OpenOpts, Opened, Overlay, Query, SetAttr,
 };
+pub use privilege::Privilege;
 pub use sys::{Stat, StatFs, TimeSpec};
+pub use whiteout::Format as WhiteoutFormat;

@@ -2,7 +2,7 @@
 //! logging and hands over to `mount`; it is the one place that prints a fatal error and
 //! picks the exit status.
 
-use layover::{cli, config, mount};
+use layover::{cli, config, mount, privilege::Privilege};
 use std::process::ExitCode;
 
 fn init_logging(debug: bool) {
@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         }
         cli::Command::Mount(m) => {
             init_logging(m.debug);
-            let result = config::Config::from_args(&m).and_then(mount::run);
+            // Who the daemon runs as is decided once, here; config and mount ask this.
+            let privilege = Privilege::detect();
+            let result = config::Config::from_args(&m, &privilege)
+                .and_then(|cfg| mount::run(cfg, &privilege));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::error::Errno;
 use crate::handle::Fh;
 use crate::overlay::{Entry, FileRange, NewNode, Overlay, SetAttr, xattr::XattrReply};
+use crate::privilege::Privilege;
 use convert::{FILE_FLAGS, attr, caller, decode_dev, dtype, errno, negative_attr, timespec};
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation,
@@ -36,19 +37,20 @@ use std::time::{Duration, SystemTime};
 pub struct Fs {
     pub ov: Arc<Overlay>,
     ttl: Duration,
-    /// Ask for passthrough at INIT (`passthrough=off` does not).
-    want_passthrough: bool,
+    /// Ask for passthrough at INIT, or why not (`init::passthrough_wish`).
+    want_passthrough: Result<(), &'static str>,
     max_write: Option<u32>,
     /// Passthrough or cached, per open file.
     data: DataPath<BackingId>,
 }
 
 impl Fs {
-    pub fn new(ov: Arc<Overlay>, cfg: &Config) -> Fs {
+    /// `privilege`: who the daemon runs as (passthrough is asked for only as real root).
+    pub fn new(ov: Arc<Overlay>, cfg: &Config, privilege: &Privilege) -> Fs {
         Fs {
             ov,
             ttl: cfg.timeout,
-            want_passthrough: cfg.passthrough,
+            want_passthrough: init::passthrough_wish(cfg.passthrough, privilege.mode),
             max_write: cfg.max_write,
             data: DataPath::default(),
         }

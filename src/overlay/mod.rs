@@ -33,6 +33,8 @@ use crate::inode::{
     RealId,
 };
 use crate::layer::{LayerIdx, Layers};
+use crate::opener::Opener;
+use crate::privilege::Privilege;
 use crate::sys::{self, Stat};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,7 +44,8 @@ use std::sync::atomic::AtomicU64;
 /// What the daemon found it may do, probed once at start.
 #[derive(Clone, Copy, Debug)]
 pub struct Caps {
-    /// mknod of a 0/0 character device works in the upper (else `.wh.` files are written).
+    /// Whiteouts are written as 0/0 character devices and opaque directories marked by xattr
+    /// (else `.wh.NAME` files and `.wh..wh..opq` markers): `work::probe` decides.
     pub whiteout_dev: bool,
     /// renameat2(RENAME_WHITEOUT) works in the upper.
     pub rename_whiteout: bool,
@@ -111,6 +114,8 @@ pub struct Overlay {
     /// "#layover.PID.", the prefix of temporary names in the work directory (made on first
     /// use, after the daemon has forked).
     temp_prefix: std::sync::OnceLock<String>,
+    /// Opens the user's own files whatever their mode, for an ordinary user's daemon.
+    opener: Option<Opener>,
 }
 
 /// The whiteout in the work directory that upper whiteouts are hard links to.
@@ -132,24 +137,42 @@ impl Overlay {
     /// prepares `WORKDIR/work` (created if missing, emptied of a crashed mount's leftovers)
     /// and probes what the upper allows there (0/0 mknod, `RENAME_WHITEOUT`).
     /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
-    pub fn new(cfg: Stack, nofile: u64) -> Result<Overlay, StartupError> {
+    /// `privilege`: the one decision of who the daemon runs as (`Privilege::detect`): whether
+    /// the private clones are tried (real root), the `work` directory's mode, and the core's
+    /// `Privileges` (its ids, whether permission bits stop it). The whiteout format is
+    /// `cfg.whiteout`, else the upper's own, else what the probe finds.
+    /// `opener`: an ordinary user's way to read its own unreadable files (see `opener`).
+    pub fn new(
+        cfg: Stack,
+        nofile: u64,
+        privilege: &Privilege,
+        opener: Option<Opener>,
+    ) -> Result<Overlay, StartupError> {
+        let clone = privilege.clones_mounts();
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
             (Some(u), Some(w)) => {
-                let (ufd, wfd) = crate::layer::open_upper_and_work(u, w).map_err(|e| {
+                let (ufd, wfd) = crate::layer::open_upper_and_work(u, w, clone).map_err(|e| {
                     StartupError::new(format!("cannot open upperdir '{}': {e}", u.display()))
                 })?;
-                (Some((u.as_path(), ufd)), Some(work::prepare(w, wfd)?))
+                let work = work::prepare(w, wfd, privilege)?;
+                (Some((u.as_path(), ufd)), Some(work))
             }
             _ => (None, None),
         };
-        let layers = Layers::open(upper, &cfg.lowerdirs).map_err(|(p, e)| {
+        let layers = Layers::open(upper, &cfg.lowerdirs, clone).map_err(|(p, e)| {
             StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
         })?;
         let caps = match (&work, layers.has_upper) {
-            (Some(w), true) => work::probe(w.as_fd()),
+            (Some(w), true) => {
+                let upper = layers
+                    .get(LayerIdx::TOP)
+                    .map_err(|_| StartupError::new("no layers"))?;
+                work::probe(w.as_fd(), upper.root_fd(), cfg.whiteout)?
+            }
             _ => Caps::NONE,
         };
-        Overlay::build(cfg, layers, work, caps, nofile)
+        let privileges = Privileges::of(privilege);
+        Overlay::build(cfg, layers, work, caps, nofile, privileges, opener)
     }
 
     /// Opens a layer stack for reading only, for offline tools and tests: the upper (when
@@ -160,16 +183,29 @@ impl Overlay {
     /// no privilege beyond reading the layers. (Without the clones, that is as an ordinary
     /// user, reading the upper may update its atimes as any reader's does under relatime:
     /// only lowers are read with `O_NOATIME`.)
+    /// The tool's process decides who it runs as here (`Privilege::detect`, the same
+    /// decision the daemon makes once at start): only whether to try the clones depends on it.
     pub fn open_read_only(stack: &Stack) -> Result<Overlay, StartupError> {
+        let privilege = Privilege::detect();
         let cfg = Stack {
             read_only: true,
             ..stack.clone()
         };
-        let layers =
-            Layers::open_read_only(cfg.upperdir.as_deref(), &cfg.lowerdirs).map_err(|(p, e)| {
+        let clone = privilege.clones_mounts();
+        let layers = Layers::open_read_only(cfg.upperdir.as_deref(), &cfg.lowerdirs, clone)
+            .map_err(|(p, e)| {
                 StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
             })?;
-        Overlay::build(cfg, layers, None, Caps::NONE, READ_ONLY_NOFILE)
+        let privileges = Privileges::of(&privilege);
+        Overlay::build(
+            cfg,
+            layers,
+            None,
+            Caps::NONE,
+            READ_ONLY_NOFILE,
+            privileges,
+            None,
+        )
     }
 
     /// The overlay over opened layers: the root inode (merging every layer's root) and empty
@@ -180,6 +216,8 @@ impl Overlay {
         work: Option<OwnedFd>,
         caps: Caps,
         nofile: u64,
+        privileges: Privileges,
+        opener: Option<Opener>,
     ) -> Result<Overlay, StartupError> {
         let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
         let top = layers
@@ -216,13 +254,14 @@ impl Overlay {
             dirs: DirCache::new(nofile),
             caps,
             temp_seq: AtomicU64::new(0),
-            privileges: Privileges::probe(),
+            privileges,
             ids: IdMap::identity(),
             kernel_cache: Box::new(NoKernelCache),
             link_names: LinkNames::default(),
             detached_attrs: dashmap::DashMap::new(),
             reflink: std::sync::atomic::AtomicBool::new(true),
             temp_prefix: std::sync::OnceLock::new(),
+            opener,
         };
         ov.refresh_root_layers();
         Ok(ov)
@@ -578,38 +617,53 @@ impl Overlay {
 mod work {
     use super::Caps;
     use crate::error::StartupError;
+    use crate::privilege::Privilege;
     use crate::sys;
+    use crate::whiteout::Format;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
     use std::path::Path;
 
     /// Opens the work directory and its `work` subdirectory (as the kernel lays it out),
-    /// emptying the latter of anything a crashed mount left.
-    pub fn prepare(w: &Path, top: OwnedFd) -> Result<OwnedFd, StartupError> {
+    /// emptying the latter of anything a crashed mount left. The kernel makes `work` mode 0,
+    /// which only a daemon that overrides permission bits can use; an ordinary user's is
+    /// 0700 (only its owner, and root, may enter it), set again on one made mode 0 earlier.
+    pub fn prepare(w: &Path, top: OwnedFd, privilege: &Privilege) -> Result<OwnedFd, StartupError> {
         let err = |e| StartupError::new(format!("workdir '{}': {e}", w.display()));
-        match sys::mkdirat(top.as_fd(), c"work", 0o000) {
+        let mode = if privilege.overrides_modes() {
+            0o000
+        } else {
+            0o700
+        };
+        match sys::mkdirat(top.as_fd(), c"work", mode) {
             Ok(()) => {}
-            Err(e) if e == crate::error::Errno::EEXIST => {}
+            Err(e) if e == crate::error::Errno::EEXIST => {
+                if !privilege.overrides_modes() {
+                    sys::fchmodat(top.as_fd(), c"work", mode).map_err(|e| {
+                        StartupError::new(format!(
+                            "workdir '{}': cannot make its 'work' directory usable ({e}): it \
+                             belongs to another user; remove it, or use another workdir",
+                            w.display()
+                        ))
+                    })?;
+                }
+            }
             Err(e) => return Err(err(e)),
         }
         let work = sys::open_dir_at(top.as_fd(), c"work").map_err(err)?;
-        match empty_dir(work.as_fd()) {
-            // Mode 0, as the kernel makes it (by us or by a kernel mount before): a daemon
-            // without CAP_DAC_OVERRIDE (an ordinary user) cannot use it so, and opens it up
-            // to its owner (itself; anyone else's work directory stays refused).
-            Err(e) if e == crate::error::Errno::EACCES => {
-                sys::fchmodat(top.as_fd(), c"work", 0o700).map_err(err)?;
-                empty_dir(work.as_fd()).map_err(err)?;
-            }
-            r => r.map_err(err)?,
-        }
+        empty_dir_keeping(work.as_fd(), Some(FORMAT_RECORD.to_bytes())).map_err(err)?;
         Ok(work)
     }
 
     /// Removes everything inside a directory (not following symlinks).
     pub fn empty_dir(dir: BorrowedFd<'_>) -> crate::error::FsResult<()> {
+        empty_dir_keeping(dir, None)
+    }
+
+    /// Removes everything inside a directory but the entry `keep`.
+    fn empty_dir_keeping(dir: BorrowedFd<'_>, keep: Option<&[u8]>) -> crate::error::FsResult<()> {
         let rd = sys::openat(dir, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         for e in sys::read_dir_entries(rd.as_fd())? {
-            if e.name == b"." || e.name == b".." {
+            if e.name == b"." || e.name == b".." || Some(&*e.name) == keep {
                 continue;
             }
             let name = super::cname(&e.name)?;
@@ -625,19 +679,96 @@ mod work {
         Ok(())
     }
 
-    /// What the upper's filesystem lets us do, tried in the work directory.
-    pub fn probe(work: BorrowedFd<'_>) -> Caps {
+    /// Where a mount that writes `.wh.` files notes it, so that later mounts keep that
+    /// format even where 0/0 devices could be made: one upper never mixes formats by
+    /// accident. (The kernel's format needs no note: it is what the probe picks anyway, and
+    /// a clean unmount leaves `work/` empty then, as the kernel's does.) It lives in `work/`
+    /// (kept when that is emptied at mount) so that a failed first start, which removes
+    /// `work/`, leaves nothing behind.
+    const FORMAT_RECORD: &std::ffi::CStr = c"#layover-whiteout-format";
+
+    fn recorded_format(work: BorrowedFd<'_>) -> Option<Format> {
+        let fd = sys::openat(work, FORMAT_RECORD, libc::O_RDONLY, 0).ok()?;
+        let mut v = Vec::new();
+        sys::read_all(fd.as_fd(), &mut v).ok()?;
+        Format::parse(v.trim_ascii())
+    }
+
+    fn record_format(work: BorrowedFd<'_>, f: Format) -> Result<(), StartupError> {
+        if f == Format::Chardev {
+            let _ = sys::unlinkat(work, FORMAT_RECORD, false); // usually absent
+            return Ok(());
+        }
+        let tmp = c"#layover-whiteout-format.new";
+        let write = || -> crate::error::FsResult<()> {
+            let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY;
+            let fd = sys::openat(work, tmp, flags, 0o600)?;
+            sys::write_all(fd.as_fd(), format!("{}\n", f.name()).as_bytes());
+            sys::renameat2(work, tmp, work, FORMAT_RECORD, 0)
+        };
+        write().map_err(|e| {
+            StartupError::new(format!("workdir: cannot note the whiteout format: {e}"))
+        })
+    }
+
+    /// Without a note, the upper's root tells what it was written with: `.wh.` names (an
+    /// OCI layer, an older rootless mount) or 0/0 devices. (Read without touching its atime,
+    /// which the kernel's mount leaves alone.)
+    fn format_in_upper_root(upper: BorrowedFd<'_>) -> Option<Format> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME;
+        let rd = sys::openat(upper, sys::DOT, flags, 0).ok()?;
+        let entries = sys::read_dir_entries(rd.as_fd()).ok()?;
+        if entries
+            .iter()
+            .any(|e| crate::whiteout::aufs_hidden_name(&e.name).is_some())
+        {
+            return Some(Format::File);
+        }
+        entries
+            .iter()
+            .filter(|e| e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN)
+            .filter_map(|e| super::cname(&e.name).ok())
+            .any(|n| sys::fstatat(upper, &n).is_ok_and(|st| crate::whiteout::is_whiteout_dev(&st)))
+            .then_some(Format::Chardev)
+    }
+
+    /// What the upper's filesystem lets us do, tried in the work directory, and the whiteout
+    /// format: `forced` by the option, else the one this upper was written with, else 0/0
+    /// devices where they can be made (Linux >= 5.8 lets an ordinary user make them), else
+    /// `.wh.` files.
+    pub fn probe(
+        work: BorrowedFd<'_>,
+        upper: BorrowedFd<'_>,
+        forced: Option<Format>,
+    ) -> Result<Caps, StartupError> {
         let name = c"#layover-probe";
-        let whiteout_dev = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
+        let can_mknod = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
         let _ = sys::unlinkat(work, name, false); // only cleans up the probe
+        let recorded = recorded_format(work);
+        let found = recorded.or_else(|| format_in_upper_root(upper));
+        let format = match Format::choose(forced, found, can_mknod) {
+            Ok((f, mixing)) => {
+                if let Some(was) = mixing {
+                    log::warn!(
+                        "this upper holds {} whiteouts; whiteout={} writes the other format too",
+                        was.name(),
+                        f.name()
+                    );
+                }
+                f
+            }
+            Err(why) => return Err(StartupError::new(why)),
+        };
+        record_format(work, format)?;
         let a = c"#layover-probe-a";
-        let rename_whiteout = sys::mknodat(work, a, libc::S_IFREG | 0o600, 0).is_ok()
+        let rename_whiteout = format == Format::Chardev
+            && sys::mknodat(work, a, libc::S_IFREG | 0o600, 0).is_ok()
             && sys::renameat2(work, a, work, name, sys::RENAME_WHITEOUT).is_ok();
         let _ = sys::unlinkat(work, a, false); // probe cleanup: the whiteout left at `a`
         let _ = sys::unlinkat(work, name, false); // probe cleanup: the renamed file
-        Caps {
-            whiteout_dev,
+        Ok(Caps {
+            whiteout_dev: format == Format::Chardev,
             rename_whiteout,
-        }
+        })
     }
 }

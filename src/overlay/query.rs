@@ -166,9 +166,10 @@ impl Query<'_> {
     /// this process (`trusted.*` only with CAP_SYS_ADMIN; never the overlay's private ones).
     pub fn listxattr(&self, path: &Path) -> FsResult<Vec<Vec<u8>>> {
         self.at(path, |inode| {
+            let ids = self.ov.privileges.ids; // this process: the tool asks as itself
             let me = Caller {
-                uid: crate::sys::geteuid(),
-                gid: crate::sys::getegid(),
+                uid: ids.uid,
+                gid: ids.gid,
                 pid: std::process::id(),
                 umask: 0,
             };

@@ -214,6 +214,7 @@ impl Overlay {
             && replaced_merged_dir
         {
             // Merged-empty: only whiteouts are left in it; they go first.
+            let _ = self.open_doomed_dir(at.ndir.as_fd(), &at.ncn); // it goes: no mode to put back
             let sub = sys::open_dir_at(at.ndir.as_fd(), &at.ncn)?;
             super::work::empty_dir(sub.as_fd())?;
         }

@@ -6,10 +6,12 @@
 //! at a time, so a caller that starts from a layer's root fd cannot leave the layer.
 
 mod dirent;
+mod fdpass;
 mod proc;
 mod xattr;
 
 pub use dirent::{RawDirEntry, read_dir_entries};
+pub use fdpass::*;
 pub use proc::*;
 pub use xattr::*;
 
@@ -515,6 +517,13 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> FsResult<StatFs> {
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(mask) }
+}
+
+/// `faccessat(AT_FDCWD, path, mode, AT_EACCESS)`: may the effective ids do `mode`
+/// (`libc::W_OK | libc::X_OK` ...) on `path`?
+pub fn access(path: &CStr, mode: i32) -> FsResult<()> {
+    // SAFETY: NUL-terminated path.
+    cvt(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mode, libc::AT_EACCESS) }).map(drop)
 }
 
 pub fn geteuid() -> u32 {

@@ -132,11 +132,6 @@ pub fn open_fuse_device() -> FsResult<OwnedFd> {
     super::open_path(c"/dev/fuse", libc::O_RDWR)
 }
 
-/// Whether the process may create character devices 0/0 and set trusted.* xattrs.
-pub fn has_cap_sys_admin() -> bool {
-    status_has_cap_sys_admin("/proc/self/status")
-}
-
 /// Whether process `pid` has CAP_SYS_ADMIN in effect (false if it is gone).
 pub fn pid_has_cap_sys_admin(pid: u32) -> bool {
     status_has_cap_sys_admin(&format!("/proc/{pid}/status"))
