@@ -74,10 +74,10 @@ const BASE_DATA: &[(&str, &str)] = &[
     ("data/olddir/sub/c", "old c\n"),
 ];
 
-/// The container's command. The first run makes the changes; every run (the first, the
-/// restarted container, a container of the committed image) then lists /data in the form
-/// [`listing`] gives, so that all views compare with one expected text.
-const SCRIPT: &str = r#"set -e
+/// The container's changes, made by the first run only (the restarted container and a
+/// container of the committed image find /data/new.txt). Every run then lists /data
+/// ([`LIST`]), so that all views compare with one expected text.
+const CHANGES: &str = r#"set -e
 if [ ! -e /data/new.txt ]; then
     echo new > /data/new.txt
     echo more >> /data/append.txt
@@ -88,12 +88,49 @@ if [ ! -e /data/new.txt ]; then
     echo fresh > /data/olddir/fresh.txt
     ln -s renamed.txt /data/link
 fi
-find /data | while read -r p; do
+"#;
+
+/// Lists /data in the form [`listing`] gives (the shell's part of every container's script).
+const LIST: &str = r#"find /data | while read -r p; do
     if [ -L "$p" ]; then echo "l $p -> $(readlink "$p")"
     elif [ -d "$p" ]; then echo "d $(stat -c %a "$p") $p"
     else echo "f $(stat -c %a "$p") $p $(tr '\n' '|' < "$p")"; fi
 done
 "#;
+
+/// A second generation, a container of the committed image, whose lowers now hold whiteouts
+/// and an opaque directory: it brings back a deleted name, deletes a file the committed
+/// layer added, and removes the recreated directory's subdirectory (the first run only).
+const SECOND_SCRIPT: &str = r#"set -e
+if [ -e /data/renamed.txt ]; then
+    echo back > /data/delete.txt
+    rm /data/renamed.txt
+    rmdir /data/olddir/sub
+fi
+"#;
+
+/// /data after [`SECOND_SCRIPT`] (lines sorted when compared).
+const SECOND_DATA: &str = "\
+d 755 /data
+f 644 /data/append.txt lower|more|
+f 644 /data/delete.txt back|
+f 644 /data/keep.txt kept|
+d 755 /data/keepdir
+f 644 /data/keepdir/x x|
+l /data/link -> renamed.txt
+f 644 /data/new.txt new|
+d 755 /data/olddir
+f 644 /data/olddir/fresh.txt fresh|
+";
+
+/// `podman diff` of the second container under /data: against the committed image.
+const SECOND_DIFF: &str = "\
+A /data/delete.txt
+C /data
+C /data/olddir
+D /data/olddir/sub
+D /data/renamed.txt
+";
 
 /// /data after the script, as [`listing`] and the script print it (lines sorted).
 const EXPECTED_DATA: &str = "\
@@ -320,7 +357,11 @@ fn sorted_lines(text: &str) -> String {
 }
 
 fn assert_view(what: &str, got: &str) {
-    let (got, expected) = (sorted_lines(got), sorted_lines(EXPECTED_DATA));
+    assert_listing(what, got, EXPECTED_DATA);
+}
+
+fn assert_listing(what: &str, got: &str, expected: &str) {
+    let (got, expected) = (sorted_lines(got), sorted_lines(expected));
     assert_eq!(
         got, expected,
         "{what}: /data differs from what the container left\n--- got\n{got}--- expected\n{expected}"
@@ -329,7 +370,7 @@ fn assert_view(what: &str, got: &str) {
 
 /// Checks `podman diff`: exactly [`EXPECTED_DIFF`] under /data, and outside it only
 /// additions or changes of podman's own mount targets.
-fn assert_diff(what: &str, diff: &str) {
+fn assert_diff(what: &str, diff: &str, expected: &str) {
     let (data, other): (Vec<&str>, Vec<&str>) =
         diff.lines().filter(|l| !l.is_empty()).partition(|l| {
             l.get(2..)
@@ -337,7 +378,7 @@ fn assert_diff(what: &str, diff: &str) {
         });
     assert_eq!(
         sorted_lines(&data.join("\n")),
-        sorted_lines(EXPECTED_DIFF),
+        sorted_lines(expected),
         "{what}: podman diff under /data\n--- whole diff\n{diff}"
     );
     for line in other {
@@ -709,65 +750,54 @@ fn scenario(label: &str, rootless: bool) {
         tarball,
         BASE_IMAGE,
     ]);
+    let script = format!("{CHANGES}{LIST}");
+    let run = |name: &str, image: &str, script: &str| {
+        let mut args = vec!["run", "--pull=never", "--network", "none"];
+        args.extend(["--name", name, image, "/bin/sh", "-c", script]);
+        s.podman(&args)
+    };
 
     // The changes, made through layover by the container, and /data as it saw it after.
-    let first = s.podman(&[
-        "run",
-        "--name",
-        "work",
-        "--pull=never",
-        "--network",
-        "none",
-        BASE_IMAGE,
-        "/bin/sh",
-        "-c",
-        SCRIPT,
-    ]);
+    let first = run("work", BASE_IMAGE, &script);
     assert_view("the container that made the changes", &first);
 
     // containers-storage mounts the layer and its parent through layover and walks both.
-    assert_diff("podman diff", &s.podman(&["diff", "work"]));
+    let diff = s.podman(&["diff", "work"]);
+    assert_diff("podman diff", &diff, EXPECTED_DIFF);
 
     // A second mount of the same layer: the script only lists this time.
     let again = s.podman(&["start", "--attach", "work"]);
     assert_view("the same container started again", &again);
-    assert_diff(
-        "podman diff after the restart",
-        &s.podman(&["diff", "work"]),
-    );
+    let diff = s.podman(&["diff", "work"]);
+    assert_diff("podman diff after the restart", &diff, EXPECTED_DIFF);
 
     s.podman(&["commit", "work", COMMITTED_IMAGE]);
-    let committed = s.podman(&[
-        "run",
-        "--rm",
-        "--pull=never",
-        "--network",
-        "none",
-        COMMITTED_IMAGE,
-        "/bin/sh",
-        "-c",
-        SCRIPT,
-    ]);
+    // The new image's layer against its parent: both mounted read-only (lowers only), the
+    // new one as containers-storage wrote it from the diff.
+    let diff = s.podman(&["diff", COMMITTED_IMAGE]);
+    assert_diff("podman diff of the committed image", &diff, EXPECTED_DIFF);
+    let committed = run("committed", COMMITTED_IMAGE, &script);
     assert_view("a container of the committed image", &committed);
 
     let export = s.home.join("export.tar");
     s.podman(&["export", "--output", export.to_str().unwrap(), "work"]);
     let unpacked = s.dir.join("export");
     fs::create_dir(&unpacked).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&unpacked)
-            .arg("-xf")
-            .arg(&export),
-        &s.scratch,
-    );
+    let mut untar = Command::new("tar");
+    untar.arg("-C").arg(&unpacked).arg("-xf").arg(&export);
+    run_ok(&mut untar, &s.scratch);
     assert_view("podman export", &listing(&unpacked));
 
-    assert_view(
-        "the kernel's overlayfs on the layer layover wrote",
-        &s.kernel_view("work"),
-    );
+    let kernel = s.kernel_view("work");
+    assert_view("the kernel's overlayfs on the layer layover wrote", &kernel);
+
+    // A second generation over the committed layer's whiteouts and opaque directory.
+    let second = run("second", COMMITTED_IMAGE, &format!("{SECOND_SCRIPT}{LIST}"));
+    assert_listing("the second generation's container", &second, SECOND_DATA);
+    let diff = s.podman(&["diff", "second"]);
+    assert_diff("podman diff of the second generation", &diff, SECOND_DIFF);
+    let again = s.podman(&["start", "--attach", "second"]);
+    assert_listing("the second generation started again", &again, SECOND_DATA);
     eprintln!("podman scenario ({label}) took {:.1?}", start.elapsed());
 }
 
