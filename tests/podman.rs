@@ -555,6 +555,13 @@ impl Session {
                     .arg("/dev/fuse"),
                 &self.scratch,
             );
+            // A bind mount keeps the flags of the mount its source is on: where /tmp is
+            // nodev (a tmpfs often is), the node would open with EACCES.
+            run_ok(
+                self.in_namespace("mount")
+                    .args(["-o", "remount,bind,dev", "/dev/fuse"]),
+                &self.scratch,
+            );
         }
     }
 
