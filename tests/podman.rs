@@ -5,9 +5,11 @@
 //! (no registry is reachable: `podman import`, `--pull=never`, `--network none`); a container
 //! writes a new file, appends to a lower file, deletes one, renames one, deletes a lower
 //! directory and makes it again with other contents, makes a symlink. Then `podman diff`,
-//! `podman start` (a second mount of the same layer), `podman commit`, a container of the
-//! committed image, `podman export`, and the kernel's overlayfs reading the upper layer layover
-//! wrote: each must show exactly the changes, and nothing deleted may come back. With
+//! `podman start` (a second mount of the same layer), `podman commit`, `podman diff` of the
+//! committed image, a container of it, `podman export`, and the kernel's overlayfs reading the
+//! upper layer layover wrote: each must show exactly the changes, and nothing deleted may come
+//! back. A second generation, over the committed layer's whiteouts, brings a deleted name back
+//! and deletes more; its listing and diff are checked too. With
 //! `mount_program` set, containers-storage computes diff and commit by mounting the layer and
 //! its parent through layover and walking both with readdir and lstat, so this checks that
 //! lookup and readdir agree, on a fresh mount too.
@@ -17,9 +19,8 @@
 //! private mount namespace and a pid namespace of the session's own, so podman's mounts never
 //! reach the host's mount table, and what podman leaves running (conmon, layover daemons, the
 //! rootless pause process) is reaped by the namespace's init, a shell the test starts, and
-//! killed with it. (Reaping matters: podman polls conmon's pid after a container exits, and
-//! an orphaned conmon that stays a zombie, as under an init that reaps slowly, costs 20 s per
-//! container.) Rootless, the user `podtest` (made by .ci/run) runs podman inside those
+//! killed with it (this host's init leaves orphans as zombies for a while). Rootless, the
+//! user `podtest` (made by .ci/run) runs podman inside those
 //! namespaces, where a 0666 node for the FUSE device is bound over `/dev/fuse` (the host's
 //! node, mode 0600 here, is never changed). Teardown (also on failure): `podman system
 //! reset`, the namespaces' holder killed (which kills everything in the pid namespace and
@@ -394,10 +395,12 @@ fn assert_diff(what: &str, diff: &str, expected: &str) {
 }
 
 /// A new directory with a short path, /tmp/lpm-LABEL-N. Short on purpose: with the session's
-/// directory 50 characters long, every container of this podman (4.3, conmon 2.1.6) took 20 s
-/// more to be seen as exited (podman waits out a 20 s timer when the exit is not recorded,
-/// which happens when one of conmon's socket or file paths outgrows its limit); at /tmp/pm3
-/// they took a fraction of a second. $TMPDIR is not used for the same reason.
+/// directory 50 characters long, every container of this podman (4.3.1, conmon 2.1.6) took
+/// 20 s more to be seen as exited, with or without layover (podman's debug log: "Exceeded
+/// conmon timeout waiting for container to exit"; conmon had written the exit file, and its
+/// exit command, `podman container cleanup`, exited with 125; the path whose length matters
+/// was not pinned down). With 8 to 17 characters a container takes a fraction of a second.
+/// $TMPDIR is not used for the same reason.
 fn short_temp_dir(label: &str) -> PathBuf {
     let start = SystemTime::now()
         .duration_since(UNIX_EPOCH)
