@@ -709,7 +709,9 @@ impl Session {
 /// Pids of processes whose command line names `dir`: what podman left of this session
 /// (a layover daemon, conmon). Only ours can name our fresh temporary directory.
 fn processes_naming(dir: &Path) -> Vec<i32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
+    // "DIR/": /tmp/lpm-r-12 must not match /tmp/lpm-r-123's processes.
+    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
     let me = std::process::id() as i32;
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
@@ -721,7 +723,11 @@ fn processes_naming(dir: &Path) -> Vec<i32> {
             continue;
         };
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if pid != me && cmdline.windows(needle.len()).any(|w| w == needle) {
+        if pid != me
+            && cmdline
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice())
+        {
             pids.push(pid);
         }
     }
