@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod markers;
 mod support;
 
 use layover::{Caller, Errno, Ino, NewNode, OpenOpts, Overlay, SetAttr, TimeSpec};
