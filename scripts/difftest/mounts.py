@@ -187,6 +187,51 @@ def wait_daemon_exit(pid, timeout=10):
     return False
 
 
+def daemon_exit_time(pid, timeout=10):
+    """Seconds until pid is gone (polled every millisecond), or None if it outlives timeout."""
+    if pid is None:
+        return 0.0
+    t0 = time.monotonic()
+    while True:
+        if not pid_alive(pid):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 >= timeout:
+            return None
+        time.sleep(0.001)
+
+
+def _read(path, limit=4096):
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace").strip()
+    except OSError as e:
+        return "(%s)" % (e.strerror or e)
+
+
+def thread_dump(pid):
+    """What each thread of pid is doing, for a daemon that does not exit: per thread its
+    name, state, wait channel, the syscall it is in (/proc/PID/task/TID/syscall: number and
+    arguments) and its kernel stack (root only). Taken before the daemon is killed."""
+    lines = []
+    if pid is None:
+        return lines
+    status = _read("/proc/%d/status" % pid)
+    keep = ("State", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "VmRSS")
+    lines += [l for l in status.splitlines() if l.split(":")[0] in keep]
+    try:
+        tids = sorted(os.listdir("/proc/%d/task" % pid), key=int)
+    except OSError as e:
+        return lines + ["tasks: %s" % e]
+    for tid in tids:
+        t = "/proc/%d/task/%s/" % (pid, tid)
+        stat = _read(t + "stat")
+        state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+        lines.append("tid %s comm=%s state=%s wchan=%s syscall=%s" % (
+            tid, _read(t + "comm"), state, _read(t + "wchan"), _read(t + "syscall")))
+        lines += ["    " + l for l in _read(t + "stack", 16384).splitlines()]
+    return lines
+
+
 def kill_daemon(pid):
     if pid is not None and pid_alive(pid):
         try:
