@@ -232,6 +232,45 @@ def thread_dump(pid):
     return lines
 
 
+def device_of(mnt):
+    """The 'major:minor' of the filesystem mounted at mnt (for FUSE, its connection)."""
+    dev = None
+    for mp, _, d in mountinfo():
+        if mp == mnt:
+            dev = d
+    return dev
+
+
+def mount_holders(dev):
+    """Where a filesystem is still mounted after our umount: one line per other mount
+    namespace that holds a copy of it (a process that unshared its mount namespace while it
+    was mounted keeps the FUSE connection, and so the daemon, alive until that namespace
+    goes), and whether the connection still exists."""
+    if dev is None:
+        return []
+    lines = []
+    minor = dev.split(":")[-1]
+    if os.path.exists("/sys/fs/fuse/connections/%s" % minor):
+        lines.append("FUSE connection %s still exists (its superblock is still referenced)" % dev)
+    seen = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            ns = os.readlink("/proc/%s/ns/mnt" % pid)
+            if ns in seen:
+                continue
+            with open("/proc/%s/mountinfo" % pid) as f:
+                mps = [l.split()[4] for l in f if l.split()[2] == dev]
+        except (OSError, IndexError):
+            continue
+        seen[ns] = True
+        if mps:
+            lines.append("still mounted in %s (pid %s %s) at %s" % (
+                ns, pid, _read("/proc/%s/comm" % pid), ", ".join(mps[:3])))
+    return lines
+
+
 def kill_daemon(pid):
     if pid is not None and pid_alive(pid):
         try:

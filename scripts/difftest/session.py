@@ -449,14 +449,17 @@ class Case:
         prob = mounts.umount(K.paths["mnt"])
         if prob:
             raise TesterError(prob)
+        dev = mounts.device_of(L.paths["mnt"])
         prob = mounts.umount(L.paths["mnt"])
         if prob:
             return out.diverge("umount", "umount", out.nops, error=prob, log=L.log_tail())
         out.exit_s = mounts.daemon_exit_time(L.pid, 10)
         if out.exit_s is None:
             # Dump the threads while the daemon still lingers: where each one is blocked is
-            # what tells a stuck worker from a missed exit.
-            threads = mounts.thread_dump(L.pid)
+            # what tells a stuck worker from a missed exit; the holders tell a mount that is
+            # still live in another mount namespace (every worker then waits in
+            # fuse_dev_do_read, serving it, as it should).
+            threads = mounts.mount_holders(dev) + mounts.thread_dump(L.pid)
             mounts.kill_daemon(L.pid)
             return out.diverge("umount", "umount:daemon-lingers", out.nops, threads=threads,
                                log=L.log_tail())
