@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_layover");
+/// The binary under test; `LAYOVER_TEST_BIN` picks another (to measure an older build).
+fn bin() -> String {
+    std::env::var("LAYOVER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_layover").into())
+}
 
 /// Runs a command to completion; panics with its output unless it exits 0.
 fn run(program: &str, args: &[&OsStr]) -> String {
@@ -101,7 +104,10 @@ impl Ext4Scratch {
             upper.display(),
             work.display()
         );
-        run(BIN, &["-o".as_ref(), opts.as_ref(), self.mnt.as_os_str()]);
+        run(
+            &bin(),
+            &["-o".as_ref(), opts.as_ref(), self.mnt.as_os_str()],
+        );
         assert!(
             is_mounted(&self.mnt),
             "layover exited 0 but nothing is mounted"
