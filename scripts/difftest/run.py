@@ -348,8 +348,9 @@ def summary(stats, args):
     if stats.exit_times:
         ts = sorted(stats.exit_times)
         pick = lambda q: ts[min(len(ts) - 1, int(q * len(ts)))] * 1000
-        print("daemon exit after umount (ms, %d seeds): median %.2f  p99 %.2f  max %.2f" % (
-            len(ts), pick(0.5), pick(0.99), ts[-1] * 1000))
+        print("daemon exit after umount (ms, %d seeds): median %.2f  p99 %.2f  max %.2f  "
+              "over 10 ms: %d" % (len(ts), pick(0.5), pick(0.99), ts[-1] * 1000,
+                                  sum(1 for t in ts if t > 0.01)))
     if stats.known:
         ks = {}
         for r in stats.known:
