@@ -8,6 +8,8 @@
 //! number survives forget and re-lookup. A copy-up registers the new upper object as an alias
 //! of the old number, so the number also survives copy-up. Numbers that cannot be derived
 //! (inode numbers ≥ 2^56 or an unknown device) come from a counter and are remembered.
+//! Identity is (dev, ino, generation): a number the filesystem reused for a new object is
+//! another object (`RealId`).
 //!
 //! Lock order: a DashMap shard lock is only ever held for a map operation, never across a
 //! syscall. `Inode::state` is a leaf lock: it may be taken under a shard lock (lookup checks
@@ -46,8 +48,9 @@ pub struct RealId {
     pub dev: u64,
     pub ino: u64,
     /// The birth time in nanoseconds where the filesystem keeps one, else `UNKNOWN_GEN`.
-    /// Birth times come from the kernel's coarse clock: two objects that get the same number
-    /// within one clock tick (1 to 4 ms) are not told apart (docs/reliability.md).
+    /// Birth times come from the kernel's coarse clock: an object whose number is reused
+    /// within the clock tick it was created in (about 12 ms on the test machine) is not told
+    /// apart from its successor (docs/reliability.md).
     pub generation: u64,
 }
 
