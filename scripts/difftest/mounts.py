@@ -232,6 +232,23 @@ def thread_dump(pid):
     return lines
 
 
+def private_mount_namespace():
+    """Moves this process (and what it starts later) into a mount namespace of its own with
+    private propagation. Every mount the tester makes is then invisible to other processes:
+    one that unshares its mount namespace meanwhile (a container, `unshare -m`, another test
+    suite) cannot keep a copy of a layover mount, which would keep its FUSE connection and
+    its daemon alive after our umount (a false `umount:daemon-lingers`). Mounts still
+    present when the tester exits go with the namespace. Call before starting any thread.
+    Returns '' or why it could not."""
+    import ctypes
+    CLONE_NEWNS = 0x00020000
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return "unshare(CLONE_NEWNS): %s" % os.strerror(ctypes.get_errno())
+    rc, out = _run(["mount", "--make-rprivate", "/"], timeout=30)
+    return "" if rc == 0 else "mount --make-rprivate /: %s" % out
+
+
 def device_of(mnt):
     """The 'major:minor' of the filesystem mounted at mnt (for FUSE, its connection)."""
     dev = None

@@ -457,6 +457,11 @@ def main():
             print("difftest: no such known-list file %s" % k, file=sys.stderr)
             return 2
 
+    why = mounts.private_mount_namespace()
+    if why:
+        print("difftest: warning: running in the shared mount namespace (%s); a process "
+              "that unshares its namespace during the run can hold a mount and keep its "
+              "daemon alive" % why, file=sys.stderr)
     os.makedirs(args.scratch, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="layover-difftest.", dir=args.scratch)
     os.chmod(scratch, 0o755)
