@@ -561,3 +561,88 @@ pub fn pid_in_group(pid: u32, gid: u32) -> bool {
         .find_map(|l| l.strip_prefix("Groups:"))
         .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(gid)))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    /// `fstatat` is made with statx: every field must read as stat(2) gives it (device
+    /// numbers encoded alike, so that a 0/0 whiteout, st_dev and d_ino keep their meaning),
+    /// and the birth time must be the filesystem's.
+    #[test]
+    fn statx_reads_as_stat() {
+        let root = open_path(c"/", libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        for (name, path) in [
+            (c"", "/"),
+            (c"dev", "/dev"),
+            (c"proc", "/proc"),
+            (c"tmp", "/tmp"),
+        ] {
+            let st = fstatat(root.as_fd(), name).unwrap();
+            let md = std::fs::symlink_metadata(path).unwrap();
+            let want = (
+                md.dev(),
+                md.ino(),
+                md.mode(),
+                md.nlink(),
+                md.uid(),
+                md.gid(),
+            );
+            assert_eq!(
+                (st.dev, st.ino, st.mode, st.nlink, st.uid, st.gid),
+                want,
+                "{path}"
+            );
+            assert_eq!(
+                (st.rdev, st.size, st.blocks),
+                (md.rdev(), md.size() as i64, md.blocks() as i64)
+            );
+            assert_eq!(st.mtime, (md.mtime(), md.mtime_nsec()), "{path}");
+        }
+        let dev = open_path(c"/dev", libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let null = fstatat(dev.as_fd(), c"null").unwrap();
+        let md = std::fs::symlink_metadata("/dev/null").unwrap();
+        assert!(null.is_chr());
+        assert_eq!((null.rdev, null.dev), (md.rdev(), md.dev()));
+        // A symlink is not followed.
+        let proc = open_path(c"/proc", libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let me = fstatat(proc.as_fd(), c"self").unwrap();
+        assert_eq!(me.file_type(), libc::S_IFLNK);
+        // The birth time is the one std reads (also with statx), where there is one.
+        for (name, path) in [(c"tmp", "/tmp"), (c"", "/")] {
+            let st = fstatat(root.as_fd(), name).unwrap();
+            let born = std::fs::symlink_metadata(path).unwrap().created().ok();
+            let born = born.map(|t| {
+                let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+                (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+            });
+            assert_eq!(st.btime, born, "{path}");
+        }
+    }
+
+    #[test]
+    fn dtype_follows_the_file_type() {
+        let types = [
+            (libc::S_IFDIR, libc::DT_DIR),
+            (libc::S_IFREG, libc::DT_REG),
+            (libc::S_IFLNK, libc::DT_LNK),
+            (libc::S_IFCHR, libc::DT_CHR),
+            (libc::S_IFBLK, libc::DT_BLK),
+            (libc::S_IFIFO, libc::DT_FIFO),
+            (libc::S_IFSOCK, libc::DT_SOCK),
+        ];
+        for fmt in 0..16u32 {
+            let kind = fmt << 12;
+            let want = types
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(libc::DT_UNKNOWN, |(_, d)| *d);
+            for perm in [0, 0o777, 0o7777] {
+                assert_eq!(dtype_of_mode(kind | perm), want, "{kind:o} {perm:o}");
+            }
+        }
+    }
+}
