@@ -503,12 +503,12 @@ impl Overlay {
         };
         let mut layers = Vec::new();
         for (layer, l) in self.layers.iter() {
-            let op = self.opacity(l.root.as_fd(), sys::DOT);
+            let marks = self.dir_marks(l.root.as_fd(), sys::DOT);
             layers.push(Presence {
                 layer,
-                xwhiteouts: op == crate::whiteout::Opacity::XWhiteouts,
+                xwhiteouts: marks.xwhiteouts,
             });
-            if op == crate::whiteout::Opacity::Opaque {
+            if marks.opaque {
                 break;
             }
         }

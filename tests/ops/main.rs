@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod identity;
+mod markers;
 mod support;
 
 use layover::{Caller, Errno, Ino, NewNode, OpenOpts, Overlay, Privilege, SetAttr, TimeSpec};
