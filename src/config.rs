@@ -58,6 +58,9 @@ pub struct Config {
     /// Ask the kernel for FUSE passthrough (`passthrough=off` serves file data through the
     /// daemon and its writeback cache, as happens without root or on kernels before 6.9).
     pub passthrough: bool,
+    /// Unmount the mount if the daemon dies (`auto_unmount`, the default; `noauto_unmount`
+    /// leaves a dead mount in place, as libfuse does without `auto_unmount`).
+    pub auto_unmount: bool,
     /// Options we did not recognise (each gets a one-line warning).
     pub unknown: Vec<String>,
 }
@@ -168,6 +171,7 @@ pub struct DaemonOptions {
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    pub auto_unmount: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,6 +315,24 @@ pub const DAEMON_KEYS: &[Key] = &[
         help: "0: serve file data through the daemon and the writeback cache, not FUSE passthrough",
         apply: |o, v| {
             o.daemon.passthrough = Some(bool_value("passthrough", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "auto_unmount",
+        value: None,
+        help: "unmount the mount when the daemon dies, however it dies (the default)",
+        apply: |o, _| {
+            o.daemon.auto_unmount = Some(true);
+            Ok(())
+        },
+    },
+    Key {
+        name: "noauto_unmount",
+        value: None,
+        help: "leave the mount in place when the daemon dies (uses then fail with ENOTCONN)",
+        apply: |o, _| {
+            o.daemon.auto_unmount = Some(false);
             Ok(())
         },
     },
@@ -564,7 +586,19 @@ fn err_path(what: &str, p: &Path, msg: impl std::fmt::Display) -> StartupError {
 
 /// The path must exist and be a directory; returns its canonical form and device.
 fn check_dir(what: &str, p: &Path) -> Result<(PathBuf, u64), StartupError> {
-    let md = std::fs::metadata(p).map_err(|e| err_path(what, p, e))?;
+    let md = std::fs::metadata(p).map_err(|e| match e.raw_os_error() {
+        // A FUSE mount whose daemon is gone (left by a crash, or mounted noauto_unmount).
+        Some(libc::ENOTCONN) => err_path(
+            what,
+            p,
+            format!(
+                "a FUSE mount whose daemon is gone is still there: unmount it first \
+                 (umount -l {0}, or fusermount3 -uz {0} as its user)",
+                p.display()
+            ),
+        ),
+        _ => err_path(what, p, e),
+    })?;
     if !md.is_dir() {
         return Err(err_path(what, p, "not a directory"));
     }
@@ -742,6 +776,7 @@ impl Config {
             max_write: o.daemon.max_write,
             threads: o.daemon.threads,
             passthrough: o.daemon.passthrough != Some(false),
+            auto_unmount: o.daemon.auto_unmount != Some(false),
             unknown: o.unknown,
         })
     }

@@ -16,6 +16,7 @@
 //! Everything else (the inode table, handles, layers, the syscall layer `sys`, the on-disk
 //! format `whiteout`, the FUSE glue) stays crate-private: it may change at any time.
 
+pub mod autounmount;
 pub mod cli;
 pub mod config;
 mod dircache;

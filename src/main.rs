@@ -13,6 +13,10 @@ fn init_logging(debug: bool) {
 }
 
 fn main() -> ExitCode {
+    // Started by a daemon as its auto_unmount watcher (autounmount.rs): only that.
+    if let Some(watcher) = layover::autounmount::watcher_from_env() {
+        watcher.run();
+    }
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let cmd = match cli::parse(&args) {
         Ok(c) => c,

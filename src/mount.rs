@@ -447,6 +447,12 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
             return Err(e);
         }
     };
+    // Forked while the daemon is still single-threaded (the notifier's thread comes next).
+    let watcher = if cfg.auto_unmount {
+        crate::autounmount::start(&cfg.mountpoint, privilege)
+    } else {
+        None
+    };
     kernel_cache.connect(session.notifier());
     announce(&cfg, &ov, privilege);
     // Only root may change the mount's read-ahead window (sysfs); the tuner's stat of the
@@ -459,11 +465,18 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
             sys::redirect_stdio_to_null();
         }
     }
-    serve(&cfg, session, ov, tune_readahead)
+    serve(&cfg, session, ov, tune_readahead, watcher)
 }
 
 /// Serves the live mount until it is unmounted, then exits the process.
-fn serve(cfg: &Config, session: fuser::Session<Fs>, ov: Arc<Overlay>, tune_readahead: bool) -> ! {
+/// `_watcher`: the auto_unmount watcher's pipe, held (never used) until the process ends.
+fn serve(
+    cfg: &Config,
+    session: fuser::Session<Fs>,
+    ov: Arc<Overlay>,
+    tune_readahead: bool,
+    _watcher: Option<OwnedFd>,
+) -> ! {
     spawn_signal_thread(cfg);
     spawn_exit_watcher(&session, Arc::clone(&ov));
     if tune_readahead {

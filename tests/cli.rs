@@ -576,6 +576,75 @@ fn sigterm_unmounts_cleanly() {
     assert_eq!(fs::read(x.upper.join("before")).unwrap(), b"x");
 }
 
+/// A daemon killed outright (SIGKILL: no chance to unmount) takes its mount with it
+/// (`auto_unmount`, the default): the mountpoint becomes a plain directory again instead of a
+/// mount where `stat` succeeds from cached attributes and everything else fails with ENOTCONN.
+#[test]
+fn killed_daemon_is_unmounted() {
+    let env = TestEnv::new("sigkill");
+    let x = dirs(&env);
+    let pid = mount_one(&env, &x);
+    fs::write(x.mnt.join("before"), "x").unwrap();
+    cmd_ok("kill", &[OsStr::new("-KILL"), OsStr::new(&pid.to_string())]);
+    let gone = wait_until(Duration::from_secs(5), || !is_mounted(&x.mnt));
+    assert!(gone, "mount still present 5 s after SIGKILL of the daemon");
+    env.untrack(&x.mnt);
+    let md = fs::metadata(&x.mnt).expect("the mountpoint is a plain directory again");
+    assert!(md.is_dir());
+    assert_eq!(fs::read(x.upper.join("before")).unwrap(), b"x");
+}
+
+/// With `noauto_unmount` a dead daemon's mount stays, but it is seen as dead: `stat MNT` fails
+/// with ENOTCONN once the root's attributes expire (they are kept for at most a second, not
+/// for `timeout`), and mounting over it again says what is there and how to remove it.
+#[test]
+fn dead_mount_is_visible_and_named_when_mounting_over_it() {
+    let env = TestEnv::new("deadmount");
+    let x = dirs(&env);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},noauto_unmount",
+        d(&x.l1),
+        d(&x.upper),
+        d(&x.work)
+    );
+    env.mount_layover(&opts, &x.mnt);
+    let pids = daemon_pids(&x.mnt, false);
+    assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
+    fs::metadata(&x.mnt).unwrap();
+    cmd_ok(
+        "kill",
+        &[OsStr::new("-KILL"), OsStr::new(&pids[0].to_string())],
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || !process_alive(pids[0])),
+        "daemon {} survived SIGKILL",
+        pids[0]
+    );
+    let enotconn =
+        || fs::metadata(&x.mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
+    assert!(
+        wait_until(Duration::from_secs(3), enotconn),
+        "stat of a dead mount's root still succeeds 3 s after its daemon died"
+    );
+    assert!(is_mounted(&x.mnt), "noauto_unmount: the dead mount stays");
+    let again = cmd(
+        &bin().to_string_lossy(),
+        &[OsStr::new("-o"), OsStr::new(&opts), x.mnt.as_os_str()],
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "mounting over a dead mount: {again:?}"
+    );
+    assert!(
+        again.stderr.contains("daemon is gone") && again.stderr.contains("umount -l"),
+        "the error names the dead mount and the fix: {}",
+        again.stderr
+    );
+    cmd_ok("umount", &[OsStr::new("-l"), x.mnt.as_os_str()]);
+    env.untrack(&x.mnt);
+}
+
 /// After `umount MNT` returns, the daemon must have let go of every layer: a tmpfs holding
 /// them unmounts at once, without EBUSY. Twenty rounds, zero failures.
 #[test]

@@ -17,6 +17,7 @@ pub use notify::KernelCacheLink;
 use crate::config::Config;
 use crate::error::Errno;
 use crate::handle::Fh;
+use crate::inode::{Ino, ROOT_INO};
 use crate::overlay::{Entry, FileRange, NewNode, Overlay, SetAttr, xattr::XattrReply};
 use crate::privilege::Privilege;
 use convert::{FILE_FLAGS, attr, caller, decode_dev, dtype, errno, negative_attr, timespec};
@@ -57,7 +58,22 @@ impl Fs {
     }
 }
 
+/// How long the kernel may keep the root's attributes: at most a second, whatever `timeout`
+/// says. `stat MNT` and `mountpoint MNT` answer from them, so with a long cache they would go
+/// on succeeding after the daemon died (while every other use fails with ENOTCONN). A path
+/// walk checks the root's permission bits from them too: one GETATTR a second at most.
+const ROOT_ATTR_TTL: Duration = Duration::from_secs(1);
+
 impl Fs {
+    /// The attribute cache time for `ino`.
+    fn attr_ttl(&self, ino: INodeNo) -> Duration {
+        if Ino::from(ino) == ROOT_INO {
+            self.ttl.min(ROOT_ATTR_TTL)
+        } else {
+            self.ttl
+        }
+    }
+
     fn reply_entry(&self, r: Result<Entry, Errno>, reply: ReplyEntry) {
         match r {
             Ok(e) => reply.entry(&self.ttl, &attr(&e.attr), Generation(0)),
@@ -108,7 +124,7 @@ impl Filesystem for Fs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.ov.getattr(ino.into(), fh.map(Fh::from)) {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino), &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -141,7 +157,7 @@ impl Filesystem for Fs {
             fh: fh.map(Fh::from),
         };
         match self.ov.setattr(ino.into(), a) {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino), &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
