@@ -645,6 +645,76 @@ fn dead_mount_is_visible_and_named_when_mounting_over_it() {
     env.untrack(&x.mnt);
 }
 
+/// A volatile mount marks its work directory as the kernel's does
+/// (`work/incompat/volatile/dirty`). Ended cleanly, it syncs the upper and removes the mark:
+/// the next mount takes the upper. Killed, it leaves the mark, and then layover refuses the
+/// work directory with one line naming it, as the kernel's overlayfs refuses it.
+#[test]
+fn volatile_mark_refuses_a_work_directory_a_crash_left() {
+    let env = TestEnv::new("volatile");
+    let x = dirs(&env);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},volatile",
+        d(&x.l1),
+        d(&x.upper),
+        d(&x.work)
+    );
+    let mark = x.work.join("work/incompat/volatile/dirty");
+    env.mount_layover(&opts, &x.mnt);
+    assert!(mark.exists(), "a volatile mount is marked while it lasts");
+    fs::write(x.mnt.join("f"), "data").unwrap();
+    let pid = daemon_pids(&x.mnt, false)[0];
+    umount_retrying(&x.mnt);
+    env.untrack(&x.mnt);
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(pid)));
+    assert!(
+        !x.work.join("work/incompat").exists(),
+        "a clean end removes the mark"
+    );
+    assert_eq!(fs::read(x.upper.join("f")).unwrap(), b"data");
+
+    env.mount_layover(&opts, &x.mnt);
+    let pid = daemon_pids(&x.mnt, false)[0];
+    cmd_ok("kill", &[OsStr::new("-KILL"), OsStr::new(&pid.to_string())]);
+    assert!(wait_until(Duration::from_secs(5), || !is_mounted(&x.mnt)));
+    env.untrack(&x.mnt);
+    assert!(mark.exists(), "a killed volatile mount leaves its mark");
+    let again = cmd(
+        &bin().to_string_lossy(),
+        &[OsStr::new("-o"), OsStr::new(&opts), x.mnt.as_os_str()],
+    );
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(
+        again.stderr.contains("work/incompat/volatile") && !again.stderr.trim().contains('\n'),
+        "one line naming the mark: {}",
+        again.stderr
+    );
+    assert!(!is_mounted(&x.mnt));
+    let kernel = cmd(
+        "mount",
+        &[
+            OsStr::new("-t"),
+            OsStr::new("overlay"),
+            OsStr::new("-o"),
+            OsStr::new(&format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d(&x.l1),
+                d(&x.upper),
+                d(&x.work)
+            )),
+            OsStr::new("overlay"),
+            x.mnt.as_os_str(),
+        ],
+    );
+    if kernel.ok() {
+        umount_retrying(&x.mnt);
+    }
+    assert!(
+        !kernel.ok(),
+        "the kernel's overlayfs refuses the marked work directory too"
+    );
+}
+
 /// After `umount MNT` returns, the daemon must have let go of every layer: a tmpfs holding
 /// them unmounts at once, without EBUSY. Twenty rounds, zero failures.
 #[test]

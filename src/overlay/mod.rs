@@ -154,7 +154,8 @@ impl Overlay {
                 let (ufd, wfd) = crate::layer::open_upper_and_work(u, w, clone).map_err(|e| {
                     StartupError::new(format!("cannot open upperdir '{}': {e}", u.display()))
                 })?;
-                let work = work::prepare(w, wfd, privilege)?;
+                let volatile = !cfg.durable && !cfg.read_only;
+                let work = work::prepare(w, wfd, privilege, volatile)?;
                 (Some((u.as_path(), ufd)), Some(work))
             }
             _ => (None, None),
@@ -595,6 +596,23 @@ impl Overlay {
     pub fn cleanup_work(&self) {
         if let Ok(work) = self.work_fd() {
             let _ = sys::unlinkat(work, SHARED_WHITEOUT, false); // absent when never made
+            if !self.cfg.durable && !self.read_only() {
+                self.end_volatile(work);
+            }
+        }
+    }
+
+    /// A volatile mount that ends cleanly syncs the upper's filesystem and removes its mark
+    /// (`work/incompat/volatile`), so that the next mount, the kernel's too, takes the upper.
+    /// If the sync fails the mark stays: the writes may not all be on disk.
+    fn end_volatile(&self, work: std::os::fd::BorrowedFd<'_>) {
+        let upper = self.layers.get(LayerIdx::TOP).map(|l| l.root_fd());
+        let r = upper.and_then(|u| work::unmark_volatile(work, u));
+        if let Err(e) = r {
+            log::warn!(
+                "volatile mount: the upper could not be synced or its mark removed ({e}): \
+                 the next mount will refuse this work directory"
+            );
         }
     }
 
@@ -627,7 +645,13 @@ mod work {
     /// emptying the latter of anything a crashed mount left. The kernel makes `work` mode 0,
     /// which only a daemon that overrides permission bits can use; an ordinary user's is
     /// 0700 (only its owner, and root, may enter it), set again on one made mode 0 earlier.
-    pub fn prepare(w: &Path, top: OwnedFd, privilege: &Privilege) -> Result<OwnedFd, StartupError> {
+    /// `volatile`: the mount skips syncs; its mark is made (see `mark_volatile`).
+    pub fn prepare(
+        w: &Path,
+        top: OwnedFd,
+        privilege: &Privilege,
+        volatile: bool,
+    ) -> Result<OwnedFd, StartupError> {
         let err = |e| StartupError::new(format!("workdir '{}': {e}", w.display()));
         let mode = if privilege.overrides_modes() {
             0o000
@@ -650,8 +674,62 @@ mod work {
             Err(e) => return Err(err(e)),
         }
         let work = sys::open_dir_at(top.as_fd(), c"work").map_err(err)?;
+        refuse_unclean_volatile(w, work.as_fd())?;
         empty_dir_keeping(work.as_fd(), Some(FORMAT_RECORD.to_bytes())).map_err(err)?;
+        if volatile {
+            mark_volatile(work.as_fd(), mode).map_err(err)?;
+        }
         Ok(work)
+    }
+
+    /// The kernel's mark of a volatile mount: `work/incompat/volatile/dirty`. The kernel makes
+    /// it at every volatile mount and refuses any later mount while it is there (it cannot
+    /// tell a crash from a clean unmount). layover makes it too, and removes it when the mount
+    /// ends cleanly, after syncing the upper; a crash leaves it, and then layover and the
+    /// kernel both refuse the work directory.
+    const INCOMPAT: &std::ffi::CStr = c"incompat";
+    const VOLATILE: &std::ffi::CStr = c"volatile";
+    const DIRTY: &std::ffi::CStr = c"dirty";
+
+    /// Refuses a work directory that holds a volatile mount's mark.
+    fn refuse_unclean_volatile(w: &Path, work: BorrowedFd<'_>) -> Result<(), StartupError> {
+        let Ok(incompat) = sys::open_dir_at(work, INCOMPAT) else {
+            return Ok(());
+        };
+        if sys::fstatat(incompat.as_fd(), VOLATILE).is_err() {
+            return Ok(());
+        }
+        Err(StartupError::new(format!(
+            "workdir '{}': it holds work/incompat/volatile, left by a volatile mount of this \
+             upper (the kernel's overlayfs or layover) that did not end cleanly: writes to the \
+             upper may be lost, and the kernel refuses it too. Start again with an empty upper \
+             and work directory or, if you know the upper is intact, remove '{}'",
+            w.display(),
+            w.join("work/incompat/volatile").display()
+        )))
+    }
+
+    /// Makes the volatile mark (directories of `mode`, as `work` itself).
+    fn mark_volatile(work: BorrowedFd<'_>, mode: u32) -> crate::error::FsResult<()> {
+        sys::mkdirat(work, INCOMPAT, mode)?;
+        let incompat = sys::open_dir_at(work, INCOMPAT)?;
+        sys::mkdirat(incompat.as_fd(), VOLATILE, mode)?;
+        let volatile = sys::open_dir_at(incompat.as_fd(), VOLATILE)?;
+        sys::mknodat(volatile.as_fd(), DIRTY, libc::S_IFREG, 0)
+    }
+
+    /// Syncs the upper's filesystem (`upper`: its root), then removes the volatile mark.
+    pub fn unmark_volatile(
+        work: BorrowedFd<'_>,
+        upper: BorrowedFd<'_>,
+    ) -> crate::error::FsResult<()> {
+        let root = sys::openat(upper, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        sys::syncfs(root.as_fd())?;
+        let incompat = sys::open_dir_at(work, INCOMPAT)?;
+        let volatile = sys::open_dir_at(incompat.as_fd(), VOLATILE)?;
+        sys::unlinkat(volatile.as_fd(), DIRTY, false)?;
+        sys::unlinkat(incompat.as_fd(), VOLATILE, true)?;
+        sys::unlinkat(work, INCOMPAT, true)
     }
 
     /// Removes everything inside a directory (not following symlinks).

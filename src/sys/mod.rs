@@ -377,6 +377,12 @@ pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> FsResult<()> {
     retry(|| cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }).map(drop))
 }
 
+/// `syncfs(2)`: writes out the whole filesystem that `fd` is on.
+pub fn syncfs(fd: BorrowedFd<'_>) -> FsResult<()> {
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> FsResult<()> {
     retry(|| {
         // SAFETY: valid fd.
