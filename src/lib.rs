@@ -24,6 +24,7 @@ mod fuse;
 mod handle;
 pub mod idmap;
 mod inode;
+pub mod inspect;
 mod layer;
 pub mod mount;
 mod overlay;
@@ -40,6 +41,7 @@ pub use inode::ROOT_INO;
 pub use layer::LayerIdx;
 pub use overlay::xattr::XattrReply;
 pub use overlay::{
-    Caller, Entry, FileRange, LayerInfo, NewNode, Node, OpenOpts, Opened, Overlay, Query, SetAttr,
+    Caller, Entry, FileRange, InoOrigin, LayerDir, LayerInfo, LayerObj, NewNode, Node, OpaqueBy,
+    OpenOpts, Opened, Overlay, Query, SetAttr, WhiteoutKind,
 };
 pub use sys::{Stat, StatFs, TimeSpec};
