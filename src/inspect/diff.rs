@@ -7,7 +7,7 @@
 //! below" exactly when a mount of the lowers would show it. Only objects that both sides
 //! hold are compared field by field, on the real objects.
 
-use super::output::{Json, show, show_path, type_name};
+use super::output::{Json, show_path, type_name};
 use super::{Outcome, io_error, write_error};
 use crate::config::{Stack, XattrNs};
 use crate::error::{Errno, FsResult, StartupError};
@@ -459,6 +459,5 @@ pub fn run(
     }
     r?;
     out.flush().map_err(write_error)?;
-    let _ = show; // names are shown through show_path
     Ok(Outcome::Clean)
 }

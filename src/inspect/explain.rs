@@ -267,7 +267,6 @@ fn hides_below(x: &Explanation, i: usize) -> String {
 }
 
 fn fill_node(q: &Query<'_>, x: &mut Explanation, node: &Node) -> FsResult<()> {
-    let ns = q.xattr_ns();
     let Some(top) = node.layers.first().map(|l| l.index()) else {
         return Ok(());
     };
@@ -306,7 +305,6 @@ fn fill_node(q: &Query<'_>, x: &mut Explanation, node: &Node) -> FsResult<()> {
             }
         }
         x.whiteouts.sort();
-        let _ = ns;
     }
     Ok(())
 }
@@ -459,7 +457,6 @@ pub fn render_text(x: &Explanation) -> String {
             x.here[i],
             x.role[i]
         );
-        let _ = width;
     }
     if !x.entries.is_empty() || !x.whiteouts.is_empty() {
         render_entries(x, &mut s);
