@@ -786,3 +786,279 @@ fn explain_and_diff_agree_with_the_kernel_on_random_stacks() {
         "too little compared: {paths} paths, {changes} changes"
     );
 }
+
+// ---- check ------------------------------------------------------------------------------------
+
+fn setfattr(p: &Path, name: &str, value: &str) {
+    sh(
+        "setfattr",
+        &[
+            "-n".as_ref(),
+            name.as_ref(),
+            "-v".as_ref(),
+            value.as_ref(),
+            p.as_os_str(),
+        ],
+    );
+}
+
+fn mknod_whiteout(p: &Path) {
+    sh(
+        "mknod",
+        &[p.as_os_str(), "c".as_ref(), "0".as_ref(), "0".as_ref()],
+    );
+}
+
+/// (code, path, fixable, fixed) of each finding.
+fn check_json(opts: &str, fix: bool) -> (i32, Vec<(String, String, bool, String)>) {
+    let mut args: Vec<&OsStr> = vec![
+        "check".as_ref(),
+        "--json".as_ref(),
+        "-o".as_ref(),
+        opts.as_ref(),
+    ];
+    if fix {
+        args.push("--fix".as_ref());
+    }
+    let r = layover(&args);
+    assert!(
+        r.code == 0 || r.code == 1,
+        "check failed ({}): {}",
+        r.code,
+        r.stderr
+    );
+    let v = r
+        .stdout
+        .lines()
+        .map(|l| {
+            (
+                json_field(l, "code").unwrap().to_string(),
+                unjson(json_field(l, "path").unwrap()),
+                json_field(l, "fixable").unwrap() == "true",
+                json_field(l, "fixed").unwrap().to_string(),
+            )
+        })
+        .collect();
+    (r.code, v)
+}
+
+/// Every file below `root` with its content (or link target, or type and rdev): what must
+/// not change where --fix has nothing to do.
+fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    walk(root)
+        .into_iter()
+        .map(|(p, t)| {
+            let full = root.join(OsStr::from_bytes(&p));
+            let v = match t {
+                'f' => fs::read(&full).unwrap(),
+                'l' => fs::read_link(&full).unwrap().into_os_string().into_vec(),
+                t => format!("{t}{}", fs::symlink_metadata(&full).unwrap().rdev()).into_bytes(),
+            };
+            (p, v)
+        })
+        .collect()
+}
+
+/// Plants every fault check knows in a fresh stack.
+fn faulty(s: &Scratch) -> Stack {
+    let (l0, u, w) = (s.path("l0"), s.path("u"), s.path("w"));
+    for d in [
+        "l0/op",
+        "l0/dir",
+        "u/op",
+        "u/both",
+        "u/aufsop",
+        "u/redir",
+        "u/xdir",
+        "w/work/sub",
+        "w/work/incompat/volatile",
+    ] {
+        fs::create_dir_all(s.path(d)).unwrap();
+    }
+    for f in [
+        "l0/op/a",
+        "l0/gone",
+        "l0/dev-gone",
+        "l0/keep",
+        "l0/data",
+        "l0/aufsop/x",
+    ] {
+        fs::create_dir_all(s.path(f).parent().unwrap()).unwrap();
+        fs::write(s.path(f), "lower data\n").unwrap();
+    }
+    // A whiteout inside an opaque directory.
+    setfattr(&u.join("op"), "trusted.overlay.opaque", "y");
+    mknod_whiteout(&u.join("op/a"));
+    // .wh.X beside a live X: an empty marker (fixable) and one with data (never removed).
+    fs::write(u.join("keep"), "user data\n").unwrap();
+    fs::write(u.join(".wh.keep"), "").unwrap();
+    fs::write(u.join("data"), "user data\n").unwrap();
+    fs::write(u.join(".wh.data"), "precious\n").unwrap();
+    // Markers in both namespaces.
+    setfattr(&u.join("both"), "trusted.overlay.opaque", "y");
+    setfattr(&u.join("both"), "user.overlay.opaque", "y");
+    // Mixed whiteout formats in one upper: a 0/0 device, a .wh. file, an opaque marker.
+    mknod_whiteout(&u.join("dev-gone"));
+    fs::write(u.join(".wh.gone"), "").unwrap();
+    fs::write(u.join("aufsop/.wh..wh..opq"), "").unwrap();
+    // Leftovers in the workdir, and a volatile mount's marker.
+    fs::write(w.join("work/#1a2b"), "staged").unwrap();
+    fs::write(w.join("work/sub/f"), "staged").unwrap();
+    // Redirect and metacopy markers.
+    setfattr(&u.join("redir"), "trusted.overlay.redirect", "/dir");
+    fs::write(u.join("meta"), "").unwrap();
+    setfattr(&u.join("meta"), "trusted.overlay.metacopy", "");
+    // An xattr whiteout outside an opaque=x directory, an unknown opaque value, a whiteout
+    // that hides nothing.
+    fs::write(u.join("stray"), "").unwrap();
+    setfattr(&u.join("stray"), "trusted.overlay.whiteout", "y");
+    setfattr(&u.join("xdir"), "trusted.overlay.opaque", "n");
+    mknod_whiteout(&u.join("nothing"));
+    Stack {
+        lowers: vec![l0],
+        upper: u,
+        work: w,
+        userxattr: false,
+    }
+}
+
+#[test]
+fn check_finds_every_planted_fault_and_fix_repairs_the_safe_ones() {
+    require_root();
+    let s = Scratch::new("check");
+    let stack = faulty(&s);
+    let opts = stack.option(true);
+    let lower_before = snapshot(&stack.lowers[0]);
+    let (code, found) = check_json(&opts, false);
+    assert_eq!(code, 1);
+    let has = |code: &str, path: &str| found.iter().find(|f| f.0 == code && f.1 == path);
+    let expect = [
+        ("whiteout-in-opaque-dir", "/op/a", true),
+        ("aufs-whiteout-beside-entry", "/.wh.keep", true),
+        ("aufs-whiteout-beside-entry", "/.wh.data", false),
+        ("markers-in-both-namespaces", "/both", false),
+        ("mixed-whiteout-formats", "/.wh.gone", true),
+        ("mixed-whiteout-formats", "/aufsop/.wh..wh..opq", true),
+        ("workdir-leftovers", "/work", true),
+        ("workdir-volatile", "/work/incompat/volatile", false),
+        ("redirect-marker", "/redir", false),
+        ("metacopy-marker", "/meta", false),
+        ("stray-xattr-whiteout", "/stray", false),
+        ("bad-opaque-value", "/xdir", false),
+        ("useless-whiteout", "/nothing", true),
+    ];
+    for (code, path, fixable) in expect {
+        let f = has(code, path).unwrap_or_else(|| panic!("{code} at {path} not found: {found:#?}"));
+        assert_eq!(f.2, fixable, "{code} at {path}: fixable");
+    }
+    // A clean layer has no findings: the lower here is clean.
+    assert!(
+        found
+            .iter()
+            .all(|f| f.1 != "/" || f.0 == "workdir-leftovers"),
+        "{found:#?}"
+    );
+
+    let (code, fixed) = check_json(&opts, true);
+    assert_eq!(code, 1, "errors that cannot be fixed remain");
+    for (code, path, fixable) in expect {
+        let f = fixed.iter().find(|f| f.0 == code && f.1 == path).unwrap();
+        assert_eq!(f.3 == "true", fixable, "{code} at {path}: fixed = {}", f.3);
+    }
+    let u = &stack.upper;
+    // Repaired on disk.
+    assert!(fs::symlink_metadata(u.join("op/a")).is_err());
+    assert!(fs::symlink_metadata(u.join(".wh.keep")).is_err());
+    assert!(fs::symlink_metadata(u.join("nothing")).is_err());
+    let gone = fs::symlink_metadata(u.join("gone")).unwrap();
+    assert!(
+        gone.file_type().is_char_device() && gone.rdev() == 0,
+        ".wh.gone became a 0/0 device"
+    );
+    assert!(fs::symlink_metadata(u.join(".wh.gone")).is_err());
+    assert!(fs::symlink_metadata(u.join("aufsop/.wh..wh..opq")).is_err());
+    let v = Command::new("getfattr")
+        .args(["--only-values", "-n", "trusted.overlay.opaque"])
+        .arg(u.join("aufsop"))
+        .output()
+        .unwrap();
+    assert_eq!(v.stdout, b"y", "the opaque marker became the xattr");
+    let left: Vec<_> = fs::read_dir(stack.work.join("work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![OsString::from("incompat")],
+        "leftovers removed, incompat kept"
+    );
+    assert!(stack.work.join("work/incompat/volatile").exists());
+    // User data untouched, the lower untouched.
+    assert_eq!(fs::read(u.join("keep")).unwrap(), b"user data\n");
+    assert_eq!(fs::read(u.join(".wh.data")).unwrap(), b"precious\n");
+    assert_eq!(fs::read(u.join("data")).unwrap(), b"user data\n");
+    assert!(u.join("meta").exists() && u.join("redir").exists() && u.join("stray").exists());
+    assert_eq!(snapshot(&stack.lowers[0]), lower_before);
+    // What was fixed is gone from a new check; what was not is still there.
+    let (_, again) = check_json(&opts, false);
+    for (code, path, fixable) in expect {
+        let present = again.iter().any(|f| f.0 == code && f.1 == path);
+        assert_eq!(
+            present, !fixable,
+            "{code} at {path} after --fix: {again:#?}"
+        );
+    }
+}
+
+#[test]
+fn check_fix_is_refused_while_the_layers_are_mounted() {
+    require_root();
+    let s = Scratch::new("busy");
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    for d in [&l, &u, &w, &m] {
+        fs::create_dir_all(d).unwrap();
+    }
+    mknod_whiteout(&u.join("nothing")); // a fixable finding
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        opt_path(&l),
+        opt_path(&u),
+        opt_path(&w)
+    );
+    sh(
+        "mount",
+        &[
+            "-t".as_ref(),
+            "overlay".as_ref(),
+            "overlay".as_ref(),
+            "-o".as_ref(),
+            opts.as_ref(),
+            m.as_os_str(),
+        ],
+    );
+    let guard = Mounted(m.clone());
+    let r = layover(&[
+        "check".as_ref(),
+        "--fix".as_ref(),
+        "-o".as_ref(),
+        opts.as_ref(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("--fix refused") && r.stderr.contains("kernel overlay"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        fs::symlink_metadata(u.join("nothing")).is_ok(),
+        "nothing was changed"
+    );
+    drop(guard);
+    let (_, fixed) = check_json(&opts, true);
+    assert!(
+        fixed
+            .iter()
+            .any(|f| f.0 == "useless-whiteout" && f.3 == "true"),
+        "{fixed:?}"
+    );
+}

@@ -617,7 +617,7 @@ impl Fixer {
                 let marker = cn(crate::whiteout::OPAQUE_MARKER)?;
                 sys::fstatat(d.as_fd(), &marker).map_err(|_| changed())?;
                 let name = crate::whiteout::xattr_names(self.ns).opaque;
-                sys::setxattrat(d.as_fd(), sys::EMPTY, name, b"y", 0).map_err(err)?;
+                sys::setxattrat(d.as_fd(), sys::DOT, name, b"y", 0).map_err(err)?;
                 sys::unlinkat(d.as_fd(), &marker, false).map_err(err)
             }
             Fix::EmptyWork => self.empty_work(),
