@@ -1062,3 +1062,94 @@ fn check_fix_is_refused_while_the_layers_are_mounted() {
         "{fixed:?}"
     );
 }
+
+// ---- a live layover mount --------------------------------------------------------------------
+
+#[test]
+fn tools_on_a_live_layover_mount_read_the_daemons_layers() {
+    require_root();
+    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is needed");
+    let s = Scratch::new("live");
+    let stack = handmade(&s);
+    let mnt = s.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let opts = stack.option(true);
+    let r = layover(&["-o".as_ref(), opts.as_ref(), mnt.as_os_str()]);
+    assert_eq!(r.code, 0, "mount: {}", r.stderr);
+    let _guard = Mounted(mnt.clone());
+    let offline = stack.option(false);
+    // explain, given paths inside the mount, as offline with -o.
+    let live = layover(&[
+        "explain".as_ref(),
+        mnt.join("etc/hosts").as_os_str(),
+        mnt.join("var/log").as_os_str(),
+    ]);
+    let off = layover(&[
+        "explain".as_ref(),
+        "-o".as_ref(),
+        offline.as_ref(),
+        "/etc/hosts".as_ref(),
+        "/var/log".as_ref(),
+    ]);
+    assert_eq!(
+        (live.code, &live.stdout),
+        (off.code, &off.stdout),
+        "{}",
+        live.stderr
+    );
+    assert!(
+        live.stdout.contains("/etc/hosts: regular file"),
+        "{}",
+        live.stdout
+    );
+    // diff and check, given the mountpoint.
+    let live = layover(&["diff".as_ref(), mnt.as_os_str()]);
+    let off = layover(&["diff".as_ref(), "-o".as_ref(), offline.as_ref()]);
+    assert_eq!(live.code, 0, "{}", live.stderr);
+    assert_eq!(live.stdout, off.stdout);
+    assert!(live.stdout.contains("D /var/log"), "{}", live.stdout);
+    let r = layover(&["check".as_ref(), mnt.as_os_str()]);
+    assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
+    let r = layover(&["check".as_ref(), "--fix".as_ref(), mnt.as_os_str()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    // A path outside any layover mount, and a directory that is not one.
+    let r = layover(&["explain".as_ref(), s.0.as_os_str()]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("not inside a layover mount"),
+        "{}",
+        r.stderr
+    );
+    let r = layover(&["diff".as_ref(), s.0.as_os_str()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("is not a layover mount"), "{}", r.stderr);
+}
+
+#[test]
+fn usage_errors_and_help() {
+    for args in [
+        &["explain"][..],
+        &["diff"],
+        &["check"],
+        &["diff", "-o", "lowerdir=/nonexistent-layer"],
+    ] {
+        let argv: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let r = layover(&argv);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("layover: "), "{args:?}: {}", r.stderr);
+    }
+    for tool in ["explain", "diff", "check"] {
+        let r = layover(&[tool.as_ref(), "--help".as_ref()]);
+        assert_eq!(r.code, 0);
+        assert!(
+            r.stdout.contains("Exit status") && r.stdout.contains("--json"),
+            "{}",
+            r.stdout
+        );
+    }
+    let r = layover(&["export".as_ref()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
+}
