@@ -69,9 +69,14 @@ const BROKEN_PIPE: &str = "writing the output: broken pipe";
 
 fn run_tool(tool: &crate::cli::Tool) -> Result<Outcome, StartupError> {
     use crate::cli::Tool;
-    let mut out = std::io::stdout().lock();
+    // Buffered: a diff of a large upper writes a line per change.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     match tool {
-        Tool::Explain(a) => explain::run(a, &mut out),
+        Tool::Explain(a) => {
+            let r = explain::run(a, &mut out);
+            std::io::Write::flush(&mut out).map_err(write_error)?;
+            r
+        }
         Tool::Diff(a) => {
             let src = Source {
                 options: a.stack.options.clone(),
@@ -89,7 +94,9 @@ fn run_tool(tool: &crate::cli::Tool) -> Result<Outcome, StartupError> {
                     "--fix is refused on a live mount: unmount it and give the layers with -o",
                 ));
             }
-            check::run(&src.stack()?, a.fix, a.stack.json, &mut out)
+            let r = check::run(&src.stack()?, a.fix, a.stack.json, &mut out);
+            std::io::Write::flush(&mut out).map_err(write_error)?;
+            r
         }
         Tool::Export(_) | Tool::Stats(_) => Err(StartupError::new(format!(
             "{}: not implemented yet",
