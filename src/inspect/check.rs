@@ -245,7 +245,7 @@ impl Checker<'_> {
                         comps,
                         format!(
                             "{} stands beside a live {} in the same layer: layover shows {} \
-                             (a directory merged with the lowers), the kernel shows both \
+                             (a directory there merges with the lowers), the kernel shows both \
                              names, and OCI tools applying this layer delete the lower {} first",
                             show(&name),
                             show(hides),
@@ -680,6 +680,17 @@ pub fn fix(stack: &Stack, findings: &mut [Finding]) -> Result<(), StartupError> 
     for f in findings.iter_mut() {
         if let Some(x) = &f.fix {
             f.fixed = Some(fixer.apply(x));
+        }
+    }
+    // Another finding about an object a repair removed is settled with it.
+    let removed: Vec<(String, String)> = findings
+        .iter()
+        .filter(|f| matches!(f.fix, Some(Fix::Remove { .. })) && f.fixed == Some(Ok(())))
+        .map(|f| (f.layer.clone(), f.path.clone()))
+        .collect();
+    for f in findings.iter_mut().filter(|f| f.fix.is_none()) {
+        if removed.contains(&(f.layer.clone(), f.path.clone())) {
+            f.fixed = Some(Ok(()));
         }
     }
     Ok(())

@@ -69,13 +69,14 @@ impl Item {
             Change::Type { from, to } => {
                 format!("  type: {} -> {}", type_name(*from), type_name(*to))
             }
-            Change::Deleted(k) => format!("  ({})", super::explain::whiteout_kind(*k)),
+            Change::Deleted(k) => format!("  {}", super::explain::whiteout_kind(*k)),
             Change::Opaque { by, hidden } => {
                 let by = match by {
                     OpaqueBy::Xattr => "overlay.opaque=y",
                     OpaqueBy::AufsMarker => ".wh..wh..opq",
                 };
-                format!("  opaque directory ({by}), hides {hidden} lower entries")
+                let s = if *hidden == 1 { "entry" } else { "entries" };
+                format!("  opaque directory ({by}), hides {hidden} lower {s}")
             }
         };
         format!("{} {path}{detail}", self.letter())

@@ -365,19 +365,24 @@ fn upper_origin(
         ),
         (None, _) => "created in the upper: no lower layer holds this path".into(),
         (Some((j, low)), Some(me)) if me.is_dir() && low.is_dir() => {
-            let merged = match &x.node {
-                Ok(n) => n.layers.len() > 1,
-                Err(_) => false,
+            let merged: Vec<String> = match &x.node {
+                Ok(n) => n
+                    .layers
+                    .iter()
+                    .skip(1)
+                    .map(|l| layer_label(&x.layers, l.index()))
+                    .collect(),
+                Err(_) => Vec::new(),
             };
-            if merged {
+            if merged.is_empty() {
                 format!(
-                    "a directory of the upper merged with {}'s (copied up, or made there and merged)",
+                    "made in the upper over {}'s directory, which it hides (opaque)",
                     layer_label(&x.layers, *j)
                 )
             } else {
                 format!(
-                    "made in the upper over {}'s directory, which it hides (opaque)",
-                    layer_label(&x.layers, *j)
+                    "a directory of the upper merged with {} (copied up, or made there and merged)",
+                    merged.join(", ")
                 )
             }
         }
