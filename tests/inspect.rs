@@ -583,6 +583,7 @@ fn handmade(s: &Scratch) -> Stack {
     write(l1.join("etc/hosts"), "127.0.0.1 localhost\n");
     write(l1.join("etc/passwd"), "root:x:0:0\n");
     write(l1.join("etc/motd"), "hello\n");
+    write(l1.join("etc/group"), "root:x:0:\n");
     write(l1.join("opt/app/bin"), "old app\n");
     write(l1.join("var/log/old.log"), "log\n");
     write(l1.join("srv/file-or-dir"), "a file below\n");
@@ -597,6 +598,7 @@ fn handmade(s: &Scratch) -> Stack {
     fs::remove_file(u.join("etc/motd")).unwrap();
     fs::write(u.join("etc/passwd"), "root:x:0:0\nnew:x:1:1\n").unwrap(); // data
     sh("chmod", &["600".as_ref(), u.join("etc/hosts").as_os_str()]); // metadata only
+    setfattr(&u.join("etc/group"), "user.note", "changed"); // an xattr only
     sh(
         "mknod",
         &[
@@ -688,6 +690,12 @@ fn explain_and_diff_agree_with_the_kernel_on_a_handmade_stack() {
         "{h:?}"
     );
     assert!(!items.contains_key("/etc/issue") && !items.contains_key("/x/keep"));
+    let g = get("/etc/group");
+    assert_eq!((g.change, g.what.as_str()), ('M', "metadata"));
+    assert!(
+        g.metadata.contains("xattrs") && !g.metadata.contains("mtime"),
+        "{g:?}"
+    );
     assert_eq!(get("/etc/motd").change, 'D');
     assert_eq!(get("/var/log").change, 'D');
     assert_eq!(get("/x/drop").change, 'D');
@@ -914,6 +922,7 @@ fn faulty(s: &Scratch) -> Stack {
     setfattr(&u.join("stray"), "trusted.overlay.whiteout", "y");
     setfattr(&u.join("xdir"), "trusted.overlay.opaque", "n");
     mknod_whiteout(&u.join("nothing"));
+    fs::write(u.join(".wh.ghost"), "").unwrap();
     Stack {
         lowers: vec![l0],
         upper: u,
@@ -946,6 +955,7 @@ fn check_finds_every_planted_fault_and_fix_repairs_the_safe_ones() {
         ("stray-xattr-whiteout", "/stray", false),
         ("bad-opaque-value", "/xdir", false),
         ("useless-whiteout", "/nothing", true),
+        ("useless-whiteout", "/.wh.ghost", true),
     ];
     for (code, path, fixable) in expect {
         let f = has(code, path).unwrap_or_else(|| panic!("{code} at {path} not found: {found:#?}"));

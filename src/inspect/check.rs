@@ -226,7 +226,7 @@ impl Checker<'_> {
                     dir: dir_comps,
                     name: name.clone(),
                 });
-                self.useless_whiteout(i, comps, &name, opaque, fix)?;
+                self.useless_whiteout(i, comps, comps, &name, opaque, fix)?;
             }
             LayerObj::AufsWhiteout { hides, stat } => {
                 tally
@@ -237,28 +237,7 @@ impl Checker<'_> {
                     dir: dir_comps.clone(),
                     name: name.clone(),
                 });
-                if live.contains(hides) {
-                    self.find(
-                        Severity::Warning,
-                        "aufs-whiteout-beside-entry",
-                        i,
-                        comps,
-                        format!(
-                            "{} stands beside a live {} in the same layer: layover shows {} \
-                             (a directory there merges with the lowers), the kernel shows both \
-                             names, and OCI tools applying this layer delete the lower {} first",
-                            show(&name),
-                            show(hides),
-                            show(hides),
-                            show(hides)
-                        ),
-                        fix,
-                    );
-                } else {
-                    let mut hid = dir_comps.clone();
-                    hid.push(hides.clone());
-                    self.useless_whiteout(i, &hid, hides, opaque, fix)?;
-                }
+                self.aufs_whiteout(i, comps, hides, opaque, live.contains(hides), fix)?;
             }
             LayerObj::AufsOpaque(_) => {
                 tally.aufs.push((dir_comps, obj.clone(), name.clone()));
@@ -272,12 +251,48 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// A `.wh.HIDES` file (the last of `comps`): beside a live HIDES, or hiding nothing.
+    fn aufs_whiteout(
+        &mut self,
+        i: usize,
+        comps: &[Vec<u8>],
+        hides: &[u8],
+        opaque: bool,
+        beside_live: bool,
+        fix: Option<Fix>,
+    ) -> FsResult<()> {
+        let name = comps.last().cloned().unwrap_or_default();
+        if !beside_live {
+            let mut hidden = comps[..comps.len() - 1].to_vec();
+            hidden.push(hides.to_vec());
+            return self.useless_whiteout(i, comps, &hidden, hides, opaque, fix);
+        }
+        let msg = format!(
+            "{} stands beside a live {h} in the same layer: layover shows {h} (a directory \
+             there merges with the lowers), the kernel shows both names, and OCI tools \
+             applying this layer delete the lower {h} first",
+            show(&name),
+            h = show(hides),
+        );
+        self.find(
+            Severity::Warning,
+            "aufs-whiteout-beside-entry",
+            i,
+            comps,
+            msg,
+            fix,
+        );
+        Ok(())
+    }
+
     /// A whiteout that hides nothing: inside an opaque directory (every layer), or, in the
     /// upper, over a name the lowers do not show.
+    /// `comps`: the whiteout's own path (reported); `hidden`: the path it hides.
     fn useless_whiteout(
         &mut self,
         i: usize,
         comps: &[Vec<u8>],
+        hidden: &[Vec<u8>],
         name: &[u8],
         opaque: bool,
         fix: Option<Fix>,
@@ -299,7 +314,7 @@ impl Checker<'_> {
             return Ok(());
         }
         let Some(low) = &self.low else { return Ok(()) };
-        let rel: PathBuf = comps
+        let rel: PathBuf = hidden
             .iter()
             .map(|c| std::ffi::OsStr::from_bytes(c))
             .collect();
