@@ -1,5 +1,6 @@
 //! The inspection tools: `explain` (why a path looks as it does), `diff` (what the upper
-//! changes against the lowers) and `check` (a lint for a layer stack). They read layers
+//! changes against the lowers), `check` (a lint for a layer stack) and `export` (the upper
+//! as an OCI layer tar). They read layers
 //! through the same core the daemon serves (`Overlay::open_read_only` and its `Query`), so
 //! that a tool and a mount never disagree about a rule; where they need to say *why*, they
 //! use the core's per-layer helpers (`Query::layer_*`), which classify with the core's own
@@ -11,6 +12,7 @@
 pub mod check;
 pub mod diff;
 pub mod explain;
+pub mod export;
 pub mod live;
 pub mod output;
 
@@ -98,7 +100,21 @@ fn run_tool(tool: &crate::cli::Tool) -> Result<Outcome, StartupError> {
             std::io::Write::flush(&mut out).map_err(write_error)?;
             r
         }
-        Tool::Export(_) | Tool::Stats(_) => Err(StartupError::new(format!(
+        Tool::Export(a) => {
+            let src = Source {
+                options: a.options.clone(),
+                mountpoint: a.mountpoint.as_ref().map(PathBuf::from),
+            };
+            let output = a.output.as_ref().map(PathBuf::from);
+            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(StartupError::new(
+                    "export writes a tar: redirect standard output or give --output FILE",
+                ));
+            }
+            let stack = src.stack()?;
+            export::run(&stack, output.as_deref(), &mut out)
+        }
+        Tool::Stats(_) => Err(StartupError::new(format!(
             "{}: not implemented yet",
             tool.name()
         ))),

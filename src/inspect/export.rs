@@ -1,0 +1,343 @@
+//! `layover export`: the upper layer as an OCI image layer (an uncompressed POSIX/PAX tar).
+//!
+//! The upper is walked raw with the core's per-layer helpers (so whiteouts and opaque
+//! directories are recognised by the daemon's rules) in a fixed order: depth first,
+//! names sorted bytewise, a directory before its contents. Whiteouts of every format
+//! become `.wh.NAME` files and opaque directories a `.wh..wh..opq` file; a file with
+//! several links is written once and its other names as hard links; extended attributes
+//! (the overlay's own markers left out, escaped names unescaped) and nanosecond mtimes go
+//! in PAX records. Nothing depends on the time of the run, the user, or the order the
+//! filesystem lists entries in: the same upper gives the same bytes.
+//!
+//! Not done yet (issue 15): compression (pipe through gzip or zstd) and sparse files
+//! (their holes are written as zeros).
+
+use super::{Outcome, io_error, write_error};
+use crate::config::{Stack, XattrNs};
+use crate::error::{Errno, FsResult, StartupError};
+use crate::overlay::{LayerDir, LayerObj, Overlay, Query};
+use crate::sys::Stat;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+const BLOCK: usize = 512;
+
+/// One tar member's header fields.
+struct Member<'a> {
+    path: &'a [u8],
+    typeflag: u8,
+    st: &'a Stat,
+    size: u64,
+    link: &'a [u8],
+    xattrs: &'a [(Vec<u8>, Vec<u8>)],
+}
+
+fn octal(field: &mut [u8], v: u64) -> bool {
+    let digits = field.len() - 1;
+    let s = format!("{v:0digits$o}");
+    if s.len() > digits {
+        return false;
+    }
+    field[..digits].copy_from_slice(s.as_bytes());
+    field[digits] = 0;
+    true
+}
+
+/// One PAX record: "LEN KEY=VALUE\n", LEN counting the whole record.
+fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// A ustar header block; the fields that do not fit are left for PAX records.
+fn header(name: &[u8], typeflag: u8, st: &Stat, size: u64, link: &[u8]) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    let n = name.len().min(100);
+    h[..n].copy_from_slice(&name[..n]);
+    octal(&mut h[100..108], u64::from(st.mode & 0o7777));
+    if !octal(&mut h[108..116], u64::from(st.uid)) {
+        octal(&mut h[108..116], 0);
+    }
+    if !octal(&mut h[116..124], u64::from(st.gid)) {
+        octal(&mut h[116..124], 0);
+    }
+    if !octal(&mut h[124..136], size) {
+        octal(&mut h[124..136], 0);
+    }
+    octal(&mut h[136..148], u64::try_from(st.mtime.0).unwrap_or(0));
+    h[156] = typeflag;
+    let l = link.len().min(100);
+    h[157..157 + l].copy_from_slice(&link[..l]);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    if matches!(typeflag, b'3' | b'4') {
+        let (ma, mi) = (libc::major(st.rdev), libc::minor(st.rdev));
+        octal(&mut h[329..337], u64::from(ma));
+        octal(&mut h[337..345], u64::from(mi));
+    }
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
+}
+
+/// The PAX records a member needs: what does not fit in ustar, nanosecond mtime, xattrs.
+fn pax_records(m: &Member<'_>) -> Vec<u8> {
+    let mut r = Vec::new();
+    if m.path.len() > 100 {
+        pax_record(&mut r, "path", m.path);
+    }
+    if m.link.len() > 100 {
+        pax_record(&mut r, "linkpath", m.link);
+    }
+    if m.size >= 0o77777777777 {
+        pax_record(&mut r, "size", m.size.to_string().as_bytes());
+    }
+    if m.st.uid > 0o7777777 {
+        pax_record(&mut r, "uid", m.st.uid.to_string().as_bytes());
+    }
+    if m.st.gid > 0o7777777 {
+        pax_record(&mut r, "gid", m.st.gid.to_string().as_bytes());
+    }
+    if m.st.mtime.1 != 0 || m.st.mtime.0 < 0 {
+        let t = format!("{}.{:09}", m.st.mtime.0, m.st.mtime.1);
+        pax_record(&mut r, "mtime", t.as_bytes());
+    }
+    for (n, v) in m.xattrs {
+        let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(n));
+        if key.len() == 13 + n.len() {
+            pax_record(&mut r, &key, v);
+        }
+    }
+    r
+}
+
+fn pad(out: &mut impl Write, len: u64) -> std::io::Result<()> {
+    let rest = (BLOCK - (len % BLOCK as u64) as usize) % BLOCK;
+    out.write_all(&[0u8; BLOCK][..rest])
+}
+
+/// Writes a member's headers (a PAX header first when needed); the caller writes `size`
+/// bytes of data and the padding.
+fn write_header(out: &mut impl Write, m: &Member<'_>) -> std::io::Result<()> {
+    let pax = pax_records(m);
+    if !pax.is_empty() {
+        let zero = Stat::default();
+        let mut name = b"PaxHeaders/".to_vec();
+        name.extend_from_slice(&m.path[m.path.len().saturating_sub(80)..]);
+        out.write_all(&header(&name, b'x', &zero, pax.len() as u64, b""))?;
+        out.write_all(&pax)?;
+        pad(out, pax.len() as u64)?;
+    }
+    out.write_all(&header(m.path, m.typeflag, m.st, m.size, m.link))
+}
+
+/// The upper walked into a tar stream.
+struct Exporter<'a, W: Write> {
+    q: Query<'a>,
+    ns: XattrNs,
+    out: W,
+    /// (dev, ino) of files with several links -> the path they were first written under.
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn io(e: std::io::Error) -> Errno {
+    Errno::new(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl<W: Write> Exporter<'_, W> {
+    /// The xattrs the merged view shows (private markers left out), sorted.
+    fn xattrs(&self, dir: &LayerDir, name: &[u8]) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let all = match self.q.layer_xattrs(dir, name) {
+            Ok(v) => v,
+            Err(e) if e == Errno::EOPNOTSUPP => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut v: Vec<_> = all
+            .into_iter()
+            .filter_map(|(n, val)| crate::whiteout::from_real_xattr(self.ns, &n).map(|n| (n, val)))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// An empty regular file `path` (a whiteout or opaque marker), owned by root, mode 0,
+    /// time 0: nothing about it depends on the run.
+    fn marker(&mut self, path: &[u8]) -> FsResult<()> {
+        let st = Stat::default();
+        let m = Member {
+            path,
+            typeflag: b'0',
+            st: &st,
+            size: 0,
+            link: b"",
+            xattrs: &[],
+        };
+        write_header(&mut self.out, &m).map_err(io)
+    }
+
+    fn dir(&mut self, d: &LayerDir, prefix: &[u8]) -> FsResult<()> {
+        let mut entries = self.q.layer_entries(d)?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, obj) in entries {
+            let path = join(prefix, &name);
+            match obj {
+                LayerObj::Whiteout(..) => {
+                    let wh =
+                        crate::whiteout::aufs_whiteout_for(&name).ok_or(Errno::ENAMETOOLONG)?;
+                    self.marker(&join(prefix, &wh))?;
+                }
+                LayerObj::AufsWhiteout { .. } | LayerObj::AufsOpaque(_) => self.marker(&path)?,
+                LayerObj::AufsMeta(_) => {}
+                LayerObj::Dir { stat, opaque, .. } => {
+                    let xattrs = self.xattrs(d, &name)?;
+                    let mut dpath = path.clone();
+                    dpath.push(b'/');
+                    let m = Member {
+                        path: &dpath,
+                        typeflag: b'5',
+                        st: &stat,
+                        size: 0,
+                        link: b"",
+                        xattrs: &xattrs,
+                    };
+                    write_header(&mut self.out, &m).map_err(io)?;
+                    let sub = self.q.layer_subdir(d, &name)?;
+                    // An AUFS marker inside is listed (and written) with the entries.
+                    if opaque == Some(crate::overlay::OpaqueBy::Xattr) {
+                        self.marker(&join(&path, crate::whiteout::OPAQUE_MARKER))?;
+                    }
+                    self.dir(&sub, &path)?;
+                }
+                LayerObj::Other(stat) => self.object(d, &name, &path, &stat)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A non-directory: a file (or a hard link to one written before), symlink, device,
+    /// fifo. Sockets cannot be archived and are skipped, as tar does.
+    fn object(&mut self, d: &LayerDir, name: &[u8], path: &[u8], st: &Stat) -> FsResult<()> {
+        let xattrs = self.xattrs(d, name)?;
+        let mut link = Vec::new();
+        let typeflag = match st.file_type() {
+            libc::S_IFREG if st.nlink > 1 => match self.links.get(&(st.dev, st.ino)) {
+                Some(first) => {
+                    link = first.clone();
+                    b'1'
+                }
+                None => {
+                    self.links.insert((st.dev, st.ino), path.to_vec());
+                    b'0'
+                }
+            },
+            libc::S_IFREG => b'0',
+            libc::S_IFLNK => {
+                link = self.q.layer_readlink(d, name)?;
+                b'2'
+            }
+            libc::S_IFCHR => b'3',
+            libc::S_IFBLK => b'4',
+            libc::S_IFIFO => b'6',
+            _ => return Ok(()),
+        };
+        let size = if typeflag == b'0' {
+            st.size.max(0) as u64
+        } else {
+            0
+        };
+        let m = Member {
+            path,
+            typeflag,
+            st,
+            size,
+            link: &link,
+            xattrs: &xattrs,
+        };
+        write_header(&mut self.out, &m).map_err(io)?;
+        if size > 0 {
+            let f = self.q.layer_open(d, name)?;
+            self.data(f, size)?;
+        }
+        Ok(())
+    }
+
+    /// Exactly `size` bytes of the file (cut, or padded with zeros if it changed meanwhile),
+    /// then the block padding.
+    fn data(&mut self, f: std::fs::File, size: u64) -> FsResult<()> {
+        let mut r = f.take(size);
+        let n = std::io::copy(&mut r, &mut self.out).map_err(io)?;
+        let mut left = size - n;
+        while left > 0 {
+            let k = left.min(BLOCK as u64);
+            self.out
+                .write_all(&[0u8; BLOCK][..k as usize])
+                .map_err(io)?;
+            left -= k;
+        }
+        pad(&mut self.out, size).map_err(io)
+    }
+}
+
+/// Writes the upper of `stack` as a tar stream to `out`.
+pub fn export(stack: &Stack, out: impl Write) -> Result<(), StartupError> {
+    let Some(upper) = &stack.upperdir else {
+        return Err(StartupError::new(
+            "export needs an upperdir (-o upperdir=DIR)",
+        ));
+    };
+    let ov = Overlay::open_read_only(stack)?;
+    let q = ov.query();
+    let root = q
+        .layer_dir(q.layers()[0].index, Path::new(""))
+        .map_err(|e| io_error("upperdir", upper, e))?
+        .ok_or_else(|| io_error("upperdir", upper, Errno::ENOENT))?;
+    let mut x = Exporter {
+        q,
+        ns: stack.xattr_ns,
+        out,
+        links: HashMap::new(),
+    };
+    x.dir(&root, b"")
+        .map_err(|e| io_error("export of upperdir", upper, e))?;
+    x.out
+        .write_all(&[0u8; 2 * BLOCK])
+        .and_then(|()| x.out.flush())
+        .map_err(write_error)
+}
+
+pub fn run(
+    stack: &Stack,
+    output: Option<&Path>,
+    out: &mut impl Write,
+) -> Result<Outcome, StartupError> {
+    match output {
+        Some(p) => {
+            let f = std::fs::File::create(p)
+                .map_err(|e| StartupError::new(format!("output '{}': {e}", p.display())))?;
+            export(stack, std::io::BufWriter::new(f))?;
+        }
+        None => export(stack, out)?,
+    }
+    Ok(Outcome::Clean)
+}
