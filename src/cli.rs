@@ -151,6 +151,13 @@ pub struct DiffArgs {
     pub mountpoint: Option<OsString>,
 }
 
+/// How `export` compresses its tar.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
 #[derive(Args, Debug, PartialEq, Eq)]
 pub struct ExportArgs {
     /// Layers as for mounting: lowerdir=DIR[:DIR...],upperdir=DIR[,userxattr]
@@ -160,6 +167,10 @@ pub struct ExportArgs {
     /// Write the tar to FILE (default: standard output, which must not be a terminal)
     #[arg(long, value_name = "FILE", value_parser = clap::value_parser!(OsString))]
     pub output: Option<OsString>,
+
+    /// Compress the tar (deterministically: no name or time in the gzip header)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub compress: Option<Compression>,
 
     /// A live layover mount whose upper to export (instead of -o)
     #[arg(value_name = "MOUNTPOINT", value_parser = clap::value_parser!(OsString))]
@@ -228,14 +239,14 @@ Examples:
   layover diff --json /merged              (a live layover mount)";
 
 const EXPORT_ABOUT: &str = "\
-Write the upper layer as an OCI image layer: an uncompressed POSIX (PAX) tar that image
+Write the upper layer as an OCI image layer: a POSIX (PAX) tar that image
 tools apply over the lowers. Whiteouts of every format become .wh.NAME files, opaque
 directories a .wh..wh..opq file; a file with several links is written once and its other
 names as hard links; extended attributes (the overlay's own markers left out) and
 nanosecond mtimes are PAX records. The output is deterministic: the same upper gives the
-same bytes (entries in name order, markers with owner 0, mode 0 and time 0).
-Not done yet: compression (pipe through gzip or zstd) and sparse files (holes are written
-as zeros).";
+same bytes (entries in name order, markers with owner 0, mode 0 and time 0), compressed
+or not (--compress gzip|zstd).
+Not done yet: sparse files (holes are written as zeros).";
 
 const EXPORT_AFTER: &str = "\
 Exit status: 0 the layer was written; 2 wrong command line, unreadable layers, or a
@@ -243,7 +254,7 @@ terminal as standard output.
 
 Examples:
   layover export -o lowerdir=/l1:/l0,upperdir=/u > layer.tar
-  layover export -o lowerdir=/l0,upperdir=/u | zstd > layer.tar.zst
+  layover export --compress zstd -o lowerdir=/l0,upperdir=/u > layer.tar.zst
   layover export --output layer.tar /merged     (a live layover mount)";
 
 const CHECK_ABOUT: &str = "\

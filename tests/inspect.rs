@@ -1358,6 +1358,37 @@ fn export_then_apply_reproduces_the_merged_view() {
     ] {
         assert!(list.contains(needle), "{needle} missing:\n{list}");
     }
+    // Compressed: deterministic, and the same tar inside.
+    for (how, unpack) in [("gzip", "gzip"), ("zstd", "zstd")] {
+        let mut outs = Vec::new();
+        for i in 0..2 {
+            let f = s.path(&format!("hand-{i}.tar.{how}"));
+            let r = layover(&[
+                "export".as_ref(),
+                "--compress".as_ref(),
+                how.as_ref(),
+                "-o".as_ref(),
+                stack.option(false).as_ref(),
+                "--output".as_ref(),
+                f.as_os_str(),
+            ]);
+            assert_eq!(r.code, 0, "{how}: {}", r.stderr);
+            outs.push(fs::read(&f).unwrap());
+        }
+        assert_eq!(outs[0], outs[1], "{how}: not deterministic");
+        let f = s.path(&format!("hand-0.tar.{how}"));
+        let plain = Command::new(unpack)
+            .args(["-d", "-c"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(plain.status.success(), "{how} -d");
+        assert_eq!(
+            plain.stdout,
+            fs::read(s.path("hand.tar")).unwrap(),
+            "{how}: another tar inside"
+        );
+    }
     // From a copy of the upper elsewhere: the same bytes.
     let copy = s.path("u-copy");
     sh(

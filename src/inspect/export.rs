@@ -9,10 +9,12 @@
 //! in PAX records. Nothing depends on the time of the run, the user, or the order the
 //! filesystem lists entries in: the same upper gives the same bytes.
 //!
-//! Not done yet (issue 15): compression (pipe through gzip or zstd) and sparse files
-//! (their holes are written as zeros).
+//! `--compress gzip|zstd` compresses with flate2 (gzip header without name or time) or
+//! zstd (level 3), both deterministic for a given crate version. Not done yet (issue 15):
+//! sparse files (their holes are written as zeros).
 
 use super::{Outcome, io_error, write_error};
+use crate::cli::Compression;
 use crate::config::{Stack, XattrNs};
 use crate::error::{Errno, FsResult, StartupError};
 use crate::overlay::{LayerDir, LayerObj, Overlay, Query};
@@ -326,18 +328,45 @@ pub fn export(stack: &Stack, out: impl Write) -> Result<(), StartupError> {
         .map_err(write_error)
 }
 
+/// Writes the tar, compressed as asked, to `out`.
+fn export_to(
+    stack: &Stack,
+    compress: Option<Compression>,
+    out: impl Write,
+) -> Result<(), StartupError> {
+    match compress {
+        None => export(stack, out),
+        Some(Compression::Gzip) => {
+            let mut gz = flate2::GzBuilder::new()
+                .mtime(0)
+                .operating_system(255)
+                .write(out, flate2::Compression::default());
+            export(stack, &mut gz)?;
+            gz.try_finish().map_err(write_error)
+        }
+        Some(Compression::Zstd) => {
+            let mut z = zstd::stream::Encoder::new(out, 3).map_err(write_error)?;
+            export(stack, &mut z)?;
+            z.finish().and_then(|mut w| w.flush()).map_err(write_error)
+        }
+    }
+}
+
 pub fn run(
     stack: &Stack,
     output: Option<&Path>,
+    compress: Option<Compression>,
     out: &mut impl Write,
 ) -> Result<Outcome, StartupError> {
     match output {
         Some(p) => {
             let f = std::fs::File::create(p)
                 .map_err(|e| StartupError::new(format!("output '{}': {e}", p.display())))?;
-            export(stack, std::io::BufWriter::new(f))?;
+            let mut w = std::io::BufWriter::new(f);
+            export_to(stack, compress, &mut w)?;
+            w.flush().map_err(write_error)?;
         }
-        None => export(stack, out)?,
+        None => export_to(stack, compress, out)?,
     }
     Ok(Outcome::Clean)
 }

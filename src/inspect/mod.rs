@@ -112,7 +112,7 @@ fn run_tool(tool: &crate::cli::Tool) -> Result<Outcome, StartupError> {
                 ));
             }
             let stack = src.stack()?;
-            export::run(&stack, output.as_deref(), &mut out)
+            export::run(&stack, output.as_deref(), a.compress, &mut out)
         }
         Tool::Stats(_) => Err(StartupError::new(format!(
             "{}: not implemented yet",
