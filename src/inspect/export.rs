@@ -370,3 +370,65 @@ pub fn run(
     }
     Ok(Outcome::Clean)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        for n in 0..1200 {
+            let value = vec![b'v'; n];
+            let mut r = Vec::new();
+            pax_record(&mut r, "path", &value);
+            let sp = r.iter().position(|b| *b == b' ').unwrap();
+            let len: usize = std::str::from_utf8(&r[..sp]).unwrap().parse().unwrap();
+            assert_eq!(len, r.len(), "value of {n} bytes");
+            assert!(r.ends_with(b"\n"));
+        }
+    }
+
+    #[test]
+    fn headers_have_a_valid_checksum_and_fit_or_defer_to_pax() {
+        let st = Stat {
+            mode: libc::S_IFREG | 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime: (1_700_000_000, 5),
+            ..Stat::default()
+        };
+        let h = header(b"a/b", b'0', &st, 12, b"");
+        let stored = u64::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap(), 8).unwrap();
+        let mut copy = h;
+        copy[148..156].copy_from_slice(b"        ");
+        assert_eq!(stored, copy.iter().map(|b| u64::from(*b)).sum::<u64>());
+        assert_eq!(&h[124..136], b"00000000014\0");
+        assert_eq!(&h[257..263], b"ustar\0");
+        // What does not fit goes to PAX: a long name, a big uid, nanoseconds, xattrs.
+        let long = vec![b'n'; 150];
+        let big = Stat {
+            uid: 3_000_000,
+            ..st
+        };
+        let x = vec![(b"user.k".to_vec(), b"v".to_vec())];
+        let m = Member {
+            path: &long,
+            typeflag: b'0',
+            st: &big,
+            size: 0,
+            link: b"",
+            xattrs: &x,
+        };
+        let pax = String::from_utf8(pax_records(&m)).unwrap();
+        for key in [
+            " path=",
+            " uid=3000000\n",
+            " mtime=1700000000.000000005\n",
+            " SCHILY.xattr.user.k=v\n",
+        ] {
+            assert!(pax.contains(key), "{key} missing in {pax}");
+        }
+        let mut field = [0u8; 8];
+        assert!(!octal(&mut field, 0o10000000), "7 octal digits at most");
+    }
+}
