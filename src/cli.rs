@@ -245,8 +245,8 @@ directories a .wh..wh..opq file; a file with several links is written once and i
 names as hard links; extended attributes (the overlay's own markers left out) and
 nanosecond mtimes are PAX records. The output is deterministic: the same upper gives the
 same bytes (entries in name order, markers with owner 0, mode 0 and time 0), compressed
-or not (--compress gzip|zstd).
-Not done yet: sparse files (holes are written as zeros).";
+or not (--compress gzip|zstd). Files with holes are written as GNU sparse members (PAX
+format 1.0, read by GNU tar and Go's archive/tar), so their holes stay holes.";
 
 const EXPORT_AFTER: &str = "\
 Exit status: 0 the layer was written; 2 wrong command line, unreadable layers, or a

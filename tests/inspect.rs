@@ -1341,7 +1341,31 @@ fn export_then_apply_reproduces_the_merged_view() {
     )
     .unwrap();
     setfattr(&stack.upper.join("new/dir/file"), "user.origin", "test");
+    // A sparse file: data at 1 MiB in 4 MiB, and one that is a hole only.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(stack.upper.join("new/sparse")).unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(b"island", 1 << 20).unwrap();
+        fs::File::create(stack.upper.join("new/hole"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+    }
     let n = check_export(&s, &stack, "hand");
+    for f in ["new/sparse", "new/hole"] {
+        let m = fs::metadata(s.path("hand-applied").join(f)).unwrap();
+        assert!(
+            m.blocks() * 512 < m.len() / 2,
+            "{f}: not sparse after apply ({} blocks)",
+            m.blocks()
+        );
+    }
+    let tar_size = fs::metadata(s.path("hand.tar")).unwrap().len();
+    assert!(
+        tar_size < 1 << 20,
+        "the holes were written out: {tar_size} bytes"
+    );
     assert!(n > 15, "{n} objects compared");
     let list = Command::new("tar")
         .arg("-tvf")
@@ -1355,6 +1379,8 @@ fn export_then_apply_reproduces_the_merged_view() {
         "x/.wh.drop",
         "opt/app/.wh..wh..opq",
         "new/link link to new/dir/file",
+        " 4194304 ", // the sparse file listed with its real size and name
+        "new/sparse\n",
     ] {
         assert!(list.contains(needle), "{needle} missing:\n{list}");
     }

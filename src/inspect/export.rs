@@ -10,8 +10,9 @@
 //! filesystem lists entries in: the same upper gives the same bytes.
 //!
 //! `--compress gzip|zstd` compresses with flate2 (gzip header without name or time) or
-//! zstd (level 3), both deterministic for a given crate version. Not done yet (issue 15):
-//! sparse files (their holes are written as zeros).
+//! zstd (level 3), both deterministic for a given crate version. A file with holes is
+//! written in GNU's sparse PAX format 1.0 (GNU tar and Go's archive/tar, so containerd and
+//! podman, read it), its data segments found with SEEK_DATA/SEEK_HOLE.
 
 use super::{Outcome, io_error, write_error};
 use crate::cli::Compression;
@@ -33,6 +34,9 @@ struct Member<'a> {
     size: u64,
     link: &'a [u8],
     xattrs: &'a [(Vec<u8>, Vec<u8>)],
+    /// A sparse file (GNU PAX format 1.0): its real name and size; `path` is then the
+    /// stand-in name and `size` the stored map and data.
+    sparse: Option<(&'a [u8], u64)>,
 }
 
 fn octal(field: &mut [u8], v: u64) -> bool {
@@ -97,6 +101,12 @@ fn header(name: &[u8], typeflag: u8, st: &Stat, size: u64, link: &[u8]) -> [u8; 
 /// The PAX records a member needs: what does not fit in ustar, nanosecond mtime, xattrs.
 fn pax_records(m: &Member<'_>) -> Vec<u8> {
     let mut r = Vec::new();
+    if let Some((name, real)) = m.sparse {
+        pax_record(&mut r, "GNU.sparse.major", b"1");
+        pax_record(&mut r, "GNU.sparse.minor", b"0");
+        pax_record(&mut r, "GNU.sparse.name", name);
+        pax_record(&mut r, "GNU.sparse.realsize", real.to_string().as_bytes());
+    }
     if m.path.len() > 100 {
         pax_record(&mut r, "path", m.path);
     }
@@ -194,6 +204,7 @@ impl<W: Write> Exporter<'_, W> {
             size: 0,
             link: b"",
             xattrs: &[],
+            sparse: None,
         };
         write_header(&mut self.out, &m).map_err(io)
     }
@@ -222,6 +233,7 @@ impl<W: Write> Exporter<'_, W> {
                         size: 0,
                         link: b"",
                         xattrs: &xattrs,
+                        sparse: None,
                     };
                     write_header(&mut self.out, &m).map_err(io)?;
                     let sub = self.q.layer_subdir(d, &name)?;
@@ -268,6 +280,18 @@ impl<W: Write> Exporter<'_, W> {
         } else {
             0
         };
+        let f = match size {
+            0 => None,
+            _ => Some(self.q.layer_open(d, name)?),
+        };
+        // A file with fewer blocks than its size may have holes: they are kept as holes.
+        let segments = match &f {
+            Some(f) if (st.blocks.max(0) as u64) * 512 < size => data_segments(f, size)?,
+            _ => None,
+        };
+        if let (Some(f), Some(segs)) = (f.as_ref(), segments) {
+            return self.sparse(f, path, st, &xattrs, size, &segs);
+        }
         let m = Member {
             path,
             typeflag,
@@ -275,21 +299,63 @@ impl<W: Write> Exporter<'_, W> {
             size,
             link: &link,
             xattrs: &xattrs,
+            sparse: None,
         };
         write_header(&mut self.out, &m).map_err(io)?;
-        if size > 0 {
-            let f = self.q.layer_open(d, name)?;
-            self.data(f, size)?;
+        if let Some(f) = f {
+            self.data(f, 0, size)?;
+            pad(&mut self.out, size).map_err(io)?;
         }
         Ok(())
     }
 
-    /// Exactly `size` bytes of the file (cut, or padded with zeros if it changed meanwhile),
-    /// then the block padding.
-    fn data(&mut self, f: std::fs::File, size: u64) -> FsResult<()> {
-        let mut r = f.take(size);
+    /// A sparse file in GNU's PAX format 1.0: a stand-in name, the real one in the PAX
+    /// records, and data that starts with the map of the data segments (their count, then
+    /// offset and length of each, one decimal per line, padded to a block) and goes on
+    /// with the segments.
+    fn sparse(
+        &mut self,
+        f: &std::fs::File,
+        path: &[u8],
+        st: &Stat,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        real: u64,
+        segs: &[(u64, u64)],
+    ) -> FsResult<()> {
+        let mut map = format!("{}\n", segs.len()).into_bytes();
+        for (off, len) in segs {
+            map.extend_from_slice(format!("{off}\n{len}\n").as_bytes());
+        }
+        map.resize(map.len().div_ceil(BLOCK) * BLOCK, 0);
+        let data: u64 = segs.iter().map(|s| s.1).sum();
+        let slash = path.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
+        let stand_in = [&path[..slash], b"GNUSparseFile.0/", &path[slash..]].concat();
+        let m = Member {
+            path: &stand_in,
+            typeflag: b'0',
+            st,
+            size: map.len() as u64 + data,
+            link: b"",
+            xattrs,
+            sparse: Some((path, real)),
+        };
+        write_header(&mut self.out, &m).map_err(io)?;
+        self.out.write_all(&map).map_err(io)?;
+        for (off, len) in segs {
+            let g = f.try_clone().map_err(io)?;
+            self.data(g, *off, *len)?;
+        }
+        pad(&mut self.out, map.len() as u64 + data).map_err(io)
+    }
+
+    /// Exactly `len` bytes of the file from `offset` (cut, or padded with zeros if it
+    /// changed meanwhile); the caller pads the member to a block.
+    fn data(&mut self, mut f: std::fs::File, offset: u64, len: u64) -> FsResult<()> {
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
+        let mut r = f.take(len);
         let n = std::io::copy(&mut r, &mut self.out).map_err(io)?;
-        let mut left = size - n;
+        let mut left = len - n;
         while left > 0 {
             let k = left.min(BLOCK as u64);
             self.out
@@ -297,8 +363,37 @@ impl<W: Write> Exporter<'_, W> {
                 .map_err(io)?;
             left -= k;
         }
-        pad(&mut self.out, size).map_err(io)
+        Ok(())
     }
+}
+
+/// The data segments (offset, length) of a file of `size` bytes, from SEEK_DATA and
+/// SEEK_HOLE; a hole at the end is a last segment of length 0 at `size` (as GNU tar
+/// writes it). None when the filesystem cannot tell (the file is then written whole).
+fn data_segments(f: &std::fs::File, size: u64) -> FsResult<Option<Vec<(u64, u64)>>> {
+    use std::os::fd::AsFd;
+    let fd = f.as_fd();
+    let mut segs = Vec::new();
+    let end = i64::try_from(size).map_err(|_| Errno::new(libc::EFBIG))?;
+    let mut pos: i64 = 0;
+    while pos < end {
+        let data = match crate::sys::lseek(fd, pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw() == libc::ENXIO => end, // only a hole from here
+            Err(e) if e.raw() == libc::EINVAL => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = crate::sys::lseek(fd, data, libc::SEEK_HOLE)?.min(end);
+        segs.push((data as u64, (hole - data) as u64));
+        pos = hole;
+    }
+    if segs.last().is_none_or(|(o, l)| o + l < size) {
+        segs.push((size, 0));
+    }
+    Ok(Some(segs))
 }
 
 /// Writes the upper of `stack` as a tar stream to `out`.
@@ -418,6 +513,7 @@ mod tests {
             size: 0,
             link: b"",
             xattrs: &x,
+            sparse: None,
         };
         let pax = String::from_utf8(pax_records(&m)).unwrap();
         for key in [
