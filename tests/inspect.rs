@@ -1453,3 +1453,41 @@ fn export_then_apply_on_random_stacks() {
     }
     assert!(n > 200, "{n} objects compared");
 }
+
+/// The progress line: drawn on a terminal (through script(1)'s pseudo-terminal), cleared
+/// at the end; nothing on stderr otherwise.
+#[test]
+fn progress_only_on_a_terminal() {
+    require_root();
+    let s = Scratch::new("progress");
+    let stack = handmade(&s);
+    let opts = stack.option(false);
+    for tool in ["diff", "check", "export"] {
+        let r = layover(&[tool.as_ref(), "-o".as_ref(), opts.as_ref(), "--".as_ref()]);
+        assert!(r.code == 0 || r.code == 1, "{tool}: {}", r.stderr);
+        assert_eq!(r.stderr, "", "{tool}: stderr is not a terminal");
+    }
+    let line = format!(
+        "{} diff -o '{}' > /dev/null",
+        env!("CARGO_BIN_EXE_layover"),
+        opts
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        tty.contains("diff: ") && tty.contains(" entries"),
+        "{tty:?}"
+    );
+    assert!(
+        tty.trim_end().ends_with("\u{1b}[2K"),
+        "the line is cleared at the end: {tty:?}"
+    );
+}

@@ -118,6 +118,7 @@ struct Checker<'a> {
     layers: Vec<LayerInfo>,
     ns: XattrNs,
     out: Vec<Finding>,
+    progress: super::progress::Progress,
 }
 
 fn other_ns(ns: XattrNs) -> XattrNs {
@@ -194,6 +195,7 @@ impl Checker<'_> {
             .map(|(n, _)| n.clone())
             .collect();
         for (name, obj) in &entries {
+            self.progress.tick();
             comps.push(name.clone());
             let r = self.entry(i, d, comps, obj, opaque, &live, tally);
             comps.pop();
@@ -567,6 +569,7 @@ pub fn check(stack: &Stack) -> Result<Vec<Finding>, StartupError> {
         layers: layers.clone(),
         ns: stack.xattr_ns,
         out: Vec::new(),
+        progress: super::progress::Progress::new("check"),
     };
     for (i, l) in layers.iter().enumerate() {
         c.layer(i)

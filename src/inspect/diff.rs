@@ -132,6 +132,7 @@ struct Differ<'a, 'b> {
     low: Query<'a>,
     ns: XattrNs,
     emit: &'b mut dyn FnMut(Item) -> std::io::Result<()>,
+    progress: super::progress::Progress,
 }
 
 fn rel(comps: &[Vec<u8>]) -> PathBuf {
@@ -213,6 +214,7 @@ impl Differ<'_, '_> {
         deleted.sort();
         let mut deleted = deleted.into_iter().peekable();
         for (name, obj) in &entries {
+            self.progress.tick();
             // Deletions are listed in name order with the rest.
             while let Some((d, k)) = deleted.next_if(|(d, _)| d < name) {
                 comps.push(d);
@@ -431,6 +433,7 @@ pub fn diff(
         low: low.query(),
         ns: stack.xattr_ns,
         emit,
+        progress: super::progress::Progress::new("diff"),
     };
     let mut comps = Vec::new();
     d.dir(&mut comps, &root, true)

@@ -162,6 +162,7 @@ struct Exporter<'a, W: Write> {
     out: W,
     /// (dev, ino) of files with several links -> the path they were first written under.
     links: HashMap<(u64, u64), Vec<u8>>,
+    progress: super::progress::Progress,
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -213,6 +214,7 @@ impl<W: Write> Exporter<'_, W> {
         let mut entries = self.q.layer_entries(d)?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, obj) in entries {
+            self.progress.tick();
             let path = join(prefix, &name);
             match obj {
                 LayerObj::Whiteout(..) => {
@@ -414,6 +416,7 @@ pub fn export(stack: &Stack, out: impl Write) -> Result<(), StartupError> {
         ns: stack.xattr_ns,
         out,
         links: HashMap::new(),
+        progress: super::progress::Progress::new("export"),
     };
     x.dir(&root, b"")
         .map_err(|e| io_error("export of upperdir", upper, e))?;

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod export;
 pub mod live;
 pub mod output;
+pub mod progress;
 
 use crate::config::Stack;
 use crate::error::StartupError;
