@@ -236,6 +236,9 @@ fn fill_roles(q: &Query<'_>, x: &mut Explanation) -> FsResult<()> {
             "merged into it".to_string()
         } else {
             match &obj {
+                Some(
+                    LayerObj::AufsWhiteout { .. } | LayerObj::AufsOpaque(_) | LayerObj::AufsMeta(_),
+                ) => "never shown: a .wh. name is AUFS/OCI metadata".to_string(),
                 Some(LayerObj::Whiteout(..)) => match why_hidden(x, i, ns) {
                     Some(w) => format!("inactive, hidden: {w}"),
                     None => hides_below(x, i),
