@@ -1385,7 +1385,7 @@ fn export_then_apply_reproduces_the_merged_view() {
         assert!(list.contains(needle), "{needle} missing:\n{list}");
     }
     // Compressed: deterministic, and the same tar inside.
-    for (how, unpack) in [("gzip", "gzip"), ("zstd", "zstd")] {
+    for how in ["gzip", "zstd"] {
         let mut outs = Vec::new();
         for i in 0..2 {
             let f = s.path(&format!("hand-{i}.tar.{how}"));
@@ -1402,15 +1402,21 @@ fn export_then_apply_reproduces_the_merged_view() {
             outs.push(fs::read(&f).unwrap());
         }
         assert_eq!(outs[0], outs[1], "{how}: not deterministic");
-        let f = s.path(&format!("hand-0.tar.{how}"));
-        let plain = Command::new(unpack)
-            .args(["-d", "-c"])
-            .arg(&f)
-            .output()
-            .unwrap();
-        assert!(plain.status.success(), "{how} -d");
+        // gzip(1) is on every Debian system; the zstd command is not, so the reference
+        // library decodes (through the zstd crate, which binds it).
+        let plain = if how == "gzip" {
+            let out = Command::new("gzip")
+                .args(["-d", "-c"])
+                .arg(s.path("hand-0.tar.gzip"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "gzip -d");
+            out.stdout
+        } else {
+            zstd::decode_all(&outs[0][..]).unwrap()
+        };
         assert_eq!(
-            plain.stdout,
+            plain,
             fs::read(s.path("hand.tar")).unwrap(),
             "{how}: another tar inside"
         );
