@@ -110,8 +110,10 @@ const PIPE_FD: i32 = 3;
 /// Starts the watcher for the live mount at `mountpoint` (absolute and canonical, as in the
 /// mount table). Returns the pipe end the daemon must keep open for as long as it serves;
 /// None (with a warning) when the mount cannot be found or the watcher not started. Must be
-/// called while the process has a single thread.
-pub fn start(mountpoint: &Path, privilege: &Privilege) -> Option<OwnedFd> {
+/// called while the process has a single thread. `quiet`: the daemon's output goes to
+/// /dev/null once it runs in the background; the watcher's goes there from the start, so
+/// that it never holds the pipes of whoever started the mount (they would wait for it).
+pub fn start(mountpoint: &Path, privilege: &Privilege, quiet: bool) -> Option<OwnedFd> {
     let table = mount_table();
     let Some(ours) = find_ours(&table, mountpoint.as_os_str().as_bytes()).cloned() else {
         log::warn!(
@@ -135,7 +137,7 @@ pub fn start(mountpoint: &Path, privilege: &Privilege) -> Option<OwnedFd> {
     match sys::fork() {
         Ok(sys::Fork::Child) => {
             drop(wr);
-            exec_watcher(rd, &ours, helper.as_deref())
+            exec_watcher(rd, &ours, helper.as_deref(), quiet)
         }
         Ok(sys::Fork::Parent) => {
             drop(rd);
@@ -159,7 +161,7 @@ pub fn start(mountpoint: &Path, privilege: &Privilege) -> Option<OwnedFd> {
 /// In the forked child: leaves the daemon's session (a ^C meant for `layover -f` must not end
 /// the watcher first) and every directory, keeps only the pipe (as fd 3), and becomes the
 /// watcher by executing this program again under its own name. Never returns.
-fn exec_watcher(pipe: OwnedFd, ours: &MountLine, helper: Option<&Path>) -> ! {
+fn exec_watcher(pipe: OwnedFd, ours: &MountLine, helper: Option<&Path>, quiet: bool) -> ! {
     sys::setsid();
     sys::chdir_root();
     let pipe = sys::keep_only(pipe, PIPE_FD);
@@ -169,6 +171,10 @@ fn exec_watcher(pipe: OwnedFd, ours: &MountLine, helper: Option<&Path>) -> ! {
         .env(ENV_PATH, std::ffi::OsStr::from_bytes(&ours.mountpoint))
         .env_remove(ENV_HELPER)
         .stdin(std::process::Stdio::null());
+    if quiet {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    }
     if let Some(h) = helper {
         cmd.env(ENV_HELPER, h);
     }

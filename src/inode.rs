@@ -35,7 +35,7 @@ impl std::fmt::Display for Ino {
 
 /// The root's number, fixed by FUSE.
 pub const ROOT_INO: Ino = Ino(1);
-const FS_INDEX_SHIFT: u32 = 56;
+pub(crate) const FS_INDEX_SHIFT: u32 = 56;
 const ALLOCATED_BASE: u64 = 1 << 63;
 
 /// A real object's identity in the layers: its (st_dev, st_ino) and a generation that tells

@@ -25,6 +25,7 @@ mod fuse;
 mod handle;
 pub mod idmap;
 mod inode;
+pub mod inspect;
 mod layer;
 pub mod mount;
 mod opener;
@@ -44,7 +45,8 @@ pub use layer::LayerIdx;
 pub use opener::Opener;
 pub use overlay::xattr::XattrReply;
 pub use overlay::{
-    Caller, Entry, FileRange, LayerInfo, NewNode, Node, OpenOpts, Opened, Overlay, Query, SetAttr,
+    Caller, Entry, FileRange, InoOrigin, LayerDir, LayerInfo, LayerObj, NewNode, Node, OpaqueBy,
+    OpenOpts, Opened, Overlay, Query, SetAttr, WhiteoutKind,
 };
 pub use privilege::Privilege;
 pub use sys::{Stat, StatFs, TimeSpec};

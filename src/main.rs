@@ -31,10 +31,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         cli::Command::Tool(t) => {
-            // A usage error: this build has no such command yet (cli.rs says why the word is
-            // reserved already).
-            eprintln!("layover: {}: not implemented yet", t.name());
-            ExitCode::from(2)
+            init_logging(false);
+            match layover::inspect::run(&t) {
+                Ok(layover::inspect::Outcome::Clean) => ExitCode::SUCCESS,
+                Ok(layover::inspect::Outcome::Findings) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("layover: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         cli::Command::Mount(m) => {
             init_logging(m.debug);

@@ -449,7 +449,7 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
     };
     // Forked while the daemon is still single-threaded (the notifier's thread comes next).
     let watcher = if cfg.auto_unmount {
-        crate::autounmount::start(&cfg.mountpoint, privilege)
+        crate::autounmount::start(&cfg.mountpoint, privilege, !cfg.foreground)
     } else {
         None
     };

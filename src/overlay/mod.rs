@@ -17,7 +17,7 @@ mod setattr;
 pub mod xattr;
 
 pub use io::{FileRange, OpenOpts, Opened};
-pub use query::{LayerInfo, Node, Query};
+pub use query::{InoOrigin, LayerDir, LayerInfo, LayerObj, Node, OpaqueBy, Query, WhiteoutKind};
 
 pub use crate::idmap::Caller;
 pub use create::NewNode;
