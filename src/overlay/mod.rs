@@ -763,7 +763,7 @@ mod work {
     /// a clean unmount leaves `work/` empty then, as the kernel's does.) It lives in `work/`
     /// (kept when that is emptied at mount) so that a failed first start, which removes
     /// `work/`, leaves nothing behind.
-    const FORMAT_RECORD: &std::ffi::CStr = c"#layover-whiteout-format";
+    const FORMAT_RECORD: &std::ffi::CStr = crate::whiteout::FORMAT_NOTE;
 
     fn recorded_format(work: BorrowedFd<'_>) -> Option<Format> {
         let fd = sys::openat(work, FORMAT_RECORD, libc::O_RDONLY, 0).ok()?;
