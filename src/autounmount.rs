@@ -20,7 +20,7 @@ use crate::mountinfo::{self, MountEntry};
 use crate::privilege::{Mode, Privilege};
 use crate::sys;
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -79,7 +79,12 @@ pub fn start(mountpoint: &Path, privilege: &Privilege, quiet: bool) -> Option<Ow
         Mode::User => crate::privilege::find_fusermount3(),
         Mode::Root | Mode::UserNamespaceRoot => None,
     };
-    let (rd, wr) = match sys::pipe() {
+    // `rd`/`wr`: the daemon's life. `started`: closed in the child by its exec (close-on-exec),
+    // so that the daemon goes on only once the watcher runs under its own name: until then
+    // the child's command line is the daemon's, and whoever looks for the daemon by its mount
+    // point right after the mount command returns would find two.
+    let pipes = sys::pipe().and_then(|life| Ok((life, sys::pipe()?)));
+    let ((rd, wr), (started_rd, started_wr)) = match pipes {
         Ok(p) => p,
         Err(e) => {
             log::warn!("auto_unmount: no pipe ({e}): a dead daemon will leave its mount");
@@ -89,10 +94,13 @@ pub fn start(mountpoint: &Path, privilege: &Privilege, quiet: bool) -> Option<Ow
     match sys::fork() {
         Ok(sys::Fork::Child) => {
             drop(wr);
-            exec_watcher(rd, &ours, helper.as_deref(), quiet)
+            drop(started_rd);
+            exec_watcher(rd, &ours, helper.as_deref(), quiet, started_wr)
         }
         Ok(sys::Fork::Parent) => {
             drop(rd);
+            drop(started_wr);
+            let _ = sys::read_all(started_rd.as_fd(), &mut Vec::new()); // EOF: exec'd or gone
             log::debug!(
                 "auto_unmount: watching mount {} ({}) at {}",
                 ours.id,
@@ -113,10 +121,21 @@ pub fn start(mountpoint: &Path, privilege: &Privilege, quiet: bool) -> Option<Ow
 /// In the forked child: leaves the daemon's session (a ^C meant for `layover -f` must not end
 /// the watcher first) and every directory, keeps only the pipe (as fd 3), and becomes the
 /// watcher by executing this program again under its own name. Never returns.
-fn exec_watcher(pipe: OwnedFd, ours: &MountEntry, helper: Option<&Path>, quiet: bool) -> ! {
+fn exec_watcher(
+    pipe: OwnedFd,
+    ours: &MountEntry,
+    helper: Option<&Path>,
+    quiet: bool,
+    started: OwnedFd,
+) -> ! {
     sys::setsid();
     sys::chdir_root();
-    let pipe = sys::keep_only(pipe, PIPE_FD);
+    // `started` must not sit where the pipe is about to be moved (dup2 would close it).
+    let started = match started.as_raw_fd() {
+        PIPE_FD => started.try_clone().unwrap_or(started),
+        _ => started,
+    };
+    let pipe = sys::keep_only_across_exec(pipe, PIPE_FD);
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg0(NAME)
         .env(ENV_MOUNT, format!("{} {}", ours.id, ours.dev))
@@ -132,6 +151,7 @@ fn exec_watcher(pipe: OwnedFd, ours: &MountEntry, helper: Option<&Path>, quiet: 
     }
     let e = cmd.exec();
     drop(pipe);
+    drop(started);
     eprintln!("layover: auto_unmount: cannot start the watcher: {e}");
     sys::exit_now(1)
 }
@@ -162,10 +182,12 @@ impl Watcher {
     /// Waits for the daemon to end (EOF on the pipe: nothing is ever written to it), then
     /// unmounts its mount if it is still there. Never returns.
     pub fn run(self) -> ! {
-        if let Some(pipe) = sys::inherited_fd(PIPE_FD) {
-            let mut buf = Vec::new();
-            let _ = sys::read_all(pipe.as_fd(), &mut buf);
-        }
+        // Without its pipe the watcher cannot know when the daemon ends: it does nothing
+        // rather than unmount a live mount.
+        let Some(pipe) = sys::inherited_fd(PIPE_FD) else {
+            sys::exit_now(1)
+        };
+        let _ = sys::read_all(pipe.as_fd(), &mut Vec::new());
         let ours = MountEntry {
             id: self.id,
             parent: 0,
@@ -174,10 +196,31 @@ impl Watcher {
             fstype: String::new(),
             super_opts: String::new(),
         };
-        if still_there(&mount_table(), &ours) {
-            self.unmount();
+        // The daemon's end of the pipe closes as its process is torn down, which may be a
+        // moment before its /dev/fuse descriptors are, and the connection is aborted: look a
+        // few times before deciding the mount is someone else's.
+        for _ in 0..50 {
+            if !still_there(&mount_table(), &ours) {
+                break;
+            }
+            if self.dead() {
+                self.unmount();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         sys::exit_now(0)
+    }
+
+    /// Whether the mount at the mount point no longer answers (ENOTCONN: its daemon is
+    /// gone). Mount ids and device numbers are reused at once, so a mount made at the same
+    /// place right after ours ended can look like ours in the mount table; a live one
+    /// answers, and is left alone.
+    fn dead(&self) -> bool {
+        let Ok(path) = CString::new(self.mountpoint.as_os_str().as_bytes()) else {
+            return false;
+        };
+        sys::statfs_answers(&path) == Err(crate::error::Errno::ENOTCONN)
     }
 
     fn unmount(&self) {

@@ -34,6 +34,7 @@ impl Errno {
     pub const ENOTEMPTY: Errno = Errno::new(libc::ENOTEMPTY);
     pub const ENODATA: Errno = Errno::new(libc::ENODATA);
     pub const EOPNOTSUPP: Errno = Errno::new(libc::EOPNOTSUPP);
+    pub const ENOTCONN: Errno = Errno::new(libc::ENOTCONN);
     pub const ESTALE: Errno = Errno::new(libc::ESTALE);
     pub const EACCES: Errno = Errno::new(libc::EACCES);
     pub const ENXIO: Errno = Errno::new(libc::ENXIO);

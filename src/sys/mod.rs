@@ -520,6 +520,14 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// Whether the filesystem mounted at `path` answers: `statfs(2)`, which no cache answers in
+/// its place (a FUSE mount asks its daemon every time: ENOTCONN once the daemon is gone).
+pub fn statfs_answers(path: &CStr) -> FsResult<()> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: NUL-terminated path and a properly sized out-buffer.
+    cvt(unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) }).map(drop)
+}
+
 pub fn fstatfs(fd: BorrowedFd<'_>) -> FsResult<StatFs> {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: valid fd and a properly sized out-buffer.

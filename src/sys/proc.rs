@@ -349,16 +349,17 @@ pub fn dev_major_minor(dev: u64) -> (u32, u32) {
     (libc::major(dev), libc::minor(dev))
 }
 
-/// Moves `fd` to the number `to` and closes every other fd from 3 up: for a process that is
-/// to hold nothing but this one (and stdio). `to` must be 3 or more. On failure `fd` is kept
-/// where it was (still closing the others).
-pub fn keep_only(fd: OwnedFd, to: i32) -> OwnedFd {
+/// For a process about to exec: moves `fd` to the number `to` (3 or more), open across the
+/// exec, and marks every other fd from 3 up close-on-exec, so that the new program holds
+/// nothing but `fd` (and stdio). On failure `fd` stays where it was, still open across exec.
+pub fn keep_only_across_exec(fd: OwnedFd, to: i32) -> OwnedFd {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
     let raw = fd.as_raw_fd();
     let fd = if raw == to {
         fd
     } else {
         // SAFETY: dup2 of a valid fd onto `to`, replacing whatever `to` was (which the caller
-        // means to close anyway); the new fd is owned by the returned OwnedFd alone.
+        // means to drop anyway); the new fd is owned by the returned OwnedFd alone.
         match unsafe { libc::dup2(raw, to) } {
             r if r == to => {
                 drop(fd);
@@ -367,14 +368,21 @@ pub fn keep_only(fd: OwnedFd, to: i32) -> OwnedFd {
             _ => fd,
         }
     };
-    let keep = fd.as_raw_fd() as u32;
-    // SAFETY: closing fds that nothing in this (single-threaded, about to exec) process
-    // uses any more: every fd from 3 up except `keep`.
+    let keep = fd.as_raw_fd();
+    // SAFETY: fcntl and close_range on fds of this process; they only change close-on-exec
+    // flags: `keep` stays open across exec, every other fd from 3 up closes at exec.
     unsafe {
+        libc::fcntl(keep, libc::F_SETFD, 0);
+        let keep = keep as u32;
         if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0);
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, CLOSE_RANGE_CLOEXEC);
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0);
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
     }
     fd
 }
