@@ -54,6 +54,11 @@ pub struct Config {
     /// Ask the kernel for FUSE passthrough (`passthrough=off` serves file data through the
     /// daemon and its writeback cache, as happens without root or on kernels before 6.9).
     pub passthrough: bool,
+    /// `strict_copy_up=1`: lower files opened read-only are read through the daemon, so that
+    /// a descriptor opened before a copy-up reads the copy afterwards (Linux >= 4.19), at the
+    /// cost of a page-cache copy per mount. Off: they are FUSE passthrough from the lower
+    /// file, whose page cache every mount shares.
+    pub strict_copy_up: bool,
     /// Options we did not recognise (each gets a one-line warning).
     pub unknown: Vec<String>,
 }
@@ -163,6 +168,7 @@ pub struct DaemonOptions {
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    pub strict_copy_up: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,6 +297,15 @@ pub const DAEMON_KEYS: &[Key] = &[
         help: "0: serve file data through the daemon and the writeback cache, not FUSE passthrough",
         apply: |o, v| {
             o.daemon.passthrough = Some(bool_value("passthrough", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "strict_copy_up",
+        value: Some("0|1"),
+        help: "1: a file opened read-only before its copy-up reads the copy afterwards (lower files then cost a page-cache copy per mount)",
+        apply: |o, v| {
+            o.daemon.strict_copy_up = Some(bool_value("strict_copy_up", v)?);
             Ok(())
         },
     },
@@ -714,6 +729,7 @@ impl Config {
             max_write: o.daemon.max_write,
             threads: o.daemon.threads,
             passthrough: o.daemon.passthrough != Some(false),
+            strict_copy_up: o.daemon.strict_copy_up == Some(true),
             unknown: o.unknown,
         })
     }
