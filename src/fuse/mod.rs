@@ -479,15 +479,23 @@ impl Filesystem for Fs {
             .ov
             .create_file(parent.into(), name, mode, flags, opts, caller(req, umask))
         {
-            // A new file has no older opens: never `Serve::Direct` or `Serve::Busy`, but
-            // served as the kernel allows if it were.
+            // A new file has no older opens (no `Serve::Direct` or `Serve::Busy`), but each
+            // is served as the kernel allows if it comes.
             Ok((e, o)) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Serve::Passthrough(b) | Serve::Direct(b) => reply.created_passthrough(
+                Serve::Passthrough(b) => reply.created_passthrough(
                     &self.ttl,
                     &attr(&e.attr),
                     Generation(0),
                     o.fh.into(),
                     FopenFlags::FOPEN_NOFLUSH,
+                    &b,
+                ),
+                Serve::Direct(b) => reply.created_passthrough(
+                    &self.ttl,
+                    &attr(&e.attr),
+                    Generation(0),
+                    o.fh.into(),
+                    DIRECT_FLAGS,
                     &b,
                 ),
                 Serve::Busy => {

@@ -26,8 +26,10 @@ pub enum Serve<B> {
     /// the current copy; only an mmap of it maps the backing (the older copy).
     Direct(Arc<B>),
     /// Refused (ETXTBSY): an open for writing while older opens read a lower copy through
-    /// the kernel. Such an open would need a backing of its own, which the kernel refuses,
-    /// and naming the lower one would let a shared writable mmap write the lower file.
+    /// the kernel. Such an open would need a backing of its own, which the kernel refuses
+    /// (EBUSY), and naming the lower one makes the kernel open the lower file for writing:
+    /// EIO on the read-only clone of a lower layer, and on a writable one a shared writable
+    /// mmap would write the lower file.
     Busy,
 }
 
