@@ -49,9 +49,9 @@ pub struct Opened {
     pub fd: Arc<OwnedFd>,
     /// A regular file whose data stays in `fd` for good: it is in the upper already, or the
     /// mount has no upper to copy it to. The transport may let the kernel read and write
-    /// `fd` directly (FUSE passthrough). Any other open must be served through the core:
-    /// after a copy-up, the core's handle re-opens the copy, which a kernel-held file could
-    /// not (it would keep reading the lower file).
+    /// `fd` directly (FUSE passthrough). Any other open is served through the core if the
+    /// reader must see a later copy-up: after one, the core's handle re-opens the copy, which
+    /// a kernel-held file could not (it would keep reading the lower file; see `lower_read`).
     pub settled: bool,
     /// A read-only open of a regular file whose data is still in a lower layer. Its data
     /// moves only if the file is copied up; a transport that lets the kernel read `fd`
