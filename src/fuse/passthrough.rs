@@ -39,8 +39,9 @@ pub struct DataPath<B> {
     granted: bool,
     /// Passthrough is granted and the kernel has not refused a backing since.
     passthrough: AtomicBool,
-    /// Read-only opens of lower files are passthrough too (not `strict_copy_up`).
-    share_lower: bool,
+    /// Read-only opens of lower files are passthrough too (not `strict_copy_up`, and the
+    /// kernel has not refused a lower file as a backing).
+    share_lower: AtomicBool,
     /// The kernel caches writes (FUSE_WRITEBACK_CACHE).
     writeback: bool,
     modes: IoModes,
@@ -55,7 +56,7 @@ impl<B> DataPath<B> {
         DataPath {
             granted: false,
             passthrough: AtomicBool::new(false),
-            share_lower,
+            share_lower: AtomicBool::new(share_lower),
             writeback: false,
             modes: IoModes::default(),
             opens: DashMap::new(),
@@ -80,7 +81,9 @@ impl<B> DataPath<B> {
 
     /// Records an open and says how to serve it. `make` opens a backing (a syscall, run
     /// without any lock); if the kernel refuses it, passthrough is off for the rest of the
-    /// mount. After `Serve::Busy` nothing is recorded: the caller closes the core's handle.
+    /// mount (only for lower files when it was one: a lower layer may sit on a filesystem the
+    /// kernel does not stack on). After `Serve::Busy` nothing is recorded: the caller closes
+    /// the core's handle.
     pub fn begin<E: std::fmt::Display>(
         &self,
         o: &Opened,
@@ -89,8 +92,11 @@ impl<B> DataPath<B> {
         if !self.granted {
             return Serve::Cached;
         }
-        let want = (o.settled || (self.share_lower && o.lower_read))
-            && self.passthrough.load(Ordering::Relaxed);
+        let lower = !o.settled && o.lower_read && self.share_lower.load(Ordering::Relaxed);
+        // While the inode has a backing the kernel takes passthrough opens only, whatever
+        // was decided since (sharing or passthrough turned off after a refusal).
+        let want = ((o.settled || lower) && self.passthrough.load(Ordering::Relaxed))
+            || self.backings.map.contains_key(&o.ino);
         let passthrough = self.modes.begin(o.ino, want);
         self.opens.insert(o.fh, (o.ino, passthrough));
         if !passthrough {
@@ -103,17 +109,29 @@ impl<B> DataPath<B> {
                 self.release(o.fh);
                 Serve::Busy
             }
+            Err(e) if lower => {
+                log::warn!(
+                    "passthrough of a lower file refused by the kernel ({e}); lower files are read through the daemon from now on"
+                );
+                self.share_lower.store(false, Ordering::Relaxed);
+                self.serve_cached(o)
+            }
             Err(e) => {
                 log::warn!(
                     "passthrough refused by the kernel ({e}); file data goes through the daemon from now on"
                 );
                 self.passthrough.store(false, Ordering::Relaxed);
-                self.modes.end(o.ino, true);
-                self.modes.begin(o.ino, false);
-                self.opens.insert(o.fh, (o.ino, false));
-                Serve::Cached
+                self.serve_cached(o)
             }
         }
+    }
+
+    /// An open recorded as passthrough whose backing the kernel refused: cached after all.
+    fn serve_cached(&self, o: &Opened) -> Serve<B> {
+        self.modes.end(o.ino, true);
+        self.modes.begin(o.ino, false);
+        self.opens.insert(o.fh, (o.ino, false));
+        Serve::Cached
     }
 
     /// The open `fh` is closed.
@@ -323,6 +341,22 @@ mod tests {
         d.release(Fh(1));
         d.release(Fh(2));
         assert_eq!(d.begin(&opened(3, 5, true), || Ok::<_, String>(9)), pt(9));
+    }
+
+    #[test]
+    fn refused_lower_backing_turns_only_lower_sharing_off() {
+        let d = granted(true);
+        assert_eq!(
+            d.begin(&opened(1, 5, false), || Err("no".to_string())),
+            Serve::Cached
+        );
+        assert_eq!(
+            d.begin(&opened(2, 6, false), || Ok::<_, String>(7)),
+            Serve::Cached
+        );
+        assert_eq!(d.begin(&opened(3, 7, true), || Ok::<_, String>(8)), pt(8));
+        // An inode that has a backing keeps it for its next opens.
+        assert_eq!(d.begin(&opened(4, 7, false), || Ok::<_, String>(9)), pt(8));
     }
 
     #[test]
