@@ -20,21 +20,41 @@ cd "$(dirname "$0")/.."
 # --- prerequisites ---------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || die "the tests mount file systems and must run as root: sudo $0"
 
-# Debian packages the tests call: mount.fuse3/fusermount3 (fuse3), getfattr/setfattr (attr),
-# python3 (scripts, and the tests' mmap helper), a C toolchain (build-essential).
-# mount/umount, cp, mknod... are essential.
-# Cargo-installed test tools (fsx) are installed below, once cargo is found.
+# Debian packages the tests call, each with a command that shows it is there:
+# mount.fuse3/fusermount3 (fuse3), getfattr/setfattr (attr), python3 (scripts, and the tests'
+# mmap helper), a C toolchain (build-essential), mkfs.ext4 (e2fsprogs: tests/reliability.rs
+# puts layers on a small ext4 image), newuidmap/newgidmap (uidmap: user namespaces with
+# subordinate ids), and for tests/podman.rs podman, runc (Debian 12's crun refuses a hybrid
+# cgroup layout) and busybox-static (the containers' root file system).
+# mount/umount, losetup, cp, mknod... are essential. This is the one list: .ci/run only calls
+# this script. Cargo-installed test tools (fsx) are installed below, once cargo is found.
+need=(
+    "mount.fuse3:fuse3" "setfattr:attr" "python3:python3" "cc:build-essential"
+    "mkfs.ext4:e2fsprogs" "newuidmap:uidmap" "podman:podman" "runc:runc"
+)
 missing=()
-command -v mount.fuse3 >/dev/null || missing+=(fuse3)
-command -v setfattr >/dev/null || missing+=(attr)
-command -v python3 >/dev/null || missing+=(python3)
-command -v cc >/dev/null || missing+=(build-essential)
+for n in "${need[@]}"; do
+    command -v "${n%%:*}" >/dev/null || missing+=("${n#*:}")
+done
+# A static busybox, not the dynamically linked one of the `busybox` package.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
+    missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
     step "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+# The rootless tests (tests/rootless.rs, tests/podman.rs, the ops tier as an ordinary user)
+# run as the ordinary user `podtest`, with subordinate id ranges in /etc/subuid and
+# /etc/subgid. Made once, if missing; an existing user and its ranges are kept.
+if ! id -u podtest >/dev/null 2>&1; then
+    step "creating the test user podtest (for the rootless tests)"
+    useradd --create-home --shell /bin/bash podtest
+fi
+grep -q '^podtest:' /etc/subuid || usermod --add-subuids 100000-165535 podtest
+grep -q '^podtest:' /etc/subgid || usermod --add-subgids 100000-165535 podtest
 
 [ -c /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, pass the device in (--device /dev/fuse)"
 grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null ||

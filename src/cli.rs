@@ -95,13 +95,17 @@ struct MountCli {
 #[derive(Subcommand, Debug, PartialEq, Eq)]
 pub enum Tool {
     /// Why a path in the merged view looks as it does: the layer it comes from, what hides it
-    Explain(Reserved),
+    #[command(long_about = EXPLAIN_ABOUT, after_help = EXPLAIN_AFTER)]
+    Explain(ExplainArgs),
     /// What the upper layer changes against the lowers
-    Diff(Reserved),
-    /// The upper layer as an OCI layer
-    Export(Reserved),
+    #[command(long_about = DIFF_ABOUT, after_help = DIFF_AFTER)]
+    Diff(DiffArgs),
+    /// The upper layer as an OCI image layer (a tar)
+    #[command(long_about = EXPORT_ABOUT, after_help = EXPORT_AFTER)]
+    Export(ExportArgs),
     /// Check a layer stack for what the kernel's overlayfs would refuse or misread
-    Check(Reserved),
+    #[command(long_about = CHECK_ABOUT, after_help = CHECK_AFTER)]
+    Check(CheckArgs),
     /// Figures about a layer stack or a live mount
     Stats(Reserved),
 }
@@ -112,6 +116,182 @@ pub struct Reserved {
     #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true, hide = true)]
     pub args: Vec<OsString>,
 }
+
+/// The layer stack of a tool, as for mounting, and the output format.
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct StackArgs {
+    /// Layers as for mounting: lowerdir=DIR[:DIR...][,upperdir=DIR][,workdir=DIR][,userxattr]
+    /// (other mount options are accepted and ignored)
+    #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
+    pub options: Vec<String>,
+
+    /// Write JSON (one object per line) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+
+    /// Paths to explain: relative to the merged root with -o (a leading / is allowed);
+    /// without -o, paths inside a live layover mount
+    #[arg(required = true, value_name = "PATH", value_parser = clap::value_parser!(OsString))]
+    pub paths: Vec<OsString>,
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+
+    /// A live layover mount to diff (instead of -o)
+    #[arg(value_name = "MOUNTPOINT", value_parser = clap::value_parser!(OsString))]
+    pub mountpoint: Option<OsString>,
+}
+
+/// How `export` compresses its tar.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct ExportArgs {
+    /// Layers as for mounting: lowerdir=DIR[:DIR...],upperdir=DIR[,userxattr]
+    #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
+    pub options: Vec<String>,
+
+    /// Write the tar to FILE (default: standard output, which must not be a terminal)
+    #[arg(long, value_name = "FILE", value_parser = clap::value_parser!(OsString))]
+    pub output: Option<OsString>,
+
+    /// Compress the tar (deterministically: no name or time in the gzip header)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub compress: Option<Compression>,
+
+    /// A live layover mount whose upper to export (instead of -o)
+    #[arg(value_name = "MOUNTPOINT", value_parser = clap::value_parser!(OsString))]
+    pub mountpoint: Option<OsString>,
+}
+
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+
+    /// Repair what is safe to repair (never user data; never while the layers are mounted)
+    #[arg(long)]
+    pub fix: bool,
+
+    /// A live layover mount whose layers to check (instead of -o; --fix is refused then)
+    #[arg(value_name = "MOUNTPOINT", value_parser = clap::value_parser!(OsString))]
+    pub mountpoint: Option<OsString>,
+}
+
+const EXPLAIN_ABOUT: &str = "\
+Explain why each PATH of the merged view looks as it does, layer by layer:
+  - what each layer holds at the path (an object, a whiteout and its format, an opaque
+    directory and its marker, nothing);
+  - which layer supplies the object and which directories are merged into it (the same
+    lookup the daemon serves);
+  - for every object not shown, what hides it: a whiteout (0/0 device, .wh. file, xattr
+    whiteout), an opaque directory (overlay.opaque=y or .wh..wh..opq), or a non-directory
+    above it on the path;
+  - for an upper object, whether it was copied up (the kernel's overlay.origin record, or a
+    lower object of the same type, size and mtime) or created in the upper;
+  - where its inode number comes from;
+  - for a directory, which layer each entry comes from, and which whiteouts in it hide what.";
+
+const EXPLAIN_AFTER: &str = "\
+Layers are named upper, lower0 (the leftmost of lowerdir=, the top lower), lower1, ...
+Names that are not UTF-8 are shown with \\xNN escapes.
+
+Exit status: 0 every PATH exists in the merged view; 1 some PATH does not (it is still
+explained); 2 wrong command line or unreadable layers.
+
+Examples:
+  layover explain -o lowerdir=/l1:/l0,upperdir=/u /etc/hosts /var/lib
+  layover explain --json -o lowerdir=/l1:/l0 /etc
+  layover explain /merged/etc/hosts        (inside a live layover mount)";
+
+const DIFF_ABOUT: &str = "\
+List what the upper layer changes against the merged view of the lowers, one line each:
+  A PATH                 added (not in the lowers)
+  M PATH  data           modified: file content, symlink target or device number
+  M PATH  metadata: ...  modified, metadata only: which of mode, owner, mtime, xattrs
+  M PATH  type: A -> B   replaced by an object of another type
+  D PATH  (format)       deleted by a whiteout (0/0 device, .wh. file or xattr whiteout)
+  O PATH  ...            a directory replaced opaquely (its lower contents hidden)
+Contents of an added or opaque directory are listed as added. Unchanged copy-ups are not
+listed. Times compared are mtimes (copy-up keeps them; atime and ctime always move); xattrs
+compared are those the merged view shows (the overlay's own markers are left out). The
+root directory is not compared. A whiteout that hides nothing is not listed (check reports
+it).";
+
+const DIFF_AFTER: &str = "\
+Exit status: 0 the diff was written; 2 wrong command line or unreadable layers.
+
+Examples:
+  layover diff -o lowerdir=/l1:/l0,upperdir=/u
+  layover diff --json /merged              (a live layover mount)";
+
+const EXPORT_ABOUT: &str = "\
+Write the upper layer as an OCI image layer: a POSIX (PAX) tar that image
+tools apply over the lowers. Whiteouts of every format become .wh.NAME files, opaque
+directories a .wh..wh..opq file; a file with several links is written once and its other
+names as hard links; extended attributes (the overlay's own markers left out) and
+nanosecond mtimes are PAX records. The output is deterministic: the same upper gives the
+same bytes (entries in name order, markers with owner 0, mode 0 and time 0), compressed
+or not (--compress gzip|zstd). Files with holes are written as GNU sparse members (PAX
+format 1.0, read by GNU tar and Go's archive/tar), so their holes stay holes.";
+
+const EXPORT_AFTER: &str = "\
+Exit status: 0 the layer was written; 2 wrong command line, unreadable layers, or a
+terminal as standard output.
+
+Examples:
+  layover export -o lowerdir=/l1:/l0,upperdir=/u > layer.tar
+  layover export --compress zstd -o lowerdir=/l0,upperdir=/u > layer.tar.zst
+  layover export --output layer.tar /merged     (a live layover mount)";
+
+const CHECK_ABOUT: &str = "\
+Check a layer stack for what the kernel's overlayfs (or layover) would refuse or read
+differently than intended. Every layer is walked; each finding says where, what it means
+and whether --fix repairs it. Findings:
+  whiteout-in-opaque-dir      a whiteout inside an opaque directory: it hides nothing
+                              (fix: removed, upper only)
+  aufs-whiteout-beside-entry  .wh.X beside a live X in the same layer: the layer holds both
+                              (fix: the empty .wh.X removed, upper only)
+  markers-in-both-namespaces  overlay markers in both trusted.* and user.*: which are read
+                              depends on userxattr
+  mixed-whiteout-formats      0/0 devices and .wh. files in one layer: the kernel does not read
+                              .wh. files (fix: converted to 0/0 devices and opaque xattrs,
+                              upper only)
+  aufs-whiteouts              .wh. whiteouts in a layer: layover reads them, the kernel does
+                              not
+  workdir-leftovers           files left in WORKDIR/work by an interrupted mount
+                              (fix: removed; the incompat/ directory is never touched)
+  workdir-volatile            WORKDIR/work/incompat/volatile: a volatile mount did not end
+                              cleanly; the kernel refuses to mount until it is removed by hand
+  redirect-marker             overlay.redirect: a renamed directory layover does not follow
+  metacopy-marker             overlay.metacopy: data in a lower that layover does not fetch
+  stray-xattr-whiteout        a file marked overlay.whiteout outside an opaque=x directory:
+                              read as a plain empty file
+  bad-opaque-value            overlay.opaque with a value other than y or x: ignored
+  useless-whiteout            an upper whiteout that hides nothing (fix: removed)
+--fix never removes a file with data, never touches a lower, and refuses to run while a
+kernel overlay or a layover daemon uses the layers.";
+
+const CHECK_AFTER: &str = "\
+Exit status: 0 no findings (or all fixed); 1 findings remain; 2 wrong command line or
+unreadable layers, or --fix refused.
+
+Examples:
+  layover check -o lowerdir=/l1:/l0,upperdir=/u,workdir=/w
+  layover check --fix -o lowerdir=/l0,upperdir=/u,workdir=/w";
 
 impl Tool {
     pub fn name(&self) -> &'static str {
@@ -156,7 +336,7 @@ fn after_help() -> String {
          -o may repeat, stand before or after the arguments, and be glued (-oOPTIONS). Within\n  \
          one, options are comma-separated; \\, and \\: put a comma or a colon inside a value\n  \
          (\\\\ a backslash). Where two options disagree, the later one wins.\n\n\
-         Subcommands (reserved, not implemented yet): {words}\n  \
+         Subcommands: {words} (see layover SUBCOMMAND --help; stats is reserved,\n  not implemented yet)\n  \
          A word is a subcommand only as the first argument. To mount on a directory named like\n  \
          one, put anything else first: `layover -o OPTIONS explain`, `layover SOURCE explain`,\n  \
          `layover ./explain -o OPTIONS`. mount(8)'s SOURCE must not be one of these words.\n\n\
@@ -418,7 +598,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["explain", "diff", "export", "check", "stats"]);
         for n in names {
-            let Ok(Command::Tool(t)) = p(&[&n]) else {
+            let Ok(Command::Tool(t)) = p(&[&n, "x"]) else {
                 panic!("{n}")
             };
             assert_eq!(t.name(), n);
@@ -427,14 +607,43 @@ mod tests {
 
     #[test]
     fn subcommand_arguments_and_help() {
-        let Ok(Command::Tool(Tool::Explain(r))) = p(&["explain", "-o", "lowerdir=/a", "x"]) else {
+        let Ok(Command::Tool(Tool::Explain(a))) = p(&[
+            "explain",
+            "-o",
+            "lowerdir=/a",
+            "x",
+            "--json",
+            "-o",
+            "upperdir=/u",
+        ]) else {
             panic!("explain")
         };
-        assert_eq!(r.args, vec!["-o", "lowerdir=/a", "x"]);
-        assert!(matches!(p(&["diff"]), Ok(Command::Tool(Tool::Diff(_)))));
-        let Ok(Command::Help(h)) = p(&["explain", "--help"]) else {
-            panic!("explain --help")
+        assert_eq!(a.stack.options, vec!["lowerdir=/a", "upperdir=/u"]);
+        assert!(a.stack.json);
+        assert_eq!(a.paths, vec!["x"]);
+        assert!(
+            p(&["explain", "-o", "lowerdir=/a"]).is_err(),
+            "a PATH is required"
+        );
+        let Ok(Command::Tool(Tool::Diff(d))) = p(&["diff"]) else {
+            panic!("diff")
         };
-        assert!(h.contains("layer"), "{h}");
+        assert_eq!(d.mountpoint, None);
+        let Ok(Command::Tool(Tool::Check(c))) = p(&["check", "--fix", "/m"]) else {
+            panic!("check")
+        };
+        assert!(c.fix && c.mountpoint.as_deref() == Some(OsStr::new("/m")));
+        assert!(matches!(
+            p(&["export", "x"]),
+            Ok(Command::Tool(Tool::Export(_)))
+        ));
+        for tool in ["explain", "diff", "check", "export"] {
+            let Ok(Command::Help(h)) = p(&[tool, "--help"]) else {
+                panic!("{tool} --help")
+            };
+            for needle in ["layer", "Exit status", "Examples", "-o <OPTIONS>"] {
+                assert!(h.contains(needle), "{tool}: {needle} missing:\n{h}");
+            }
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 use crate::cli::MountArgs;
 use crate::error::StartupError;
+use crate::privilege::Privilege;
+use crate::whiteout::Format;
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ pub struct Stack {
     pub durable: bool,
     pub xattr_ns: XattrNs,
     pub read_only: bool,
+    /// `whiteout=chardev|file`: the whiteout format forced (None: decided at mount).
+    pub whiteout: Option<Format>,
 }
 
 /// Everything the daemon needs, validated: the layer stack, and how it is mounted and served.
@@ -59,6 +63,9 @@ pub struct Config {
     /// cost of a page-cache copy per mount. Off: they are FUSE passthrough from the lower
     /// file, whose page cache every mount shares.
     pub strict_copy_up: bool,
+    /// Unmount the mount if the daemon dies (`auto_unmount`, the default; `noauto_unmount`
+    /// leaves a dead mount in place, as libfuse does without `auto_unmount`).
+    pub auto_unmount: bool,
     /// Options we did not recognise (each gets a one-line warning).
     pub unknown: Vec<String>,
 }
@@ -145,6 +152,7 @@ pub struct LayerOptions {
     pub userxattr: bool,
     /// `ro`: a generic mount flag, but also what makes the stack read-only.
     pub ro: bool,
+    pub whiteout: Option<Format>,
 }
 
 /// Generic mount(8) and FUSE mount options.
@@ -169,6 +177,7 @@ pub struct DaemonOptions {
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
     pub strict_copy_up: Option<bool>,
+    pub auto_unmount: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,6 +252,21 @@ pub const LAYER_KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "whiteout",
+        value: Some("chardev|file"),
+        help: "write whiteouts as 0/0 devices or as .wh. files (default: as the upper has them, else devices where they can be made)",
+        apply: |o, v| {
+            let f = Format::parse(v.as_bytes()).ok_or_else(|| {
+                StartupError::new(format!(
+                    "option whiteout={}: expected chardev or file",
+                    one_line(v)
+                ))
+            })?;
+            o.layers.whiteout = Some(f);
+            Ok(())
+        },
+    },
+    Key {
         name: "ro",
         value: None,
         help: "mount read-only, even with an upperdir",
@@ -306,6 +330,24 @@ pub const DAEMON_KEYS: &[Key] = &[
         help: "1: a file opened read-only before its copy-up reads the copy afterwards (lower files then cost a page-cache copy per mount)",
         apply: |o, v| {
             o.daemon.strict_copy_up = Some(bool_value("strict_copy_up", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "auto_unmount",
+        value: None,
+        help: "unmount the mount when the daemon dies, however it dies (the default)",
+        apply: |o, _| {
+            o.daemon.auto_unmount = Some(true);
+            Ok(())
+        },
+    },
+    Key {
+        name: "noauto_unmount",
+        value: None,
+        help: "leave the mount in place when the daemon dies (uses then fail with ENOTCONN)",
+        apply: |o, _| {
+            o.daemon.auto_unmount = Some(false);
             Ok(())
         },
     },
@@ -559,7 +601,19 @@ fn err_path(what: &str, p: &Path, msg: impl std::fmt::Display) -> StartupError {
 
 /// The path must exist and be a directory; returns its canonical form and device.
 fn check_dir(what: &str, p: &Path) -> Result<(PathBuf, u64), StartupError> {
-    let md = std::fs::metadata(p).map_err(|e| err_path(what, p, e))?;
+    let md = std::fs::metadata(p).map_err(|e| match e.raw_os_error() {
+        // A FUSE mount whose daemon is gone (left by a crash, or mounted noauto_unmount).
+        Some(libc::ENOTCONN) => err_path(
+            what,
+            p,
+            format!(
+                "a FUSE mount whose daemon is gone is still there: unmount it first \
+                 (umount -l {0}, or fusermount3 -uz {0} as its user)",
+                p.display()
+            ),
+        ),
+        _ => err_path(what, p, e),
+    })?;
     if !md.is_dir() {
         return Err(err_path(what, p, "not a directory"));
     }
@@ -609,14 +663,19 @@ impl Stack {
     /// Builds a layer stack from `-o` options alone (`lowerdir=...[,upperdir=...]`), as an
     /// offline tool does: the layer keys are read (others are ignored here), and the
     /// directories are checked against the filesystem; no mountpoint is involved.
-    pub fn from_options(args: &[String]) -> Result<Stack, StartupError> {
-        Stack::from_layer_options(&parse_options(args)?.layers)
+    /// `privilege`: who the process runs as (decides the default xattr namespace).
+    pub fn from_options(args: &[String], privilege: &Privilege) -> Result<Stack, StartupError> {
+        Stack::from_layer_options(&parse_options(args)?.layers, privilege)
     }
 
     /// An upperdir without a workdir is accepted here and makes a read-only stack (a tool
     /// only reads); a mount refuses it (`Config::from_args`). A workdir without an upperdir is
-    /// always refused.
-    pub fn from_layer_options(o: &LayerOptions) -> Result<Stack, StartupError> {
+    /// always refused. Markers live in `user.overlay.*` with `userxattr` or when `privilege`
+    /// may not use `trusted.*` xattrs.
+    pub fn from_layer_options(
+        o: &LayerOptions,
+        privilege: &Privilege,
+    ) -> Result<Stack, StartupError> {
         if o.lowerdirs.is_empty() {
             return Err(StartupError::new(
                 "no lowerdir given (-o lowerdir=DIR[:DIR...])",
@@ -661,12 +720,13 @@ impl Stack {
             upperdir: upper.map(|u| u.0),
             workdir: work.map(|w| w.0),
             durable: !o.volatile && o.fsync != Some(false),
-            xattr_ns: if o.userxattr || !crate::sys::has_cap_sys_admin() {
+            xattr_ns: if o.userxattr || !privilege.may_use_trusted_xattrs() {
                 XattrNs::User
             } else {
                 XattrNs::Trusted
             },
             read_only: !writable,
+            whiteout: o.whiteout,
         })
     }
 
@@ -701,13 +761,14 @@ impl Config {
     /// Builds the configuration from the command line and checks it against the filesystem:
     /// the stack (as `Stack::from_layer_options`), then what only a mount needs: a workdir
     /// beside the upperdir, and a mountpoint that is a directory outside the layers.
-    pub fn from_args(m: &MountArgs) -> Result<Config, StartupError> {
+    /// `privilege`: the one decision of who the daemon runs as (`Privilege::detect`).
+    pub fn from_args(m: &MountArgs, privilege: &Privilege) -> Result<Config, StartupError> {
         let o = parse_options(&m.options)?;
         // A mount writes, so an upper needs its workdir (an offline stack does not).
         if o.layers.upperdir.is_some() && o.layers.workdir.is_none() {
             return Err(StartupError::new("upperdir given without workdir"));
         }
-        let stack = Stack::from_layer_options(&o.layers)?;
+        let stack = Stack::from_layer_options(&o.layers, privilege)?;
         let (mountpoint, _) = check_dir("mountpoint", Path::new(&m.mountpoint))?;
         stack.check_mountpoint(&mountpoint)?;
         let source = m
@@ -722,14 +783,16 @@ impl Config {
             foreground: m.foreground,
             debug: m.debug,
             timeout: Duration::from_secs_f64(o.daemon.timeout.unwrap_or(86400.0)),
-            // As root the merged view is open to every user, as the kernel's overlay is.
-            allow_other: o.mount.allow_other || crate::sys::geteuid() == 0,
+            // As root (also in a user namespace: mount(2) is ours) the merged view is open to
+            // every user, as the kernel's overlay is.
+            allow_other: o.mount.allow_other || privilege.mounts_itself(),
             allow_root: o.mount.allow_root,
             kernel_data: o.mount.kernel_data,
             max_write: o.daemon.max_write,
             threads: o.daemon.threads,
             passthrough: o.daemon.passthrough != Some(false),
             strict_copy_up: o.daemon.strict_copy_up == Some(true),
+            auto_unmount: o.daemon.auto_unmount != Some(false),
             unknown: o.unknown,
         })
     }
@@ -869,24 +932,35 @@ mod tests {
     fn stack_without_a_mountpoint() {
         let t = TempDir::new("stack");
         let (l1, l2, u, w) = (t.dir("l1"), t.dir("l2"), t.dir("u"), t.dir("w"));
-        let s = Stack::from_options(&[format!("lowerdir={l1}:{l2}")]).unwrap();
+        let s =
+            Stack::from_options(&[format!("lowerdir={l1}:{l2}")], &Privilege::detect()).unwrap();
         assert_eq!(s.lowerdirs.len(), 2);
         assert!(s.read_only && s.upperdir.is_none());
         // An upper alone is a read-only stack for a tool, and refused for a mount.
-        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u}")]).unwrap();
+        let s = Stack::from_options(
+            &[format!("lowerdir={l1},upperdir={u}")],
+            &Privilege::detect(),
+        )
+        .unwrap();
         assert!(s.read_only && s.upperdir.is_some());
         let m = MountArgs {
             options: vec![format!("lowerdir={l1},upperdir={u}")],
             mountpoint: t.dir("mnt").into(),
             ..MountArgs::default()
         };
-        assert!(Config::from_args(&m).is_err());
-        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u},workdir={w},fsync=0")])
-            .unwrap();
+        assert!(Config::from_args(&m, &Privilege::detect()).is_err());
+        let s = Stack::from_options(
+            &[format!("lowerdir={l1},upperdir={u},workdir={w},fsync=0")],
+            &Privilege::detect(),
+        )
+        .unwrap();
         assert!(!s.read_only && !s.durable);
-        let s = Stack::from_options(&[format!("lowerdir={l1},upperdir={u},workdir={w},ro")]);
+        let s = Stack::from_options(
+            &[format!("lowerdir={l1},upperdir={u},workdir={w},ro")],
+            &Privilege::detect(),
+        );
         assert!(s.unwrap().read_only);
-        let bad = |o: String| Stack::from_options(&[o]).is_err();
+        let bad = |o: String| Stack::from_options(&[o], &Privilege::detect()).is_err();
         assert!(bad(format!("lowerdir={l1},workdir={w}")));
         assert!(bad(format!("lowerdir={l1},upperdir={u},workdir={u}")));
         assert!(bad(format!("lowerdir={l1},upperdir={l1},workdir={w}")));
@@ -904,15 +978,15 @@ mod tests {
             source: Some("overlay".into()),
             ..MountArgs::default()
         };
-        let c = Config::from_args(&m(t.dir("mnt"))).unwrap();
+        let c = Config::from_args(&m(t.dir("mnt")), &Privilege::detect()).unwrap();
         assert_eq!(c.source, "overlay");
         assert!(!c.stack.read_only);
         assert_eq!(c.mount_flags & libc::MS_RDONLY, 0);
-        assert!(Config::from_args(&m(t.dir("l1/inside"))).is_err());
-        assert!(Config::from_args(&m(t.dir("u/inside"))).is_err());
-        assert!(Config::from_args(&m(w.clone())).is_err());
-        assert!(Config::from_args(&m(format!("{l1}/missing"))).is_err());
+        assert!(Config::from_args(&m(t.dir("l1/inside")), &Privilege::detect()).is_err());
+        assert!(Config::from_args(&m(t.dir("u/inside")), &Privilege::detect()).is_err());
+        assert!(Config::from_args(&m(w.clone()), &Privilege::detect()).is_err());
+        assert!(Config::from_args(&m(format!("{l1}/missing")), &Privilege::detect()).is_err());
         // Over the upper itself is allowed, as with the kernel's overlay.
-        assert!(Config::from_args(&m(u.clone())).is_ok());
+        assert!(Config::from_args(&m(u.clone()), &Privilege::detect()).is_ok());
     }
 }

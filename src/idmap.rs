@@ -5,6 +5,7 @@
 //! nothing else converts ids. The map is the identity today: id mapping (uidmapping=,
 //! gidmapping=) and squashing are a change to `IdMap` alone.
 
+use crate::privilege::Privilege;
 use crate::sys::{self, Stat};
 
 /// Who is asking: the caller's credentials as the transport gives them (the kernel's ids).
@@ -87,20 +88,27 @@ impl IdMap {
     }
 }
 
-/// What the daemon itself is allowed, decided once at start.
+/// What the daemon itself is allowed: the core's view of the one decision made at start
+/// (`privilege::Privilege::detect`), never probed again here.
 #[derive(Clone, Copy, Debug)]
 pub struct Privileges {
     /// The daemon's euid and egid: what the upper's filesystem gives what it creates.
     pub ids: Ids,
+    /// Permission bits do not stop the daemon on the upper's objects (CAP_DAC_OVERRIDE: root,
+    /// or root in a user namespace over its own files); an ordinary user's daemon works around
+    /// them where it owns the object, as the kernel's mounter credentials need not.
+    pub overrides_modes: bool,
 }
 
 impl Privileges {
-    pub fn probe() -> Privileges {
+    /// The core's part of `privilege`.
+    pub fn of(privilege: &Privilege) -> Privileges {
         Privileges {
             ids: Ids {
-                uid: sys::geteuid(),
-                gid: sys::getegid(),
+                uid: privilege.euid,
+                gid: privilege.egid,
             },
+            overrides_modes: privilege.overrides_modes(),
         }
     }
 

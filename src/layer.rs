@@ -40,11 +40,15 @@ pub struct Layer {
 
 impl Layer {
     /// Opens a lower's root, through a private read-only, noatime clone of its mount where
-    /// the kernel allows it (root): reading through the merged view then never touches a
+    /// the kernel allows it (real root): reading through the merged view then never touches a
     /// lower's atimes (readlink has no O_NOATIME), the daemon cannot write a lower even by
     /// mistake, and it does not keep the lower's mount point busy.
-    fn open_lower(path: &Path) -> FsResult<Layer> {
+    /// `clone`: private clones are tried (real root); else the plain path is opened.
+    fn open_lower(path: &Path, clone: bool) -> FsResult<Layer> {
         let c = cpath(path)?;
+        if !clone {
+            return Layer::from_fd(path, sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?);
+        }
         let fd = match sys::clone_mount_readonly(&c) {
             Ok(fd) => fd,
             Err(e) => {
@@ -95,13 +99,17 @@ fn open_below(root: &OwnedFd, rel: &Path) -> FsResult<OwnedFd> {
 /// the mount they share where the kernel allows it (root): then unmounting that mount right
 /// after unmounting layover never finds it busy, even while the daemon is still exiting.
 /// Both must come from the same mount, or renames between them fail with EXDEV.
-pub fn open_upper_and_work(upper: &Path, work: &Path) -> FsResult<(OwnedFd, OwnedFd)> {
+/// `clone`: a private clone is tried (real root); else the plain paths are opened.
+pub fn open_upper_and_work(upper: &Path, work: &Path, clone: bool) -> FsResult<(OwnedFd, OwnedFd)> {
     let plain = || -> FsResult<(OwnedFd, OwnedFd)> {
         Ok((
             sys::open_dir(&cpath(upper)?)?,
             sys::open_dir(&cpath(work)?)?,
         ))
     };
+    if !clone {
+        return plain();
+    }
     let mut common = upper.to_path_buf();
     while !work.starts_with(&common) {
         if !common.pop() {
@@ -134,10 +142,12 @@ pub fn open_upper_and_work(upper: &Path, work: &Path) -> FsResult<(OwnedFd, Owne
 }
 
 impl Layers {
-    /// `upper`: its path and root fd (from `open_upper_and_work`).
+    /// `upper`: its path and root fd (from `open_upper_and_work`). `clone`: lowers are
+    /// opened through private clones of their mounts where the kernel allows it (real root).
     pub fn open(
         upper: Option<(&Path, OwnedFd)>,
         lowers: &[PathBuf],
+        clone: bool,
     ) -> Result<Layers, (PathBuf, Errno)> {
         let mut all = Vec::new();
         let has_upper = upper.is_some();
@@ -148,21 +158,23 @@ impl Layers {
             if all.len() >= usize::from(u16::MAX) {
                 return Err((l.clone(), Errno::EINVAL)); // LayerIdx is 16 bits
             }
-            all.push(Layer::open_lower(l).map_err(|e| (l.clone(), e))?);
+            all.push(Layer::open_lower(l, clone).map_err(|e| (l.clone(), e))?);
         }
         Ok(Layers { all, has_upper })
     }
 
     /// Every layer opened for reading only, the upper (when given) as a lower is: through a
-    /// private read-only, noatime clone of its mount where permitted, plainly otherwise. For
+    /// private read-only, noatime clone of its mount where permitted (`clone`: real root),
+    /// plainly otherwise. For
     /// offline tools, which must change nothing; the upper is still index 0.
     pub fn open_read_only(
         upper: Option<&Path>,
         lowers: &[PathBuf],
+        clone: bool,
     ) -> Result<Layers, (PathBuf, Errno)> {
         let mut all = Vec::new();
         for l in upper.into_iter().chain(lowers.iter().map(PathBuf::as_path)) {
-            all.push(Layer::open_lower(l).map_err(|e| (l.to_path_buf(), e))?);
+            all.push(Layer::open_lower(l, clone).map_err(|e| (l.to_path_buf(), e))?);
         }
         Ok(Layers {
             all,

@@ -16,6 +16,7 @@
 //! Everything else (the inode table, handles, layers, the syscall layer `sys`, the on-disk
 //! format `whiteout`, the FUSE glue) stays crate-private: it may change at any time.
 
+pub mod autounmount;
 pub mod cli;
 pub mod config;
 mod dircache;
@@ -24,9 +25,12 @@ mod fuse;
 mod handle;
 pub mod idmap;
 mod inode;
+pub mod inspect;
 mod layer;
 pub mod mount;
+mod opener;
 mod overlay;
+pub mod privilege;
 #[allow(unsafe_code)]
 mod sys;
 mod whiteout;
@@ -38,8 +42,12 @@ pub use handle::Fh;
 pub use inode::Ino;
 pub use inode::ROOT_INO;
 pub use layer::LayerIdx;
+pub use opener::Opener;
 pub use overlay::xattr::XattrReply;
 pub use overlay::{
-    Caller, Entry, FileRange, LayerInfo, NewNode, Node, OpenOpts, Opened, Overlay, Query, SetAttr,
+    Caller, Entry, FileRange, InoOrigin, LayerDir, LayerInfo, LayerObj, NewNode, Node, OpaqueBy,
+    OpenOpts, Opened, Overlay, Query, SetAttr, WhiteoutKind,
 };
+pub use privilege::Privilege;
 pub use sys::{Stat, StatFs, TimeSpec};
+pub use whiteout::Format as WhiteoutFormat;

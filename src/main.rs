@@ -2,7 +2,7 @@
 //! logging and hands over to `mount`; it is the one place that prints a fatal error and
 //! picks the exit status.
 
-use layover::{cli, config, mount};
+use layover::{cli, config, mount, privilege::Privilege};
 use std::process::ExitCode;
 
 fn init_logging(debug: bool) {
@@ -13,6 +13,10 @@ fn init_logging(debug: bool) {
 }
 
 fn main() -> ExitCode {
+    // Started by a daemon as its auto_unmount watcher (autounmount.rs): only that.
+    if let Some(watcher) = layover::autounmount::watcher_from_env() {
+        watcher.run();
+    }
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let cmd = match cli::parse(&args) {
         Ok(c) => c,
@@ -27,14 +31,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         cli::Command::Tool(t) => {
-            // A usage error: this build has no such command yet (cli.rs says why the word is
-            // reserved already).
-            eprintln!("layover: {}: not implemented yet", t.name());
-            ExitCode::from(2)
+            init_logging(false);
+            match layover::inspect::run(&t) {
+                Ok(layover::inspect::Outcome::Clean) => ExitCode::SUCCESS,
+                Ok(layover::inspect::Outcome::Findings) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("layover: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         cli::Command::Mount(m) => {
             init_logging(m.debug);
-            let result = config::Config::from_args(&m).and_then(mount::run);
+            // Who the daemon runs as is decided once, here; config and mount ask this.
+            let privilege = Privilege::detect();
+            let result = config::Config::from_args(&m, &privilege)
+                .and_then(|cfg| mount::run(cfg, &privilege));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -1,15 +1,20 @@
-//! Starting the daemon: mount through /dev/fuse (fusermount3 when unprivileged), detach
-//! into the background once the mount is live, serve it with a multi-threaded session, and
-//! exit as soon as it is unmounted (umount, fusermount3 -u, or SIGTERM/SIGINT/SIGHUP).
+//! Starting the daemon, in named steps (`run`): decide who we run as (`privilege`), check
+//! what the mount needs before creating anything (`preflight`), open the layers, detach into
+//! the background, mount — mount(2) on /dev/fuse as root or as root in a user namespace,
+//! fusermount3 as an ordinary user — and serve with a multi-threaded session, exiting as
+//! soon as it is unmounted (umount, fusermount3 -u, or SIGTERM/SIGINT/SIGHUP). A start that
+//! fails leaves nothing mounted and nothing half-created in the work directory.
 
 use crate::config::Config;
-use crate::error::StartupError;
+use crate::error::{Errno, StartupError};
 use crate::fuse::{Fs, KernelCacheLink};
 use crate::overlay::Overlay;
+use crate::privilege::{Mode, Privilege};
 use crate::sys;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Arc;
 
 const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -88,21 +93,36 @@ fn session_config(cfg: &Config) -> fuser::Config {
     c
 }
 
-/// Mounts and completes the FUSE handshake: when this returns, the mount is live.
-fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, StartupError> {
-    let dev = sys::open_fuse_device()
-        .map_err(|e| StartupError::new(format!("cannot open /dev/fuse: {e}")))?;
-    let fs = Fs::new(Arc::clone(ov), cfg);
+/// Mounts and completes the FUSE handshake: when this returns, the mount is live. Root (in
+/// the initial namespace or in a user namespace) calls mount(2) on `dev`; an ordinary user
+/// has fusermount3 do it (`dev` is then None).
+fn start_session(
+    cfg: &Config,
+    ov: &Arc<Overlay>,
+    privilege: &Privilege,
+    dev: Option<OwnedFd>,
+) -> Result<fuser::Session<Fs>, StartupError> {
+    let fs = Fs::new(Arc::clone(ov), cfg, privilege);
     let scfg = session_config(cfg);
-    if kernel_mount(cfg, &dev)? {
-        let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
-        return fuser::Session::from_fd(fs, dev, scfg.acl, scfg).map_err(|e| {
-            let _ = sys::umount(&target, true); // no half-mounted state is left behind
-            StartupError::new(format!("FUSE handshake failed: {e}"))
-        });
+    if let Some(dev) = dev {
+        if kernel_mount(cfg, &dev)? {
+            let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
+            return fuser::Session::from_fd(fs, dev, scfg.acl, scfg).map_err(|e| {
+                let _ = sys::umount(&target, true); // no half-mounted state is left behind
+                StartupError::new(format!("FUSE handshake failed: {e}"))
+            });
+        }
+        if privilege.mode == Mode::UserNamespaceRoot {
+            // fusermount3's set-uid bit means nothing in a user namespace without root.
+            return Err(StartupError::new(format!(
+                "cannot mount on '{}': mount(2) refused (EPERM): root in a user namespace may \
+                 mount only in a mount namespace of its own: run layover under `unshare -Urm` \
+                 (or as the ordinary user, through fusermount3)",
+                cfg.mountpoint.display()
+            )));
+        }
+        log::debug!("mount(2) refused (EPERM): mounting through fusermount3");
     }
-    // Unprivileged: let fusermount3 mount it.
-    drop(dev);
     let mut scfg = scfg;
     scfg.mount_options = vec![
         fuser::MountOption::FSName(cfg.source.clone()),
@@ -114,8 +134,9 @@ fn start_session(cfg: &Config, ov: &Arc<Overlay>) -> Result<fuser::Session<Fs>, 
     }
     fuser::Session::new(fs, &cfg.mountpoint, &scfg).map_err(|e| {
         StartupError::new(format!(
-            "cannot mount on '{}': {e}",
-            cfg.mountpoint.display()
+            "cannot mount on '{}' through fusermount3: {}",
+            cfg.mountpoint.display(),
+            e.to_string().trim()
         ))
     })
 }
@@ -230,70 +251,148 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
     }
 }
 
-/// Runs the mount to its end. Returns only on a startup failure.
-pub fn run(cfg: Config) -> Result<(), StartupError> {
-    for u in &cfg.unknown {
-        eprintln!("layover: warning: unknown option '{u}' ignored");
-    }
-    let nofile = sys::raise_nofile_limit();
-    // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
-    sys::umask(0);
-    sys::use_one_malloc_arena();
-    let kernel_cache = KernelCacheLink::default();
-    let ov = Overlay::new(cfg.stack.clone(), nofile)?;
-    let ov = Arc::new(ov.with_kernel_cache(Box::new(kernel_cache.clone())));
-    // Every thread spawned from here on inherits the blocked signals; one thread takes them.
-    sys::block_signals(&SIGNALS);
-
-    let notify = if cfg.foreground {
-        None
-    } else {
-        let (rd, wr) = sys::pipe().map_err(|e| StartupError::new(format!("pipe: {e}")))?;
-        match sys::fork().map_err(|e| StartupError::new(format!("fork: {e}")))? {
-            sys::Fork::Parent => {
-                drop(wr);
-                let mut msg = Vec::new();
-                let _ = sys::read_all(rd.as_fd(), &mut msg);
-                if msg == b"ok" {
-                    sys::exit_now(0);
-                }
-                let text = String::from_utf8_lossy(&msg);
-                let text = if text.is_empty() {
-                    "the daemon exited during startup".into()
-                } else {
-                    text
-                };
-                return Err(StartupError::new(text));
-            }
-            sys::Fork::Child => {
-                drop(rd);
-                sys::setsid();
-                sys::chdir_root();
-                Some(wr)
-            }
+/// What the mount needs from the system, checked before anything is created: /dev/fuse
+/// (opened now when we mount it ourselves), fusermount3 for an ordinary user, and upper and
+/// work directories we may write. Each failure names the missing piece and the fix.
+fn preflight(cfg: &Config, privilege: &Privilege) -> Result<Option<OwnedFd>, StartupError> {
+    let dev = match sys::open_fuse_device() {
+        Ok(fd) => fd,
+        Err(e) if e == Errno::ENOENT => {
+            return Err(StartupError::new(
+                "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a \
+                 container, pass the device in (--device /dev/fuse)",
+            ));
         }
-    };
-
-    let session = match start_session(&cfg, &ov) {
-        Ok(s) => s,
+        Err(e) if privilege.mode == Mode::Root => {
+            return Err(StartupError::new(format!("cannot open /dev/fuse: {e}")));
+        }
         Err(e) => {
-            if let Some(wr) = notify {
-                sys::write_all(wr.as_fd(), e.0.as_bytes());
-                sys::exit_now(1);
-            }
-            return Err(e);
+            return Err(StartupError::new(format!(
+                "cannot open /dev/fuse ({e}): {} needs read and write access to it \
+                 (it is usually mode 0666: chmod 0666 /dev/fuse, or pass it into the \
+                 container or namespace with --device /dev/fuse)",
+                if privilege.mode == Mode::User {
+                    "an ordinary user"
+                } else {
+                    "root in a user namespace"
+                }
+            )));
         }
     };
-    kernel_cache.connect(session.notifier());
-    if let Some(wr) = notify {
-        sys::write_all(wr.as_fd(), b"ok");
-        drop(wr);
-        if !cfg.debug {
-            sys::redirect_stdio_to_null();
+    if privilege.mode == Mode::User {
+        check_fusermount3()?;
+    }
+    if !cfg.stack.read_only {
+        for (what, dir) in [
+            ("upperdir", &cfg.stack.upperdir),
+            ("workdir", &cfg.stack.workdir),
+        ] {
+            if let Some(dir) = dir {
+                check_writable(what, dir, privilege)?;
+            }
         }
     }
+    Ok(privilege.mounts_itself().then_some(dev))
+}
+
+fn check_fusermount3() -> Result<(), StartupError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = crate::privilege::find_fusermount3() else {
+        return Err(StartupError::new(
+            "fusermount3 not found: an ordinary user mounts through this set-uid helper of \
+             the fuse3 package; install it (apt-get install fuse3, dnf install fuse3)",
+        ));
+    };
+    match std::fs::metadata(&path) {
+        Ok(md) if md.uid() == 0 && md.mode() & 0o4000 != 0 => Ok(()),
+        Ok(_) => Err(StartupError::new(format!(
+            "{} is not set-uid root: an ordinary user cannot mount through it (reinstall \
+             fuse3, or chown root {0} && chmod u+s {0})",
+            path.display()
+        ))),
+        Err(e) => Err(StartupError::new(format!(
+            "fusermount3 '{}': {e}: install the fuse3 package",
+            path.display()
+        ))),
+    }
+}
+
+fn check_writable(what: &str, dir: &Path, privilege: &Privilege) -> Result<(), StartupError> {
+    let c = cstr(dir.as_os_str().as_bytes(), what)?;
+    sys::access(&c, libc::W_OK | libc::X_OK).map_err(|e| {
+        StartupError::new(format!(
+            "{what} '{}': not writable by uid {} ({e}): use a directory this user owns, \
+             or give it to them (chown)",
+            dir.display(),
+            privilege.euid
+        ))
+    })
+}
+
+/// The work directory's `work` subdirectory does not exist yet: it is made by this start,
+/// and must go again if the start fails.
+fn work_subdir_is_new(cfg: &Config) -> bool {
+    cfg.stack
+        .workdir
+        .as_ref()
+        .is_some_and(|w| std::fs::symlink_metadata(w.join("work")).is_err())
+}
+
+/// A failed start leaves nothing behind: what the work directory holds for this mount goes,
+/// and so does its `work` subdirectory when this start made it. (Both the daemon that failed
+/// and the parent that hears of it call this; whichever comes second finds nothing left.)
+fn undo_start(cfg: &Config, ov: &Overlay, made_work: bool) {
+    ov.cleanup_work();
+    remove_new_work_subdir(cfg, made_work);
+}
+
+fn remove_new_work_subdir(cfg: &Config, made_work: bool) {
+    if made_work && let Some(w) = &cfg.stack.workdir {
+        let work = w.join("work");
+        if let Err(e) = std::fs::remove_dir_all(&work)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("could not remove '{}': {e}", work.display());
+        }
+    }
+}
+
+/// Forks unless in the foreground. The parent waits for the child's word that the mount is
+/// live and exits 0, or returns the child's startup error; the child gets the pipe to
+/// report on (None in the foreground).
+fn daemonize(cfg: &Config) -> Result<Option<OwnedFd>, StartupError> {
+    if cfg.foreground {
+        return Ok(None);
+    }
+    let (rd, wr) = sys::pipe().map_err(|e| StartupError::new(format!("pipe: {e}")))?;
+    match sys::fork().map_err(|e| StartupError::new(format!("fork: {e}")))? {
+        sys::Fork::Parent => {
+            drop(wr);
+            let mut msg = Vec::new();
+            let _ = sys::read_all(rd.as_fd(), &mut msg);
+            if msg == b"ok" {
+                sys::exit_now(0);
+            }
+            let text = String::from_utf8_lossy(&msg);
+            Err(StartupError::new(if text.is_empty() {
+                "the daemon exited during startup".into()
+            } else {
+                text
+            }))
+        }
+        sys::Fork::Child => {
+            drop(rd);
+            sys::setsid();
+            sys::chdir_root();
+            Ok(Some(wr))
+        }
+    }
+}
+
+/// The one log line that says what was mounted and how.
+fn announce(cfg: &Config, ov: &Overlay, privilege: &Privilege) {
     log::info!(
-        "mounted {} ({} lower, {}), {} threads",
+        "mounted {} ({} lower, {}), {} threads, {}, whiteouts as {}",
         cfg.mountpoint.display(),
         cfg.stack.lowerdirs.len(),
         if cfg.stack.read_only {
@@ -301,11 +400,88 @@ pub fn run(cfg: Config) -> Result<(), StartupError> {
         } else {
             "upper"
         },
-        threads(&cfg)
+        threads(cfg),
+        privilege.describe(),
+        if ov.caps.whiteout_dev {
+            "0/0 devices"
+        } else {
+            ".wh. files"
+        }
     );
-    spawn_signal_thread(&cfg);
+}
+
+/// Runs the mount to its end. Returns only on a startup failure. `privilege`: who the
+/// daemon runs as, decided once (`Privilege::detect`) before `cfg` was built.
+pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
+    for u in &cfg.unknown {
+        eprintln!("layover: warning: unknown option '{u}' ignored");
+    }
+    // Forked first, while nothing but stdio is open (it must hold no layer and no /dev/fuse);
+    // only copy-up needs it.
+    let opener = if cfg.stack.read_only {
+        None
+    } else {
+        crate::opener::Opener::start(privilege)
+    };
+    let dev = preflight(&cfg, privilege)?;
+    let nofile = sys::raise_nofile_limit();
+    // New objects get exactly the mode the kernel asked for (it applied the caller's umask).
+    sys::umask(0);
+    sys::use_one_malloc_arena();
+    let kernel_cache = KernelCacheLink::default();
+    let made_work = work_subdir_is_new(&cfg);
+    let ov = Overlay::new(cfg.stack.clone(), nofile, privilege, opener)
+        .inspect_err(|_| remove_new_work_subdir(&cfg, made_work))?;
+    let ov = Arc::new(ov.with_kernel_cache(Box::new(kernel_cache.clone())));
+    // Every thread spawned from here on inherits the blocked signals; one thread takes them.
+    sys::block_signals(&SIGNALS);
+    let notify = daemonize(&cfg).inspect_err(|_| undo_start(&cfg, &ov, made_work))?;
+    let session = match start_session(&cfg, &ov, privilege, dev) {
+        Ok(s) => s,
+        Err(e) => {
+            undo_start(&cfg, &ov, made_work);
+            if let Some(wr) = notify {
+                sys::write_all(wr.as_fd(), e.0.as_bytes());
+                sys::exit_now(1);
+            }
+            return Err(e);
+        }
+    };
+    // Forked while the daemon is still single-threaded (the notifier's thread comes next).
+    let watcher = if cfg.auto_unmount {
+        crate::autounmount::start(&cfg.mountpoint, privilege, !cfg.foreground)
+    } else {
+        None
+    };
+    kernel_cache.connect(session.notifier());
+    announce(&cfg, &ov, privilege);
+    // Only root may change the mount's read-ahead window (sysfs); the tuner's stat of the
+    // mountpoint would otherwise only make an unmount right after mounting find it busy.
+    let tune_readahead = privilege.mode == Mode::Root;
+    if let Some(wr) = notify {
+        sys::write_all(wr.as_fd(), b"ok");
+        drop(wr);
+        if !cfg.debug {
+            sys::redirect_stdio_to_null();
+        }
+    }
+    serve(&cfg, session, ov, tune_readahead, watcher)
+}
+
+/// Serves the live mount until it is unmounted, then exits the process.
+/// `_watcher`: the auto_unmount watcher's pipe, held (never used) until the process ends.
+fn serve(
+    cfg: &Config,
+    session: fuser::Session<Fs>,
+    ov: Arc<Overlay>,
+    tune_readahead: bool,
+    _watcher: Option<OwnedFd>,
+) -> ! {
+    spawn_signal_thread(cfg);
     spawn_exit_watcher(&session, Arc::clone(&ov));
-    spawn_readahead_tuner(&cfg);
+    if tune_readahead {
+        spawn_readahead_tuner(cfg);
+    }
     let result = session.run();
     // Unmounted (the exit watcher did not get there first): leave the work directory empty
     // and let go of every layer at once. Exiting without running destructors means no time

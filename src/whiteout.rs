@@ -11,6 +11,63 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 /// The AUFS/OCI opaque-directory marker file.
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
+/// How a mount writes whiteouts and opaque markers (it always reads both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// 0/0 character devices and the `overlay.opaque` xattr: the kernel's format.
+    Chardev,
+    /// `.wh.NAME` files and `.wh..wh..opq` markers: the OCI/AUFS format, for filesystems or
+    /// kernels (before 5.8, unprivileged) where 0/0 devices cannot be made.
+    File,
+}
+
+impl Format {
+    /// The option's value (`whiteout=chardev|file`), and what the work directory records.
+    pub fn parse(v: &[u8]) -> Option<Format> {
+        match v {
+            b"chardev" => Some(Format::Chardev),
+            b"file" => Some(Format::File),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Chardev => "chardev",
+            Format::File => "file",
+        }
+    }
+
+    /// The format a mount writes: `forced` by the option, else the one the upper was
+    /// `found` written with, else 0/0 devices where the work directory lets us make one
+    /// (`can_mknod`), else files. Ok also names the upper's other format when the option
+    /// forces mixing; Err says why no format will do (0/0 devices needed but impossible).
+    pub fn choose(
+        forced: Option<Format>,
+        found: Option<Format>,
+        can_mknod: bool,
+    ) -> Result<(Format, Option<Format>), String> {
+        let chosen = match (forced, found) {
+            (Some(f), _) | (None, Some(f)) => f,
+            (None, None) if can_mknod => Format::Chardev,
+            (None, None) => Format::File,
+        };
+        if chosen == Format::Chardev && !can_mknod {
+            return Err(format!(
+                "whiteouts: a 0/0 character device cannot be made in the workdir (Linux \
+                 before 5.8 without root, or a nodev filesystem){}: -o whiteout=file writes \
+                 .wh. files instead",
+                if forced.is_none() {
+                    ", and this upper already holds such whiteouts"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok((chosen, found.filter(|&was| was != chosen)))
+    }
+}
+
 /// Is this stat a kernel-format whiteout (a character device 0/0)?
 pub fn is_whiteout_dev(st: &Stat) -> bool {
     st.is_chr() && st.rdev == 0
@@ -121,6 +178,37 @@ mod tests {
         assert_eq!(aufs_whiteout_for(b"x").unwrap(), b".wh.x");
         assert!(aufs_whiteout_for(&[b'a'; 252]).is_none());
         assert!(is_aufs_special(b".wh.x"));
+    }
+
+    #[test]
+    fn formats() {
+        for f in [Format::Chardev, Format::File] {
+            assert_eq!(Format::parse(f.name().as_bytes()), Some(f));
+        }
+        assert_eq!(Format::parse(b"aufs"), None);
+    }
+
+    #[test]
+    fn choosing_a_format() {
+        use Format::{Chardev, File};
+        // Nothing known: 0/0 devices where they can be made, else files.
+        assert_eq!(Format::choose(None, None, true), Ok((Chardev, None)));
+        assert_eq!(Format::choose(None, None, false), Ok((File, None)));
+        // An upper keeps its format, even where devices could be made.
+        assert_eq!(Format::choose(None, Some(File), true), Ok((File, None)));
+        assert_eq!(
+            Format::choose(None, Some(Chardev), true),
+            Ok((Chardev, None))
+        );
+        // An upper of 0/0 devices where none can be made now: refused, not mixed.
+        assert!(Format::choose(None, Some(Chardev), false).is_err());
+        // The option wins, and says so when it mixes.
+        assert_eq!(
+            Format::choose(Some(File), Some(Chardev), true),
+            Ok((File, Some(Chardev)))
+        );
+        assert_eq!(Format::choose(Some(File), None, true), Ok((File, None)));
+        assert!(Format::choose(Some(Chardev), None, false).is_err());
     }
 
     #[test]

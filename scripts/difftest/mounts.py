@@ -187,6 +187,107 @@ def wait_daemon_exit(pid, timeout=10):
     return False
 
 
+def daemon_exit_time(pid, timeout=10):
+    """Seconds until pid is gone (polled every millisecond), or None if it outlives timeout."""
+    if pid is None:
+        return 0.0
+    t0 = time.monotonic()
+    while True:
+        if not pid_alive(pid):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 >= timeout:
+            return None
+        time.sleep(0.001)
+
+
+def _read(path, limit=4096):
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace").strip()
+    except OSError as e:
+        return "(%s)" % (e.strerror or e)
+
+
+def thread_dump(pid):
+    """What each thread of pid is doing, for a daemon that does not exit: per thread its
+    name, state, wait channel, the syscall it is in (/proc/PID/task/TID/syscall: number and
+    arguments) and its kernel stack (root only). Taken before the daemon is killed."""
+    lines = []
+    if pid is None:
+        return lines
+    status = _read("/proc/%d/status" % pid)
+    keep = ("State", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "VmRSS")
+    lines += [l for l in status.splitlines() if l.split(":")[0] in keep]
+    try:
+        tids = sorted(os.listdir("/proc/%d/task" % pid), key=int)
+    except OSError as e:
+        return lines + ["tasks: %s" % e]
+    for tid in tids:
+        t = "/proc/%d/task/%s/" % (pid, tid)
+        stat = _read(t + "stat")
+        state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+        lines.append("tid %s comm=%s state=%s wchan=%s syscall=%s" % (
+            tid, _read(t + "comm"), state, _read(t + "wchan"), _read(t + "syscall")))
+        lines += ["    " + l for l in _read(t + "stack", 16384).splitlines()]
+    return lines
+
+
+def private_mount_namespace():
+    """Moves this process (and what it starts later) into a mount namespace of its own with
+    private propagation. Every mount the tester makes is then invisible to other processes:
+    one that unshares its mount namespace meanwhile (a container, `unshare -m`, another test
+    suite) cannot keep a copy of a layover mount, which would keep its FUSE connection and
+    its daemon alive after our umount (a false `umount:daemon-lingers`). Mounts still
+    present when the tester exits go with the namespace. Call before starting any thread.
+    Returns '' or why it could not."""
+    import ctypes
+    CLONE_NEWNS = 0x00020000
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return "unshare(CLONE_NEWNS): %s" % os.strerror(ctypes.get_errno())
+    rc, out = _run(["mount", "--make-rprivate", "/"], timeout=30)
+    return "" if rc == 0 else "mount --make-rprivate /: %s" % out
+
+
+def device_of(mnt):
+    """The 'major:minor' of the filesystem mounted at mnt (for FUSE, its connection)."""
+    dev = None
+    for mp, _, d in mountinfo():
+        if mp == mnt:
+            dev = d
+    return dev
+
+
+def mount_holders(dev):
+    """Where a filesystem is still mounted after our umount: one line per other mount
+    namespace that holds a copy of it (a process that unshared its mount namespace while it
+    was mounted keeps the FUSE connection, and so the daemon, alive until that namespace
+    goes), and whether the connection still exists."""
+    if dev is None:
+        return []
+    lines = []
+    minor = dev.split(":")[-1]
+    if os.path.exists("/sys/fs/fuse/connections/%s" % minor):
+        lines.append("FUSE connection %s still exists (its superblock is still referenced)" % dev)
+    seen = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            ns = os.readlink("/proc/%s/ns/mnt" % pid)
+            if ns in seen:
+                continue
+            with open("/proc/%s/mountinfo" % pid) as f:
+                mps = [l.split()[4] for l in f if l.split()[2] == dev]
+        except (OSError, IndexError):
+            continue
+        seen[ns] = True
+        if mps:
+            lines.append("still mounted in %s (pid %s %s) at %s" % (
+                ns, pid, _read("/proc/%s/comm" % pid), ", ".join(mps[:3])))
+    return lines
+
+
 def kill_daemon(pid):
     if pid is not None and pid_alive(pid):
         try:

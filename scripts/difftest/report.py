@@ -77,6 +77,9 @@ def describe(out, indent="  "):
     for k in ("error", "leftovers", "problems"):
         if k in d:
             lines.append("%s%s: %s" % (indent, k, fmt_value(d[k])))
+    if d.get("threads"):
+        lines.append("%sdaemon threads (it had not exited 10 s after umount):" % indent)
+        lines += [indent + "  " + l for l in d["threads"]]
     if d.get("log"):
         lines.append("%sdaemon log tail:" % indent)
         lines += [indent + "  " + l for l in d["log"].strip().splitlines()[-15:]]

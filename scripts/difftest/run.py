@@ -139,7 +139,7 @@ def run_seed(ctx, seed, nops, log):
     out = run_case(ctx, spec, seed, None, nops)
     res = {"seed": seed, "ops": out.nops, "sig": out.sig, "crash": out.crash,
            "time": time.monotonic() - t0, "notes": len(out.notes),
-           "errnos": {k: sorted(v) for k, v in out.errnos.items()}}
+           "errnos": {k: sorted(v) for k, v in out.errnos.items()}, "exit_s": out.exit_s}
     if out.sig is None:
         return res
     known = is_known(out.sig, ctx.known)
@@ -203,9 +203,12 @@ class Stats:
         self.sigs = {}
         self.errnos = {}
         self.stopped = None
+        self.exit_times = []     # seconds from umount to the daemon's exit, per seed
 
     def add(self, r):
         self.seeds += 1
+        if r.get("exit_s") is not None:
+            self.exit_times.append(r["exit_s"])
         self.ops += r.get("ops", 0)
         for op, errs in r.get("errnos", {}).items():
             self.errnos.setdefault(op, set()).update(errs)
@@ -342,6 +345,12 @@ def summary(stats, args):
         len(stats.errors)))
     for sig, seeds in sorted(stats.sigs.items()):
         print("  %-50s seeds %s" % (sig, ",".join(map(str, seeds[:10]))))
+    if stats.exit_times:
+        ts = sorted(stats.exit_times)
+        pick = lambda q: ts[min(len(ts) - 1, int(q * len(ts)))] * 1000
+        print("daemon exit after umount (ms, %d seeds): median %.2f  p99 %.2f  max %.2f  "
+              "over 10 ms: %d" % (len(ts), pick(0.5), pick(0.99), ts[-1] * 1000,
+                                  sum(1 for t in ts if t > 0.01)))
     if stats.known:
         ks = {}
         for r in stats.known:
@@ -448,6 +457,11 @@ def main():
             print("difftest: no such known-list file %s" % k, file=sys.stderr)
             return 2
 
+    why = mounts.private_mount_namespace()
+    if why:
+        print("difftest: warning: running in the shared mount namespace (%s); a process "
+              "that unshares its namespace during the run can hold a mount and keep its "
+              "daemon alive" % why, file=sys.stderr)
     os.makedirs(args.scratch, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="layover-difftest.", dir=args.scratch)
     os.chmod(scratch, 0o755)

@@ -169,6 +169,7 @@ class Outcome:
         self.nops = 0
         self.crash = False
         self.errnos = {}         # op type -> the errnos the kernel gave (and "ok")
+        self.exit_s = None       # seconds from layover's umount to its daemon's exit
 
     def diverge(self, kind, sig, index=None, **detail):
         if self.sig is None:
@@ -448,12 +449,20 @@ class Case:
         prob = mounts.umount(K.paths["mnt"])
         if prob:
             raise TesterError(prob)
+        dev = mounts.device_of(L.paths["mnt"])
         prob = mounts.umount(L.paths["mnt"])
         if prob:
             return out.diverge("umount", "umount", out.nops, error=prob, log=L.log_tail())
-        if not mounts.wait_daemon_exit(L.pid, 10):
+        out.exit_s = mounts.daemon_exit_time(L.pid, 10)
+        if out.exit_s is None:
+            # Dump the threads while the daemon still lingers: where each one is blocked is
+            # what tells a stuck worker from a missed exit; the holders tell a mount that is
+            # still live in another mount namespace (every worker then waits in
+            # fuse_dev_do_read, serving it, as it should).
+            threads = mounts.mount_holders(dev) + mounts.thread_dump(L.pid)
             mounts.kill_daemon(L.pid)
-            return out.diverge("umount", "umount:daemon-lingers", out.nops)
+            return out.diverge("umount", "umount:daemon-lingers", out.nops, threads=threads,
+                               log=L.log_tail())
         if L.impl != "kernel":
             left = workdir_problems(L.paths["work"])
             if left:

@@ -1,6 +1,7 @@
 //! The FUSE handshake (INIT): which capabilities to ask for, and how file data will travel
 //! (passthrough, else the kernel's writeback cache).
 
+use crate::privilege::Mode;
 use fuser::{InitFlags, KernelConfig};
 
 /// The largest write (and read-ahead window) when `max_write=` does not say: 1 MiB.
@@ -11,10 +12,28 @@ pub fn max_write(configured: Option<u32>) -> u32 {
     configured.unwrap_or(DEFAULT_MAX_WRITE)
 }
 
+/// Whether to ask for passthrough at INIT, or why not: `passthrough=off`, or a daemon that
+/// is not real root. The kernel offers passthrough at INIT to anyone but registers a backing
+/// file only for CAP_SYS_ADMIN in the initial user namespace: asked for without it, the
+/// first open would fail to register one, and the mount would go on without the writeback
+/// cache, which is decided here at INIT.
+pub fn passthrough_wish(configured: bool, privilege: Mode) -> Result<(), &'static str> {
+    if !configured {
+        Err("passthrough=off")
+    } else if privilege != Mode::Root {
+        Err(
+            "not real root: the kernel registers passthrough backing files only for CAP_SYS_ADMIN \
+             in the initial user namespace",
+        )
+    } else {
+        Ok(())
+    }
+}
+
 /// What the daemon wants from the handshake.
 pub struct Wanted {
-    /// Ask for passthrough (`passthrough=off` does not).
-    pub passthrough: bool,
+    /// Ask for passthrough, or why not (`passthrough_wish`).
+    pub passthrough: Result<(), &'static str>,
     pub max_write: Option<u32>,
     /// The merged view cannot be written (no writes to cache).
     pub read_only: bool,
@@ -61,12 +80,12 @@ pub fn negotiate(config: &mut KernelConfig, want: &Wanted) -> Granted {
 /// mount asks for the writeback cache.
 fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
     let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
-    let passthrough = want.passthrough
+    let passthrough = want.passthrough.is_ok()
         && offered
         && config.set_max_stack_depth(1).is_ok()
         && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
-    let why_not = if !want.passthrough {
-        "passthrough=off"
+    let why_not = if let Err(why) = want.passthrough {
+        why
     } else if !offered {
         "the kernel does not offer passthrough (it needs root and Linux 6.9 or later)"
     } else {
@@ -107,5 +126,21 @@ fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
     Granted {
         passthrough,
         writeback,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_is_asked_for_only_as_real_root() {
+        assert_eq!(passthrough_wish(true, Mode::Root), Ok(()));
+        assert_eq!(passthrough_wish(false, Mode::Root), Err("passthrough=off"));
+        for m in [Mode::UserNamespaceRoot, Mode::User] {
+            let why = passthrough_wish(true, m).unwrap_err();
+            assert!(why.starts_with("not real root"), "{why}");
+            assert_eq!(passthrough_wish(false, m), Err("passthrough=off"));
+        }
     }
 }

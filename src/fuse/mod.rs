@@ -17,7 +17,9 @@ pub use notify::KernelCacheLink;
 use crate::config::Config;
 use crate::error::Errno;
 use crate::handle::Fh;
+use crate::inode::{Ino, ROOT_INO};
 use crate::overlay::{Entry, FileRange, NewNode, Overlay, SetAttr, xattr::XattrReply};
+use crate::privilege::Privilege;
 use convert::{FILE_FLAGS, attr, caller, decode_dev, dtype, errno, negative_attr, timespec};
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation,
@@ -36,8 +38,8 @@ use std::time::{Duration, SystemTime};
 pub struct Fs {
     pub ov: Arc<Overlay>,
     ttl: Duration,
-    /// Ask for passthrough at INIT (`passthrough=off` does not).
-    want_passthrough: bool,
+    /// Ask for passthrough at INIT, or why not (`init::passthrough_wish`).
+    want_passthrough: Result<(), &'static str>,
     max_write: Option<u32>,
     /// `strict_copy_up=1`: lower files opened read-only are not passthrough.
     strict_copy_up: bool,
@@ -46,11 +48,12 @@ pub struct Fs {
 }
 
 impl Fs {
-    pub fn new(ov: Arc<Overlay>, cfg: &Config) -> Fs {
+    /// `privilege`: who the daemon runs as (passthrough is asked for only as real root).
+    pub fn new(ov: Arc<Overlay>, cfg: &Config, privilege: &Privilege) -> Fs {
         Fs {
             ov,
             ttl: cfg.timeout,
-            want_passthrough: cfg.passthrough,
+            want_passthrough: init::passthrough_wish(cfg.passthrough, privilege.mode),
             max_write: cfg.max_write,
             strict_copy_up: cfg.strict_copy_up,
             data: DataPath::new(!cfg.strict_copy_up),
@@ -61,8 +64,22 @@ impl Fs {
 /// A `Serve::Direct` open: it names the inode's backing, as the kernel wants, but its reads
 /// and writes come to the daemon.
 const DIRECT_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_DIRECT_IO);
+/// How long the kernel may keep the root's attributes: at most a second, whatever `timeout`
+/// says. `stat MNT` and `mountpoint MNT` answer from them, so with a long cache they would go
+/// on succeeding after the daemon died (while every other use fails with ENOTCONN). A path
+/// walk checks the root's permission bits from them too: one GETATTR a second at most.
+const ROOT_ATTR_TTL: Duration = Duration::from_secs(1);
 
 impl Fs {
+    /// The attribute cache time for `ino`.
+    fn attr_ttl(&self, ino: INodeNo) -> Duration {
+        if Ino::from(ino) == ROOT_INO {
+            self.ttl.min(ROOT_ATTR_TTL)
+        } else {
+            self.ttl
+        }
+    }
+
     fn reply_entry(&self, r: Result<Entry, Errno>, reply: ReplyEntry) {
         match r {
             Ok(e) => reply.entry(&self.ttl, &attr(&e.attr), Generation(0)),
@@ -114,7 +131,7 @@ impl Filesystem for Fs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.ov.getattr(ino.into(), fh.map(Fh::from)) {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino), &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -147,7 +164,7 @@ impl Filesystem for Fs {
             fh: fh.map(Fh::from),
         };
         match self.ov.setattr(ino.into(), a) {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino), &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -13,7 +13,7 @@ use crate::layer::LayerIdx;
 use crate::sys::{self, Stat, TimeSpec};
 use crate::whiteout::is_private_xattr;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -188,7 +188,7 @@ impl Overlay {
                 continue;
             }
             let cn = cname(&n)?;
-            let v = match sys::getxattr_vec(sdir, sname, &cn) {
+            let v = match self.source_xattr(sdir, sname, &cn) {
                 Ok(v) => v,
                 Err(e) if e == Errno::ENODATA => continue,
                 Err(e) => return Err(e),
@@ -246,7 +246,7 @@ impl Overlay {
                 Stat { size: 0, ..src }
             };
             let made = self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
-            sys::renameat2(work, &tmp, udir.as_fd(), &sname, sys::RENAME_NOREPLACE)?;
+            self.place_copy(&src, (work, &tmp), (udir.as_fd(), &sname))?;
             guard.armed = false;
             Ok(made)
         })?;
@@ -292,6 +292,23 @@ impl Overlay {
         }
     }
 
+    /// Renames the finished copy of `src` from the work directory into the upper directory,
+    /// never over anything; a directory copied without owner write gets its mode now.
+    fn place_copy(
+        &self,
+        src: &Stat,
+        (work, tmp): (BorrowedFd<'_>, &CStr),
+        (udir, name): (BorrowedFd<'_>, &CStr),
+    ) -> FsResult<()> {
+        self.lending_owner_write(udir, || {
+            sys::renameat2(work, tmp, udir, name, sys::RENAME_NOREPLACE)
+        })?;
+        if src.is_dir() && self.dir_mode_deferred(src.mode) {
+            sys::fchmodat(udir, name, src.mode & 0o7777)?;
+        }
+        Ok(())
+    }
+
     /// Builds the copy of `src` as `tmp` in the work directory (the guard removes it on
     /// failure once armed); returns the copy's attributes as made (its device and inode
     /// number are what count).
@@ -330,8 +347,8 @@ impl Overlay {
         guard: &mut TempGuard<'_>,
     ) -> FsResult<Stat> {
         let perm = src.mode & 0o7777;
-        // The source is a lower file: reading it leaves its atime alone.
-        let sfd = sys::openat(sdir, sname, libc::O_RDONLY | libc::O_NOATIME, 0)?;
+        // The source is a lower file: reading it leaves its atime alone (`open_source`).
+        let sfd = self.open_source(sdir, sname)?;
         // The work directory is mode 0: nobody else can open the file before it is
         // renamed into place, so root makes it with its final permissions (the
         // daemon's umask is 0). Set-id bits come after the chown, which clears them.
@@ -363,6 +380,69 @@ impl Overlay {
         Ok(made)
     }
 
+    /// An ordinary user's daemon has no CAP_DAC_OVERRIDE, which the kernel's mounter
+    /// credentials have over the user's own files in a user namespace: a directory copied up
+    /// without owner write and search permission (0500) could not be renamed into place (its
+    /// `..` changes) nor receive its children. It is built 0700 and gets its own mode once in
+    /// place (`dir_mode_deferred`), and a directory without them lends itself u+wx to its
+    /// owner for the one rename copy-up makes in it (`lending_owner_write`).
+    pub(super) fn dir_mode_deferred(&self, mode: u32) -> bool {
+        !self.privileges.overrides_modes && mode & 0o700 != 0o700
+    }
+
+    /// Runs `f`, which adds a name to the upper directory `dir` or sets its opaque xattr,
+    /// with owner write and search permission lent to `dir` when the daemon needs it and owns
+    /// `dir` (see above). Copy-ups
+    /// into one directory are not serialised, so the mode put back is the one read before; a
+    /// chmod of `dir` racing with such a copy-up may be undone (documented in semantics.md).
+    pub(super) fn lending_owner_write<T>(
+        &self,
+        dir: BorrowedFd<'_>,
+        f: impl FnOnce() -> FsResult<T>,
+    ) -> FsResult<T> {
+        if self.privileges.overrides_modes {
+            return f();
+        }
+        let st = sys::fstat(dir)?;
+        if st.mode & 0o300 == 0o300 || st.uid != self.privileges.ids.uid {
+            return f();
+        }
+        if let Err(e) = sys::fchmodat(dir, sys::EMPTY, (st.mode & 0o7777) | 0o300) {
+            // (fchmodat2 with AT_EMPTY_PATH needs Linux 6.6: f then fails as it would have.)
+            log::debug!("copy-up: cannot lend owner write to a directory: {e}");
+            return f();
+        }
+        let r = f();
+        if let Err(e) = sys::fchmodat(dir, sys::EMPTY, st.mode & 0o7777) {
+            log::warn!("copy-up: could not put a directory's mode back: {e}");
+        }
+        r
+    }
+
+    /// The file to copy, opened for reading; one whose mode denies the daemon (a 0000 file of
+    /// an ordinary user) through the opener, as the kernel's mounter credentials would.
+    fn open_source(&self, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<OwnedFd> {
+        match sys::openat(dir, name, libc::O_RDONLY | libc::O_NOATIME, 0) {
+            Err(e) if e == Errno::EACCES => match &self.opener {
+                Some(o) => o.open_read(dir, name),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// An xattr of the object to copy; through the opener when its mode denies the daemon
+    /// reading a `user.*` one (as for its data, see `open_source`).
+    fn source_xattr(&self, dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> FsResult<Vec<u8>> {
+        match sys::getxattr_vec(dir, name, attr) {
+            Err(e) if e == Errno::EACCES => match &self.opener {
+                Some(o) => o.getxattr(dir, name, attr),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
     /// xattrs, owner, mode (not a symlink's: it has none of its own) and times of a
     /// directory, symlink or special file, by name.
     fn finish_attrs(
@@ -377,7 +457,11 @@ impl Overlay {
         let owner = self.ids.copy_up_owner(src);
         sys::fchownat(work, tmp, owner.uid, owner.gid)?;
         if src.file_type() != libc::S_IFLNK {
-            sys::fchmodat(work, tmp, src.mode & 0o7777)?;
+            let mut mode = src.mode & 0o7777;
+            if src.is_dir() && self.dir_mode_deferred(mode) {
+                mode |= 0o700; // its own mode once in place (`place_copy`)
+            }
+            sys::fchmodat(work, tmp, mode)?;
         }
         let (a, m) = times(src);
         sys::utimensat(work, tmp, a, m)

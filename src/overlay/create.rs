@@ -268,12 +268,21 @@ impl Overlay {
     ) -> FsResult<Option<OwnedFd>> {
         // Made in the work directory, the object got the work directory's defaults, not the
         // parent's (a setgid parent's group): owner and mode are always set.
+        // A directory without owner write and search permission gets its mode once in place,
+        // where an ordinary user's daemon could not move it (see `dir_mode_deferred`).
+        let deferred = kind == libc::S_IFDIR && self.dir_mode_deferred(owner.mode);
+        let mode = owner.mode;
         let owner = Owner {
             chown: true,
             chmod: kind != libc::S_IFLNK,
+            mode: if deferred {
+                owner.mode | 0o700
+            } else {
+                owner.mode
+            },
             ..*owner
         };
-        self.replace_whiteout(
+        let fd = self.replace_whiteout(
             udir,
             cn,
             kind == libc::S_IFDIR,
@@ -285,7 +294,11 @@ impl Overlay {
                 }
                 Ok(())
             },
-        )
+        )?;
+        if deferred {
+            sys::fchmodat(udir, cn, mode)?;
+        }
+        Ok(fd)
     }
 
     /// Puts a new object in the place of the whiteout at `cn` in upper directory `udir`:
@@ -327,9 +340,26 @@ impl Overlay {
         }
     }
 
-    /// Marks a directory opaque.
+    /// Marks a directory opaque: the xattr, or a `.wh..wh..opq` file inside it when this
+    /// mount writes whiteouts as files. Both need write permission on the directory, which an
+    /// ordinary user's daemon lends itself for a directory made without it (`mkdir d 0500`).
     pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<()> {
-        sys::setxattrat(dir, name, self.opaque_name(), b"y", 0)
+        if self.caps.whiteout_dev && self.privileges.overrides_modes {
+            return sys::setxattrat(dir, name, self.opaque_name(), b"y", 0);
+        }
+        let sub = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        self.lending_owner_write(sub.as_fd(), || {
+            if self.caps.whiteout_dev {
+                return sys::setxattrat(dir, name, self.opaque_name(), b"y", 0);
+            }
+            let marker = cname(whiteout::OPAQUE_MARKER)?;
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            match sys::openat(sub.as_fd(), &marker, flags, 0) {
+                Ok(_) => Ok(()),
+                Err(e) if e == Errno::EEXIST => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// Registers an object that now lives only in the upper as `name` in `parent`.

@@ -11,6 +11,15 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
+/// What a layer's directory is marked as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct DirMarks {
+    /// Hides the layers below (`opaque=y`, or `.wh..wh..opq` inside).
+    pub opaque: bool,
+    /// Holds xattr whiteouts (`opaque=x`).
+    pub xwhiteouts: bool,
+}
+
 /// The result of resolving one name in a directory.
 pub struct Found {
     /// Layers holding the object, top first (several only for a merged directory).
@@ -20,28 +29,35 @@ pub struct Found {
 }
 
 impl Overlay {
-    /// What the overlay's opaque xattr on `name` (relative to `dir`) says, plus the AUFS
-    /// opaque marker inside it.
-    pub(super) fn opacity(&self, dir: BorrowedFd<'_>, name: &CStr) -> Opacity {
+    /// What the markers of directory `name` (relative to `dir`) say: the overlay's opaque
+    /// xattr (`y` opaque, `x` holds xattr whiteouts) and the AUFS opaque marker inside it,
+    /// which makes it opaque whatever the xattr says (an `x` directory with the marker is
+    /// both: its xattr whiteouts are still whiteouts).
+    pub(super) fn dir_marks(&self, dir: BorrowedFd<'_>, name: &CStr) -> DirMarks {
         let mut buf = [0u8; 8];
         let op = match sys::getxattrat(dir, name, self.opaque_name(), &mut buf) {
             Ok(n) => whiteout::opacity_from_value(&buf[..n]),
             Err(_) => Opacity::None,
         };
-        if op != Opacity::None {
-            return op;
+        let marks = DirMarks {
+            opaque: op == Opacity::Opaque,
+            xwhiteouts: op == Opacity::XWhiteouts,
+        };
+        if marks.opaque {
+            return marks;
         }
         // `.wh..wh..opq` inside the directory (OCI/AUFS layers).
-        if let Ok(sub) = sys::open_dir_at(dir, name)
-            && sys::fstatat(
+        let marker = sys::open_dir_at(dir, name).is_ok_and(|sub| {
+            sys::fstatat(
                 sub.as_fd(),
                 &cname(whiteout::OPAQUE_MARKER).unwrap_or_default(),
             )
             .is_ok()
-        {
-            return Opacity::Opaque;
+        });
+        DirMarks {
+            opaque: marker,
+            ..marks
         }
-        Opacity::None
     }
 
     /// Is `st` (named `name` in `dir`) a whiteout of any format? (`xwh`: xattr whiteouts
@@ -122,12 +138,12 @@ impl Overlay {
                 layers: Vec::new(),
                 stat: st,
             });
-            let op = self.opacity(dir, &cn);
+            let marks = self.dir_marks(dir, &cn);
             f.layers.push(Presence {
                 layer: p.layer,
-                xwhiteouts: op == Opacity::XWhiteouts,
+                xwhiteouts: marks.xwhiteouts,
             });
-            if op == Opacity::Opaque {
+            if marks.opaque {
                 break;
             }
         }

@@ -17,7 +17,7 @@ mod setattr;
 pub mod xattr;
 
 pub use io::{FileRange, OpenOpts, Opened};
-pub use query::{LayerInfo, Node, Query};
+pub use query::{InoOrigin, LayerDir, LayerInfo, LayerObj, Node, OpaqueBy, Query, WhiteoutKind};
 
 pub use crate::idmap::Caller;
 pub use create::NewNode;
@@ -33,6 +33,8 @@ use crate::inode::{
     RealId,
 };
 use crate::layer::{LayerIdx, Layers};
+use crate::opener::Opener;
+use crate::privilege::Privilege;
 use crate::sys::{self, Stat};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,7 +44,8 @@ use std::sync::atomic::AtomicU64;
 /// What the daemon found it may do, probed once at start.
 #[derive(Clone, Copy, Debug)]
 pub struct Caps {
-    /// mknod of a 0/0 character device works in the upper (else `.wh.` files are written).
+    /// Whiteouts are written as 0/0 character devices and opaque directories marked by xattr
+    /// (else `.wh.NAME` files and `.wh..wh..opq` markers): `work::probe` decides.
     pub whiteout_dev: bool,
     /// renameat2(RENAME_WHITEOUT) works in the upper.
     pub rename_whiteout: bool,
@@ -111,6 +114,8 @@ pub struct Overlay {
     /// "#layover.PID.", the prefix of temporary names in the work directory (made on first
     /// use, after the daemon has forked).
     temp_prefix: std::sync::OnceLock<String>,
+    /// Opens the user's own files whatever their mode, for an ordinary user's daemon.
+    opener: Option<Opener>,
 }
 
 /// The whiteout in the work directory that upper whiteouts are hard links to.
@@ -132,24 +137,43 @@ impl Overlay {
     /// prepares `WORKDIR/work` (created if missing, emptied of a crashed mount's leftovers)
     /// and probes what the upper allows there (0/0 mknod, `RENAME_WHITEOUT`).
     /// `nofile`: the open-file limit the daemon runs with (bounds the directory fd cache).
-    pub fn new(cfg: Stack, nofile: u64) -> Result<Overlay, StartupError> {
+    /// `privilege`: the one decision of who the daemon runs as (`Privilege::detect`): whether
+    /// the private clones are tried (real root), the `work` directory's mode, and the core's
+    /// `Privileges` (its ids, whether permission bits stop it). The whiteout format is
+    /// `cfg.whiteout`, else the upper's own, else what the probe finds.
+    /// `opener`: an ordinary user's way to read its own unreadable files (see `opener`).
+    pub fn new(
+        cfg: Stack,
+        nofile: u64,
+        privilege: &Privilege,
+        opener: Option<Opener>,
+    ) -> Result<Overlay, StartupError> {
+        let clone = privilege.clones_mounts();
         let (upper, work) = match (&cfg.upperdir, &cfg.workdir) {
             (Some(u), Some(w)) => {
-                let (ufd, wfd) = crate::layer::open_upper_and_work(u, w).map_err(|e| {
+                let (ufd, wfd) = crate::layer::open_upper_and_work(u, w, clone).map_err(|e| {
                     StartupError::new(format!("cannot open upperdir '{}': {e}", u.display()))
                 })?;
-                (Some((u.as_path(), ufd)), Some(work::prepare(w, wfd)?))
+                let volatile = !cfg.durable && !cfg.read_only;
+                let work = work::prepare(w, wfd, privilege, volatile)?;
+                (Some((u.as_path(), ufd)), Some(work))
             }
             _ => (None, None),
         };
-        let layers = Layers::open(upper, &cfg.lowerdirs).map_err(|(p, e)| {
+        let layers = Layers::open(upper, &cfg.lowerdirs, clone).map_err(|(p, e)| {
             StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
         })?;
         let caps = match (&work, layers.has_upper) {
-            (Some(w), true) => work::probe(w.as_fd()),
+            (Some(w), true) => {
+                let upper = layers
+                    .get(LayerIdx::TOP)
+                    .map_err(|_| StartupError::new("no layers"))?;
+                work::probe(w.as_fd(), upper.root_fd(), cfg.whiteout)?
+            }
             _ => Caps::NONE,
         };
-        Overlay::build(cfg, layers, work, caps, nofile)
+        let privileges = Privileges::of(privilege);
+        Overlay::build(cfg, layers, work, caps, nofile, privileges, opener)
     }
 
     /// Opens a layer stack for reading only, for offline tools and tests: the upper (when
@@ -160,16 +184,29 @@ impl Overlay {
     /// no privilege beyond reading the layers. (Without the clones, that is as an ordinary
     /// user, reading the upper may update its atimes as any reader's does under relatime:
     /// only lowers are read with `O_NOATIME`.)
+    /// The tool's process decides who it runs as here (`Privilege::detect`, the same
+    /// decision the daemon makes once at start): only whether to try the clones depends on it.
     pub fn open_read_only(stack: &Stack) -> Result<Overlay, StartupError> {
+        let privilege = Privilege::detect();
         let cfg = Stack {
             read_only: true,
             ..stack.clone()
         };
-        let layers =
-            Layers::open_read_only(cfg.upperdir.as_deref(), &cfg.lowerdirs).map_err(|(p, e)| {
+        let clone = privilege.clones_mounts();
+        let layers = Layers::open_read_only(cfg.upperdir.as_deref(), &cfg.lowerdirs, clone)
+            .map_err(|(p, e)| {
                 StartupError::new(format!("cannot open layer '{}': {e}", p.display()))
             })?;
-        Overlay::build(cfg, layers, None, Caps::NONE, READ_ONLY_NOFILE)
+        let privileges = Privileges::of(&privilege);
+        Overlay::build(
+            cfg,
+            layers,
+            None,
+            Caps::NONE,
+            READ_ONLY_NOFILE,
+            privileges,
+            None,
+        )
     }
 
     /// The overlay over opened layers: the root inode (merging every layer's root) and empty
@@ -180,6 +217,8 @@ impl Overlay {
         work: Option<OwnedFd>,
         caps: Caps,
         nofile: u64,
+        privileges: Privileges,
+        opener: Option<Opener>,
     ) -> Result<Overlay, StartupError> {
         let devs: Vec<u64> = layers.all.iter().map(|l| l.dev).collect();
         let top = layers
@@ -216,13 +255,14 @@ impl Overlay {
             dirs: DirCache::new(nofile),
             caps,
             temp_seq: AtomicU64::new(0),
-            privileges: Privileges::probe(),
+            privileges,
             ids: IdMap::identity(),
             kernel_cache: Box::new(NoKernelCache),
             link_names: LinkNames::default(),
             detached_attrs: dashmap::DashMap::new(),
             reflink: std::sync::atomic::AtomicBool::new(true),
             temp_prefix: std::sync::OnceLock::new(),
+            opener,
         };
         ov.refresh_root_layers();
         Ok(ov)
@@ -464,12 +504,12 @@ impl Overlay {
         };
         let mut layers = Vec::new();
         for (layer, l) in self.layers.iter() {
-            let op = self.opacity(l.root.as_fd(), sys::DOT);
+            let marks = self.dir_marks(l.root.as_fd(), sys::DOT);
             layers.push(Presence {
                 layer,
-                xwhiteouts: op == crate::whiteout::Opacity::XWhiteouts,
+                xwhiteouts: marks.xwhiteouts,
             });
-            if op == crate::whiteout::Opacity::Opaque {
+            if marks.opaque {
                 break;
             }
         }
@@ -556,6 +596,23 @@ impl Overlay {
     pub fn cleanup_work(&self) {
         if let Ok(work) = self.work_fd() {
             let _ = sys::unlinkat(work, SHARED_WHITEOUT, false); // absent when never made
+            if !self.cfg.durable && !self.read_only() {
+                self.end_volatile(work);
+            }
+        }
+    }
+
+    /// A volatile mount that ends cleanly syncs the upper's filesystem and removes its mark
+    /// (`work/incompat/volatile`), so that the next mount, the kernel's too, takes the upper.
+    /// If the sync fails the mark stays: the writes may not all be on disk.
+    fn end_volatile(&self, work: std::os::fd::BorrowedFd<'_>) {
+        let upper = self.layers.get(LayerIdx::TOP).map(|l| l.root_fd());
+        let r = upper.and_then(|u| work::unmark_volatile(work, u));
+        if let Err(e) = r {
+            log::warn!(
+                "volatile mount: the upper could not be synced or its mark removed ({e}): \
+                 the next mount will refuse this work directory"
+            );
         }
     }
 
@@ -578,38 +635,113 @@ impl Overlay {
 mod work {
     use super::Caps;
     use crate::error::StartupError;
+    use crate::privilege::Privilege;
     use crate::sys;
+    use crate::whiteout::Format;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
     use std::path::Path;
 
     /// Opens the work directory and its `work` subdirectory (as the kernel lays it out),
-    /// emptying the latter of anything a crashed mount left.
-    pub fn prepare(w: &Path, top: OwnedFd) -> Result<OwnedFd, StartupError> {
+    /// emptying the latter of anything a crashed mount left. The kernel makes `work` mode 0,
+    /// which only a daemon that overrides permission bits can use; an ordinary user's is
+    /// 0700 (only its owner, and root, may enter it), set again on one made mode 0 earlier.
+    /// `volatile`: the mount skips syncs; its mark is made (see `mark_volatile`).
+    pub fn prepare(
+        w: &Path,
+        top: OwnedFd,
+        privilege: &Privilege,
+        volatile: bool,
+    ) -> Result<OwnedFd, StartupError> {
         let err = |e| StartupError::new(format!("workdir '{}': {e}", w.display()));
-        match sys::mkdirat(top.as_fd(), c"work", 0o000) {
+        let mode = if privilege.overrides_modes() {
+            0o000
+        } else {
+            0o700
+        };
+        match sys::mkdirat(top.as_fd(), c"work", mode) {
             Ok(()) => {}
-            Err(e) if e == crate::error::Errno::EEXIST => {}
+            Err(e) if e == crate::error::Errno::EEXIST => {
+                if !privilege.overrides_modes() {
+                    sys::fchmodat(top.as_fd(), c"work", mode).map_err(|e| {
+                        StartupError::new(format!(
+                            "workdir '{}': cannot make its 'work' directory usable ({e}): it \
+                             belongs to another user; remove it, or use another workdir",
+                            w.display()
+                        ))
+                    })?;
+                }
+            }
             Err(e) => return Err(err(e)),
         }
         let work = sys::open_dir_at(top.as_fd(), c"work").map_err(err)?;
-        match empty_dir(work.as_fd()) {
-            // Mode 0, as the kernel makes it (by us or by a kernel mount before): a daemon
-            // without CAP_DAC_OVERRIDE (an ordinary user) cannot use it so, and opens it up
-            // to its owner (itself; anyone else's work directory stays refused).
-            Err(e) if e == crate::error::Errno::EACCES => {
-                sys::fchmodat(top.as_fd(), c"work", 0o700).map_err(err)?;
-                empty_dir(work.as_fd()).map_err(err)?;
-            }
-            r => r.map_err(err)?,
+        refuse_unclean_volatile(w, work.as_fd())?;
+        empty_dir_keeping(work.as_fd(), Some(FORMAT_RECORD.to_bytes())).map_err(err)?;
+        if volatile {
+            mark_volatile(work.as_fd(), mode).map_err(err)?;
         }
         Ok(work)
     }
 
+    /// The kernel's mark of a volatile mount: `work/incompat/volatile/dirty`. The kernel makes
+    /// it at every volatile mount and refuses any later mount while it is there (it cannot
+    /// tell a crash from a clean unmount). layover makes it too, and removes it when the mount
+    /// ends cleanly, after syncing the upper; a crash leaves it, and then layover and the
+    /// kernel both refuse the work directory.
+    const INCOMPAT: &std::ffi::CStr = c"incompat";
+    const VOLATILE: &std::ffi::CStr = c"volatile";
+    const DIRTY: &std::ffi::CStr = c"dirty";
+
+    /// Refuses a work directory that holds a volatile mount's mark.
+    fn refuse_unclean_volatile(w: &Path, work: BorrowedFd<'_>) -> Result<(), StartupError> {
+        let Ok(incompat) = sys::open_dir_at(work, INCOMPAT) else {
+            return Ok(());
+        };
+        if sys::fstatat(incompat.as_fd(), VOLATILE).is_err() {
+            return Ok(());
+        }
+        Err(StartupError::new(format!(
+            "workdir '{}': it holds work/incompat/volatile, left by a volatile mount of this \
+             upper (the kernel's overlayfs or layover) that did not end cleanly: writes to the \
+             upper may be lost, and the kernel refuses it too. Start again with an empty upper \
+             and work directory or, if you know the upper is intact, remove '{}'",
+            w.display(),
+            w.join("work/incompat/volatile").display()
+        )))
+    }
+
+    /// Makes the volatile mark (directories of `mode`, as `work` itself).
+    fn mark_volatile(work: BorrowedFd<'_>, mode: u32) -> crate::error::FsResult<()> {
+        sys::mkdirat(work, INCOMPAT, mode)?;
+        let incompat = sys::open_dir_at(work, INCOMPAT)?;
+        sys::mkdirat(incompat.as_fd(), VOLATILE, mode)?;
+        let volatile = sys::open_dir_at(incompat.as_fd(), VOLATILE)?;
+        sys::mknodat(volatile.as_fd(), DIRTY, libc::S_IFREG, 0)
+    }
+
+    /// Syncs the upper's filesystem (`upper`: its root), then removes the volatile mark.
+    pub fn unmark_volatile(
+        work: BorrowedFd<'_>,
+        upper: BorrowedFd<'_>,
+    ) -> crate::error::FsResult<()> {
+        let root = sys::openat(upper, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        sys::syncfs(root.as_fd())?;
+        let incompat = sys::open_dir_at(work, INCOMPAT)?;
+        let volatile = sys::open_dir_at(incompat.as_fd(), VOLATILE)?;
+        sys::unlinkat(volatile.as_fd(), DIRTY, false)?;
+        sys::unlinkat(incompat.as_fd(), VOLATILE, true)?;
+        sys::unlinkat(work, INCOMPAT, true)
+    }
+
     /// Removes everything inside a directory (not following symlinks).
     pub fn empty_dir(dir: BorrowedFd<'_>) -> crate::error::FsResult<()> {
+        empty_dir_keeping(dir, None)
+    }
+
+    /// Removes everything inside a directory but the entry `keep`.
+    fn empty_dir_keeping(dir: BorrowedFd<'_>, keep: Option<&[u8]>) -> crate::error::FsResult<()> {
         let rd = sys::openat(dir, sys::DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         for e in sys::read_dir_entries(rd.as_fd())? {
-            if e.name == b"." || e.name == b".." {
+            if e.name == b"." || e.name == b".." || Some(&*e.name) == keep {
                 continue;
             }
             let name = super::cname(&e.name)?;
@@ -625,19 +757,96 @@ mod work {
         Ok(())
     }
 
-    /// What the upper's filesystem lets us do, tried in the work directory.
-    pub fn probe(work: BorrowedFd<'_>) -> Caps {
+    /// Where a mount that writes `.wh.` files notes it, so that later mounts keep that
+    /// format even where 0/0 devices could be made: one upper never mixes formats by
+    /// accident. (The kernel's format needs no note: it is what the probe picks anyway, and
+    /// a clean unmount leaves `work/` empty then, as the kernel's does.) It lives in `work/`
+    /// (kept when that is emptied at mount) so that a failed first start, which removes
+    /// `work/`, leaves nothing behind.
+    const FORMAT_RECORD: &std::ffi::CStr = c"#layover-whiteout-format";
+
+    fn recorded_format(work: BorrowedFd<'_>) -> Option<Format> {
+        let fd = sys::openat(work, FORMAT_RECORD, libc::O_RDONLY, 0).ok()?;
+        let mut v = Vec::new();
+        sys::read_all(fd.as_fd(), &mut v).ok()?;
+        Format::parse(v.trim_ascii())
+    }
+
+    fn record_format(work: BorrowedFd<'_>, f: Format) -> Result<(), StartupError> {
+        if f == Format::Chardev {
+            let _ = sys::unlinkat(work, FORMAT_RECORD, false); // usually absent
+            return Ok(());
+        }
+        let tmp = c"#layover-whiteout-format.new";
+        let write = || -> crate::error::FsResult<()> {
+            let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY;
+            let fd = sys::openat(work, tmp, flags, 0o600)?;
+            sys::write_all(fd.as_fd(), format!("{}\n", f.name()).as_bytes());
+            sys::renameat2(work, tmp, work, FORMAT_RECORD, 0)
+        };
+        write().map_err(|e| {
+            StartupError::new(format!("workdir: cannot note the whiteout format: {e}"))
+        })
+    }
+
+    /// Without a note, the upper's root tells what it was written with: `.wh.` names (an
+    /// OCI layer, an older rootless mount) or 0/0 devices. (Read without touching its atime,
+    /// which the kernel's mount leaves alone.)
+    fn format_in_upper_root(upper: BorrowedFd<'_>) -> Option<Format> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME;
+        let rd = sys::openat(upper, sys::DOT, flags, 0).ok()?;
+        let entries = sys::read_dir_entries(rd.as_fd()).ok()?;
+        if entries
+            .iter()
+            .any(|e| crate::whiteout::aufs_hidden_name(&e.name).is_some())
+        {
+            return Some(Format::File);
+        }
+        entries
+            .iter()
+            .filter(|e| e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN)
+            .filter_map(|e| super::cname(&e.name).ok())
+            .any(|n| sys::fstatat(upper, &n).is_ok_and(|st| crate::whiteout::is_whiteout_dev(&st)))
+            .then_some(Format::Chardev)
+    }
+
+    /// What the upper's filesystem lets us do, tried in the work directory, and the whiteout
+    /// format: `forced` by the option, else the one this upper was written with, else 0/0
+    /// devices where they can be made (Linux >= 5.8 lets an ordinary user make them), else
+    /// `.wh.` files.
+    pub fn probe(
+        work: BorrowedFd<'_>,
+        upper: BorrowedFd<'_>,
+        forced: Option<Format>,
+    ) -> Result<Caps, StartupError> {
         let name = c"#layover-probe";
-        let whiteout_dev = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
+        let can_mknod = sys::mknodat(work, name, libc::S_IFCHR, 0).is_ok();
         let _ = sys::unlinkat(work, name, false); // only cleans up the probe
+        let recorded = recorded_format(work);
+        let found = recorded.or_else(|| format_in_upper_root(upper));
+        let format = match Format::choose(forced, found, can_mknod) {
+            Ok((f, mixing)) => {
+                if let Some(was) = mixing {
+                    log::warn!(
+                        "this upper holds {} whiteouts; whiteout={} writes the other format too",
+                        was.name(),
+                        f.name()
+                    );
+                }
+                f
+            }
+            Err(why) => return Err(StartupError::new(why)),
+        };
+        record_format(work, format)?;
         let a = c"#layover-probe-a";
-        let rename_whiteout = sys::mknodat(work, a, libc::S_IFREG | 0o600, 0).is_ok()
+        let rename_whiteout = format == Format::Chardev
+            && sys::mknodat(work, a, libc::S_IFREG | 0o600, 0).is_ok()
             && sys::renameat2(work, a, work, name, sys::RENAME_WHITEOUT).is_ok();
         let _ = sys::unlinkat(work, a, false); // probe cleanup: the whiteout left at `a`
         let _ = sys::unlinkat(work, name, false); // probe cleanup: the renamed file
-        Caps {
-            whiteout_dev,
+        Ok(Caps {
+            whiteout_dev: format == Format::Chardev,
             rename_whiteout,
-        }
+        })
     }
 }

@@ -87,6 +87,43 @@ impl Overlay {
         if !whiteout && !is_dir {
             return sys::unlinkat(udir, cn, false);
         }
+        let lent = if is_dir {
+            self.open_doomed_dir(udir, cn)
+        } else {
+            None
+        };
+        let r = self.move_away_upper(udir, cn, name, is_dir, whiteout);
+        if r.is_err()
+            && let Some(mode) = lent
+        {
+            let _ = sys::fchmodat(udir, cn, mode); // put back, if it is still there
+        }
+        r
+    }
+
+    /// An ordinary user's daemon, without CAP_DAC_OVERRIDE, can neither move a directory of
+    /// its own that lacks owner write permission to another parent nor empty it; one about
+    /// to go (rmdir, or replaced by a rename) is given u+rwx first. Returns the mode it had.
+    pub(super) fn open_doomed_dir(&self, dir: BorrowedFd<'_>, cn: &CStr) -> Option<u32> {
+        if self.privileges.overrides_modes {
+            return None;
+        }
+        let st = sys::fstatat(dir, cn).ok()?;
+        if !st.is_dir() || st.uid != self.privileges.ids.uid || st.mode & 0o700 == 0o700 {
+            return None;
+        }
+        let mode = st.mode & 0o7777;
+        sys::fchmodat(dir, cn, mode | 0o700).ok().map(|()| mode)
+    }
+
+    fn move_away_upper(
+        &self,
+        udir: BorrowedFd<'_>,
+        cn: &CStr,
+        name: &[u8],
+        is_dir: bool,
+        whiteout: bool,
+    ) -> FsResult<()> {
         let work = self.work_fd()?;
         let tmp = self.temp_name();
         if whiteout && self.caps.rename_whiteout {

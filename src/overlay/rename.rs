@@ -3,11 +3,12 @@
 //! a lower gets EXDEV (so `mv` copies and deletes); an upper-only directory moves, and is
 //! marked opaque when it lands in a merged directory.
 
+use super::lookup::DirMarks;
 use super::{Entry, Overlay, cname};
 use crate::error::{Errno, FsResult};
 use crate::inode::{Ino, Inode};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, Opacity};
+use crate::whiteout;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -167,7 +168,10 @@ impl Overlay {
         at: BorrowedFd<'_>,
         name: &CStr,
     ) -> FsResult<()> {
-        if dir.is_dir() && Self::is_merged_dir(into) && self.opacity(at, name) == Opacity::None {
+        if dir.is_dir()
+            && Self::is_merged_dir(into)
+            && self.dir_marks(at, name) == DirMarks::default()
+        {
             self.set_opaque(at, name)?;
         }
         Ok(())
@@ -214,6 +218,7 @@ impl Overlay {
             && replaced_merged_dir
         {
             // Merged-empty: only whiteouts are left in it; they go first.
+            let _ = self.open_doomed_dir(at.ndir.as_fd(), &at.ncn); // it goes: no mode to put back
             let sub = sys::open_dir_at(at.ndir.as_fd(), &at.ncn)?;
             super::work::empty_dir(sub.as_fd())?;
         }

@@ -132,11 +132,6 @@ pub fn open_fuse_device() -> FsResult<OwnedFd> {
     super::open_path(c"/dev/fuse", libc::O_RDWR)
 }
 
-/// Whether the process may create character devices 0/0 and set trusted.* xattrs.
-pub fn has_cap_sys_admin() -> bool {
-    status_has_cap_sys_admin("/proc/self/status")
-}
-
 /// Whether process `pid` has CAP_SYS_ADMIN in effect (false if it is gone).
 pub fn pid_has_cap_sys_admin(pid: u32) -> bool {
     status_has_cap_sys_admin(&format!("/proc/{pid}/status"))
@@ -352,4 +347,44 @@ pub fn clone_mount_readonly(path: &CStr) -> FsResult<OwnedFd> {
 /// The major and minor parts of a device number.
 pub fn dev_major_minor(dev: u64) -> (u32, u32) {
     (libc::major(dev), libc::minor(dev))
+}
+
+/// Moves `fd` to the number `to` and closes every other fd from 3 up: for a process that is
+/// to hold nothing but this one (and stdio). `to` must be 3 or more. On failure `fd` is kept
+/// where it was (still closing the others).
+pub fn keep_only(fd: OwnedFd, to: i32) -> OwnedFd {
+    let raw = fd.as_raw_fd();
+    let fd = if raw == to {
+        fd
+    } else {
+        // SAFETY: dup2 of a valid fd onto `to`, replacing whatever `to` was (which the caller
+        // means to close anyway); the new fd is owned by the returned OwnedFd alone.
+        match unsafe { libc::dup2(raw, to) } {
+            r if r == to => {
+                drop(fd);
+                own(to)
+            }
+            _ => fd,
+        }
+    };
+    let keep = fd.as_raw_fd() as u32;
+    // SAFETY: closing fds that nothing in this (single-threaded, about to exec) process
+    // uses any more: every fd from 3 up except `keep`.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0);
+    }
+    fd
+}
+
+/// Takes ownership of fd `n`, inherited from the process that started this one (which
+/// promised it is open and ours alone); None if it is not open.
+pub fn inherited_fd(n: i32) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only asks whether `n` is open.
+    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    Some(own(n))
 }

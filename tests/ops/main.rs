@@ -8,9 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod identity;
+mod markers;
 mod support;
 
-use layover::{Caller, Errno, Ino, NewNode, OpenOpts, Overlay, SetAttr, TimeSpec};
+use layover::{Caller, Errno, Ino, NewNode, OpenOpts, Overlay, Privilege, SetAttr, TimeSpec};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -322,7 +324,13 @@ impl Rw {
     fn new(s: &Scratch, build_lower: impl FnOnce(&Path)) -> Rw {
         let (upper, lower, work) = (s.dir("upper"), s.dir("lower"), s.dir("work"));
         build_lower(&lower);
-        let ov = Overlay::new(stack(&[&lower], Some((&upper, &work))), 1024).unwrap();
+        let ov = Overlay::new(
+            stack(&[&lower], Some((&upper, &work))),
+            1024,
+            &Privilege::detect(),
+            None,
+        )
+        .unwrap();
         Rw {
             ov,
             upper,
@@ -561,7 +569,13 @@ fn daemon_constructor_empties_the_work_directory() {
     // Mode 0, as the kernel leaves it: an ordinary user's daemon must still manage.
     fs::set_permissions(work.join("work"), fs::Permissions::from_mode(0o000)).unwrap();
     let (upper, lower) = (s.dir("upper"), s.dir("lower"));
-    let ov = Overlay::new(stack(&[&lower], Some((&upper, &work))), 1024).unwrap();
+    let ov = Overlay::new(
+        stack(&[&lower], Some((&upper, &work))),
+        1024,
+        &Privilege::detect(),
+        None,
+    )
+    .unwrap();
     ov.cleanup_work();
     assert_eq!(names_on_disk(&work.join("work")), Vec::<String>::new());
 }

@@ -76,6 +76,7 @@ pub fn stack(lowers: &[&Path], upper_work: Option<(&Path, &Path)>) -> Stack {
         durable: false,
         xattr_ns: XattrNs::User,
         read_only: false,
+        whiteout: None,
     }
 }
 

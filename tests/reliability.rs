@@ -1,0 +1,303 @@
+//! Reliability tests that need a mount and a filesystem of their own: object identity when
+//! the filesystem under the layers reuses inode numbers at once (a small loop-mounted ext4).
+//!
+//! Self-contained on purpose (tests/common is being reorganised): a scratch directory under
+//! $TMPDIR, an ext4 image in it, and a guard that always unmounts layover, then the image
+//! (its loop device is detached with it: `mount -o loop` sets autoclear), then removes the
+//! scratch directory. Needs root and /dev/fuse, like the other mounted suites; a missing
+//! prerequisite fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The binary under test; `LAYOVER_TEST_BIN` picks another (to measure an older build).
+fn bin() -> String {
+    std::env::var("LAYOVER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_layover").into())
+}
+
+/// Runs a command to completion; panics with its output unless it exits 0.
+fn run(program: &str, args: &[&OsStr]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let want = path.as_os_str().to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// A scratch directory with an ext4 image mounted at `fs/`; `mnt/` for the overlay.
+/// Dropping it unmounts whatever is still mounted (layover first) and removes everything.
+struct Ext4Scratch {
+    root: PathBuf,
+    fs: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Ext4Scratch {
+    fn new(tag: &str, size: &str) -> Ext4Scratch {
+        assert!(
+            nix_is_root(),
+            "the reliability tests need root (loop mounts, FUSE)"
+        );
+        assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing");
+        let root = std::env::temp_dir().join(format!(
+            "layover-reliability-{}-{tag}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        fs::create_dir_all(&root).expect("create scratch dir");
+        let s = Ext4Scratch {
+            fs: root.join("fs"),
+            mnt: root.join("mnt"),
+            root,
+        };
+        fs::create_dir(&s.fs).expect("mkdir fs");
+        fs::create_dir(&s.mnt).expect("mkdir mnt");
+        let img = s.root.join("fs.img");
+        fs::File::create(&img)
+            .and_then(|f| f.set_len(parse_size(size)))
+            .expect("create image");
+        run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), img.as_os_str()],
+        );
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                img.as_os_str(),
+                s.fs.as_os_str(),
+            ],
+        );
+        s
+    }
+
+    fn mount_layover(&self, lower: &Path, upper: &Path, work: &Path) {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        run(
+            &bin(),
+            &["-o".as_ref(), opts.as_ref(), self.mnt.as_os_str()],
+        );
+        assert!(
+            is_mounted(&self.mnt),
+            "layover exited 0 but nothing is mounted"
+        );
+    }
+
+    /// The daemon must still serve: the mount answers a readdir of its root.
+    fn assert_alive(&self) {
+        if let Err(e) = fs::read_dir(&self.mnt) {
+            panic!("the layover mount stopped serving: {e}");
+        }
+    }
+}
+
+impl Drop for Ext4Scratch {
+    fn drop(&mut self) {
+        for m in [&self.mnt, &self.fs] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while is_mounted(m) && Instant::now() < deadline {
+                // Best effort in a destructor: retried until the deadline, lazily at the end.
+                let _ = Command::new("umount").arg(m).output();
+                if is_mounted(m) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            if is_mounted(m) {
+                let _ = Command::new("umount").arg("-l").arg(m).output();
+            }
+        }
+        if !is_mounted(&self.fs) && !is_mounted(&self.mnt) {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        .unwrap_or(false)
+}
+
+fn parse_size(s: &str) -> u64 {
+    let (n, mult) = match s.strip_suffix('M') {
+        Some(n) => (n, 1 << 20),
+        None => (s, 1),
+    };
+    n.parse::<u64>().expect("a size") * mult
+}
+
+fn read(p: &Path) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    fs::File::open(p)?.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+fn append(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new().append(true).open(p)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+const GONE: usize = 25;
+const NEW: usize = 8;
+
+/// Layers on an ext4 that reuses inode numbers at once. The mount looks up every file of a
+/// lower directory `gone/`; the host then removes `gone/` outside the mount; new files made
+/// through the mount get the freed inode numbers. Each must be its own object: reopened by
+/// name it gives what was written, and after the host puts `gone/` back, an append to it lands
+/// in it and nowhere else. (Identity by (dev, ino, type) alone took each new file for the
+/// deleted lower file with its number: ENOENT on reopen, and the appends went to `gone/fNN`.)
+#[test]
+fn reused_inode_numbers_never_misplace_writes() {
+    let s = Ext4Scratch::new("reuse", "16M");
+    let (lower, upper, work) = (s.fs.join("lower"), s.fs.join("upper"), s.fs.join("work"));
+    for d in [
+        &lower,
+        &upper,
+        &work,
+        &lower.join("gone"),
+        &lower.join("keep"),
+    ] {
+        fs::create_dir_all(d).expect("mkdir layer");
+    }
+    let gone_name = |i: usize| format!("gone/f{i:02}");
+    let mut gone_inos = BTreeSet::new();
+    for i in 1..=GONE {
+        let p = lower.join(gone_name(i));
+        fs::write(&p, format!("lower f{i:02}\n")).expect("write lower file");
+        gone_inos.insert(fs::metadata(&p).expect("stat lower").ino());
+    }
+    run("sync", &[]);
+    s.mount_layover(&lower, &upper, &work);
+
+    // The kernel and the daemon now know every gone/fNN (readdirplus or lookups).
+    let listed = fs::read_dir(s.mnt.join("gone"))
+        .expect("list gone")
+        .filter(|e| e.as_ref().expect("entry").metadata().is_ok())
+        .count();
+    assert_eq!(listed, GONE);
+
+    // The host removes the lower directory under the live mount.
+    fs::remove_dir_all(lower.join("gone")).expect("remove lower gone/");
+
+    // New files through the mount: each should get a recycled inode number in the upper.
+    let new_name = |k: usize| format!("keep/n{k}");
+    let first = |k: usize| format!("first write of n{k}\n").into_bytes();
+    let mut create_errors = Vec::new();
+    for k in 1..=NEW {
+        if let Err(e) = fs::write(s.mnt.join(new_name(k)), first(k)) {
+            create_errors.push(format!("{}: {e}", new_name(k)));
+        }
+    }
+    assert!(
+        create_errors.is_empty(),
+        "creates failed: {create_errors:?}"
+    );
+    let recycled = (1..=NEW)
+        .filter(|&k| {
+            let ino = fs::metadata(upper.join(new_name(k))).map_or(0, |m| m.ino());
+            gone_inos.contains(&ino)
+        })
+        .count();
+    // The test shows something only if the filesystem did recycle the numbers.
+    assert!(
+        recycled > 0,
+        "no new upper file got a number of a removed lower file: the test shows nothing"
+    );
+
+    // Reopening by name finds what was written.
+    let mut reopen_wrong = BTreeMap::new();
+    for k in 1..=NEW {
+        match read(&s.mnt.join(new_name(k))) {
+            Ok(d) if d == first(k) => {}
+            Ok(d) => {
+                reopen_wrong.insert(k, String::from_utf8_lossy(&d).into_owned());
+            }
+            Err(e) => {
+                reopen_wrong.insert(k, e.to_string());
+            }
+        }
+    }
+
+    // The host puts gone/ back; appends to keep/nK must land in keep/nK.
+    fs::create_dir(lower.join("gone")).expect("mkdir lower gone/");
+    for i in 1..=GONE {
+        fs::write(lower.join(gone_name(i)), format!("lower f{i:02}\n")).expect("rewrite lower");
+    }
+    let second = |k: usize| format!("append to n{k}\n").into_bytes();
+    let mut append_errors = BTreeMap::new();
+    for k in 1..=NEW {
+        if let Err(e) = append(&s.mnt.join(new_name(k)), &second(k)) {
+            append_errors.insert(k, e.to_string());
+        }
+    }
+    s.assert_alive();
+
+    // Where did each acknowledged append go? Only into its own file, in the upper on disk.
+    let mut misplaced = 0;
+    let mut lost = 0;
+    let gone_upper: Vec<Vec<u8>> = (1..=GONE)
+        .filter_map(|i| read(&upper.join(gone_name(i))).ok())
+        .collect();
+    for k in (1..=NEW).filter(|k| !append_errors.contains_key(k)) {
+        let own = read(&upper.join(new_name(k))).unwrap_or_default();
+        let want: Vec<u8> = [first(k), second(k)].concat();
+        if own != want {
+            lost += 1;
+        }
+        if gone_upper.iter().any(|g| {
+            g.windows(second(k).len())
+                .any(|w| w == second(k).as_slice())
+        }) {
+            misplaced += 1;
+        }
+    }
+    eprintln!(
+        "reused inode numbers: {recycled} of {NEW} new files got a removed lower file's \
+         number; reopen wrong {} of {NEW}, appends failed {} of {NEW}, appends misplaced \
+         {misplaced}, appends missing from their own file {lost}",
+        reopen_wrong.len(),
+        append_errors.len()
+    );
+    assert_eq!(misplaced, 0, "acknowledged appends landed in another file");
+    assert!(reopen_wrong.is_empty(), "reopen by name: {reopen_wrong:?}");
+    assert!(
+        append_errors.is_empty(),
+        "appends failed: {append_errors:?}"
+    );
+    assert_eq!(lost, 0, "acknowledged appends missing from their file");
+}
