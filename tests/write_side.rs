@@ -82,9 +82,10 @@ impl T {
         T::mount_as_is(env)
     }
 
-    /// [`T::mount`] with layover's `strict_copy_up=1`: for tests that open a lower file for
-    /// writing while an older descriptor reads it (by default that gives ETXTBSY; see
-    /// `reader_opened_before_copy_up_by_default`).
+    /// [`T::mount`] with layover's `strict_copy_up=1` (the default, named explicitly): for
+    /// tests that open a lower file for writing while an older descriptor reads it (with
+    /// `strict_copy_up=0` that gives ETXTBSY; see
+    /// `reader_opened_before_copy_up_with_shared_lower_cache`).
     fn mount_strict(env: TestEnv) -> T {
         age_tree(&env.path("src"), OLD);
         T::mount_layover_opts(env, vec!["strict_copy_up=1"])
@@ -1604,20 +1605,21 @@ fn reader_opened_before_copy_up_sees_new_data() {
     t.finish();
 }
 
-/// By default a lower file opened read-only is FUSE passthrough from the lower file (one
-/// page-cache copy for every mount; docs/semantics.md, "Descriptors opened before a
-/// copy-up"): while such a descriptor is open, the file cannot be opened for writing
-/// (ETXTBSY), a truncate(2) by path copies it up but the descriptor keeps reading the lower
-/// copy, and a new descriptor reads the copy. Once the older descriptors are closed, the file
-/// opens for writing. Without passthrough (`passthrough=off` in `$LAYOVER_TEST_OPTS`, or no
-/// root) every descriptor reads the copy, as with `strict_copy_up=1`.
+/// With `strict_copy_up=0` a lower file opened read-only is FUSE passthrough from the lower
+/// file (one page-cache copy for every mount; docs/semantics.md, "Descriptors opened before a
+/// copy-up with `strict_copy_up=0`"): while such a descriptor is open, the file cannot be
+/// opened for writing (ETXTBSY), a truncate(2) by path copies it up but the descriptor keeps
+/// reading the lower copy, and a new descriptor reads the copy. Once the older descriptors are
+/// closed, the file opens for writing. Without passthrough (`passthrough=off` in
+/// `$LAYOVER_TEST_OPTS`, or no root) every descriptor reads the copy, as by default.
 #[test]
-fn reader_opened_before_copy_up_by_default() {
-    let env = fixture("reader_before_copy_up_default");
+fn reader_opened_before_copy_up_with_shared_lower_cache() {
+    let env = fixture("reader_before_copy_up_shared");
     env.layer("l2")
         .file("f", "old old old")
         .file("g", "to be truncated");
-    let t = T::mount(env);
+    age_tree(&env.path("src"), OLD);
+    let t = T::mount_layover_opts(env, vec!["strict_copy_up=0"]);
     let m = t.layover.mnt.clone();
     let read_all = |f: &File| -> Vec<u8> {
         let mut b = vec![0u8; 64];

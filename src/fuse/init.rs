@@ -38,9 +38,9 @@ pub struct Wanted {
     /// The merged view cannot be written (no writes to cache).
     pub read_only: bool,
     /// There is an upper layer (passthrough then covers files in it, and lower files opened
-    /// read-only unless `strict_copy_up=1`).
+    /// read-only with `strict_copy_up=0`).
     pub has_upper: bool,
-    /// `strict_copy_up=1`: lower files are read through the daemon.
+    /// `strict_copy_up` (the default): lower files are read through the daemon.
     pub strict_copy_up: bool,
 }
 
@@ -98,9 +98,9 @@ fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
             if !want.has_upper {
                 " and, as the mount is read-only, of every file"
             } else if want.strict_copy_up {
-                " (strict_copy_up=1: lower files are read through the daemon)"
+                " (strict_copy_up: lower files are read through the daemon)"
             } else {
-                " and of lower files opened read-only (shared page cache)"
+                " and of lower files opened read-only (strict_copy_up=0: shared page cache)"
             }
         );
     } else if want.read_only {

@@ -41,7 +41,8 @@ pub struct Fs {
     /// Ask for passthrough at INIT, or why not (`init::passthrough_wish`).
     want_passthrough: Result<(), &'static str>,
     max_write: Option<u32>,
-    /// `strict_copy_up=1`: lower files opened read-only are not passthrough.
+    /// `strict_copy_up` (the default; off with `strict_copy_up=0`): lower files opened
+    /// read-only are not passthrough.
     strict_copy_up: bool,
     /// Passthrough or cached, per open file.
     data: DataPath<BackingId>,
