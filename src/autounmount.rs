@@ -16,6 +16,7 @@
 //! What it must not touch: the layers. It is forked before any worker thread exists and keeps
 //! only its pipe; it holds no layer, no /dev/fuse and no working directory.
 
+use crate::mountinfo::{self, MountEntry};
 use crate::privilege::{Mode, Privilege};
 use crate::sys;
 use std::ffi::CString;
@@ -24,62 +25,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-/// One mount, as /proc/self/mountinfo describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct MountLine {
-    id: u64,
-    parent: u64,
-    /// "MAJOR:MINOR" of the mounted filesystem.
-    dev: String,
-    mountpoint: Vec<u8>,
-    fstype: String,
-}
-
-/// Parses one line of /proc/PID/mountinfo (proc(5)); None for a line that does not parse.
-fn parse_line(line: &[u8]) -> Option<MountLine> {
-    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-    let num = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u64>().ok();
-    let sep = fields.iter().position(|f| *f == b"-")?;
-    Some(MountLine {
-        id: num(fields.first()?)?,
-        parent: num(fields.get(1)?)?,
-        dev: String::from_utf8_lossy(fields.get(2)?).into_owned(),
-        mountpoint: unescape_octal(fields.get(4)?),
-        fstype: String::from_utf8_lossy(fields.get(sep + 1)?).into_owned(),
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
-fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let digits = s.get(i + 1..i + 4);
-        match digits {
-            Some(d) if s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
-                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                out.push((v & 0xff) as u8);
-                i += 4;
-            }
-            _ => {
-                out.push(s[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-fn mount_table() -> Vec<MountLine> {
-    let Ok(data) = std::fs::read("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    data.split(|b| *b == b'\n').filter_map(parse_line).collect()
+fn mount_table() -> Vec<MountEntry> {
+    mountinfo::read().unwrap_or_default()
 }
 
 /// Our mount in `table`: the FUSE mount at `mountpoint` that nothing is mounted over (the
 /// last one there, as later mounts stack on earlier ones).
-fn find_ours<'a>(table: &'a [MountLine], mountpoint: &[u8]) -> Option<&'a MountLine> {
+fn find_ours<'a>(table: &'a [MountEntry], mountpoint: &Path) -> Option<&'a MountEntry> {
     table
         .iter()
         .rfind(|m| m.mountpoint == mountpoint)
@@ -87,7 +39,7 @@ fn find_ours<'a>(table: &'a [MountLine], mountpoint: &[u8]) -> Option<&'a MountL
 }
 
 /// Whether `ours` is still mounted, and nothing covers it at its mount point.
-fn still_there(table: &[MountLine], ours: &MountLine) -> bool {
+fn still_there(table: &[MountEntry], ours: &MountEntry) -> bool {
     let present = table
         .iter()
         .any(|m| m.id == ours.id && m.dev == ours.dev && m.mountpoint == ours.mountpoint);
@@ -115,7 +67,7 @@ const PIPE_FD: i32 = 3;
 /// that it never holds the pipes of whoever started the mount (they would wait for it).
 pub fn start(mountpoint: &Path, privilege: &Privilege, quiet: bool) -> Option<OwnedFd> {
     let table = mount_table();
-    let Some(ours) = find_ours(&table, mountpoint.as_os_str().as_bytes()).cloned() else {
+    let Some(ours) = find_ours(&table, mountpoint).cloned() else {
         log::warn!(
             "auto_unmount: the mount at {} is not in /proc/self/mountinfo; a dead daemon will \
              leave it mounted",
@@ -161,14 +113,14 @@ pub fn start(mountpoint: &Path, privilege: &Privilege, quiet: bool) -> Option<Ow
 /// In the forked child: leaves the daemon's session (a ^C meant for `layover -f` must not end
 /// the watcher first) and every directory, keeps only the pipe (as fd 3), and becomes the
 /// watcher by executing this program again under its own name. Never returns.
-fn exec_watcher(pipe: OwnedFd, ours: &MountLine, helper: Option<&Path>, quiet: bool) -> ! {
+fn exec_watcher(pipe: OwnedFd, ours: &MountEntry, helper: Option<&Path>, quiet: bool) -> ! {
     sys::setsid();
     sys::chdir_root();
     let pipe = sys::keep_only(pipe, PIPE_FD);
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg0(NAME)
         .env(ENV_MOUNT, format!("{} {}", ours.id, ours.dev))
-        .env(ENV_PATH, std::ffi::OsStr::from_bytes(&ours.mountpoint))
+        .env(ENV_PATH, &ours.mountpoint)
         .env_remove(ENV_HELPER)
         .stdin(std::process::Stdio::null());
     if quiet {
@@ -193,7 +145,7 @@ pub fn watcher_from_env() -> Option<Watcher> {
     Some(Watcher {
         id: id.parse().ok()?,
         dev: dev.to_string(),
-        mountpoint: path.as_bytes().to_vec(),
+        mountpoint: PathBuf::from(path),
         helper: std::env::var_os(ENV_HELPER).map(PathBuf::from),
     })
 }
@@ -202,7 +154,7 @@ pub fn watcher_from_env() -> Option<Watcher> {
 pub struct Watcher {
     id: u64,
     dev: String,
-    mountpoint: Vec<u8>,
+    mountpoint: PathBuf,
     helper: Option<PathBuf>,
 }
 
@@ -214,12 +166,13 @@ impl Watcher {
             let mut buf = Vec::new();
             let _ = sys::read_all(pipe.as_fd(), &mut buf);
         }
-        let ours = MountLine {
+        let ours = MountEntry {
             id: self.id,
             parent: 0,
             dev: self.dev.clone(),
             mountpoint: self.mountpoint.clone(),
             fstype: String::new(),
+            super_opts: String::new(),
         };
         if still_there(&mount_table(), &ours) {
             self.unmount();
@@ -228,12 +181,12 @@ impl Watcher {
     }
 
     fn unmount(&self) {
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&self.mountpoint));
+        let path = &self.mountpoint;
         match &self.helper {
             Some(helper) => {
                 let r = std::process::Command::new(helper)
                     .args(["-u", "-z", "--"])
-                    .arg(&path)
+                    .arg(path)
                     .stdin(std::process::Stdio::null())
                     .status();
                 if !r.is_ok_and(|s| s.success()) {
@@ -245,7 +198,7 @@ impl Watcher {
                 }
             }
             None => {
-                let Ok(target) = CString::new(self.mountpoint.clone()) else {
+                let Ok(target) = CString::new(path.as_os_str().as_bytes()) else {
                     return;
                 };
                 if let Err(e) = sys::umount(&target, true) {
@@ -268,37 +221,17 @@ mod tests {
         41 30 0:50 / /mnt/a\\040b rw,nosuid,nodev - fuse.layover layover rw,user_id=0\n\
         42 41 0:51 / /mnt/a\\040b/proc rw - proc proc rw\n";
 
-    fn table() -> Vec<MountLine> {
-        TABLE
-            .split(|b| *b == b'\n')
-            .filter_map(parse_line)
-            .collect()
-    }
-
-    #[test]
-    fn parses_mountinfo_lines_with_escaped_paths() {
-        let t = table();
-        assert_eq!(t.len(), 4);
-        assert_eq!(t[2].id, 41);
-        assert_eq!(t[2].parent, 30);
-        assert_eq!(t[2].dev, "0:50");
-        assert_eq!(t[2].mountpoint, b"/mnt/a b");
-        assert_eq!(t[2].fstype, "fuse.layover");
-        assert_eq!(parse_line(b"garbage"), None);
-        assert_eq!(parse_line(b""), None);
-    }
-
     #[test]
     fn finds_the_fuse_mount_on_top_at_its_mount_point() {
-        let t = table();
-        assert_eq!(find_ours(&t, b"/mnt/a b").map(|m| m.id), Some(41));
-        assert_eq!(find_ours(&t, b"/proc"), None, "not a FUSE mount");
-        assert_eq!(find_ours(&t, b"/nowhere"), None);
+        let t = mountinfo::parse(TABLE);
+        assert_eq!(find_ours(&t, Path::new("/mnt/a b")).map(|m| m.id), Some(41));
+        assert_eq!(find_ours(&t, Path::new("/proc")), None, "not a FUSE mount");
+        assert_eq!(find_ours(&t, Path::new("/nowhere")), None);
     }
 
     #[test]
     fn unmounts_only_the_same_mount_and_only_when_uncovered() {
-        let t = table();
+        let t = mountinfo::parse(TABLE);
         let ours = t[2].clone();
         assert!(
             still_there(&t, &ours),
@@ -313,22 +246,17 @@ mod tests {
             "a new mount that got the same id"
         );
         let mut covered = t.clone();
-        covered.push(MountLine {
+        covered.push(MountEntry {
             id: 50,
             parent: 41,
             dev: "0:60".into(),
-            mountpoint: b"/mnt/a b".to_vec(),
+            mountpoint: "/mnt/a b".into(),
             fstype: "tmpfs".into(),
+            super_opts: String::new(),
         });
         assert!(
             !still_there(&covered, &ours),
             "something is mounted over it"
         );
-    }
-
-    #[test]
-    fn octal_escapes() {
-        assert_eq!(unescape_octal(b"a\\040b\\011c\\134d"), b"a b\tc\\d");
-        assert_eq!(unescape_octal(b"x\\9y\\04"), b"x\\9y\\04");
     }
 }

@@ -28,6 +28,7 @@ mod inode;
 pub mod inspect;
 mod layer;
 pub mod mount;
+pub mod mountinfo;
 mod opener;
 mod overlay;
 pub mod privilege;

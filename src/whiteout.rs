@@ -6,6 +6,11 @@ use crate::config::XattrNs;
 use crate::sys::Stat;
 use std::ffi::CStr;
 
+/// The name of the note in `WORKDIR/work` where a mount that writes `.wh.` whiteouts records
+/// that format, so that later mounts keep it (the work module writes it; a mount keeps it
+/// when it empties `work/`, and `layover check` does not count it as a leftover).
+pub(crate) const FORMAT_NOTE: &std::ffi::CStr = c"#layover-whiteout-format";
+
 /// Prefix of AUFS/OCI whiteout files.
 pub const WH_PREFIX: &[u8] = b".wh.";
 /// The AUFS/OCI opaque-directory marker file.

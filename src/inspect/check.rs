@@ -483,6 +483,26 @@ impl Checker<'_> {
     }
 }
 
+/// Whether an entry of `WORKDIR/work` is what a mount removes: everything but the volatile
+/// mark (`incompat`, reported apart) and the note of an upper's whiteout format, which a
+/// mount keeps (`#layover-whiteout-format`, written by a mount that writes `.wh.` files).
+fn is_leftover(name: &std::ffi::OsStr) -> bool {
+    name != "incompat" && name.as_bytes() != crate::whiteout::FORMAT_NOTE.to_bytes()
+}
+
+/// The leftovers in `WORKDIR/work` (`wk`), as names to show.
+fn workdir_leftovers(wk: &Path) -> Vec<String> {
+    std::fs::read_dir(wk)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| is_leftover(n))
+                .map(|n| show(n.as_bytes()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Findings in the work directory (read with plain path calls: it is not a layer).
 fn check_workdir(work: &Path, out: &mut Vec<Finding>) {
     let mut push = |severity, code, path: String, message: String, fix| {
@@ -508,15 +528,7 @@ fn check_workdir(work: &Path, out: &mut Vec<Finding>) {
             None,
         );
     }
-    let left: Vec<String> = std::fs::read_dir(&wk)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name())
-                .filter(|n| n != "incompat")
-                .map(|n| show(n.as_bytes()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = workdir_leftovers(&wk);
     if !left.is_empty() {
         let mut names = left.clone();
         names.sort();
@@ -646,7 +658,7 @@ impl Fixer {
         let wk = self.work.as_ref().ok_or("no workdir")?.join("work");
         let rd = std::fs::read_dir(&wk).map_err(|e| e.to_string())?;
         for e in rd.flatten() {
-            if e.file_name() == "incompat" {
+            if !is_leftover(&e.file_name()) {
                 continue;
             }
             let p = e.path();

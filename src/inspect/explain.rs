@@ -340,57 +340,22 @@ fn upper_origin(
     top: usize,
     obj: Option<&LayerObj>,
 ) -> FsResult<String> {
-    let ns = q.xattr_ns();
-    let prefix = crate::whiteout::xattr_names(ns).prefix;
-    let parent = rel_path(&x.comps[..x.comps.len() - 1]);
-    let mut marks = Vec::new();
-    if let Some(d) = q.layer_dir(x.layers[top].index, &parent)? {
-        let name = &x.comps[x.comps.len() - 1];
-        for (n, _) in q.layer_xattrs(&d, name).unwrap_or_default() {
-            if let Some(rest) = n.strip_prefix(prefix)
-                && matches!(rest, b"origin" | b"metacopy" | b"redirect")
-            {
-                marks.push(show(&n));
-            }
-        }
-    }
-    let below: Vec<(usize, &Stat)> = (top + 1..x.layers.len())
-        .filter_map(|j| match x.states[j].last() {
-            Some(State::Obj(o)) if !matches!(o, LayerObj::Whiteout(..)) => Some((j, o.stat())),
-            _ => None,
-        })
-        .collect();
-    let mine = obj.map(LayerObj::stat);
-    let text = match (below.first(), mine) {
-        (_, _) if !marks.is_empty() => format!(
+    let marks = copy_up_records(q, x, top)?;
+    if !marks.is_empty() {
+        return Ok(format!(
             "copied up by the kernel's overlayfs (it recorded {})",
             marks.join(", ")
-        ),
+        ));
+    }
+    let below = (top + 1..x.layers.len()).find_map(|j| match x.states[j].last() {
+        Some(State::Obj(o)) if !matches!(o, LayerObj::Whiteout(..)) => Some((j, o.stat())),
+        _ => None,
+    });
+    Ok(match (below, obj.map(LayerObj::stat)) {
         (None, _) => "created in the upper: no lower layer holds this path".into(),
-        (Some((j, low)), Some(me)) if me.is_dir() && low.is_dir() => {
-            let merged: Vec<String> = match &x.node {
-                Ok(n) => n
-                    .layers
-                    .iter()
-                    .skip(1)
-                    .map(|l| layer_label(&x.layers, l.index()))
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            if merged.is_empty() {
-                format!(
-                    "made in the upper over {}'s directory, which it hides (opaque)",
-                    layer_label(&x.layers, *j)
-                )
-            } else {
-                format!(
-                    "a directory of the upper merged with {} (copied up, or made there and merged)",
-                    merged.join(", ")
-                )
-            }
-        }
+        (Some((j, low)), Some(me)) if me.is_dir() && low.is_dir() => upper_dir_origin(x, j),
         (Some((j, low)), Some(me)) if me.file_type() == low.file_type() => {
-            let label = layer_label(&x.layers, *j);
+            let label = layer_label(&x.layers, j);
             if me.mtime == low.mtime && me.size == low.size {
                 format!(
                     "copied up from {label} (same type, size and mtime; copy-up keeps them; \
@@ -406,11 +371,53 @@ fn upper_origin(
         }
         (Some((j, low)), _) => format!(
             "replaces {}'s {} with an object of another type (made in the upper)",
-            layer_label(&x.layers, *j),
+            layer_label(&x.layers, j),
             type_name(low.mode)
         ),
+    })
+}
+
+/// The kernel's copy-up records on the upper object (`origin`, `metacopy`, `redirect` in
+/// the overlay's xattr namespace), as names to show.
+fn copy_up_records(q: &Query<'_>, x: &Explanation, top: usize) -> FsResult<Vec<String>> {
+    let prefix = crate::whiteout::xattr_names(q.xattr_ns()).prefix;
+    let parent = rel_path(&x.comps[..x.comps.len() - 1]);
+    let mut marks = Vec::new();
+    if let Some(d) = q.layer_dir(x.layers[top].index, &parent)? {
+        let name = &x.comps[x.comps.len() - 1];
+        for (n, _) in q.layer_xattrs(&d, name).unwrap_or_default() {
+            if let Some(rest) = n.strip_prefix(prefix)
+                && matches!(rest, b"origin" | b"metacopy" | b"redirect")
+            {
+                marks.push(show(&n));
+            }
+        }
+    }
+    Ok(marks)
+}
+
+/// An upper directory over a lower directory (layer `j`): merged with the lowers, or opaque.
+fn upper_dir_origin(x: &Explanation, j: usize) -> String {
+    let merged: Vec<String> = match &x.node {
+        Ok(n) => n
+            .layers
+            .iter()
+            .skip(1)
+            .map(|l| layer_label(&x.layers, l.index()))
+            .collect(),
+        Err(_) => Vec::new(),
     };
-    Ok(text)
+    if merged.is_empty() {
+        format!(
+            "made in the upper over {}'s directory, which it hides (opaque)",
+            layer_label(&x.layers, j)
+        )
+    } else {
+        format!(
+            "a directory of the upper merged with {} (copied up, or made there and merged)",
+            merged.join(", ")
+        )
+    }
 }
 
 /// The layer's label and path, for output.

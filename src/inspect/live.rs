@@ -18,59 +18,11 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-/// One line of /proc/self/mountinfo that matters here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mountpoint: PathBuf,
-    pub fstype: String,
-    /// The filesystem's own options (`super options`), e.g. overlay's `upperdir=`.
-    pub super_opts: String,
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\'
-            && i + 4 <= s.len()
-            && s[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Parses mountinfo text.
-pub fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
-    let mut out = Vec::new();
-    for line in text.split(|b| *b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        if fields.len() < sep + 4 || fields.len() < 5 {
-            continue;
-        }
-        out.push(MountEntry {
-            mountpoint: PathBuf::from(OsString::from_vec(unescape_octal(fields[4]))),
-            fstype: String::from_utf8_lossy(fields[sep + 1]).into_owned(),
-            super_opts: String::from_utf8_lossy(&unescape_octal(fields[sep + 3])).into_owned(),
-        });
-    }
-    out
-}
+pub use crate::mountinfo::MountEntry;
 
 pub fn mounts() -> Result<Vec<MountEntry>, StartupError> {
-    let text = std::fs::read("/proc/self/mountinfo")
-        .map_err(|e| StartupError::new(format!("cannot read /proc/self/mountinfo: {e}")))?;
-    Ok(parse_mountinfo(&text))
+    crate::mountinfo::read()
+        .map_err(|e| StartupError::new(format!("cannot read /proc/self/mountinfo: {e}")))
 }
 
 /// The layover mount that `path` (absolute, canonical) lies in: the deepest one, and the
@@ -212,22 +164,4 @@ pub fn users_of(dir: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_lines() {
-        let text = b"36 35 98:0 /mnt1 /mnt\\040a rw,noatime master:1 - fuse.layover layover rw,user_id=0\n\
-                     37 35 0:5 / /o rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].mountpoint, Path::new("/mnt a"));
-        assert_eq!(m[0].fstype, "fuse.layover");
-        assert_eq!(m[1].fstype, "overlay");
-        assert!(m[1].super_opts.contains("upperdir=/u"));
-        assert_eq!(unescape_octal(b"a\\134b\\01"), b"a\\b\\01");
-    }
 }

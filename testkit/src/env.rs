@@ -341,18 +341,20 @@ impl TestEnv {
         let mut problems = Vec::new();
         let tracked = self.mounts.lock().map(|v| v.clone()).unwrap_or_default();
         for t in tracked.iter().filter(|t| t.kind == MountKind::Layover) {
-            if !mounts_at(&t.path).iter().any(|m| m.fstype == fstype()) {
-                problems.push(format!(
-                    "layover mount at {} has disappeared",
-                    t.path.display()
-                ));
-                continue;
-            }
+            // A dead daemon first: its mount then goes too (auto_unmount), and "died" is the
+            // cause to report, not the disappearance that follows from it.
             if let Some(pid) = t.pid
                 && !process_alive(pid)
             {
                 problems.push(format!(
                     "layover daemon (pid {pid}) for {} has died",
+                    t.path.display()
+                ));
+                continue;
+            }
+            if !mounts_at(&t.path).iter().any(|m| m.fstype == fstype()) {
+                problems.push(format!(
+                    "layover mount at {} has disappeared",
                     t.path.display()
                 ));
                 continue;
