@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -204,6 +205,30 @@ static int cmd_gen(const char *dir, int ntop, int nsub, long nfiles) {
     return 0;
 }
 
+/* exec PATH N: fork and execve PATH (no arguments, empty environment) N times, one after the
+ * other, each waited for; fails unless every child exits 0. */
+static int cmd_exec(const char *path, long n) {
+    char *const argv[] = {(char *)path, NULL};
+    char *const envp[] = {NULL};
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0) die("fork", path);
+        if (pid == 0) {
+            execve(path, argv, envp);
+            _exit(127);
+        }
+        int st;
+        if (waitpid(pid, &st, 0) < 0) die("waitpid", path);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "exec %s: child status %d\n", path, st);
+            return 1;
+        }
+    }
+    printf("execs=%ld\nsecs=%.9f\n", n, now() - t0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 5 && !strcmp(argv[1], "list")) return cmd_list(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc >= 4 && !strcmp(argv[1], "seqread")) return cmd_seqread(argv[2], atoi(argv[3]));
@@ -212,6 +237,7 @@ int main(int argc, char **argv) {
     if (argc >= 6 && !strcmp(argv[1], "create"))
         return cmd_create(argv[2], atoi(argv[3]), atol(argv[4]), atol(argv[5]));
     if (argc >= 3 && !strcmp(argv[1], "bigcopyup")) return cmd_bigcopyup(argv[2]);
+    if (argc >= 4 && !strcmp(argv[1], "exec")) return cmd_exec(argv[2], atol(argv[3]));
     if (argc >= 6 && !strcmp(argv[1], "gen"))
         return cmd_gen(argv[2], atoi(argv[3]), atoi(argv[4]), atol(argv[5]));
     fprintf(stderr, "usage: bench_helper list|seqread|randread|append|create|bigcopyup|gen ...\n");

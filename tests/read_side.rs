@@ -859,6 +859,7 @@ fn oci_whiteout_files_in_lowers() {
             lowers: vec!["l1", "l2", "l3"],
             upper: upper.then_some("upper"),
             extra: vec![],
+            layover_extra: vec![],
         };
         if upper {
             fs::create_dir_all(fdir.join("upper")).unwrap();
@@ -912,6 +913,7 @@ fn userxattr_opaque_directories() {
         lowers: vec!["l1", "l2"],
         upper: Some("upper"),
         extra: vec!["userxattr"],
+        layover_extra: vec![],
     };
     // Check the kernel accepts userxattr as root before comparing with it.
     let probe_l = env.mkdir("probe/l");

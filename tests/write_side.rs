@@ -82,12 +82,27 @@ impl T {
         T::mount_as_is(env)
     }
 
+    /// [`T::mount`] with layover's `strict_copy_up=1` (the default, named explicitly): for
+    /// tests that open a lower file for writing while an older descriptor reads it (with
+    /// `strict_copy_up=0` that gives ETXTBSY; see
+    /// `reader_opened_before_copy_up_with_shared_lower_cache`).
+    fn mount_strict(env: TestEnv) -> T {
+        age_tree(&env.path("src"), OLD);
+        T::mount_layover_opts(env, vec!["strict_copy_up=1"])
+    }
+
     /// Mounts without touching the fixture's times.
     fn mount_as_is(env: TestEnv) -> T {
+        T::mount_layover_opts(env, vec![])
+    }
+
+    /// Mounts without touching the fixture's times, layover with the options `extra` too.
+    fn mount_layover_opts(env: TestEnv, extra: Vec<&str>) -> T {
         let pair = env.mount_pair_exact(&PairSpec {
             lowers: vec!["l1", "l2"],
             upper: Some("upper"),
             extra: vec![],
+            layover_extra: extra,
         });
         T::new(env, pair)
     }
@@ -478,6 +493,7 @@ fn mkdir_symlink_and_link() {
 }
 
 /// Open descriptors outlive unlink and rename of their (lower) names, as on the kernel.
+/// With `strict_copy_up=1`: it writes a file that an older descriptor reads.
 #[test]
 fn open_files_survive_unlink_and_rename() {
     let env = fixture("open_unlinked");
@@ -486,7 +502,7 @@ fn open_files_survive_unlink_and_rename() {
         .file("b", "lower b")
         .file("c", "lower c")
         .file("d/e", "lower e");
-    let t = T::mount(env);
+    let t = T::mount_strict(env);
     let pread = |f: &File| -> io::Result<String> {
         let mut b = vec![0u8; 64];
         let n = f.read_at(&mut b, 0)?;
@@ -1109,6 +1125,8 @@ fn sparse(layer: &Layer, rel: &str, len: u64, data_at: &[u64]) {
     f.set_len(len).unwrap();
 }
 
+/// With `strict_copy_up=1`: copy_file_range within one lower file opens it for writing
+/// while a read-only descriptor of the lower file is open.
 #[test]
 fn fallocate_lseek_and_copy_file_range() {
     let env = fixture("falloc");
@@ -1119,7 +1137,7 @@ fn fallocate_lseek_and_copy_file_range() {
         .file("small", "small")
         .file("small2", "small2")
         .file("z", pattern(20_000, 2));
-    let mut t = T::mount(env);
+    let mut t = T::mount_strict(env);
     t.raw_content = true;
     for (off, whence, want) in [
         (0, SEEK_DATA, None),
@@ -1498,7 +1516,8 @@ fn copy_up_keeps_the_hard_links_the_kernel_knows() {
     }
 }
 
-/// A file opened read-only before its copy-up reads the data written afterwards through
+/// By default (`strict_copy_up=1`, not named here so that this test pins the default), a
+/// file opened read-only before its copy-up reads the data written afterwards through
 /// another descriptor (the kernel re-opens the real file).
 #[test]
 fn reader_opened_before_copy_up_sees_new_data() {
@@ -1584,6 +1603,71 @@ fn reader_opened_before_copy_up_sees_new_data() {
         t.fail("layover's old descriptor of h misses the write at 200010".into());
     }
     drop(readers);
+    t.finish();
+}
+
+/// With `strict_copy_up=0` a lower file opened read-only is FUSE passthrough from the lower
+/// file (one page-cache copy for every mount; docs/semantics.md, "Descriptors opened before a
+/// copy-up with `strict_copy_up=0`"): while such a descriptor is open, the file cannot be
+/// opened for writing (ETXTBSY), a truncate(2) by path copies it up but the descriptor keeps
+/// reading the lower copy, and a new descriptor reads the copy. Once the older descriptors are
+/// closed, the file opens for writing. Without passthrough (`passthrough=off` in
+/// `$LAYOVER_TEST_OPTS`, or no root) every descriptor reads the copy, as by default.
+#[test]
+fn reader_opened_before_copy_up_with_shared_lower_cache() {
+    let env = fixture("reader_before_copy_up_shared");
+    env.layer("l2")
+        .file("f", "old old old")
+        .file("g", "to be truncated");
+    age_tree(&env.path("src"), OLD);
+    let t = T::mount_layover_opts(env, vec!["strict_copy_up=0"]);
+    let m = t.layover.mnt.clone();
+    let read_all = |f: &File| -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        let n = f.read_at(&mut b, 0).unwrap();
+        b.truncate(n);
+        b
+    };
+    let passthrough = !std::env::var("LAYOVER_TEST_OPTS")
+        .unwrap_or_default()
+        .split(',')
+        .any(|o| o == "passthrough=off" || o == "passthrough=0");
+    let (f, g) = (
+        File::open(m.join("f")).unwrap(),
+        File::open(m.join("g")).unwrap(),
+    );
+    assert_eq!(read_all(&f), b"old old old");
+    let w = OpenOptions::new().write(true).open(m.join("f"));
+    truncate(&m.join("g"), 3).unwrap();
+    let fresh = File::open(m.join("g")).unwrap();
+    assert_eq!(
+        read_all(&fresh),
+        b"to ",
+        "a descriptor opened after the copy-up"
+    );
+    if passthrough {
+        let e = w.expect_err("open for writing beside a passthrough lower reader");
+        assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}");
+        assert_eq!(read_all(&g), b"to be truncated", "the older descriptor");
+    } else {
+        w.unwrap().write_all_at(b"NEW", 4).unwrap();
+        assert_eq!(read_all(&f), b"old NEW old");
+        assert_eq!(read_all(&g), b"to ");
+    }
+    drop((f, g, fresh));
+    let w = OpenOptions::new().write(true).open(m.join("f")).unwrap();
+    w.write_all_at(b"END", 8).unwrap();
+    assert_eq!(read_all(&File::open(m.join("f")).unwrap())[8..], *b"END");
+    drop(w);
+    // The kernel side never saw these operations: make it match before the final comparison.
+    let k = t.kernel.mnt.clone();
+    truncate(&k.join("g"), 3).unwrap();
+    let w = OpenOptions::new().write(true).open(k.join("f")).unwrap();
+    if !passthrough {
+        w.write_all_at(b"NEW", 4).unwrap();
+    }
+    w.write_all_at(b"END", 8).unwrap();
+    drop(w);
     t.finish();
 }
 

@@ -37,8 +37,11 @@ pub struct Wanted {
     pub max_write: Option<u32>,
     /// The merged view cannot be written (no writes to cache).
     pub read_only: bool,
-    /// There is an upper layer (passthrough then covers only files in it).
+    /// There is an upper layer (passthrough then covers files in it, and lower files opened
+    /// read-only with `strict_copy_up=0`).
     pub has_upper: bool,
+    /// `strict_copy_up` (the default): lower files are read through the daemon.
+    pub strict_copy_up: bool,
 }
 
 /// What the kernel granted.
@@ -92,10 +95,12 @@ fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
     if passthrough {
         log::info!(
             "FUSE passthrough granted: the kernel does the I/O of files in the upper layer{}",
-            if want.has_upper {
-                ""
-            } else {
+            if !want.has_upper {
                 " and, as the mount is read-only, of every file"
+            } else if want.strict_copy_up {
+                " (strict_copy_up: lower files are read through the daemon)"
+            } else {
+                " and of lower files opened read-only (strict_copy_up=0: shared page cache)"
             }
         );
     } else if want.read_only {

@@ -27,7 +27,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use passthrough::DataPath;
+use passthrough::{DataPath, Serve};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -41,6 +41,9 @@ pub struct Fs {
     /// Ask for passthrough at INIT, or why not (`init::passthrough_wish`).
     want_passthrough: Result<(), &'static str>,
     max_write: Option<u32>,
+    /// `strict_copy_up` (the default; off with `strict_copy_up=0`): lower files opened
+    /// read-only are not passthrough.
+    strict_copy_up: bool,
     /// Passthrough or cached, per open file.
     data: DataPath<BackingId>,
 }
@@ -53,11 +56,15 @@ impl Fs {
             ttl: cfg.timeout,
             want_passthrough: init::passthrough_wish(cfg.passthrough, privilege.mode),
             max_write: cfg.max_write,
-            data: DataPath::default(),
+            strict_copy_up: cfg.strict_copy_up,
+            data: DataPath::new(!cfg.strict_copy_up),
         }
     }
 }
 
+/// A `Serve::Direct` open: it names the inode's backing, as the kernel wants, but its reads
+/// and writes come to the daemon.
+const DIRECT_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_DIRECT_IO);
 /// How long the kernel may keep the root's attributes: at most a second, whatever `timeout`
 /// says. `stat MNT` and `mountpoint MNT` answer from them, so with a long cache they would go
 /// on succeeding after the daemon died (while every other use fails with ENOTCONN). A path
@@ -104,6 +111,7 @@ impl Filesystem for Fs {
             max_write: self.max_write,
             read_only: self.ov.read_only(),
             has_upper: self.ov.layers.has_upper,
+            strict_copy_up: self.strict_copy_up,
         };
         let granted = init::negotiate(config, &want);
         self.data.negotiated(granted.passthrough, granted.writeback);
@@ -270,8 +278,15 @@ impl Filesystem for Fs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.open(ino.into(), flags.0, self.data.open_opts()) {
             Ok(o) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Some(b) => reply.opened_passthrough(o.fh.into(), FopenFlags::FOPEN_NOFLUSH, &b),
-                None => reply.opened(o.fh.into(), FILE_FLAGS),
+                Serve::Passthrough(b) => {
+                    reply.opened_passthrough(o.fh.into(), FopenFlags::FOPEN_NOFLUSH, &b)
+                }
+                Serve::Direct(b) => reply.opened_passthrough(o.fh.into(), DIRECT_FLAGS, &b),
+                Serve::Cached => reply.opened(o.fh.into(), FILE_FLAGS),
+                Serve::Busy => {
+                    self.ov.release(o.fh);
+                    reply.error(fuser::Errno::ETXTBSY);
+                }
             },
             Err(e) => reply.error(errno(e)),
         }
@@ -482,8 +497,10 @@ impl Filesystem for Fs {
             .ov
             .create_file(parent.into(), name, mode, flags, opts, caller(req, umask))
         {
+            // A new file has no older opens (no `Serve::Direct` or `Serve::Busy`), but each
+            // is served as the kernel allows if it comes.
             Ok((e, o)) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Some(b) => reply.created_passthrough(
+                Serve::Passthrough(b) => reply.created_passthrough(
                     &self.ttl,
                     &attr(&e.attr),
                     Generation(0),
@@ -491,7 +508,19 @@ impl Filesystem for Fs {
                     FopenFlags::FOPEN_NOFLUSH,
                     &b,
                 ),
-                None => reply.created(
+                Serve::Direct(b) => reply.created_passthrough(
+                    &self.ttl,
+                    &attr(&e.attr),
+                    Generation(0),
+                    o.fh.into(),
+                    DIRECT_FLAGS,
+                    &b,
+                ),
+                Serve::Busy => {
+                    self.ov.release(o.fh);
+                    reply.error(fuser::Errno::ETXTBSY);
+                }
+                Serve::Cached => reply.created(
                     &self.ttl,
                     &attr(&e.attr),
                     Generation(0),

@@ -1,8 +1,10 @@
 //! How open files' data travels: through the daemon (page-cached by the kernel) or straight
 //! between the kernel and the real file (FUSE passthrough). The core says which opens could
-//! be passthrough (`Opened::settled`); this module decides, within what the kernel allows:
-//! it refuses to mix passthrough and cached opens of one inode (ETXTBSY), and wants one
-//! backing per inode, shared by its passthrough opens.
+//! be passthrough (`Opened::settled`, `Opened::lower_read`); this module decides, within what
+//! the kernel allows (fs/fuse/iomode.c): it refuses to mix passthrough and cached opens of
+//! one inode (ETXTBSY), refuses any open without FOPEN_PASSTHROUGH while the inode has a
+//! backing (EIO), and wants one backing per inode, shared by its passthrough opens (EBUSY
+//! for another).
 
 use crate::handle::Fh;
 use crate::inode::Ino;
@@ -11,12 +13,35 @@ use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// How the kernel is to serve one open.
+#[derive(Debug, PartialEq)]
+pub enum Serve<B> {
+    /// Through the daemon, page-cached in the FUSE inode.
+    Cached,
+    /// Passthrough: the kernel reads and writes the backing file itself.
+    Passthrough(Arc<B>),
+    /// The inode's backing is an older copy of its data (a lower file, copied up since),
+    /// still held by opens made before the copy-up. The kernel wants this open to name it
+    /// too, but its reads and writes go through the daemon (FOPEN_DIRECT_IO), which serves
+    /// the current copy; only an mmap of it maps the backing (the older copy).
+    Direct(Arc<B>),
+    /// Refused (ETXTBSY): an open for writing while older opens read a lower copy through
+    /// the kernel. Such an open would need a backing of its own, which the kernel refuses
+    /// (EBUSY), and naming the lower one makes the kernel open the lower file for writing:
+    /// EIO on the read-only clone of a lower layer, and on a writable one a shared writable
+    /// mmap would write the lower file.
+    Busy,
+}
+
 /// The data path negotiated at INIT, and the bookkeeping of passthrough opens.
 pub struct DataPath<B> {
     /// The kernel granted passthrough at INIT: opens are tracked from then on.
     granted: bool,
     /// Passthrough is granted and the kernel has not refused a backing since.
     passthrough: AtomicBool,
+    /// Read-only opens of lower files are passthrough too (not `strict_copy_up`, and the
+    /// kernel has not refused a lower file as a backing).
+    share_lower: AtomicBool,
     /// The kernel caches writes (FUSE_WRITEBACK_CACHE).
     writeback: bool,
     modes: IoModes,
@@ -25,20 +50,20 @@ pub struct DataPath<B> {
     backings: Backings<B>,
 }
 
-impl<B> Default for DataPath<B> {
-    fn default() -> Self {
+impl<B> DataPath<B> {
+    /// `share_lower`: read-only opens of lower files may be passthrough (see `Serve`).
+    pub fn new(share_lower: bool) -> Self {
         DataPath {
             granted: false,
             passthrough: AtomicBool::new(false),
+            share_lower: AtomicBool::new(share_lower),
             writeback: false,
             modes: IoModes::default(),
             opens: DashMap::new(),
             backings: Backings::default(),
         }
     }
-}
 
-impl<B> DataPath<B> {
     /// What INIT settled (called from INIT only, before any open).
     pub fn negotiated(&mut self, passthrough: bool, writeback: bool) {
         self.granted = passthrough;
@@ -54,36 +79,59 @@ impl<B> DataPath<B> {
         }
     }
 
-    /// Records an open; returns the backing to give the kernel for a passthrough open, or
-    /// None when the daemon serves it. `make` opens a backing (a syscall, run without any
-    /// lock); if the kernel refuses it, passthrough is off for the rest of the mount.
+    /// Records an open and says how to serve it. `make` opens a backing (a syscall, run
+    /// without any lock); if the kernel refuses it, passthrough is off for the rest of the
+    /// mount (only for lower files when it was one: a lower layer may sit on a filesystem the
+    /// kernel does not stack on). After `Serve::Busy` nothing is recorded: the caller closes
+    /// the core's handle.
     pub fn begin<E: std::fmt::Display>(
         &self,
         o: &Opened,
         make: impl FnOnce() -> Result<B, E>,
-    ) -> Option<Arc<B>> {
+    ) -> Serve<B> {
         if !self.granted {
-            return None;
+            return Serve::Cached;
         }
-        let want = o.settled && self.passthrough.load(Ordering::Relaxed);
+        let lower = !o.settled && o.lower_read && self.share_lower.load(Ordering::Relaxed);
+        // While the inode has a backing the kernel takes passthrough opens only, whatever
+        // was decided since (sharing or passthrough turned off after a refusal).
+        let want = ((o.settled || lower) && self.passthrough.load(Ordering::Relaxed))
+            || self.backings.map.contains_key(&o.ino);
         let passthrough = self.modes.begin(o.ino, want);
         self.opens.insert(o.fh, (o.ino, passthrough));
         if !passthrough {
-            return None;
+            return Serve::Cached;
         }
-        match self.backings.acquire(o.ino, make) {
-            Ok(b) => Some(b),
+        match self.backings.acquire(o.ino, o.generation, make) {
+            Ok((b, true)) => Serve::Passthrough(b),
+            Ok((b, false)) if !o.writes => Serve::Direct(b),
+            Ok(_) => {
+                self.release(o.fh);
+                Serve::Busy
+            }
+            Err(e) if lower => {
+                log::warn!(
+                    "passthrough of a lower file refused by the kernel ({e}); lower files are read through the daemon from now on"
+                );
+                self.share_lower.store(false, Ordering::Relaxed);
+                self.serve_cached(o)
+            }
             Err(e) => {
                 log::warn!(
                     "passthrough refused by the kernel ({e}); file data goes through the daemon from now on"
                 );
                 self.passthrough.store(false, Ordering::Relaxed);
-                self.modes.end(o.ino, true);
-                self.modes.begin(o.ino, false);
-                self.opens.insert(o.fh, (o.ino, false));
-                None
+                self.serve_cached(o)
             }
         }
+    }
+
+    /// An open recorded as passthrough whose backing the kernel refused: cached after all.
+    fn serve_cached(&self, o: &Opened) -> Serve<B> {
+        self.modes.end(o.ino, true);
+        self.modes.begin(o.ino, false);
+        self.opens.insert(o.fh, (o.ino, false));
+        Serve::Cached
     }
 
     /// The open `fh` is closed.
@@ -134,9 +182,11 @@ impl IoModes {
 }
 
 /// The backing file of an inode's passthrough opens: the kernel wants the same one for all
-/// of them. Counted; dropped (which closes it in the kernel) with the last open.
+/// of them. Counted; dropped (which closes it in the kernel) with the last open. Each is
+/// tagged with the data generation of the file it was made from (`Opened::generation`).
 struct Backings<B> {
-    map: DashMap<Ino, (Arc<B>, u32)>,
+    /// ino -> (backing, opens, data generation)
+    map: DashMap<Ino, (Arc<B>, u32, u64)>,
 }
 
 impl<B> Default for Backings<B> {
@@ -148,19 +198,26 @@ impl<B> Default for Backings<B> {
 }
 
 impl<B> Backings<B> {
-    /// The inode's backing, made with `make` (a syscall, run without any lock) if it has none.
-    fn acquire<E>(&self, ino: Ino, make: impl FnOnce() -> Result<B, E>) -> Result<Arc<B>, E> {
+    /// The inode's backing, made with `make` (a syscall, run without any lock) from a file
+    /// of data generation `generation` if it has none; and whether the backing holds that
+    /// generation or a later one (false: an older copy, opened before a copy-up).
+    fn acquire<E>(
+        &self,
+        ino: Ino,
+        generation: u64,
+        make: impl FnOnce() -> Result<B, E>,
+    ) -> Result<(Arc<B>, bool), E> {
         if let Some(mut e) = self.map.get_mut(&ino) {
             e.1 += 1;
-            return Ok(Arc::clone(&e.0));
+            return Ok((Arc::clone(&e.0), e.2 >= generation));
         }
         let made = Arc::new(make()?);
         let mut e = self
             .map
             .entry(ino)
-            .or_insert_with(|| (Arc::clone(&made), 0));
+            .or_insert_with(|| (Arc::clone(&made), 0, generation));
         e.1 += 1;
-        Ok(Arc::clone(&e.0))
+        Ok((Arc::clone(&e.0), e.2 >= generation))
     }
 
     fn release(&self, ino: Ino) {
@@ -177,76 +234,141 @@ mod tests {
     use super::*;
     use std::os::fd::OwnedFd;
 
-    fn opened(fh: u64, ino: u64, settled: bool) -> Opened {
+    /// An open of inode `ino`: `settled`, else a read-only open of a lower file; of data
+    /// generation `generation`; for writing or not.
+    fn open_of(fh: u64, ino: u64, settled: bool, generation: u64, writes: bool) -> Opened {
         let fd = OwnedFd::from(std::fs::File::open("/").unwrap());
         Opened {
             fh: Fh(fh),
             ino: Ino(ino),
             fd: Arc::new(fd),
             settled,
+            lower_read: !settled && !writes,
+            generation,
+            writes,
         }
     }
 
-    fn granted() -> DataPath<u32> {
-        let mut d = DataPath::default();
+    fn opened(fh: u64, ino: u64, settled: bool) -> Opened {
+        open_of(fh, ino, settled, 0, false)
+    }
+
+    fn granted(share_lower: bool) -> DataPath<u32> {
+        let mut d = DataPath::new(share_lower);
         d.negotiated(true, false);
         d
     }
 
+    fn pt(b: u32) -> Serve<u32> {
+        Serve::Passthrough(Arc::new(b))
+    }
+
     #[test]
     fn not_granted_is_never_passthrough() {
-        let d = DataPath::<u32>::default();
-        assert!(
-            d.begin(&opened(1, 5, true), || Ok::<_, String>(7))
-                .is_none()
+        let d = DataPath::<u32>::new(true);
+        assert_eq!(
+            d.begin(&opened(1, 5, true), || Ok::<_, String>(7)),
+            Serve::Cached
         );
         assert!(!d.open_opts().readable);
-        let mut w = DataPath::<u32>::default();
+        let mut w = DataPath::<u32>::new(true);
         w.negotiated(false, true);
         assert!(w.open_opts().readable);
     }
 
     #[test]
-    fn cached_open_keeps_later_opens_cached() {
-        let d = granted();
-        // A lower file's open (not settled) is cached; the inode's next open must be too,
-        // until the cached one is closed.
-        assert!(
-            d.begin(&opened(1, 5, false), || Ok::<_, String>(7))
-                .is_none()
+    fn strict_cached_open_keeps_later_opens_cached() {
+        let d = granted(false);
+        // A lower file's open (not settled) is cached in strict mode; the inode's next open
+        // must be too, until the cached one is closed.
+        assert_eq!(
+            d.begin(&opened(1, 5, false), || Ok::<_, String>(7)),
+            Serve::Cached
         );
-        assert!(
-            d.begin(&opened(2, 5, true), || Ok::<_, String>(7))
-                .is_none()
+        assert_eq!(
+            d.begin(&opened(2, 5, true), || Ok::<_, String>(7)),
+            Serve::Cached
         );
         d.release(Fh(1));
         d.release(Fh(2));
-        let b = d.begin(&opened(3, 5, true), || Ok::<_, String>(7));
-        assert_eq!(b.as_deref(), Some(&7));
+        assert_eq!(d.begin(&opened(3, 5, true), || Ok::<_, String>(7)), pt(7));
+    }
+
+    #[test]
+    fn lower_reads_are_passthrough_unless_strict() {
+        let d = granted(true);
+        assert_eq!(d.begin(&opened(1, 5, false), || Ok::<_, String>(7)), pt(7));
+        // A lower file opened for writing is copied up first: it is never `lower_read`.
+        let mut w = open_of(2, 6, false, 0, true);
+        w.lower_read = false;
+        assert_eq!(d.begin(&w, || Ok::<_, String>(8)), Serve::Cached);
+    }
+
+    #[test]
+    fn copy_up_under_a_lower_backing() {
+        let d = granted(true);
+        // A reader of the lower file (generation 0) holds the lower backing.
+        assert_eq!(d.begin(&opened(1, 5, false), || Ok::<_, String>(7)), pt(7));
+        // Copied up (generation 1): a writer is refused, and leaves nothing behind ...
+        assert_eq!(
+            d.begin(&open_of(2, 5, true, 1, true), || Ok::<_, String>(8)),
+            Serve::Busy
+        );
+        assert!(!d.opens.contains_key(&Fh(2)));
+        // ... a reader names the old backing but is served by the daemon ...
+        assert_eq!(
+            d.begin(&open_of(3, 5, true, 1, false), || Ok::<_, String>(8)),
+            Serve::Direct(Arc::new(7))
+        );
+        d.release(Fh(1));
+        d.release(Fh(3));
+        assert!(d.backings.map.is_empty() && d.modes.map.is_empty());
+        // ... and once the older opens are closed the copy gets its own backing.
+        assert_eq!(
+            d.begin(&open_of(4, 5, true, 1, true), || Ok::<_, String>(9)),
+            pt(9)
+        );
+        // A late open of the lower copy (opened before the copy-up) reads the new backing.
+        assert_eq!(d.begin(&opened(5, 5, false), || Ok::<_, String>(10)), pt(9));
     }
 
     #[test]
     fn one_backing_per_inode() {
-        let d = granted();
+        let d = granted(true);
         let a = d.begin(&opened(1, 5, true), || Ok::<_, String>(7));
         let b = d.begin(&opened(2, 5, true), || Ok::<_, String>(8));
-        assert_eq!((a.as_deref(), b.as_deref()), (Some(&7), Some(&7)));
+        assert_eq!((a, b), (pt(7), pt(7)));
         d.release(Fh(1));
         d.release(Fh(2));
-        let c = d.begin(&opened(3, 5, true), || Ok::<_, String>(9));
-        assert_eq!(c.as_deref(), Some(&9));
+        assert_eq!(d.begin(&opened(3, 5, true), || Ok::<_, String>(9)), pt(9));
+    }
+
+    #[test]
+    fn refused_lower_backing_turns_only_lower_sharing_off() {
+        let d = granted(true);
+        assert_eq!(
+            d.begin(&opened(1, 5, false), || Err("no".to_string())),
+            Serve::Cached
+        );
+        assert_eq!(
+            d.begin(&opened(2, 6, false), || Ok::<_, String>(7)),
+            Serve::Cached
+        );
+        assert_eq!(d.begin(&opened(3, 7, true), || Ok::<_, String>(8)), pt(8));
+        // An inode that has a backing keeps it for its next opens.
+        assert_eq!(d.begin(&opened(4, 7, false), || Ok::<_, String>(9)), pt(8));
     }
 
     #[test]
     fn refused_backing_turns_passthrough_off() {
-        let d = granted();
-        assert!(
-            d.begin(&opened(1, 5, true), || Err("no".to_string()))
-                .is_none()
+        let d = granted(true);
+        assert_eq!(
+            d.begin(&opened(1, 5, true), || Err("no".to_string())),
+            Serve::Cached
         );
-        assert!(
-            d.begin(&opened(2, 6, true), || Ok::<_, String>(7))
-                .is_none()
+        assert_eq!(
+            d.begin(&opened(2, 6, true), || Ok::<_, String>(7)),
+            Serve::Cached
         );
         d.release(Fh(1));
         d.release(Fh(2));

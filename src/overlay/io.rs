@@ -49,10 +49,19 @@ pub struct Opened {
     pub fd: Arc<OwnedFd>,
     /// A regular file whose data stays in `fd` for good: it is in the upper already, or the
     /// mount has no upper to copy it to. The transport may let the kernel read and write
-    /// `fd` directly (FUSE passthrough). Any other open must be served through the core:
-    /// after a copy-up, the core's handle re-opens the copy, which a kernel-held file could
-    /// not (it would keep reading the lower file).
+    /// `fd` directly (FUSE passthrough). Any other open is served through the core if the
+    /// reader must see a later copy-up: after one, the core's handle re-opens the copy, which
+    /// a kernel-held file could not (it would keep reading the lower file; see `lower_read`).
     pub settled: bool,
+    /// A read-only open of a regular file whose data is still in a lower layer. Its data
+    /// moves only if the file is copied up; a transport that lets the kernel read `fd`
+    /// directly anyway shares the lower file's page cache between mounts, and this open then
+    /// keeps reading the lower copy after a copy-up (Linux before 4.19).
+    pub lower_read: bool,
+    /// The inode's data generation (`Inode::data_gen`, bumped by each copy-up) `fd` belongs to.
+    pub generation: u64,
+    /// Opened for writing.
+    pub writes: bool,
 }
 
 /// One side of a copy_file_range: an open file and a position in it.
@@ -107,6 +116,7 @@ impl Overlay {
     ) -> Opened {
         let ino = inode.ino;
         let settled = self.data_settled(&inode);
+        let lower_read = !settled && inode.kind == libc::S_IFREG && !wants_write(flags);
         let fh = self.handles.add_file(FileHandle {
             inode,
             file: parking_lot::Mutex::new((Arc::clone(&fd), generation)),
@@ -118,6 +128,9 @@ impl Overlay {
             ino,
             fd,
             settled,
+            lower_read,
+            generation,
+            writes: wants_write(flags),
         }
     }
 

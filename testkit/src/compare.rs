@@ -470,6 +470,8 @@ pub struct PairSpec<'a> {
     pub upper: Option<&'a str>,
     /// Options given to both mounts (e.g. "userxattr").
     pub extra: Vec<&'a str>,
+    /// Options given to layover's mount only (e.g. "strict_copy_up=1").
+    pub layover_extra: Vec<&'a str>,
 }
 
 impl TestEnv {
@@ -505,6 +507,7 @@ impl TestEnv {
             lowers: lowers.to_vec(),
             upper,
             extra: vec![],
+            layover_extra: vec![],
         })
     }
 
@@ -552,7 +555,12 @@ impl TestEnv {
         let kmnt = self.mkdir(&mnts[0]);
         let fmnt = self.mkdir(&mnts[1]);
         self.mount_kernel(&Self::overlay_opts(&kdir, spec), &kmnt);
-        self.mount_layover(&Self::overlay_opts(&fdir, spec), &fmnt);
+        let mut lopts = Self::overlay_opts(&fdir, spec);
+        for e in &spec.layover_extra {
+            lopts.push(',');
+            lopts.push_str(e);
+        }
+        self.mount_layover(&lopts, &fmnt);
         Pair::new(Side::of(kmnt, &kdir, spec), Side::of(fmnt, &fdir, spec))
     }
 }
