@@ -247,6 +247,7 @@ impl Overlay {
             },
         );
         let inodes = InodeTable::new(Numbering::new(&devs), root);
+        let ids = cfg.ids.clone();
         let ov = Overlay {
             cfg,
             layers,
@@ -257,7 +258,7 @@ impl Overlay {
             caps,
             temp_seq: AtomicU64::new(0),
             privileges,
-            ids: IdMap::identity(),
+            ids,
             kernel_cache: Box::new(NoKernelCache),
             link_names: LinkNames::default(),
             detached_attrs: dashmap::DashMap::new(),
