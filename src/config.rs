@@ -39,6 +39,8 @@ pub struct Stack {
     /// How ids cross between requests and the layers (`uidmapping=`, `squash_to_root`, ...;
     /// the identity without them).
     pub ids: IdMap,
+    /// `static_nlink`: every directory shows nlink 1.
+    pub static_nlink: bool,
 }
 
 /// Everything the daemon needs, validated: the layer stack, and how it is mounted and served.
@@ -65,6 +67,8 @@ pub struct Config {
     /// Unmount the mount if the daemon dies (`auto_unmount`, the default; `noauto_unmount`
     /// leaves a dead mount in place, as libfuse does without `auto_unmount`).
     pub auto_unmount: bool,
+    /// Ask the kernel for POSIX ACL support at INIT (`noacl`: not).
+    pub acl: bool,
     /// Options we did not recognise (each gets a one-line warning).
     pub unknown: Vec<String>,
 }
@@ -158,6 +162,7 @@ pub struct LayerOptions {
     pub squash_to_root: bool,
     pub squash_to_uid: Option<u32>,
     pub squash_to_gid: Option<u32>,
+    pub static_nlink: bool,
 }
 
 impl LayerOptions {
@@ -200,6 +205,7 @@ pub struct DaemonOptions {
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
     pub auto_unmount: Option<bool>,
+    pub noacl: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,6 +340,15 @@ pub const LAYER_KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "static_nlink",
+        value: None,
+        help: "every directory shows nlink 1 (no counting of subdirectories)",
+        apply: |o, _| {
+            o.layers.static_nlink = true;
+            Ok(())
+        },
+    },
+    Key {
         name: "ro",
         value: None,
         help: "mount read-only, even with an upperdir",
@@ -406,6 +421,15 @@ pub const DAEMON_KEYS: &[Key] = &[
         help: "leave the mount in place when the daemon dies (uses then fail with ENOTCONN)",
         apply: |o, _| {
             o.daemon.auto_unmount = Some(false);
+            Ok(())
+        },
+    },
+    Key {
+        name: "noacl",
+        value: None,
+        help: "no POSIX ACLs: the kernel neither enforces nor passes them (FUSE_POSIX_ACL not asked for)",
+        apply: |o, _| {
+            o.daemon.noacl = true;
             Ok(())
         },
     },
@@ -800,6 +824,7 @@ impl Stack {
             read_only: !writable,
             whiteout: o.whiteout,
             ids: o.id_map(),
+            static_nlink: o.static_nlink,
         })
     }
 
@@ -865,6 +890,7 @@ impl Config {
             threads: o.daemon.threads,
             passthrough: o.daemon.passthrough != Some(false),
             auto_unmount: o.daemon.auto_unmount != Some(false),
+            acl: !o.daemon.noacl,
             unknown: o.unknown,
         })
     }

@@ -112,3 +112,48 @@ fn squash_shows_one_owner() {
         0o777
     );
 }
+
+/// An access ACL (user::rw-, user:1234:r--, group::r--, mask::r--, other::---).
+const ACL_1234_R: &[u8] = &[
+    2, 0, 0, 0, //
+    1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, //
+    2, 0, 4, 0, 0xd2, 0x04, 0, 0, //
+    4, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, //
+    0x10, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, //
+    0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff,
+];
+
+/// With ACLs (the default) an ACL entry lets uid 1234 read a 0600 file; with `noacl` the
+/// kernel checks the mode alone (FUSE_POSIX_ACL was not asked for) and refuses.
+#[test]
+fn noacl_leaves_acls_unenforced() {
+    for (opts, readable) in [("", true), (",noacl", false)] {
+        let (_env, _lower, _up, mnt) = mounted("noacl", opts);
+        let f = mnt.join("secret");
+        fs::write(&f, "s").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        setxattr(&f, "system.posix_acl_access", ACL_1234_R, 0).expect("set the ACL");
+        let r = as_user(1234, 1234, 0o022, || fs::read(&f).map(|_| ()));
+        assert_eq!(r.is_ok(), readable, "opts '{opts}': {r:?}");
+        if !readable {
+            assert_eq!(errno(r), Some(libc::EACCES));
+        }
+    }
+}
+
+/// `static_nlink`: every directory shows nlink 1 (without it, one in the upper alone counts
+/// its subdirectories).
+#[test]
+fn static_nlink_shows_one() {
+    for (opts, want) in [("", 4), (",static_nlink", 1)] {
+        let (_env, _lower, _up, mnt) = mounted("static_nlink", opts);
+        fs::create_dir_all(mnt.join("new/a")).unwrap();
+        fs::create_dir_all(mnt.join("new/b")).unwrap();
+        assert_eq!(
+            fs::metadata(mnt.join("new")).unwrap().nlink(),
+            want,
+            "opts '{opts}'"
+        );
+        assert_eq!(fs::metadata(mnt.join("root")).unwrap().nlink(), 1);
+    }
+}

@@ -41,6 +41,8 @@ pub struct Fs {
     /// Ask for passthrough at INIT, or why not (`init::passthrough_wish`).
     want_passthrough: Result<(), &'static str>,
     max_write: Option<u32>,
+    /// Ask for POSIX ACLs at INIT (not with `noacl`).
+    acl: bool,
     /// Passthrough or cached, per open file.
     data: DataPath<BackingId>,
 }
@@ -53,6 +55,7 @@ impl Fs {
             ttl: cfg.timeout,
             want_passthrough: init::passthrough_wish(cfg.passthrough, privilege.mode),
             max_write: cfg.max_write,
+            acl: cfg.acl,
             data: DataPath::default(),
         }
     }
@@ -104,6 +107,7 @@ impl Filesystem for Fs {
             max_write: self.max_write,
             read_only: self.ov.read_only(),
             has_upper: self.ov.layers.has_upper,
+            acl: self.acl,
         };
         let granted = init::negotiate(config, &want);
         self.data.negotiated(granted.passthrough, granted.writeback);

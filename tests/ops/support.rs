@@ -78,6 +78,7 @@ pub fn stack(lowers: &[&Path], upper_work: Option<(&Path, &Path)>) -> Stack {
         read_only: false,
         whiteout: None,
         ids: layover::idmap::IdMap::identity(),
+        static_nlink: false,
     }
 }
 
