@@ -296,7 +296,7 @@ pub const LAYER_KEYS: &[Key] = &[
     },
     Key {
         name: "uidmapping",
-        value: Some("DISK:SHOWN:N[:...]"),
+        value: Some("DISK:SHOWN:N..."),
         help: "uids DISK..DISK+N on disk are shown as SHOWN..SHOWN+N (fuse-overlayfs's meaning); triples joined by ':' (or '\\,'); other ids show as 65534",
         apply: |o, v| {
             o.layers.uidmapping = mapping_value("uidmapping", v)?;
@@ -305,7 +305,7 @@ pub const LAYER_KEYS: &[Key] = &[
     },
     Key {
         name: "gidmapping",
-        value: Some("DISK:SHOWN:N[:...]"),
+        value: Some("DISK:SHOWN:N..."),
         help: "the same for gids",
         apply: |o, v| {
             o.layers.gidmapping = mapping_value("gidmapping", v)?;
@@ -427,7 +427,7 @@ pub const DAEMON_KEYS: &[Key] = &[
     Key {
         name: "noacl",
         value: None,
-        help: "no POSIX ACLs: the kernel neither enforces nor passes them (FUSE_POSIX_ACL not asked for)",
+        help: "no POSIX ACLs: FUSE_POSIX_ACL is not asked for, so the kernel checks modes alone (ACL xattrs are stored, not enforced)",
         apply: |o, _| {
             o.daemon.noacl = true;
             Ok(())
