@@ -3,6 +3,7 @@
 
 use crate::cli::MountArgs;
 use crate::error::StartupError;
+use crate::idmap::{self, IdMap, OneMap, Range};
 use crate::privilege::Privilege;
 use crate::whiteout::Format;
 use std::ffi::OsString;
@@ -35,6 +36,11 @@ pub struct Stack {
     pub read_only: bool,
     /// `whiteout=chardev|file`: the whiteout format forced (None: decided at mount).
     pub whiteout: Option<Format>,
+    /// How ids cross between requests and the layers (`uidmapping=`, `squash_to_root`, ...;
+    /// the identity without them).
+    pub ids: IdMap,
+    /// `static_nlink`: every directory shows nlink 1.
+    pub static_nlink: bool,
 }
 
 /// Everything the daemon needs, validated: the layer stack, and how it is mounted and served.
@@ -68,6 +74,8 @@ pub struct Config {
     /// Unmount the mount if the daemon dies (`auto_unmount`, the default; `noauto_unmount`
     /// leaves a dead mount in place, as libfuse does without `auto_unmount`).
     pub auto_unmount: bool,
+    /// Ask the kernel for POSIX ACL support at INIT (`noacl`: not).
+    pub acl: bool,
     /// Options we did not recognise (each gets a one-line warning).
     pub unknown: Vec<String>,
 }
@@ -155,6 +163,31 @@ pub struct LayerOptions {
     /// `ro`: a generic mount flag, but also what makes the stack read-only.
     pub ro: bool,
     pub whiteout: Option<Format>,
+    /// `uidmapping=`/`gidmapping=` (empty: the identity).
+    pub uidmapping: Vec<Range>,
+    pub gidmapping: Vec<Range>,
+    pub squash_to_root: bool,
+    pub squash_to_uid: Option<u32>,
+    pub squash_to_gid: Option<u32>,
+    pub static_nlink: bool,
+}
+
+impl LayerOptions {
+    /// The id map these options describe: a `squash_to_uid=`/`squash_to_gid=` wins over
+    /// `squash_to_root` (as with fuse-overlayfs).
+    pub fn id_map(&self) -> IdMap {
+        let root = self.squash_to_root.then_some(0);
+        IdMap {
+            uids: OneMap {
+                ranges: self.uidmapping.clone(),
+                squash: self.squash_to_uid.or(root),
+            },
+            gids: OneMap {
+                ranges: self.gidmapping.clone(),
+                squash: self.squash_to_gid.or(root),
+            },
+        }
+    }
 }
 
 /// Generic mount(8) and FUSE mount options.
@@ -180,6 +213,7 @@ pub struct DaemonOptions {
     pub passthrough: Option<bool>,
     pub strict_copy_up: Option<bool>,
     pub auto_unmount: Option<bool>,
+    pub noacl: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,6 +303,60 @@ pub const LAYER_KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "uidmapping",
+        value: Some("DISK:SHOWN:N..."),
+        help: "uids DISK..DISK+N on disk are shown as SHOWN..SHOWN+N (fuse-overlayfs's meaning); triples joined by ':' (or '\\,'); other ids show as 65534",
+        apply: |o, v| {
+            o.layers.uidmapping = mapping_value("uidmapping", v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "gidmapping",
+        value: Some("DISK:SHOWN:N..."),
+        help: "the same for gids",
+        apply: |o, v| {
+            o.layers.gidmapping = mapping_value("gidmapping", v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "squash_to_root",
+        value: None,
+        help: "every file is shown owned by 0:0",
+        apply: |o, _| {
+            o.layers.squash_to_root = true;
+            Ok(())
+        },
+    },
+    Key {
+        name: "squash_to_uid",
+        value: Some("UID"),
+        help: "every file is shown owned by uid UID (wins over squash_to_root)",
+        apply: |o, v| {
+            o.layers.squash_to_uid = Some(num_value("squash_to_uid", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "squash_to_gid",
+        value: Some("GID"),
+        help: "every file is shown owned by gid GID (wins over squash_to_root)",
+        apply: |o, v| {
+            o.layers.squash_to_gid = Some(num_value("squash_to_gid", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "static_nlink",
+        value: None,
+        help: "every directory shows nlink 1 (no counting of subdirectories)",
+        apply: |o, _| {
+            o.layers.static_nlink = true;
+            Ok(())
+        },
+    },
+    Key {
         name: "ro",
         value: None,
         help: "mount read-only, even with an upperdir",
@@ -350,6 +438,15 @@ pub const DAEMON_KEYS: &[Key] = &[
         help: "leave the mount in place when the daemon dies (uses then fail with ENOTCONN)",
         apply: |o, _| {
             o.daemon.auto_unmount = Some(false);
+            Ok(())
+        },
+    },
+    Key {
+        name: "noacl",
+        value: None,
+        help: "no POSIX ACLs: FUSE_POSIX_ACL is not asked for, so the kernel checks modes alone (ACL xattrs are stored, not enforced)",
+        apply: |o, _| {
+            o.daemon.noacl = true;
             Ok(())
         },
     },
@@ -456,6 +553,12 @@ fn timeout_value(v: &str) -> Result<f64, StartupError> {
     Ok(t)
 }
 
+/// `uidmapping=`/`gidmapping=`'s value (escapes removed: `\,` joins triples too).
+fn mapping_value(key: &str, v: &str) -> Result<Vec<Range>, StartupError> {
+    idmap::parse_ranges(&unescape(v))
+        .map_err(|e| StartupError::new(format!("option {key}={}: {e}", one_line(v))))
+}
+
 /// `lowerdir=`'s value: split on unescaped colons, each layer unescaped; an empty layer is
 /// refused, and `a::b` (the kernel's data-only lowers) with a message of its own rather than
 /// being read as `a:b`.
@@ -526,6 +629,14 @@ fn apply_option(o: &mut Options, opt: &str) -> Result<(), StartupError> {
         let v = value
             .ok_or_else(|| StartupError::new(format!("option {} needs a value", one_line(key))))?;
         o.mount.kernel_data.push(format!("{key}={v}"));
+    } else if value.is_none()
+        && key.contains(':')
+        && key.chars().all(|c| c == ':' || c.is_ascii_digit())
+    {
+        // `uidmapping=0:1000:1,1:100000:65536`: the comma ended the option.
+        return Err(StartupError::new(format!(
+            "option {key}: looks like more triples of a uidmapping=/gidmapping=; join them with ':' (a ',' separates -o options)"
+        )));
     } else if !(IGNORED_KEYS.contains(&key) || key.starts_with("x-")) {
         o.unknown.push(one_line(opt));
     }
@@ -729,6 +840,8 @@ impl Stack {
             },
             read_only: !writable,
             whiteout: o.whiteout,
+            ids: o.id_map(),
+            static_nlink: o.static_nlink,
         })
     }
 
@@ -795,6 +908,7 @@ impl Config {
             passthrough: o.daemon.passthrough != Some(false),
             strict_copy_up: o.daemon.strict_copy_up != Some(false),
             auto_unmount: o.daemon.auto_unmount != Some(false),
+            acl: !o.daemon.noacl,
             unknown: o.unknown,
         })
     }
@@ -892,6 +1006,22 @@ mod tests {
         assert!(p("lowerdir=/a:").is_err());
         assert!(p("lowerdir=/a:\\").is_err());
         assert!(p("lowerdir=\\").is_err());
+    }
+
+    #[test]
+    fn id_options() {
+        let o = opts(&["uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1\\,1:100000:9"]);
+        let m = o.layers.id_map();
+        assert_eq!(m.uids.ranges.len(), 2);
+        assert_eq!(m.gids.ranges[1].count, 9);
+        assert_eq!(m.uids.squash, None);
+        assert!(parse_options(&["uidmapping=0:1000:1,1:100000:65536".into()]).is_err());
+        assert!(parse_options(&["gidmapping=0:1000".into()]).is_err());
+        assert!(parse_options(&["squash_to_uid=x".into()]).is_err());
+        let m = opts(&["squash_to_root,squash_to_gid=7"]).layers.id_map();
+        assert_eq!((m.uids.squash, m.gids.squash), (Some(0), Some(7)));
+        let m = opts(&["squash_to_uid=5"]).layers.id_map();
+        assert_eq!((m.uids.squash, m.gids.squash), (Some(5), None));
     }
 
     #[test]

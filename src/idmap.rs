@@ -2,9 +2,16 @@
 //! how ids cross between requests and the layers (`IdMap`). Every id the core writes to disk
 //! (the owner of a new object, a chown, the owner of a copy-up) and every id it shows (the
 //! attributes of lookup, getattr, setattr, create, readdirplus) goes through `IdMap`;
-//! nothing else converts ids. The map is the identity today: id mapping (uidmapping=,
-//! gidmapping=) and squashing are a change to `IdMap` alone.
+//! nothing else converts ids. Without options the map is the identity; fuse-overlayfs's
+//! `uidmapping=`/`gidmapping=` and `squash_to_root`/`squash_to_uid=`/`squash_to_gid=` are
+//! what `IdMap` holds.
+//!
+//! Two sides: ids *on disk* (in the layers) and ids *shown* (what the kernel exchanges with
+//! the daemon: the attributes we reply with, a chown's ids and the `Caller`'s ids, all in the
+//! daemon's user namespace). A triple `DISK:SHOWN:COUNT` (fuse-overlayfs's
+//! `UID:MAPPED-UID:LEN`) maps disk ids DISK..DISK+COUNT to SHOWN..SHOWN+COUNT.
 
+use crate::error::{Errno, FsResult};
 use crate::privilege::Privilege;
 use crate::sys::{self, Stat};
 
@@ -44,34 +51,140 @@ pub struct Ids {
     pub gid: u32,
 }
 
-/// How ids in requests map to ids on disk, and ids on disk to the ids shown. The identity
-/// today.
-#[derive(Clone, Debug, Default)]
-pub struct IdMap {
-    _identity: (),
+/// The id shown for a disk id outside every range (the kernel's default overflowuid and
+/// overflowgid, what a user namespace shows for an unmapped id).
+pub const OVERFLOW_ID: u32 = 65534;
+
+/// One range of a mapping: disk ids `disk..disk+count` are shown as `shown..shown+count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub disk: u32,
+    pub shown: u32,
+    pub count: u32,
 }
+
+impl Range {
+    fn to_shown(self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.disk).filter(|o| *o < self.count)?;
+        Some(self.shown + off)
+    }
+
+    fn to_disk(self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.shown).filter(|o| *o < self.count)?;
+        Some(self.disk + off)
+    }
+
+    fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
+        a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
+    }
+}
+
+/// `uidmapping=`/`gidmapping=`'s value: `DISK:SHOWN:COUNT` triples, joined by `:` or `,`
+/// (a `,` only escaped as `\,` on the command line, where it separates -o options). Counts
+/// of 0, ranges past 2^32, and ranges that overlap on either side are refused (the kernel
+/// refuses the same in a uid_map), so that both directions are one-to-one.
+pub fn parse_ranges(v: &str) -> Result<Vec<Range>, String> {
+    let nums: Vec<&str> = v.split([':', ',']).collect();
+    if v.is_empty() || !nums.len().is_multiple_of(3) {
+        return Err("expected DISK:SHOWN:COUNT triples joined by ':'".into());
+    }
+    let mut out: Vec<Range> = Vec::new();
+    for t in nums.chunks(3) {
+        let n = |s: &str| {
+            s.parse::<u32>()
+                .map_err(|_| format!("'{s}' is not an id or a count"))
+        };
+        let r = Range {
+            disk: n(t[0])?,
+            shown: n(t[1])?,
+            count: n(t[2])?,
+        };
+        let fits = |start: u32| u64::from(start) + u64::from(r.count) <= 1 << 32;
+        if r.count == 0 || !fits(r.disk) || !fits(r.shown) {
+            return Err(format!(
+                "{}:{}:{}: empty or past 2^32",
+                r.disk, r.shown, r.count
+            ));
+        }
+        if out.iter().any(|o| {
+            Range::overlaps((o.disk, o.count), (r.disk, r.count))
+                || Range::overlaps((o.shown, o.count), (r.shown, r.count))
+        }) {
+            return Err(format!(
+                "{}:{}:{} overlaps another range",
+                r.disk, r.shown, r.count
+            ));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// One kind of id (uids or gids): its ranges (none: the identity) and its squash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OneMap {
+    pub ranges: Vec<Range>,
+    /// Every id shown is this one (`squash_to_uid=`/`squash_to_gid=`/`squash_to_root`);
+    /// what is written to disk is still mapped by `ranges`.
+    pub squash: Option<u32>,
+}
+
+impl OneMap {
+    fn to_shown(&self, id: u32) -> u32 {
+        if let Some(s) = self.squash {
+            return s;
+        }
+        if self.ranges.is_empty() {
+            return id;
+        }
+        self.ranges
+            .iter()
+            .find_map(|r| r.to_shown(id))
+            .unwrap_or(OVERFLOW_ID)
+    }
+
+    fn to_disk(&self, id: u32) -> Option<u32> {
+        if self.ranges.is_empty() {
+            return Some(id);
+        }
+        self.ranges.iter().find_map(|r| r.to_disk(id))
+    }
+}
+
+/// How ids in requests map to ids on disk, and ids on disk to the ids shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMap {
+    pub uids: OneMap,
+    pub gids: OneMap,
+}
+
+/// A chown to an id no range maps: EOVERFLOW, as the kernel gives for an id an idmapped mount
+/// (or a filesystem's user namespace) cannot represent (fuse-overlayfs writes the overflow
+/// id instead; we refuse rather than give a file an owner nobody asked for).
+const UNMAPPED: Errno = Errno::new(libc::EOVERFLOW);
 
 impl IdMap {
     pub fn identity() -> IdMap {
         IdMap::default()
     }
 
-    /// The owner on disk of what `caller` creates.
+    /// The owner on disk of what `caller` creates. A caller whose id no range maps creates
+    /// files owned by the overflow id, as with fuse-overlayfs.
     pub fn owner_of(&self, caller: &Caller) -> Ids {
         Ids {
-            uid: self.uid_to_host(caller.uid),
-            gid: self.gid_to_host(caller.gid),
+            uid: self.uids.to_disk(caller.uid).unwrap_or(OVERFLOW_ID),
+            gid: self.gids.to_disk(caller.gid).unwrap_or(OVERFLOW_ID),
         }
     }
 
-    /// A uid from a request (chown) as written to disk.
-    pub fn uid_to_host(&self, uid: u32) -> u32 {
-        uid
+    /// A uid from a request (chown) as written to disk; EOVERFLOW outside every range.
+    pub fn uid_to_host(&self, uid: u32) -> FsResult<u32> {
+        self.uids.to_disk(uid).ok_or(UNMAPPED)
     }
 
-    /// A gid from a request (chown) as written to disk.
-    pub fn gid_to_host(&self, gid: u32) -> u32 {
-        gid
+    /// A gid from a request (chown) as written to disk; EOVERFLOW outside every range.
+    pub fn gid_to_host(&self, gid: u32) -> FsResult<u32> {
+        self.gids.to_disk(gid).ok_or(UNMAPPED)
     }
 
     /// The owner that copy-up gives the upper copy of `lower` (both are ids on disk).
@@ -83,7 +196,9 @@ impl IdMap {
     }
 
     /// Attributes read from a layer, with the ids the merged view shows.
-    pub fn to_shown(&self, st: Stat) -> Stat {
+    pub fn to_shown(&self, mut st: Stat) -> Stat {
+        st.uid = self.uids.to_shown(st.uid);
+        st.gid = self.gids.to_shown(st.gid);
         st
     }
 }
@@ -116,5 +231,107 @@ impl Privileges {
     /// a copy is created with its final permissions, else with owner access to finish it.
     pub fn any_owner(&self) -> bool {
         self.ids.uid == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(u: &str, g: &str) -> IdMap {
+        IdMap {
+            uids: OneMap {
+                ranges: parse_ranges(u).unwrap(),
+                squash: None,
+            },
+            gids: OneMap {
+                ranges: parse_ranges(g).unwrap(),
+                squash: None,
+            },
+        }
+    }
+
+    fn caller(uid: u32, gid: u32) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid: 0,
+            umask: 0,
+        }
+    }
+
+    #[test]
+    fn parses_triples_joined_by_colons_or_commas() {
+        let want = vec![
+            Range {
+                disk: 0,
+                shown: 1000,
+                count: 1,
+            },
+            Range {
+                disk: 1,
+                shown: 100000,
+                count: 65536,
+            },
+        ];
+        assert_eq!(parse_ranges("0:1000:1:1:100000:65536").unwrap(), want);
+        assert_eq!(parse_ranges("0:1000:1,1:100000:65536").unwrap(), want);
+        for bad in [
+            "",
+            "0:1000",
+            "0:1000:1:5",
+            "a:1:1",
+            "0:0:0",
+            "4294967295:0:2",
+            "0:0:10:5:100:10",
+            "0:0:10:100:5:10",
+            "-1:0:1",
+        ] {
+            assert!(parse_ranges(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn maps_both_ways_with_overflow() {
+        let m = map("0:1000:1:1:100000:65536", "0:2000:10");
+        // Shown: disk 0 -> 1000, disk 5 -> 100004; outside -> 65534.
+        let st = |uid, gid| Stat {
+            uid,
+            gid,
+            ..Stat::default()
+        };
+        let s = m.to_shown(st(0, 3));
+        assert_eq!((s.uid, s.gid), (1000, 2003));
+        let s = m.to_shown(st(5, 10));
+        assert_eq!((s.uid, s.gid), (100004, OVERFLOW_ID));
+        let s = m.to_shown(st(70000, 0));
+        assert_eq!((s.uid, s.gid), (OVERFLOW_ID, 2000));
+        // Disk: the inverse; outside -> EOVERFLOW for chown, the overflow id for a creator.
+        assert_eq!(m.uid_to_host(1000), Ok(0));
+        assert_eq!(m.uid_to_host(100004), Ok(5));
+        assert_eq!(m.gid_to_host(2009), Ok(9));
+        assert_eq!(m.uid_to_host(0), Err(Errno::new(libc::EOVERFLOW)));
+        assert_eq!(m.gid_to_host(2010), Err(Errno::new(libc::EOVERFLOW)));
+        assert_eq!(m.owner_of(&caller(100000, 2001)), Ids { uid: 1, gid: 1 });
+        assert_eq!(
+            m.owner_of(&caller(7, 7)),
+            Ids {
+                uid: OVERFLOW_ID,
+                gid: OVERFLOW_ID
+            }
+        );
+    }
+
+    #[test]
+    fn identity_without_options() {
+        let m = IdMap::identity();
+        assert_eq!(m.uid_to_host(4242), Ok(4242));
+        assert_eq!(m.owner_of(&caller(3, 4)), Ids { uid: 3, gid: 4 });
+        let s = m.to_shown(Stat {
+            uid: 70000,
+            gid: 9,
+            ..Stat::default()
+        });
+        assert_eq!((s.uid, s.gid), (70000, 9));
     }
 }

@@ -42,6 +42,8 @@ pub struct Wanted {
     pub has_upper: bool,
     /// `strict_copy_up` (the default): lower files are read through the daemon.
     pub strict_copy_up: bool,
+    /// Ask for FUSE_POSIX_ACL (not with `noacl`).
+    pub acl: bool,
 }
 
 /// What the kernel granted.
@@ -57,13 +59,16 @@ pub fn negotiate(config: &mut KernelConfig, want: &Wanted) -> Granted {
     // overlay (ETXTBSY), and sends the truncation as a setattr. FUSE_DONT_MASK: the
     // caller's umask comes unapplied, for the daemon to apply unless the directory has a
     // default ACL (then the upper's filesystem derives the mode from the ACL).
-    let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+    let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DONT_MASK
         | InitFlags::FUSE_CACHE_SYMLINKS
         | InitFlags::FUSE_BIG_WRITES
         | InitFlags::FUSE_MAX_PAGES
         | InitFlags::FUSE_POSIX_ACL
         | InitFlags::FUSE_DO_READDIRPLUS;
+    if !want.acl {
+        wanted.remove(InitFlags::FUSE_POSIX_ACL);
+    }
     let supported = config.capabilities() & wanted;
     if let Err(missing) = config.add_capabilities(supported) {
         log::debug!("kernel refused capabilities {missing:?}");

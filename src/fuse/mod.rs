@@ -44,6 +44,8 @@ pub struct Fs {
     /// `strict_copy_up` (the default; off with `strict_copy_up=0`): lower files opened
     /// read-only are not passthrough.
     strict_copy_up: bool,
+    /// Ask for POSIX ACLs at INIT (not with `noacl`).
+    acl: bool,
     /// Passthrough or cached, per open file.
     data: DataPath<BackingId>,
 }
@@ -56,6 +58,7 @@ impl Fs {
             ttl: cfg.timeout,
             want_passthrough: init::passthrough_wish(cfg.passthrough, privilege.mode),
             max_write: cfg.max_write,
+            acl: cfg.acl,
             strict_copy_up: cfg.strict_copy_up,
             data: DataPath::new(!cfg.strict_copy_up),
         }
@@ -112,6 +115,7 @@ impl Filesystem for Fs {
             read_only: self.ov.read_only(),
             has_upper: self.ov.layers.has_upper,
             strict_copy_up: self.strict_copy_up,
+            acl: self.acl,
         };
         let granted = init::negotiate(config, &want);
         self.data.negotiated(granted.passthrough, granted.writeback);

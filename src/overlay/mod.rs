@@ -247,6 +247,7 @@ impl Overlay {
             },
         );
         let inodes = InodeTable::new(Numbering::new(&devs), root);
+        let ids = cfg.ids.clone();
         let ov = Overlay {
             cfg,
             layers,
@@ -257,7 +258,7 @@ impl Overlay {
             caps,
             temp_seq: AtomicU64::new(0),
             privileges,
-            ids: IdMap::identity(),
+            ids,
             kernel_cache: Box::new(NoKernelCache),
             link_names: LinkNames::default(),
             detached_attrs: dashmap::DashMap::new(),
@@ -519,7 +520,7 @@ impl Overlay {
 
     /// Attributes as the merged view reports them: the top object's, with our number, the
     /// ids shown (`IdMap::to_shown`), and nlink 1 for a directory merged from several layers
-    /// (as the kernel does). Every attribute the core returns comes through here.
+    /// (as the kernel does) or for every directory with `static_nlink`. Every attribute the core returns comes through here.
     pub(crate) fn present_attr(&self, inode: &Inode, st: Stat) -> Stat {
         self.merged_layout(inode, self.ids.to_shown(st))
     }
@@ -527,7 +528,7 @@ impl Overlay {
     /// The merged view's number and link count for `inode` (ids untouched).
     fn merged_layout(&self, inode: &Inode, mut st: Stat) -> Stat {
         st.ino = inode.ino.0;
-        if st.is_dir() && inode.with_state(|s| s.layers.len()) > 1 {
+        if st.is_dir() && (self.cfg.static_nlink || inode.with_state(|s| s.layers.len()) > 1) {
             st.nlink = 1;
         }
         st

@@ -74,8 +74,8 @@ impl Overlay {
         let (dir, name) = target.at();
         if a.uid.is_some() || a.gid.is_some() {
             // -1 leaves that id as it is.
-            let uid = a.uid.map_or(u32::MAX, |u| self.ids.uid_to_host(u));
-            let gid = a.gid.map_or(u32::MAX, |g| self.ids.gid_to_host(g));
+            let uid = a.uid.map_or(Ok(u32::MAX), |u| self.ids.uid_to_host(u))?;
+            let gid = a.gid.map_or(Ok(u32::MAX), |g| self.ids.gid_to_host(g))?;
             sys::fchownat(dir, name, uid, gid)?;
         }
         if let Some(mode) = a.mode {

@@ -77,6 +77,8 @@ pub fn stack(lowers: &[&Path], upper_work: Option<(&Path, &Path)>) -> Stack {
         xattr_ns: XattrNs::User,
         read_only: false,
         whiteout: None,
+        ids: layover::idmap::IdMap::identity(),
+        static_nlink: false,
     }
 }
 
