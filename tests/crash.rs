@@ -195,7 +195,13 @@ fn build_lower(lower: &Path, rng: &mut Rng) -> Model {
 
 /// Picks the next operation: writes most, a large lower file now and then (its copy-up).
 fn pick(m: &mut Model, rng: &mut Rng, big_permille: u64) -> Op {
-    let names: Vec<String> = m.names.keys().cloned().collect();
+    // Large lower files are touched only at the rate asked for (each touch copies one up).
+    let names: Vec<String> = m
+        .names
+        .keys()
+        .filter(|n| !m.lower_big.contains(*n))
+        .cloned()
+        .collect();
     let big: Vec<String> = m.lower_big.iter().cloned().collect();
     let any = |rng: &mut Rng| names[rng.below(names.len() as u64) as usize].clone();
     let target = |rng: &mut Rng| {
@@ -532,6 +538,189 @@ fn kill_daemon(pid: u32) {
     cmd_ok("kill", &[OsStr::new("-KILL"), OsStr::new(&pid.to_string())]);
 }
 
+/// The test's layers and mountpoint, and the options that mount layover on them (durable:
+/// a volatile mount that crashed is refused, by design).
+struct Layers {
+    lower: std::path::PathBuf,
+    upper: std::path::PathBuf,
+    work: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+    opts: String,
+}
+
+impl Layers {
+    fn new(env: &TestEnv) -> Layers {
+        let (lower, upper, work, mnt) = (
+            env.mkdir("lower"),
+            env.mkdir("upper"),
+            env.mkdir("work"),
+            env.mkdir("mnt"),
+        );
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        Layers {
+            lower,
+            upper,
+            work,
+            mnt,
+            opts,
+        }
+    }
+
+    /// Mounts layover; returns its daemon's pid. (The auto_unmount watcher shows the
+    /// daemon's command line until its exec, hence the wait for one process.)
+    fn mount(&self, env: &TestEnv) -> u32 {
+        env.mount_layover(&self.opts, &self.mnt);
+        let mut pids = Vec::new();
+        wait_until(Duration::from_secs(5), || {
+            pids = daemon_pids(&self.mnt, false);
+            pids.len() == 1
+        });
+        assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
+        pids[0]
+    }
+
+    fn unmount(&self, env: &TestEnv, pid: u32) {
+        umount_retrying(&self.mnt);
+        env.untrack(&self.mnt);
+        let gone = wait_until(Duration::from_secs(5), || !process_alive(pid));
+        assert!(gone, "daemon {pid} alive 5 s after umount");
+    }
+}
+
+/// What one round ended with: the worker's account, and what the kill left in `work/`.
+struct Killed {
+    end: WorkerEnd,
+    left_by_kill: usize,
+    in_copy_up: bool,
+}
+
+/// Runs the workload on a fresh mount and SIGKILLs the daemon: on odd rounds while a large
+/// lower file is being copied up, else after 150–1650 ms.
+fn kill_during_workload(
+    env: &TestEnv,
+    l: &Layers,
+    round: usize,
+    model: &Model,
+    rng: &mut Rng,
+) -> Killed {
+    let aimed = round % 2 == 1;
+    let pid = l.mount(env);
+    let left = work_leftovers(&l.work);
+    assert!(
+        left.is_empty(),
+        "round {round}: work dir after mount: {left:?}"
+    );
+    let root = fs::File::open(&l.mnt).unwrap();
+    let killed = Arc::new(AtomicBool::new(false));
+    let copying_big = Arc::new(AtomicBool::new(false));
+    let w = {
+        let (m, r, k, c) = (
+            model.clone(),
+            Rng(rng.next()),
+            killed.clone(),
+            copying_big.clone(),
+        );
+        let big_permille = if aimed { 50 } else { 1 };
+        std::thread::spawn(move || worker(root, m, r, k, c, big_permille))
+    };
+    if aimed {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !copying_big.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(15_000)));
+    } else {
+        std::thread::sleep(Duration::from_millis(150 + rng.below(1500)));
+    }
+    killed.store(true, Ordering::SeqCst);
+    kill_daemon(pid);
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_alive(pid)
+            && !is_mounted(&l.mnt)),
+        "round {round}: daemon or mount still there 5 s after SIGKILL"
+    );
+    env.untrack(&l.mnt);
+    let left_by_kill = work_leftovers(&l.work).len();
+    let end = w.join().expect("worker");
+    assert!(
+        end.after_kill,
+        "round {round}: the workload failed before the kill: {} ({:?})",
+        end.error, end.pending
+    );
+    let in_copy_up = end.pending.as_ref().is_some_and(|op| {
+        op.touches(&end.model)
+            .iter()
+            .any(|n| end.model.lower_big.contains(n))
+    });
+    Killed {
+        end,
+        left_by_kill,
+        in_copy_up,
+    }
+}
+
+/// Mounts again after a kill and checks the tree and the work directory; the model then
+/// takes what the operation in flight left.
+fn check_after_remount(env: &TestEnv, l: &Layers, round: usize, k: &Killed, model: &mut Model) {
+    let pid = l.mount(env);
+    let left = work_leftovers(&l.work);
+    let pending = k.end.pending.as_ref();
+    let found = check_tree(&l.mnt, model, pending);
+    eprintln!(
+        "round {round}: {} operations acknowledged, in flight at the kill: {}{} ({}); \
+         {} files checked, lost {}, partial {}, stray {}; work entries left by the kill {}, \
+         after the remount {}",
+        k.end.acked,
+        pending.map_or("nothing".into(), describe),
+        if k.in_copy_up {
+            " (copying up a large file)"
+        } else {
+            ""
+        },
+        k.end.error,
+        found.files,
+        found.lost.len(),
+        found.partial.len(),
+        found.stray.len(),
+        k.left_by_kill,
+        left.len()
+    );
+    assert!(found.clean(), "round {round}: {found:#?}");
+    assert!(
+        left.is_empty(),
+        "round {round}: work dir not clean after remount: {left:?}"
+    );
+    settle(model, pending, &l.mnt);
+    l.unmount(env, pid);
+}
+
+/// The kernel's overlayfs, reading layover's upper as a lower (read-only), shows what
+/// layover shows; returns the number of entries compared.
+fn kernel_agrees(env: &TestEnv, l: &Layers) -> usize {
+    let pid = l.mount(env);
+    let opt = SnapOpts {
+        xattrs: false,
+        content: true,
+    };
+    let ours = snapshot_with(&l.mnt, opt);
+    l.unmount(env, pid);
+    let kmnt = env.mkdir("kernel");
+    let lowers = format!("lowerdir={}:{}", l.upper.display(), l.lower.display());
+    env.mount_kernel(&lowers, &kmnt);
+    let theirs = snapshot_with(&kmnt, opt);
+    let cmp = Compare {
+        xattrs: false,
+        ..Compare::default()
+    };
+    assert_same_tree(&theirs, &ours, &cmp);
+    ours.nodes.len()
+}
+
 #[test]
 fn sigkill_keeps_every_acknowledged_write_and_no_partial_copy() {
     let started = Instant::now();
@@ -542,141 +731,25 @@ fn sigkill_keeps_every_acknowledged_write_and_no_partial_copy() {
         .unwrap_or(5);
     eprintln!("crash test: seed {seed} (LAYOVER_CRASH_SEED={seed} to replay), {rounds} kills");
     let env = TestEnv::new_on_disk("crash");
-    let (lower, upper, work, mnt) = (
-        env.mkdir("lower"),
-        env.mkdir("upper"),
-        env.mkdir("work"),
-        env.mkdir("mnt"),
-    );
+    let l = Layers::new(&env);
     let mut rng = Rng(seed);
-    let mut model = build_lower(&lower, &mut rng);
-    let mut kill_rng = Rng(seed ^ 0x5eed_0f_c4a5);
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let (mut acked_total, mut in_copy_up) = (0, 0);
+    let mut model = build_lower(&l.lower, &mut rng);
+    let (mut acked, mut in_copy_up, mut cleared) = (0, 0, 0);
     for round in 0..rounds {
-        env.mount_layover(&opts, &mnt);
-        let left = work_leftovers(&work);
-        assert!(
-            left.is_empty(),
-            "round {round}: work dir after mount: {left:?}"
-        );
-        // The auto_unmount watcher shows the daemon's command line until its exec.
-        let mut pids = Vec::new();
-        wait_until(Duration::from_secs(5), || {
-            pids = daemon_pids(&mnt, false);
-            pids.len() == 1
-        });
-        assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
-        let root = fs::File::open(&mnt).unwrap();
-        let killed = Arc::new(AtomicBool::new(false));
-        let copying_big = Arc::new(AtomicBool::new(false));
-        let w = {
-            let (m, r, k, c) = (
-                model.clone(),
-                Rng(rng.next()),
-                killed.clone(),
-                copying_big.clone(),
-            );
-            let big_permille = if round % 2 == 1 { 50 } else { 3 };
-            std::thread::spawn(move || worker(root, m, r, k, c, big_permille))
-        };
-        // Every other round aims at a copy-up of a large file; the others at any moment.
-        if round % 2 == 1 {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !copying_big.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-            std::thread::sleep(Duration::from_micros(kill_rng.below(40_000)));
-        } else {
-            std::thread::sleep(Duration::from_millis(150 + kill_rng.below(1500)));
-        }
-        killed.store(true, Ordering::SeqCst);
-        kill_daemon(pids[0]);
-        assert!(
-            wait_until(Duration::from_secs(5), || !process_alive(pids[0])
-                && !is_mounted(&mnt)),
-            "round {round}: daemon or mount still there 5 s after SIGKILL"
-        );
-        env.untrack(&mnt);
-        let end = w.join().expect("worker");
-        assert!(
-            end.after_kill,
-            "round {round}: the workload failed before the kill: {} ({:?})",
-            end.error, end.pending
-        );
-        let big = end.pending.as_ref().is_some_and(|op| {
-            op.touches(&end.model)
-                .iter()
-                .any(|n| end.model.lower_big.contains(n))
-        });
-        in_copy_up += usize::from(big);
-        acked_total += end.acked;
-        model = end.model;
-
-        env.mount_layover(&opts, &mnt);
-        let left = work_leftovers(&work);
-        let found = check_tree(&mnt, &model, end.pending.as_ref());
-        eprintln!(
-            "round {round}: {} operations acknowledged, in flight at the kill: {}{} ({}); \
-             {} files checked, lost {}, partial {}, stray {}, work leftovers {}",
-            end.acked,
-            end.pending.as_ref().map_or("nothing".into(), describe),
-            if big {
-                " (copying up a large file)"
-            } else {
-                ""
-            },
-            end.error,
-            found.files,
-            found.lost.len(),
-            found.partial.len(),
-            found.stray.len(),
-            left.len()
-        );
-        assert!(found.clean(), "round {round}: {found:#?}");
-        assert!(
-            left.is_empty(),
-            "round {round}: work dir not clean after remount: {left:?}"
-        );
-        settle(&mut model, end.pending.as_ref(), &mnt);
-        let pid = daemon_pids(&mnt, false);
-        umount_retrying(&mnt);
-        env.untrack(&mnt);
-        assert!(wait_until(Duration::from_secs(5), || pid
-            .iter()
-            .all(|&p| !process_alive(p))));
+        let k = kill_during_workload(&env, &l, round, &model, &mut rng);
+        acked += k.end.acked;
+        in_copy_up += usize::from(k.in_copy_up);
+        cleared += k.left_by_kill;
+        model = k.end.model.clone();
+        check_after_remount(&env, &l, round, &k, &mut model);
     }
-
-    // The kernel's overlayfs reads the upper layover left the same way layover does.
-    env.mount_layover(&opts, &mnt);
-    let opt = SnapOpts {
-        xattrs: false,
-        content: true,
-    };
-    let ours = snapshot_with(&mnt, opt);
-    umount_retrying(&mnt);
-    env.untrack(&mnt);
-    let kmnt = env.mkdir("kernel");
-    env.mount_kernel(
-        &format!("lowerdir={}:{}", upper.display(), lower.display()),
-        &kmnt,
-    );
-    let theirs = snapshot_with(&kmnt, opt);
-    let cmp = Compare {
-        xattrs: false,
-        ..Compare::default()
-    };
-    assert_same_tree(&theirs, &ours, &cmp);
+    let entries = kernel_agrees(&env, &l);
     eprintln!(
         "crash test: {rounds} kills survived ({in_copy_up} during a large copy-up), \
-         {acked_total} fsync-acknowledged operations checked, lost 0, partial 0; \
-         kernel's view of the upper agrees ({} entries); {:.1} s",
-        ours.nodes.len(),
+         {acked} fsync-acknowledged operations checked, lost 0, partial 0; \
+         {cleared} half-built copies left in the work directory by the kills, \
+         all removed by the remount; kernel's view of the upper agrees ({entries} entries); \
+         {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
