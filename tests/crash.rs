@@ -15,6 +15,7 @@
 //!   read-only) shows the same tree as layover.
 //!
 //! `LAYOVER_CRASH_SEED=N` replays a seed (the kill moments still vary with the machine);
+//! `LAYOVER_TEST_OPTS=passthrough=off` runs it on the writeback-cache data path;
 //! `LAYOVER_CRASH_ROUNDS=N` changes the number of kills (5). The checker itself is tested on
 //! planted trees (a truncated copy, a lost append, a leftover in the work directory).
 
@@ -472,6 +473,14 @@ fn check_tree(root: &Path, m: &Model, pending: Option<&Op>) -> Findings {
             (None, None) => {}
         }
     }
+    // A rename in flight may show either name, but not neither.
+    if let Some(Op::Rename { from, to }) = pending
+        && !files.contains_key(from)
+        && !files.contains_key(to)
+    {
+        f.lost
+            .push(format!("{from}: gone, and not renamed to {to}"));
+    }
     f
 }
 
@@ -799,6 +808,25 @@ fn checker_catches_partial_copies_lost_writes_and_leftovers() {
     before.objs[m.names[&small]].truncate(m.content(&small).unwrap().len() - 12);
     let f = check_tree(&tree, &before, Some(&append));
     assert!(f.lost.is_empty() && f.partial.len() == 1, "{f:#?}");
+
+    // A rename in flight may have happened or not; losing both names is a loss.
+    let small2 = m
+        .names
+        .keys()
+        .filter(|n| n.contains("/s"))
+        .nth(1)
+        .unwrap()
+        .clone();
+    let rename = Op::Rename {
+        from: small2.clone(),
+        to: "d2/renamed".into(),
+    };
+    fs::rename(tree.join(&small2), tree.join("d2/renamed")).unwrap();
+    assert_eq!(check_tree(&tree, &m, Some(&rename)).lost.len(), 1);
+    fs::remove_file(tree.join("d2/renamed")).unwrap();
+    let f = check_tree(&tree, &m, Some(&rename));
+    assert_eq!(f.lost.len(), 2, "{f:#?}");
+    assert!(f.lost[1].starts_with(&small2), "{f:#?}");
 
     fs::create_dir_all(work.join("work")).unwrap();
     fs::write(work.join("work/#layover-whiteout-format"), b"file\n").unwrap();
