@@ -1655,7 +1655,18 @@ fn reader_opened_before_copy_up_with_shared_lower_cache() {
         assert_eq!(read_all(&g), b"to ");
     }
     drop((f, g, fresh));
-    let w = OpenOptions::new().write(true).open(m.join("f")).unwrap();
+    // FUSE sends RELEASE after close(2) has returned: until the daemon has it, the older
+    // reader still counts, and an open for writing may still get ETXTBSY for a moment.
+    let mut w = None;
+    let released = wait_until(Duration::from_secs(5), || {
+        w = OpenOptions::new().write(true).open(m.join("f")).ok();
+        w.is_some()
+    });
+    assert!(
+        released,
+        "open for writing once the older readers are closed"
+    );
+    let w = w.unwrap();
     w.write_all_at(b"END", 8).unwrap();
     assert_eq!(read_all(&File::open(m.join("f")).unwrap())[8..], *b"END");
     drop(w);
