@@ -32,6 +32,7 @@ pub mod mountinfo;
 mod opener;
 mod overlay;
 pub mod privilege;
+pub mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod whiteout;
@@ -46,8 +47,8 @@ pub use layer::LayerIdx;
 pub use opener::Opener;
 pub use overlay::xattr::XattrReply;
 pub use overlay::{
-    Caller, Entry, FileRange, InoOrigin, LayerDir, LayerInfo, LayerObj, NewNode, Node, OpaqueBy,
-    OpenOpts, Opened, Overlay, Query, SetAttr, WhiteoutKind,
+    Caller, Entry, Figures, FileRange, InoOrigin, LayerDir, LayerInfo, LayerObj, NewNode, Node,
+    OpaqueBy, OpenOpts, Opened, Overlay, Query, SetAttr, WhiteoutKind,
 };
 pub use privilege::Privilege;
 pub use sys::{Stat, StatFs, TimeSpec};

@@ -14,7 +14,7 @@ use crate::sys;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -98,11 +98,10 @@ fn session_config(cfg: &Config) -> fuser::Config {
 /// has fusermount3 do it (`dev` is then None).
 fn start_session(
     cfg: &Config,
-    ov: &Arc<Overlay>,
+    fs: Fs,
     privilege: &Privilege,
     dev: Option<OwnedFd>,
 ) -> Result<fuser::Session<Fs>, StartupError> {
-    let fs = Fs::new(Arc::clone(ov), cfg, privilege);
     let scfg = session_config(cfg);
     if let Some(dev) = dev {
         if kernel_mount(cfg, &dev)? {
@@ -202,7 +201,7 @@ fn spawn_readahead_tuner(cfg: &Config) {
 /// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
 /// us must not find them still held (where the layers are not private clones). It sleeps on
 /// mount-table changes, not on /dev/fuse, whose pollers every request wakes.
-fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
+fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>, socket: Option<PathBuf>) {
     let fd = match session.as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
@@ -242,6 +241,7 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
                 }
             }
             ov.cleanup_work();
+            remove_stats(socket.as_deref());
             // Let go of every layer first, from this thread, then end the process.
             sys::close_fds_from(3);
             sys::exit_now(0);
@@ -436,7 +436,9 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
     let notify = daemonize(&cfg).inspect_err(|_| undo_start(&cfg, &ov, made_work))?;
-    let session = match start_session(&cfg, &ov, privilege, dev) {
+    let fs = Fs::new(Arc::clone(&ov), &cfg, privilege);
+    let reporter = fs.reporter(&cfg.mountpoint, nofile);
+    let session = match start_session(&cfg, fs, privilege, dev) {
         Ok(s) => s,
         Err(e) => {
             undo_start(&cfg, &ov, made_work);
@@ -458,6 +460,8 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
     // Only root may change the mount's read-ahead window (sysfs); the tuner's stat of the
     // mountpoint would otherwise only make an unmount right after mounting find it busy.
     let tune_readahead = privilege.mode == Mode::Root;
+    // Before the parent returns, so that `layover stats` works as soon as `layover` did.
+    let socket = start_stats(reporter);
     if let Some(wr) = notify {
         sys::write_all(wr.as_fd(), b"ok");
         drop(wr);
@@ -465,7 +469,36 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
             sys::redirect_stdio_to_null();
         }
     }
-    serve(&cfg, session, ov, tune_readahead, watcher)
+    serve(&cfg, session, ov, tune_readahead, watcher, socket)
+}
+
+/// The stats socket (`stats::server`) in the runtime directory, or None (a warning says
+/// why: the mount works without it).
+fn start_stats(reporter: crate::stats::server::Reporter) -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    let Some(dir) = crate::stats::runtime_dir(sys::geteuid(), xdg.as_deref()) else {
+        log::warn!(
+            "no runtime directory ($XDG_RUNTIME_DIR unset, no /run/user/UID): no stats socket"
+        );
+        return None;
+    };
+    match crate::stats::server::start(&dir, reporter) {
+        Ok(path) => {
+            log::debug!("figures served on '{}'", path.display());
+            Some(path)
+        }
+        Err(e) => {
+            log::warn!("no stats socket: {e}");
+            None
+        }
+    }
+}
+
+/// Removes the stats socket, if any, as the daemon exits.
+fn remove_stats(socket: Option<&Path>) {
+    if let Some(s) = socket {
+        crate::stats::server::remove(s);
+    }
 }
 
 /// Serves the live mount until it is unmounted, then exits the process.
@@ -476,9 +509,10 @@ fn serve(
     ov: Arc<Overlay>,
     tune_readahead: bool,
     _watcher: Option<OwnedFd>,
+    socket: Option<PathBuf>,
 ) -> ! {
     spawn_signal_thread(cfg);
-    spawn_exit_watcher(&session, Arc::clone(&ov));
+    spawn_exit_watcher(&session, Arc::clone(&ov), socket.clone());
     if tune_readahead {
         spawn_readahead_tuner(cfg);
     }
@@ -487,6 +521,7 @@ fn serve(
     // and let go of every layer at once. Exiting without running destructors means no time
     // is spent freeing the inode table while the layers are still held.
     ov.cleanup_work();
+    remove_stats(socket.as_deref());
     match result {
         Ok(()) => sys::exit_now(0),
         Err(e) => {

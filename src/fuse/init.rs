@@ -50,6 +50,8 @@ pub struct Wanted {
 pub struct Granted {
     pub passthrough: bool,
     pub writeback: bool,
+    /// The decision and why, in one sentence (logged, and shown by `layover stats`).
+    pub summary: String,
 }
 
 /// Negotiates with the kernel's offer in `config`.
@@ -97,8 +99,8 @@ fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
         "the kernel refused passthrough"
     };
     let mut writeback = false;
-    if passthrough {
-        log::info!(
+    let summary = if passthrough {
+        format!(
             "FUSE passthrough granted: the kernel does the I/O of files in the upper layer{}",
             if !want.has_upper {
                 " and, as the mount is read-only, of every file"
@@ -107,11 +109,9 @@ fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
             } else {
                 " and of lower files opened read-only (strict_copy_up=0: shared page cache)"
             }
-        );
+        )
     } else if want.read_only {
-        log::info!(
-            "no passthrough ({why_not}): file data is read through the daemon (page-cached)"
-        );
+        format!("no passthrough ({why_not}): file data is read through the daemon (page-cached)")
     } else if config
         .capabilities()
         .contains(InitFlags::FUSE_WRITEBACK_CACHE)
@@ -120,17 +120,23 @@ fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
             .is_ok()
     {
         writeback = true;
-        log::info!(
+        format!(
             "no passthrough ({why_not}): file data goes through the daemon with the kernel's writeback cache"
-        );
+        )
     } else {
-        log::warn!(
+        format!(
             "no passthrough ({why_not}) and no writeback cache offered: every write goes through the daemon"
-        );
+        )
+    };
+    if passthrough || writeback || want.read_only {
+        log::info!("{summary}");
+    } else {
+        log::warn!("{summary}");
     }
     Granted {
         passthrough,
         writeback,
+        summary,
     }
 }
 

@@ -2,14 +2,16 @@
 //! reply types. Each operation converts its arguments, calls the overlay core once, and
 //! replies exactly once. What is FUSE's and not the overlay's lives beside it: the INIT
 //! handshake (`init`), how open files' data travels (`passthrough`: passthrough backings,
-//! per-inode open modes, the writeback cache's open option) and the kernel-cache
-//! notifications (`notify`). Another transport (FUSE over io_uring) would be a module like
+//! per-inode open modes, the writeback cache's open option), the kernel-cache
+//! notifications (`notify`) and the requests' counts and latencies (`stats`: each handler
+//! holds one `OpStats::start` guard). Another transport (FUSE over io_uring) would be a module like
 //! this one, calling the same core.
 
 mod convert;
 mod init;
 mod notify;
 mod passthrough;
+mod stats;
 
 pub use init::max_write;
 pub use notify::KernelCacheLink;
@@ -28,6 +30,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use passthrough::{DataPath, Serve};
+use stats::{Op, OpStats};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -46,8 +49,10 @@ pub struct Fs {
     strict_copy_up: bool,
     /// Ask for POSIX ACLs at INIT (not with `noacl`).
     acl: bool,
-    /// Passthrough or cached, per open file.
-    data: DataPath<BackingId>,
+    /// Passthrough or cached, per open file (shared with the stats socket's reporter).
+    data: Arc<DataPath<BackingId>>,
+    /// Requests and their latency per operation.
+    ops: Arc<OpStats>,
 }
 
 impl Fs {
@@ -60,7 +65,8 @@ impl Fs {
             max_write: cfg.max_write,
             acl: cfg.acl,
             strict_copy_up: cfg.strict_copy_up,
-            data: DataPath::new(!cfg.strict_copy_up),
+            data: Arc::new(DataPath::new(!cfg.strict_copy_up)),
+            ops: Arc::default(),
         }
     }
 }
@@ -118,11 +124,13 @@ impl Filesystem for Fs {
             acl: self.acl,
         };
         let granted = init::negotiate(config, &want);
-        self.data.negotiated(granted.passthrough, granted.writeback);
+        self.data
+            .negotiated(granted.passthrough, granted.writeback, granted.summary);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.ops.start(Op::Lookup);
         match self.ov.lookup(parent.into(), name.as_bytes()) {
             // A negative entry the kernel may cache: names only appear through us.
             Err(e) if e == Errno::ENOENT => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
@@ -131,10 +139,12 @@ impl Filesystem for Fs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.ops.start(Op::Forget);
         self.ov.forget(ino.into(), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.ops.start(Op::Getattr);
         match self.ov.getattr(ino.into(), fh.map(Fh::from)) {
             Ok(st) => reply.attr(&self.attr_ttl(ino), &attr(&st)),
             Err(e) => reply.error(errno(e)),
@@ -159,6 +169,7 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = self.ops.start(Op::Setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -175,6 +186,7 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.ops.start(Op::Readlink);
         match self.ov.readlink(ino.into()) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
@@ -191,6 +203,7 @@ impl Filesystem for Fs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Mknod);
         let what = NewNode::Node {
             mode,
             rdev: decode_dev(rdev),
@@ -210,6 +223,7 @@ impl Filesystem for Fs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Mkdir);
         let r = self.ov.create_node(
             parent.into(),
             name.as_bytes(),
@@ -220,10 +234,12 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Unlink);
         Self::reply_empty(self.ov.unlink(parent.into(), name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Rmdir);
         Self::reply_empty(self.ov.rmdir(parent.into(), name.as_bytes()), reply);
     }
 
@@ -235,6 +251,7 @@ impl Filesystem for Fs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Symlink);
         let what = NewNode::Symlink {
             target: target.as_os_str().as_bytes(),
         };
@@ -254,6 +271,7 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Rename);
         let r = self.ov.rename(
             parent.into(),
             name.as_bytes(),
@@ -272,6 +290,7 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Link);
         self.reply_entry(
             self.ov
                 .link(ino.into(), newparent.into(), newname.as_bytes()),
@@ -280,6 +299,7 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.ops.start(Op::Open);
         match self.ov.open(ino.into(), flags.0, self.data.open_opts()) {
             Ok(o) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
                 Serve::Passthrough(b) => {
@@ -307,6 +327,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.ops.start(Op::Read);
         match self.ov.read(fh.into(), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
@@ -325,6 +346,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = self.ops.start(Op::Write);
         match self.ov.write(fh.into(), offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -339,6 +361,7 @@ impl Filesystem for Fs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Flush);
         reply.ok();
     }
 
@@ -352,6 +375,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Release);
         self.ov.release(fh.into());
         self.data.release(fh.into());
         reply.ok();
@@ -365,10 +389,12 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Fsync);
         Self::reply_empty(self.ov.fsync(fh.into(), datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.ops.start(Op::Opendir);
         match self.ov.opendir(ino.into()) {
             // The kernel may cache the listing and keep it across opens: every change to a
             // directory goes through us, and the kernel drops the cache when it sees one.
@@ -388,6 +414,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = self.ops.start(Op::Readdir);
         match self.ov.readdir(fh.into(), offset) {
             Ok(list) => {
                 for (i, e) in list.iter().enumerate().skip(offset as usize) {
@@ -410,6 +437,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _t = self.ops.start(Op::Readdirplus);
         let ttl = self.ttl;
         let r = self.ov.readdirplus(fh.into(), offset, |e, next, st| {
             let name = OsStr::from_bytes(&e.name);
@@ -429,6 +457,7 @@ impl Filesystem for Fs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Releasedir);
         self.ov.releasedir(fh.into());
         reply.ok();
     }
@@ -441,10 +470,12 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Fsyncdir);
         Self::reply_empty(self.ov.fsyncdir(ino.into(), datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.ops.start(Op::Statfs);
         match self.ov.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -463,6 +494,7 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Setxattr);
         Self::reply_empty(
             self.ov.setxattr(ino.into(), name.as_bytes(), value, flags),
             reply,
@@ -470,18 +502,22 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.ops.start(Op::Getxattr);
         Self::reply_xattr(self.ov.getxattr(ino.into(), name.as_bytes(), size), reply);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.ops.start(Op::Listxattr);
         Self::reply_xattr(self.ov.listxattr(ino.into(), size, &caller(req, 0)), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Removexattr);
         Self::reply_empty(self.ov.removexattr(ino.into(), name.as_bytes()), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Access);
         Self::reply_empty(self.ov.access(ino.into(), mask.bits()), reply);
     }
 
@@ -495,6 +531,7 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = self.ops.start(Op::Create);
         let opts = self.data.open_opts();
         let name = name.as_bytes();
         match self
@@ -546,6 +583,7 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Fallocate);
         Self::reply_empty(self.ov.fallocate(fh.into(), offset, length, mode), reply);
     }
 
@@ -558,6 +596,7 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _t = self.ops.start(Op::Lseek);
         match self.ov.lseek(fh.into(), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
@@ -577,6 +616,7 @@ impl Filesystem for Fs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _t = self.ops.start(Op::CopyFileRange);
         let from = FileRange {
             fh: fh_in.into(),
             offset: offset_in,

@@ -265,6 +265,12 @@ impl Overlay {
         made: &Stat,
         with_data: bool,
     ) {
+        let bytes = if with_data && src.file_type() == libc::S_IFREG {
+            src.size as u64
+        } else {
+            0
+        };
+        self.counters.copied_up(src.file_type(), bytes);
         self.inodes.numbers.alias(RealId::of(made), inode.ino);
         inode.update(|s| {
             let mut layers = vec![Presence {

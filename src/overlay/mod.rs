@@ -7,6 +7,7 @@
 
 mod copy_up;
 mod create;
+mod figures;
 mod io;
 mod lookup;
 mod query;
@@ -22,6 +23,7 @@ pub use query::{InoOrigin, LayerDir, LayerInfo, LayerObj, Node, OpaqueBy, Query,
 
 pub use crate::idmap::Caller;
 pub use create::NewNode;
+pub use figures::Figures;
 pub use setattr::SetAttr;
 
 use crate::config::{Stack, XattrNs};
@@ -117,6 +119,8 @@ pub struct Overlay {
     temp_prefix: std::sync::OnceLock<String>,
     /// Opens the user's own files whatever their mode, for an ordinary user's daemon.
     opener: Option<Opener>,
+    /// Work done, for `figures` (`layover stats`).
+    counters: figures::Counters,
 }
 
 /// The whiteout in the work directory that upper whiteouts are hard links to.
@@ -265,6 +269,7 @@ impl Overlay {
             reflink: std::sync::atomic::AtomicBool::new(true),
             temp_prefix: std::sync::OnceLock::new(),
             opener,
+            counters: figures::Counters::default(),
         };
         ov.refresh_root_layers();
         Ok(ov)
