@@ -149,10 +149,14 @@ fn human(r: &Report) -> String {
     row(
         "fds held",
         format!(
-            "{} (limit {}; {} cached directory fds)",
+            "{} (limit {}; {})",
             count(r.fds),
             count(r.fd_limit),
-            count(c.cached_dir_fds)
+            plural(
+                c.cached_dir_fds,
+                "cached directory fd",
+                "cached directory fds"
+            )
         ),
     );
     row(
