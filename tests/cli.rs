@@ -798,8 +798,10 @@ fn layers_released_right_after_umount() {
 
 /// Runs layover from `cwd` (for relative mountpoints).
 fn run_layover_in(env: &TestEnv, cwd: &Path, args: &[&OsStr]) -> Run {
+    let run = env.root.join("run");
+    let _ = std::fs::create_dir(&run);
     let mut c = Command::new(bin());
-    c.current_dir(cwd).args(args);
+    c.current_dir(cwd).args(args).env("XDG_RUNTIME_DIR", &run);
     run_with_timeout(&mut c, &env.root, Duration::from_secs(30))
 }
 

@@ -245,10 +245,14 @@ impl TestEnv {
         p
     }
 
-    /// Runs the binary under test with `args`; waits for the launching process only.
+    /// Runs the binary under test with `args`; waits for the launching process only. Its
+    /// runtime directory (where a daemon puts its stats socket) is `ROOT/run`, so that no
+    /// test's daemon writes in /run.
     pub fn run_layover(&self, args: &[&OsStr]) -> Run {
+        let run = self.root.join("run");
+        let _ = std::fs::create_dir(&run);
         let mut c = Command::new(bin());
-        c.args(args);
+        c.args(args).env("XDG_RUNTIME_DIR", &run);
         run_with_timeout(&mut c, &self.root, Duration::from_secs(30))
     }
 
