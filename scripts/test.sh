@@ -25,12 +25,13 @@ cd "$(dirname "$0")/.."
 # mmap helper), a C toolchain (build-essential), mkfs.ext4 (e2fsprogs: tests/reliability.rs
 # puts layers on a small ext4 image), newuidmap/newgidmap (uidmap: user namespaces with
 # subordinate ids), and for tests/podman.rs podman, runc (Debian 12's crun refuses a hybrid
-# cgroup layout) and busybox-static (the containers' root file system).
+# cgroup layout) and busybox-static (the containers' root file system); umoci (tests/inspect.rs
+# applies `layover export`'s layer with it, and with podman).
 # mount/umount, losetup, cp, mknod... are essential. This is the one list: .ci/run only calls
 # this script. Cargo-installed test tools (fsx) are installed below, once cargo is found.
 need=(
     "mount.fuse3:fuse3" "setfattr:attr" "python3:python3" "cc:build-essential"
-    "mkfs.ext4:e2fsprogs" "newuidmap:uidmap" "podman:podman" "runc:runc"
+    "mkfs.ext4:e2fsprogs" "newuidmap:uidmap" "podman:podman" "runc:runc" "umoci:umoci"
 )
 missing=()
 for n in "${need[@]}"; do

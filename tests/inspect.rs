@@ -1633,6 +1633,21 @@ fn docker_archive(out: &Path, layers: &[PathBuf], tag: &str) {
 /// sparse, which `export_then_apply_reproduces_the_merged_view` checks); the data is the
 /// same. Returns the number of objects compared.
 fn check_export_with_podman(s: &Scratch, podman: &Podman, stack: &Stack, tag: &str) -> usize {
+    let (base, layer) = image_layers(s, stack, tag);
+    let archive = s.path(&format!("{tag}-image.tar"));
+    let image = format!("localhost/layover-export-{tag}:test");
+    docker_archive(&archive, &[base, layer], &image);
+    podman.run(&["load", "-q", "-i", archive.to_str().unwrap()]);
+    let mounted = podman.run(&["image", "mount", &image]);
+    let got = describe_tree(&podman.seen(mounted.trim()));
+    podman.run(&["image", "unmount", &image]);
+    podman.run(&["rmi", &image]);
+    compare_applied(s, stack, tag, "podman", &got)
+}
+
+/// The two layers of the test image: the lowers flattened (GNU tar of the kernel's
+/// read-only overlay of them) and `layover export`'s tar of the upper.
+fn image_layers(s: &Scratch, stack: &Stack, tag: &str) -> (PathBuf, PathBuf) {
     let layer = s.path(&format!("{tag}.tar"));
     let r = layover(&[
         "export".as_ref(),
@@ -1663,41 +1678,143 @@ fn check_export_with_podman(s: &Scratch, podman: &Podman, stack: &Stack, tag: &s
             ".".as_ref(),
         ],
     );
-    drop(lowers);
-    let archive = s.path(&format!("{tag}-image.tar"));
-    let image = format!("localhost/layover-export-{tag}:test");
-    docker_archive(&archive, &[base, layer], &image);
-    podman.run(&["load", "-q", "-i", archive.to_str().unwrap()]);
-    let mounted = podman.run(&["image", "mount", &image]);
-    let seen = podman.seen(mounted.trim());
+    (base, layer)
+}
+
+/// Compares a tool's tree of the applied image (`got`) with the kernel's overlay of the
+/// stack, leaving out xattrs with an empty value (see `check_export_with_podman`).
+/// Returns the number of objects compared.
+fn compare_applied(
+    s: &Scratch,
+    stack: &Stack,
+    tag: &str,
+    who: &str,
+    got: &BTreeMap<Vec<u8>, String>,
+) -> usize {
     let reference = kernel_mount(
         &stack.all_layers(),
         stack.userxattr,
-        &s.path(&format!("{tag}-ka")),
+        &s.path(&format!("{tag}-{who}-ka")),
         &s.path("k-spare"),
     );
-    let (mut want, got) = (describe_tree(&reference.0), describe_tree(&seen));
+    let mut want = describe_tree(&reference.0);
     for d in want.values_mut() {
         *d = without_empty_xattrs(d);
+    }
+    if who == "umoci" {
+        visible_link_counts(&reference.0, &mut want);
     }
     let differs: Vec<String> = want
         .iter()
         .filter(|(p, d)| got.get(*p) != Some(*d))
-        .map(|(p, d)| format!("{}:\n  kernel {d}\n  podman {:?}", shown(p), got.get(p)))
+        .map(|(p, d)| format!("{}:\n  kernel {d}\n  {who} {:?}", shown(p), got.get(p)))
         .chain(
             got.keys()
                 .filter(|p| !want.contains_key(*p))
-                .map(|p| format!("{}: only in podman's view", shown(p))),
+                .map(|p| format!("{}: only in {who}'s view", shown(p))),
         )
         .collect();
-    podman.run(&["image", "unmount", &image]);
-    podman.run(&["rmi", &image]);
     assert!(
         differs.is_empty(),
-        "{tag}: podman's view differs:\n{}",
+        "{tag}: {who}'s view differs:\n{}",
         differs.join("\n")
     );
     want.len()
+}
+
+/// In a tree written out file by file (umoci's rootfs) a file has as many links as it has
+/// names there; the kernel's overlay shows a lower file's own link count, which counts names
+/// the upper hides with whiteouts. `want`'s `nlink=` become the names that the view at
+/// `root` shows for each file (grouped by inode number).
+fn visible_link_counts(root: &Path, want: &mut BTreeMap<Vec<u8>, String>) {
+    let mut names: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    for (p, t) in walk(root) {
+        if t == 'f' {
+            let m = fs::symlink_metadata(root.join(OsStr::from_bytes(&p))).unwrap();
+            names.entry((m.dev(), m.ino())).or_default().push(p);
+        }
+    }
+    for group in names.values() {
+        for p in group {
+            let d = want.get_mut(p).unwrap();
+            let at = d.find(" nlink=").unwrap();
+            let end = at + 1 + d[at + 1..].find(' ').unwrap();
+            d.replace_range(at..end, &format!(" nlink={}", group.len()));
+        }
+    }
+}
+
+/// An OCI image layout in `dir` (what umoci reads) of one image whose layers are the given
+/// uncompressed tars, bottom first, tagged `tag`.
+fn oci_layout(dir: &Path, layers: &[PathBuf], tag: &str) {
+    let script = format!(
+        "import hashlib, json, os, shutil\n\
+         d = {dir:?}\n\
+         os.makedirs(d + '/blobs/sha256')\n\
+         def blob(data=None, path=None):\n\
+         \x20   h = hashlib.sha256()\n\
+         \x20   if path:\n\
+         \x20       with open(path, 'rb') as f:\n\
+         \x20           for b in iter(lambda: f.read(1 << 20), b''): h.update(b)\n\
+         \x20       shutil.copyfile(path, d + '/blobs/sha256/' + h.hexdigest())\n\
+         \x20       size = os.path.getsize(path)\n\
+         \x20   else:\n\
+         \x20       h.update(data)\n\
+         \x20       open(d + '/blobs/sha256/' + h.hexdigest(), 'wb').write(data)\n\
+         \x20       size = len(data)\n\
+         \x20   return 'sha256:' + h.hexdigest(), size\n\
+         layers = [blob(path=l) for l in {layers:?}]\n\
+         config = json.dumps({{'architecture': 'amd64', 'os': 'linux', 'config': {{}},\n\
+         \x20   'rootfs': {{'type': 'layers', 'diff_ids': [l[0] for l in layers]}}}}).encode()\n\
+         c = blob(config)\n\
+         manifest = json.dumps({{'schemaVersion': 2,\n\
+         \x20   'mediaType': 'application/vnd.oci.image.manifest.v1+json',\n\
+         \x20   'config': {{'mediaType': 'application/vnd.oci.image.config.v1+json', 'digest': c[0], 'size': c[1]}},\n\
+         \x20   'layers': [{{'mediaType': 'application/vnd.oci.image.layer.v1.tar', 'digest': l[0], 'size': l[1]}} for l in layers]}}).encode()\n\
+         m = blob(manifest)\n\
+         index = {{'schemaVersion': 2, 'manifests': [{{'mediaType': 'application/vnd.oci.image.manifest.v1+json',\n\
+         \x20   'digest': m[0], 'size': m[1], 'annotations': {{'org.opencontainers.image.ref.name': {tag:?}}}}}]}}\n\
+         open(d + '/index.json', 'w').write(json.dumps(index))\n\
+         open(d + '/oci-layout', 'w').write(json.dumps({{'imageLayoutVersion': '1.0.0'}}))\n",
+        dir = dir.to_str().unwrap(),
+        layers = layers
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let r = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// umoci (Debian's package) applies the same image itself: `umoci unpack` of an OCI layout
+/// of the two layers, its bundle's rootfs compared as podman's view is. umoci writes the
+/// files out (no overlay), applying each `.wh.` entry by deleting what it names and
+/// `.wh..wh..opq` by emptying the directory. What differs from the kernel's view for a
+/// reason, and is compared accordingly: a file's link count is its names in the tree
+/// (`visible_link_counts`); xattrs with an empty value and holes, as for podman.
+/// Returns the number of objects compared.
+fn check_export_with_umoci(s: &Scratch, stack: &Stack, tag: &str) -> usize {
+    let (base, layer) = image_layers(s, stack, tag);
+    let layout = s.path(&format!("{tag}-oci"));
+    oci_layout(&layout, &[base, layer], "test");
+    let bundle = s.path(&format!("{tag}-bundle"));
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:test", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("PREREQUISITE MISSING: umoci (apt-get install -y umoci; scripts/test.sh does)");
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = describe_tree(&bundle.join("rootfs"));
+    compare_applied(s, stack, tag, "umoci", &got)
 }
 
 /// A `describe_tree` line without the xattrs whose value is empty (`NAME=0x`).
@@ -1745,6 +1862,19 @@ fn export_applied_by_podman_reproduces_the_merged_view() {
     for seed in [3, 7, 11, 19, 23, 29, 31, 37] {
         let stack = random_stack(&s.path(&format!("stack{seed}")), seed);
         n += check_export_with_podman(&s, &podman, &stack, &format!("r{seed}"));
+    }
+    assert!(n > 60, "{n} objects compared");
+}
+
+#[test]
+fn export_applied_by_umoci_reproduces_the_merged_view() {
+    require_root();
+    let s = Scratch::new("umoci");
+    let stack = handmade_for_export(&s);
+    let mut n = check_export_with_umoci(&s, &stack, "hand");
+    for seed in [3, 7, 11, 19, 23, 29, 31, 37] {
+        let stack = random_stack(&s.path(&format!("stack{seed}")), seed);
+        n += check_export_with_umoci(&s, &stack, &format!("r{seed}"));
     }
     assert!(n > 60, "{n} objects compared");
 }
