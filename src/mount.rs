@@ -2,7 +2,8 @@
 //! what the mount needs before creating anything (`preflight`), open the layers, detach into
 //! the background, mount — mount(2) on /dev/fuse as root or as root in a user namespace,
 //! fusermount3 as an ordinary user — and serve with a multi-threaded session, exiting as
-//! soon as it is unmounted (umount, fusermount3 -u, or SIGTERM/SIGINT/SIGHUP). A start that
+//! soon as it is unmounted (umount, fusermount3 -u, or SIGTERM/SIGINT/SIGHUP); the stats
+//! socket (`crate::stats::server`) answers `layover stats` meanwhile. A start that
 //! fails leaves nothing mounted and nothing half-created in the work directory.
 
 use crate::config::Config;
@@ -472,12 +473,12 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
     serve(&cfg, session, ov, tune_readahead, watcher, socket)
 }
 
-/// The stats socket (`stats::server`) in the runtime directory, or None (a warning says
-/// why: the mount works without it).
+/// The stats socket (`stats::server`) in the runtime directory, or None (logged at info
+/// level: the mount works without it, and `layover stats` says why when asked).
 fn start_stats(reporter: crate::stats::server::Reporter) -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_RUNTIME_DIR");
     let Some(dir) = crate::stats::runtime_dir(sys::geteuid(), xdg.as_deref()) else {
-        log::warn!(
+        log::info!(
             "no runtime directory ($XDG_RUNTIME_DIR unset, no /run/user/UID): no stats socket"
         );
         return None;
@@ -488,7 +489,7 @@ fn start_stats(reporter: crate::stats::server::Reporter) -> Option<PathBuf> {
             Some(path)
         }
         Err(e) => {
-            log::warn!("no stats socket: {e}");
+            log::info!("no stats socket: {e}");
             None
         }
     }
