@@ -175,9 +175,27 @@ fn human(r: &Report) -> String {
         ""
     };
     row("data path", format!("{}{shared}", d.mode));
-    row("", d.why.clone());
+    for line in wrap(&d.why, 70) {
+        row("", line);
+    }
     s.push_str(&ops_table(&r.ops));
     s
+}
+
+/// `text` in lines of at most `width` characters, broken between words (a longer word
+/// stands alone).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 fn ops_table(ops: &[OpReport]) -> String {
@@ -273,6 +291,9 @@ mod tests {
         assert_eq!(duration(8_250), "8.2 µs");
         assert_eq!(bytes(1 << 20), "1,048,576 bytes (1.0 MiB)");
         assert_eq!(bytes(10), "10 bytes");
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        assert_eq!(wrap("a verylongword b", 4), ["a", "verylongword", "b"]);
+        assert!(wrap("", 5).is_empty());
         let env = b"A=1\0XDG_RUNTIME_DIR=/run/user/7\0B=2\0";
         assert_eq!(
             env_var(env, b"XDG_RUNTIME_DIR"),
