@@ -8,6 +8,9 @@
 //! number survives forget and re-lookup. A copy-up registers the new upper object as an alias
 //! of the old number, so the number also survives copy-up. Numbers that cannot be derived
 //! (inode numbers ≥ 2^56 or an unknown device) come from a counter and are remembered.
+//! With `ino32_t` every number fits in 32 bits: real inode numbers below 2^31 of the first
+//! filesystem are kept, every other object gets a counter number from 2^31 up, remembered
+//! the same way (so node ids, which FUSE makes the st_ino shown, stay one per object).
 //! Identity is (dev, ino, generation): a number the filesystem reused for a new object is
 //! another object (`RealId`).
 //!
@@ -37,6 +40,8 @@ impl std::fmt::Display for Ino {
 pub const ROOT_INO: Ino = Ino(1);
 pub(crate) const FS_INDEX_SHIFT: u32 = 56;
 const ALLOCATED_BASE: u64 = 1 << 63;
+/// With `ino32_t`: real numbers below this are kept, counter numbers start here.
+const ALLOCATED_BASE_32: u64 = 1 << 31;
 
 /// A real object's identity in the layers: its (st_dev, st_ino) and a generation that tells
 /// apart two objects that had the same inode number one after the other (the filesystem
@@ -230,6 +235,8 @@ pub struct Numbering {
     aliases: DashMap<(u64, u64), (u64, Ino)>,
     allocated: DashMap<(u64, u64), (u64, Ino)>,
     next: AtomicU64,
+    /// `ino32_t`: every number below 2^32.
+    ino32: bool,
 }
 
 impl Numbering {
@@ -245,6 +252,20 @@ impl Numbering {
             aliases: DashMap::new(),
             allocated: DashMap::new(),
             next: AtomicU64::new(ALLOCATED_BASE),
+            ino32: false,
+        }
+    }
+
+    /// `ino32_t`: numbers that fit in 32 bits (see the module comment).
+    pub fn fitting_32_bits(self, on: bool) -> Numbering {
+        Numbering {
+            next: AtomicU64::new(if on {
+                ALLOCATED_BASE_32
+            } else {
+                ALLOCATED_BASE
+            }),
+            ino32: on,
+            ..self
         }
     }
 
@@ -277,6 +298,8 @@ impl Numbering {
         let RealId { dev, ino, .. } = id;
         let idx = self.devs.iter().position(|&d| d == dev);
         let derived = match idx {
+            Some(0) if self.ino32 => (ino < ALLOCATED_BASE_32).then_some(ino),
+            _ if self.ino32 => None,
             Some(0) if ino < ALLOCATED_BASE => Some(ino),
             Some(i) if ino < (1 << FS_INDEX_SHIFT) && i < 127 => {
                 Some(ino | ((i as u64) << FS_INDEX_SHIFT))
@@ -298,7 +321,13 @@ impl Numbering {
     }
 
     fn allocate(&self) -> Ino {
-        Ino(self.next.fetch_add(1, Ordering::Relaxed))
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.ino32 {
+            // After 2^31 numbers the counter wraps; a number still held by a live inode is
+            // then skipped by `InodeTable::lookup`, which asks again.
+            return Ino(ALLOCATED_BASE_32 + (n - ALLOCATED_BASE_32) % ALLOCATED_BASE_32);
+        }
+        Ino(n)
     }
 
     /// A number of its own for `id`, whose derived number another object holds now (a
@@ -486,6 +515,23 @@ mod tests {
         assert!(big.0 >= ALLOCATED_BASE);
         assert_eq!(big, n.number(id(6, 1 << 60)));
         assert!(n.number(id(7, 3)).0 >= ALLOCATED_BASE);
+    }
+
+    #[test]
+    fn numbers_fit_32_bits_with_ino32() {
+        let n = Numbering::new(&[5, 6]).fitting_32_bits(true);
+        assert_eq!(n.number(id(5, 1234)), Ino(1234));
+        let big = n.number(id(5, 1 << 40));
+        let other = n.number(id(6, 1234));
+        let low = n.number(id(5, 1));
+        for x in [big, other, low] {
+            assert!(x.0 >= ALLOCATED_BASE_32 && x.0 < 1 << 32, "{x}");
+        }
+        assert_eq!(big, n.number(id(5, 1 << 40)));
+        assert_eq!(other, n.number(id(6, 1234)));
+        assert!(big != other && other != low && big != low);
+        let r = n.renumber(id(5, 1234));
+        assert!(r.0 < 1 << 32 && r != Ino(1234));
     }
 
     #[test]
