@@ -34,7 +34,7 @@ pub fn map_ids<E>(
     mut map: impl FnMut(AclId, u32) -> Result<u32, E>,
 ) -> Option<Result<Vec<u8>, E>> {
     let (head, body) = value.split_at_checked(HEADER)?;
-    if u32::from_le_bytes(head.try_into().ok()?) != VERSION || body.len() % ENTRY != 0 {
+    if u32::from_le_bytes(head.try_into().ok()?) != VERSION || !body.len().is_multiple_of(ENTRY) {
         return None;
     }
     let mut out = value.to_vec();
