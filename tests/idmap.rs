@@ -577,3 +577,111 @@ fn ino32_t_numbers_fit_in_32_bits() {
         );
     }
 }
+
+const FUSE_OVERLAYFS: &str = "/usr/bin/fuse-overlayfs";
+
+/// Which program mounts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Prog {
+    FuseOverlayfs,
+    Layover,
+}
+
+/// Mounts `prog` with `opts` at `mnt` (registered for cleanup).
+fn mount_prog(env: &TestEnv, prog: Prog, opts: &str, mnt: &std::path::Path) {
+    match prog {
+        Prog::Layover => {
+            env.mount_layover(opts, mnt);
+        }
+        Prog::FuseOverlayfs => {
+            let r = cmd(FUSE_OVERLAYFS, &[os("-o"), os(opts), mnt.as_os_str()]);
+            assert!(
+                r.ok() && is_mounted(mnt),
+                "fuse-overlayfs -o {opts}: {}",
+                r.stderr
+            );
+            env.track(mnt, MountKind::Other);
+        }
+    }
+}
+
+fn unmount(env: &TestEnv, mnt: &std::path::Path) {
+    umount_retrying(mnt);
+    env.untrack(mnt);
+}
+
+/// Owner, mode and type of every name below `root`, sorted.
+fn owners(root: &std::path::Path) -> Vec<(String, u32, u32, u32)> {
+    let mut out: Vec<_> = list_tree(root)
+        .into_iter()
+        .map(|(p, _)| {
+            let m = fs::symlink_metadata(root.join(&p)).unwrap();
+            (p.display().to_string(), m.uid(), m.gid(), m.mode())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// fuse-overlayfs 1.10 (installed) and layover, both with `xattr_permissions=2`, read an
+/// upper written by either alike (every owner and mode shown is the same), and write the
+/// same attribute values where fuse-overlayfs 1.10 is right (the upper's root, a new
+/// directory, a chown of it). (Where 1.10 is not, it differs: a copy-up or a new file gets
+/// its mode or'ed with 0755, and a chmod after a chown writes owner 0:0; fixed in 1.14.)
+#[test]
+fn fuse_overlayfs_reads_our_upper_and_we_read_its() {
+    assert!(
+        std::path::Path::new(FUSE_OVERLAYFS).exists(),
+        "PREREQUISITE MISSING: {FUSE_OVERLAYFS} (apt-get install fuse-overlayfs)"
+    );
+    let env = TestEnv::new("fuse_overlayfs_xattr");
+    let l = env.layer("l");
+    l.file_owned("a", "a", 0o640, 5, 6)
+        .file_owned("b", "b", 0o600, 70000, 70000)
+        .dir("d");
+    let mut values = Vec::new();
+    for writer in [Prog::FuseOverlayfs, Prog::Layover] {
+        let tag = format!("{writer:?}");
+        let up = env.mkdir(format!("{tag}/u"));
+        let work = env.mkdir(format!("{tag}/w"));
+        let mnt = env.mkdir(format!("{tag}/m"));
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},xattr_permissions=2",
+            l.root.display(),
+            up.display(),
+            work.display()
+        );
+        mount_prog(&env, writer, &opts, &mnt);
+        std::os::unix::fs::lchown(mnt.join("a"), Some(7), Some(8)).unwrap();
+        fs::set_permissions(mnt.join("b"), fs::Permissions::from_mode(0o604)).unwrap();
+        fs::create_dir(mnt.join("nd")).unwrap();
+        std::os::unix::fs::lchown(mnt.join("nd"), Some(9), Some(9)).unwrap();
+        fs::create_dir(mnt.join("d/sub")).unwrap();
+        fs::write(mnt.join("d/new"), "n").unwrap();
+        unmount(&env, &mnt);
+        values.push(
+            ["", "nd", "d/sub"]
+                .map(|p| xattr_text(&up.join(p), FUSE_OVERLAYFS_USER).unwrap_or_default()),
+        );
+        let mut seen = Vec::new();
+        for reader in [Prog::FuseOverlayfs, Prog::Layover] {
+            mount_prog(&env, reader, &opts, &mnt);
+            seen.push(owners(&mnt));
+            unmount(&env, &mnt);
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "an upper written by {tag}: fuse-overlayfs, then layover"
+        );
+        assert!(
+            seen[1]
+                .iter()
+                .any(|(p, u, g, _)| p == "nd" && (*u, *g) == (9, 9))
+        );
+    }
+    assert_eq!(
+        values[0], values[1],
+        "the values written by fuse-overlayfs, then layover"
+    );
+    assert_eq!(values[1][1], "9:9:40755");
+}

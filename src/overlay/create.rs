@@ -8,6 +8,7 @@
 
 use super::{Caller, Entry, Overlay, cname};
 use crate::error::{Errno, FsResult};
+use crate::idmap::stat_xattr::StatXattr;
 use crate::inode::{Ino, Inode, Presence};
 use crate::layer::LayerIdx;
 use crate::sys::{self, Stat};
@@ -197,7 +198,12 @@ impl Overlay {
     /// xattr when the upper keeps them there (`xattr_permissions=`), else on its inode.
     fn set_owner(&self, dir: BorrowedFd<'_>, name: &CStr, kind: u32, o: &Owner) -> FsResult<()> {
         if let Some(x) = self.owner_xattr(kind) {
-            return self.write_owner_xattr(x, (dir, name), (o.uid, o.gid, kind | o.mode), None);
+            // The mode as the request gave it, as fuse-overlayfs 1.10 writes its attributes:
+            // mkdir's has no type bits, create's has them (every reader takes the permission
+            // bits alone). containers-storage's names the type in a field of its own.
+            let bare = kind == libc::S_IFDIR && x != StatXattr::Containers;
+            let mode = if bare { o.mode } else { kind | o.mode };
+            return self.write_owner_xattr(x, (dir, name), (o.uid, o.gid, mode), None);
         }
         if o.chown {
             sys::fchownat(dir, name, o.uid, o.gid)?;
