@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "rootless/support.rs"]
+#[allow(dead_code)]
+mod support;
+
 use layover_testkit::*;
 use std::fs;
 use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
@@ -684,4 +688,60 @@ fn fuse_overlayfs_reads_our_upper_and_we_read_its() {
         "the values written by fuse-overlayfs, then layover"
     );
     assert_eq!(values[1][1], "9:9:40755");
+}
+
+/// The attribute's use: an unprivileged daemon. As root of a user namespace mapping the
+/// user's subordinate ids (podman's rootless namespace), a chown through a
+/// `xattr_permissions=2` mount leaves the upper copy owned by the user (the namespace's
+/// root) with the ids in `user.fuseoverlayfs.override_stat`; without the option the inode
+/// is chowned to a subordinate id. As the ordinary user through fusermount3, a chmod 000
+/// shows and is enforced (the kernel checks the mode shown) while the file stays usable to
+/// the daemon; chmod 644 gives it back.
+#[test]
+fn xattr_permissions_without_privileges() {
+    let s = support::Scratch::new("xattr_permissions");
+    let ns = "unshare --map-auto --map-root-user -m";
+    let setup = "mkdir -p l u w m u2 w2 && echo a > l/a && mkdir l/d";
+    let ops = "chown 5:6 m/a && mkdir m/nd && chown 7:7 m/nd && chmod 700 m/nd && \
+               stat -c \"%n %u:%g %a\" m/a m/nd";
+    let out = s.user_ok(&format!(
+        "{setup}
+         {ns} sh -ec '$LAYOVER -o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/w,xattr_permissions=2 $PWD/m; \
+           {ops}; $OPS unmount $PWD/m'
+         {ns} sh -ec '$LAYOVER -o lowerdir=$PWD/l,upperdir=$PWD/u2,workdir=$PWD/w2 $PWD/m; \
+           {ops}; $OPS unmount $PWD/m'
+         stat -c \"%n %u:%g %a\" u/a u/nd u2/a u2/nd
+         python3 -c \"import os; print([os.getxattr(p, \'user.fuseoverlayfs.override_stat\').decode() for p in (\'u/a\', \'u/nd\')])\""
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "m/a 5:6 644",
+            "m/nd 7:7 700",
+            "m/a 5:6 644",
+            "m/nd 7:7 700",
+            "u/a 1001:1001 644",
+            "u/nd 1001:1001 755",
+            "u2/a 100004:100005 644",
+            "u2/nd 100006:100006 700",
+            "['5:6:100644', '7:7:40700']",
+        ],
+        "{out}"
+    );
+
+    let out = s.user_ok(
+        "rm -rf u w m && mkdir u w m
+         $LAYOVER -o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/w,xattr_permissions=2 $PWD/m
+         chmod 000 m/a
+         stat -c \"%n %a\" m/a u/a
+         cat m/a 2>/dev/null || echo refused
+         chmod 644 m/a && cat m/a
+         $OPS unmount $PWD/m",
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["m/a 0", "u/a 644", "refused", "a"],
+        "{out}"
+    );
 }
