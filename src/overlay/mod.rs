@@ -537,7 +537,8 @@ impl Overlay {
     /// several layers (as the kernel does) or for every directory with `static_nlink`.
     /// Every attribute the core returns comes through here.
     pub(crate) fn present_attr(&self, inode: &Arc<Inode>, st: Stat) -> Stat {
-        let st = match inode.top() {
+        let top = self.any_stat_xattrs().then(|| inode.top()).flatten();
+        let st = match top {
             Some(top) if self.overridable(top.layer, &st) => match self.reach(inode) {
                 Ok((dir, name)) => self.with_override(top.layer, dir.as_fd(), &name, st),
                 Err(_) => st,

@@ -17,6 +17,8 @@ use std::os::fd::BorrowedFd;
 pub(super) struct StatXattrs {
     per_layer: Box<[Box<[StatXattr]>]>,
     written: Option<StatXattr>,
+    /// Some layer's objects carry them (else nothing is ever looked at: the common case).
+    any: bool,
 }
 
 impl StatXattrs {
@@ -36,7 +38,12 @@ impl StatXattrs {
             Ok(u) => ids.stat_xattr_written(&per_layer[u.index()]),
             Err(_) => None,
         };
-        StatXattrs { per_layer, written }
+        let any = per_layer.iter().any(|l| !l.is_empty());
+        StatXattrs {
+            per_layer,
+            written,
+            any,
+        }
     }
 
     fn of(&self, layer: LayerIdx) -> &[StatXattr] {
@@ -52,6 +59,11 @@ fn usable_perm(kind: u32, perm: u32) -> u32 {
 }
 
 impl Overlay {
+    /// Whether any layer's objects may carry an override (checked before anything else).
+    pub(super) fn any_stat_xattrs(&self) -> bool {
+        self.stat_xattrs.any
+    }
+
     /// Whether an object of `layer` with attributes `st` may have an override to read.
     pub(super) fn overridable(&self, layer: LayerIdx, st: &Stat) -> bool {
         !self.stat_xattrs.of(layer).is_empty() && stat_xattr::applies_to(st.mode)
