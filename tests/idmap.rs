@@ -745,3 +745,28 @@ fn xattr_permissions_without_privileges() {
         "{out}"
     );
 }
+
+/// `xattr_permissions=2` with `uidmapping=`/`gidmapping=`: the attribute holds ids on disk,
+/// as an inode does (fuse-overlayfs writes the host ids there too), and stat maps them back.
+#[test]
+fn xattr_permissions_hold_ids_on_disk() {
+    let maps = ",xattr_permissions=2,uidmapping=0:100000:65536,gidmapping=0:100000:65536";
+    let (_env, _lower, up, mnt) = mounted("xattr_permissions_mapped", maps);
+    assert_eq!(ids(&mnt.join("five")), (100005, 100006));
+    std::os::unix::fs::lchown(mnt.join("five"), Some(100007), Some(100008)).unwrap();
+    assert_eq!(
+        xattr_text(&up.join("five"), FUSE_OVERLAYFS_USER).as_deref(),
+        Some("7:8:100644")
+    );
+    assert_eq!(ids(&mnt.join("five")), (100007, 100008));
+    let r = std::os::unix::fs::lchown(mnt.join("five"), Some(42), None);
+    assert_eq!(errno(r), Some(libc::EOVERFLOW));
+    as_user(100001, 100002, 0o022, || {
+        fs::write(mnt.join("d/new"), "n").expect("create as a mapped user");
+    });
+    assert_eq!(
+        xattr_text(&up.join("d/new"), FUSE_OVERLAYFS_USER).as_deref(),
+        Some("1:2:100644")
+    );
+    assert_eq!(ids(&mnt.join("d/new")), (100001, 100002));
+}
