@@ -690,7 +690,7 @@ fn stat_and_readdir_inodes_agree_and_stay_stable() {
     let problems = inode_problems(&before, Who::Layover);
     assert!(problems.is_empty(), "{problems:#?}");
     // Make the kernel forget its dentries and inodes, then look again: a name keeps its st_ino.
-    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    drop_caches();
     let after = snapshot(&pair.layover.mnt);
     let kb = snapshot(&pair.kernel.mnt);
     assert_same_tree(&kb, &after, &Compare::default());
@@ -1222,7 +1222,7 @@ fn concurrent_walks_agree() {
             })
             .collect();
         for _ in 0..5 {
-            fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+            drop_caches();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         for w in walkers {
@@ -1331,7 +1331,7 @@ fn changing_lowers_underneath_does_not_crash() {
             let _ = fs::read(mnt.join(p));
             let _ = fs::read_dir(mnt.join(p)).map(Iterator::count);
         }
-        fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        drop_caches();
     }
     drop(held);
     env.assert_alive();
