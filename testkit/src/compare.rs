@@ -491,7 +491,7 @@ impl TestEnv {
         let mut o = format!("lowerdir={}", lowers.join(":"));
         if let Some(u) = spec.upper {
             let work = dir.join(format!("{u}.work"));
-            fs::create_dir_all(&work).expect("mkdir work");
+            as_root(|| fs::create_dir_all(&work)).expect("mkdir work");
             write!(
                 o,
                 ",upperdir={},workdir={}",

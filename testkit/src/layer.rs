@@ -140,6 +140,32 @@ impl Layer {
         self
     }
 
+    /// [`Layer::device`], but in [`Mode::UserNs`](crate::mode::Mode::UserNs) (where only
+    /// root of the initial user namespace may make a device node) checks that mknod fails
+    /// with EPERM instead, says so, and goes on without the node.
+    pub fn device_or_eperm(
+        &self,
+        rel: impl AsRef<Path>,
+        kind: char,
+        major: u32,
+        minor: u32,
+    ) -> &Self {
+        if crate::mode::mode() != crate::mode::Mode::UserNs {
+            return self.device(rel, kind, major, minor);
+        }
+        let r = self.try_device(rel.as_ref(), kind, major, minor);
+        assert_eq!(
+            r.as_ref().err().and_then(std::io::Error::raw_os_error),
+            Some(rustix::io::Errno::PERM.raw_os_error()),
+            "premise: mknod {kind} {major}/{minor} in a user namespace: {r:?}"
+        );
+        eprintln!(
+            "mode userns: no device node {} ({kind} {major}/{minor}): mknod gives EPERM",
+            rel.as_ref().display()
+        );
+        self
+    }
+
     /// [`Layer::device`], giving the error (in a user namespace only a 0/0 character device
     /// may be made: EPERM).
     pub fn try_device(

@@ -256,13 +256,20 @@ pub const KERNEL_BOOKKEEPING_XATTRS: &[&[u8]] = &[
 ];
 
 /// Normalises a snapshot of an upper directory (not a merged view) for comparison: drops
-/// [`KERNEL_BOOKKEEPING_XATTRS`], and makes every whiteout (char 0/0) its own inode with
+/// [`KERNEL_BOOKKEEPING_XATTRS`] (and their `user.overlay.*` forms), and makes every whiteout (char 0/0) its own inode with
 /// nlink 1 (the kernel hard-links all its whiteouts to one shared inode).
 pub fn normalise_upper(s: &mut Snapshot) {
     let mut fake = u64::MAX;
     for n in s.nodes.values_mut() {
         if let Some(x) = n.xattrs.as_mut() {
-            x.retain(|k, _| !KERNEL_BOOKKEEPING_XATTRS.contains(&k.as_slice()));
+            // The same names under user.overlay.* on userxattr mounts.
+            x.retain(|k, _| {
+                let trusted = match k.strip_prefix(b"user.overlay.".as_slice()) {
+                    Some(rest) => [b"trusted.overlay.".as_slice(), rest].concat(),
+                    None => k.clone(),
+                };
+                !KERNEL_BOOKKEEPING_XATTRS.contains(&trusted.as_slice())
+            });
         }
         if n.kind == Kind::Char && n.rdev == Some((0, 0)) {
             n.nlink = 1;
