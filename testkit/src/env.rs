@@ -147,11 +147,9 @@ fn give_layers_to_user(opts: &str, mnt: &Path) {
 pub struct TestEnv {
     pub root: PathBuf,
     mounts: Mutex<Vec<Tracked>>,
-    /// [`Mode::User`]: processes holding a mount namespace: first a private one of root's
-    /// made before any layover mount (the kernel's mounts' namespaces are made from it, so
-    /// they hold no copy of a layover mount), then one per kernel mount (the user's user
-    /// namespace, where the kernel's overlayfs is mounted), with the path the mount is
-    /// reached at.
+    /// [`Mode::User`]: the processes holding the mount namespaces of the kernel's mounts
+    /// (the user's user namespace, where the kernel's overlayfs is mounted), with the path
+    /// each mount is reached at.
     holders: Mutex<Vec<(Child, PathBuf)>>,
     done: Arc<AtomicBool>,
     watched: Arc<Mutex<Vec<PathBuf>>>,
@@ -400,27 +398,24 @@ impl TestEnv {
     }
 
     /// [`Mode::User`]: the kernel's overlay mounted at `mnt` by the test user in a user and
-    /// mount namespace of its own (made from the root namespace holder, so it holds no copy
-    /// of a layover mount), kept by a process that waits on its stdin.
+    /// mount namespace of its own, kept by a process that waits on its stdin. The namespace
+    /// is made from a copy of ours (root's) from which every FUSE mount below the test
+    /// directory has been taken away first, so that it keeps no copy of a layover mount
+    /// (whose daemon would then outlive its unmount).
     fn spawn_kernel_holder(&self, opts: &str, mnt: &Path) -> Result<PathBuf, String> {
-        let base = self.base_namespace();
         let (name, _, _) = test_user();
-        let script = "mount -t overlay overlay -o \"$0\" \"$1\" || exit 1; echo ready; exec cat";
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--mount=/proc/{base}/ns/mnt"))
-            .args(["--", "setpriv", "--reuid", &name, "--regid", &name])
-            .args([
-                "--init-groups",
-                "--",
-                "unshare",
-                "-Urm",
-                "--",
-                "sh",
-                "-c",
-                script,
-            ])
+        let inner = "mount -t overlay overlay -o \"$0\" \"$1\" || exit 1; echo ready; exec cat";
+        let outer = format!(
+            "grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | grep \"^$2/\" | sort -r | \
+             while read -r m; do umount -l \"$m\"; done
+             exec setpriv --reuid {name} --regid {name} --init-groups -- \
+                 unshare -Urm -- sh -c '{inner}' \"$0\" \"$1\""
+        );
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "--", "sh", "-c", &outer])
             .arg(opts)
             .arg(mnt)
+            .arg(&self.root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -441,30 +436,6 @@ impl TestEnv {
             .join(mnt.strip_prefix("/").unwrap_or(mnt));
         self.holders.lock().unwrap().push((child, at.clone()));
         Ok(at)
-    }
-
-    /// The pid of the root mount namespace holder of [`Mode::User`] (made at the first call).
-    fn base_namespace(&self) -> u32 {
-        let mut holders = self.holders.lock().unwrap();
-        if let Some((c, _)) = holders.first() {
-            return c.id();
-        }
-        let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "--", "cat"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn unshare -m cat: {e}"));
-        let pid = child.id();
-        // Wait until it is in its own namespace.
-        let own = fs::read_link("/proc/self/ns/mnt").ok();
-        let moved = crate::run::wait_until(Duration::from_secs(5), || {
-            fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() != own
-                && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "cat")
-        });
-        assert!(moved, "unshare -m cat did not start");
-        holders.push((child, PathBuf::new()));
-        pid
     }
 
     /// Ends the kernel's mount reached at `at` ([`TestEnv::mount_kernel_in_mode`]): unmounts

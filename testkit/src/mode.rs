@@ -156,6 +156,13 @@ pub fn leave_user() {
     AS_USER.set(false);
 }
 
+/// [`leave_user`] on a thread that inherited the test user's credentials from the thread
+/// that started it (its own record says root).
+pub fn leave_user_inherited() {
+    AS_USER.set(true);
+    leave_user();
+}
+
 /// Whether this thread has the test user's credentials now.
 pub fn is_user() -> bool {
     AS_USER.get()
@@ -195,4 +202,15 @@ pub fn drop_caches() {
     let ack =
         std::fs::read_to_string(dir.join("ack")).unwrap_or_else(|e| panic!("drop_caches ack: {e}"));
     assert_eq!(ack.trim(), "done", "drop_caches helper answered {ack:?}");
+}
+
+/// The value for this run's mode: what a case expects as root, as an ordinary user, and as
+/// root of a user namespace (an errno, a count...), so that every difference between the
+/// modes is written down beside the case.
+pub fn per_mode<T>(root: T, user: T, userns: T) -> T {
+    match mode() {
+        Mode::Root => root,
+        Mode::User => user,
+        Mode::UserNs => userns,
+    }
 }
