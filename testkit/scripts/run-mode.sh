@@ -34,6 +34,21 @@ if [ "$mode" = user ]; then
     exec unshare -m --propagation private -- sh -ec \
         'mount --bind "$0/fuse" /dev/fuse; rm -r "$0"; exec "$@"' "$dir" "$@"
 fi
+# The test binary and the binary under test, where the user can run them (the checkout may
+# be closed to them, e.g. in /root).
+user_can_run() { setpriv --reuid="$user" --regid="$user" --init-groups -- test -x "$1"; }
+bindir=$(mktemp -d /tmp/layover-run-mode-bin.XXXXXX)
+chmod 755 "$bindir"
+test_bin=$1
+if ! user_can_run "$test_bin"; then
+    cp "$1" "$bindir/"
+    test_bin="$bindir/$(basename "$1")"
+fi
+shift
+if [ -n "${CARGO_BIN_EXE_layover:-}" ] && ! user_can_run "$CARGO_BIN_EXE_layover"; then
+    cp "$CARGO_BIN_EXE_layover" "$bindir/layover"
+    export CARGO_BIN_EXE_layover="$bindir/layover"
+fi
 # Root's helper for what only real root may do: drop the kernel's caches
 # (testkit's drop_caches, through the fifos req and ack).
 helper_dir=$(mktemp -d /tmp/layover-run-mode-root.XXXXXX)
@@ -49,7 +64,7 @@ LAYOVER_TEST_USER=$user LAYOVER_TEST_DROP_CACHES=$helper_dir \
     unshare -m --propagation private -- sh -ec \
     'mount --bind "$0/fuse" /dev/fuse; rm -r "$0"
      exec setpriv --reuid="$LAYOVER_TEST_USER" --regid="$LAYOVER_TEST_USER" --init-groups -- \
-        unshare --map-auto --map-root-user -m -- "$@"' "$dir" "$@" || status=$?
+        unshare --map-auto --map-root-user -m -- "$@"' "$dir" "$test_bin" "$@" || status=$?
 kill "$helper" 2>/dev/null || true
-rm -rf "$helper_dir"
+rm -rf "$helper_dir" "$bindir"
 exit "$status"
