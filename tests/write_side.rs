@@ -1047,8 +1047,8 @@ fn reading_leaves_lower_atimes_alone() {
     if mode().rootless() {
         // KNOWN DIVERGENCE in the rootless modes: layover reads the lowers without a private
         // noatime clone of their mounts (real root's only: Privilege::clones_mounts), so
-        // listing a lower directory (and, as root of a user namespace, reading a lower
-        // symlink) moves its atime on disk, which the kernel's mount does not. Compared here:
+        // listing a lower directory or reading a lower symlink can move its atime on disk,
+        // which the kernel's mount does not. Compared here:
         // the files' atimes, and the lowers' types and mtimes.
         eprintln!(
             "mode {}: KNOWN DIVERGENCE: the atimes of lower directories and symlinks are not \
@@ -1167,6 +1167,29 @@ fn setxattr_and_removexattr() {
             ));
         }
     }
+    t.finish();
+}
+
+/// On an object in the upper, removexattr goes to the upper's own removexattr, whose refusal
+/// comes before ENODATA: for a security.* name, a caller without CAP_SYS_ADMIN over the
+/// upper's file system is refused (EPERM). On the disk file system, which belongs to the
+/// initial user namespace, that is the kernel's mounter (and layover's daemon) in a user
+/// namespace; an ordinary user's FUSE mount is refused by the VFS already. As root: ENODATA.
+#[test]
+fn removexattr_of_a_missing_security_name_on_disk() {
+    let env = TestEnv::new_on_disk("rmxattr_security");
+    env.layer("upper");
+    env.layer("l1");
+    env.layer("l2").file("g", "g");
+    let t = T::mount(env);
+    t.ok("copy g up", |m| {
+        fs::set_permissions(m.join("g"), fs::Permissions::from_mode(0o600))
+    });
+    t.op(
+        "removexattr a missing security.* name of an upper file",
+        per_mode(Some(libc::ENODATA), Some(libc::EPERM), Some(libc::EPERM)),
+        |m| removexattr(&m.join("g"), "security.missing"),
+    );
     t.finish();
 }
 
