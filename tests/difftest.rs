@@ -98,6 +98,8 @@ fn difftest_rootless() {
     run_difftest(
         "rootless difftest (--mode userns)",
         &[
+            "--known",
+            "scripts/difftest/known-userns.txt",
             "--mode",
             "userns",
             "--seeds",
