@@ -78,6 +78,24 @@ pub fn require_prerequisites() {
                 "PREREQUISITE MISSING: `{tool}` not found (apt-get install -y attr fuse3)"
             );
         }
+        let uid_map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        let initial_ns = uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+        assert!(
+            mode() != Mode::UserNs || !initial_ns,
+            "PREREQUISITE MISSING: LAYOVER_TEST_MODE=userns runs the tests in a user namespace: \
+             start them through testkit/scripts/run-mode.sh (cargo's target runner; see \
+             scripts/test.sh)"
+        );
+        let fuse_mode = fs::metadata("/dev/fuse").map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o777
+        });
+        assert!(
+            mode() != Mode::User || fuse_mode.as_ref().is_ok_and(|m| m & 0o006 == 0o006),
+            "PREREQUISITE MISSING: LAYOVER_TEST_MODE=user needs /dev/fuse usable by the test \
+             user (here {fuse_mode:?}): start the tests through testkit/scripts/run-mode.sh, \
+             which binds a 0666 node over it in a private mount namespace"
+        );
         if mode() == Mode::User {
             test_user();
             let found = Command::new("sh")
