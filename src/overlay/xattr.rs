@@ -96,7 +96,11 @@ impl Overlay {
         let inode = self.inode(ino)?;
         let cn = cname(name)?;
         // Removing an attribute that does not exist must not copy up (ENODATA, as the kernel).
-        {
+        // An object already in the upper goes straight to the upper's removexattr, as with
+        // the kernel: its refusal (EPERM for a security.* name without CAP_SYS_ADMIN over
+        // the upper, a daemon in a user namespace) comes before ENODATA.
+        let in_upper = inode.top().is_some_and(|t| self.layers.is_upper(t.layer));
+        if !in_upper {
             let (dir, fname) = self.reach(&inode)?;
             sys::getxattrat(dir.as_fd(), &fname, &cn, &mut [])?;
         }
