@@ -10,6 +10,7 @@ mod convert;
 mod init;
 mod notify;
 mod passthrough;
+pub mod uring;
 
 pub use init::max_write;
 pub use notify::KernelCacheLink;

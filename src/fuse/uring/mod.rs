@@ -1,0 +1,107 @@
+//! FUSE over io_uring, the protocol side: the per-CPU queue threads, the request as the
+//! kernel lays it in a ring entry, and the encoding of the replies the operations give. The
+//! rings themselves (buffers, SQEs) are `sys::uring`'s. Public (as `layover::fuse_uring`) for
+//! the floor example (examples/fuse_floor.rs), which measures the transport on its own.
+//!
+//! Set-up: the INIT reply (through /dev/fuse, by fuser) grants `FUSE_OVER_IO_URING`; then
+//! `serve` starts one thread per possible CPU, each pinned to its CPU, owning that CPU's queue.
+//! Until every queue has registered an entry, and for FORGET and INTERRUPT always, requests
+//! keep coming through /dev/fuse, so the /dev/fuse session keeps running beside the rings.
+
+pub mod abi;
+
+use crate::sys::uring::{Completion, Queue};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use crate::sys::uring::{Backing, possible_cpus, uring_enabled};
+pub use abi::Request;
+
+/// Answers one request: the reply's bytes (its arguments, concatenated) or a positive errno.
+pub type Handler = dyn Fn(&Request<'_>) -> Result<Vec<u8>, i32> + Send + Sync;
+
+/// Default ring entries per queue.
+pub const DEFAULT_DEPTH: usize = 16;
+
+/// Starts one queue thread per possible CPU on the connection `dev` (after an INIT reply that
+/// granted `FUSE_OVER_IO_URING`), with `depth` entries of `payload` bytes (at least the
+/// connection's max_write, and its max_pages pages). The threads run until the connection
+/// ends (the kernel fails their commands with ENOTCONN). Returns once every queue has
+/// registered its entries, or the first queue's error.
+pub fn serve(
+    dev: &Arc<OwnedFd>,
+    depth: usize,
+    payload: usize,
+    handler: Arc<Handler>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let cpus = possible_cpus()?;
+    let mut threads = Vec::with_capacity(cpus);
+    let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+    for cpu in 0..cpus {
+        let dev = Arc::clone(dev);
+        let handler = Arc::clone(&handler);
+        let tx = tx.clone();
+        let qid = u16::try_from(cpu).map_err(io::Error::other)?;
+        let t = std::thread::Builder::new()
+            .name(format!("fuse-ring-{cpu}"))
+            .spawn(move || {
+                if let Err(e) = crate::sys::uring::pin_to_cpu(cpu) {
+                    log::debug!("queue {qid}: not pinned to CPU {cpu}: {e}");
+                }
+                let queue = Queue::new(dev.as_fd(), qid, depth, payload);
+                let mut queue = match queue {
+                    Ok(q) => {
+                        let _ = tx.send(Ok(()));
+                        q
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                drop(tx);
+                if let Err(e) = run_queue(&mut queue, &*handler) {
+                    log::error!("io_uring queue {qid}: {e}");
+                }
+            })?;
+        threads.push(t);
+    }
+    drop(tx);
+    for _ in 0..cpus {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("a queue thread ended during set-up")),
+        }
+    }
+    Ok(threads)
+}
+
+/// One queue's loop: wait for requests, answer each, until the connection ends.
+fn run_queue(queue: &mut Queue, handler: &Handler) -> io::Result<()> {
+    let mut done: Vec<Completion> = Vec::with_capacity(queue.depth());
+    loop {
+        queue.wait(&mut done)?;
+        for c in &done {
+            match c.res {
+                0 => {}
+                r if r == -libc::EINTR || r == -libc::EAGAIN => {
+                    queue.resubmit(c.slot)?;
+                    continue;
+                }
+                r if r == -libc::ENOTCONN => return Ok(()),
+                r => return Err(io::Error::from_raw_os_error(-r)),
+            }
+            let answer = match queue.request(c.slot).and_then(Request::parse) {
+                Some(req) => handler(&req),
+                None => Err(libc::EIO),
+            };
+            match answer {
+                Ok(bytes) => queue.reply(c.slot, 0, &[&bytes])?,
+                Err(errno) => queue.reply(c.slot, -errno, &[])?,
+            }
+        }
+    }
+}
