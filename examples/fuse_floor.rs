@@ -6,7 +6,8 @@
 //! (std::fs::copy, so copy_file_range) straight to the same path in the upper, with an fsync
 //! when asked, and nothing else (no work dir, no owner, times or xattrs, no whiteouts); a
 //! getxattr answers ENODATA without asking the disk, and no cached attribute is ever
-//! invalidated. What it costs per file is what the FUSE round trips cost on the machine, which
+//! invalidated. For the cold walk it lists a directory by reading it in every layer (upper
+//! first, a name once, whiteouts included) and answers READDIR (not READDIRPLUS). What it costs per file is what the FUSE round trips cost on the machine, which
 //! no overlay on FUSE can go below: `scripts/bench.sh --floor` measures it beside the kernel
 //! and layover.
 //!
@@ -22,13 +23,13 @@
 
 use fuser::{
     BackingId, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyXattr, Request,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
 use layover::fuse_uring::{self, abi};
 use std::any::Any;
-use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -46,6 +47,9 @@ const MAX_WRITE: u32 = 1 << 20;
 /// What keeps an open file's passthrough backing registered (either transport's kind).
 type Keep = Box<dyn Any + Send>;
 
+/// A directory's entries: name, node id, `DT_*` type.
+type Listing = Vec<(OsString, u64, u8)>;
+
 /// What both transports serve from.
 struct Core {
     upper: PathBuf,
@@ -59,6 +63,8 @@ struct Core {
     /// Open files: the fd and its backing (either transport's), until RELEASE.
     open: Mutex<HashMap<u64, (File, Keep)>>,
     next_fh: AtomicU64,
+    /// Open directories: their merged listing, until RELEASEDIR.
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     /// Asked for io_uring, and whether the INIT reply granted it.
     want_uring: bool,
     uring: AtomicBool,
@@ -295,6 +301,56 @@ impl Core {
         fh
     }
 
+    /// OPENDIR: lists the directory in every layer (upper first; a name once, whiteouts and
+    /// all: the floor has no overlay rules) and keeps the listing until RELEASEDIR.
+    fn opendir(&self, ino: u64) -> io::Result<u64> {
+        let rel = self.rel(ino)?;
+        let mut seen = HashSet::new();
+        let mut list: Listing = vec![
+            (".".into(), ino, libc::DT_DIR),
+            ("..".into(), 1, libc::DT_DIR),
+        ];
+        for root in std::iter::once(&self.upper).chain(&self.lowers) {
+            let Ok(rd) = fs::read_dir(root.join(&rel)) else {
+                continue;
+            };
+            for e in rd {
+                let e = e?;
+                let name = e.file_name();
+                if seen.insert(name.clone()) {
+                    let t = e.file_type()?;
+                    let dt = if t.is_dir() {
+                        libc::DT_DIR
+                    } else if t.is_symlink() {
+                        libc::DT_LNK
+                    } else if t.is_file() {
+                        libc::DT_REG
+                    } else {
+                        libc::DT_UNKNOWN
+                    };
+                    list.push((name.clone(), self.id(&rel.join(&name))?, dt));
+                }
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut d) = self.dirs.lock() {
+            d.insert(fh, Arc::new(list));
+        }
+        Ok(fh)
+    }
+
+    fn listing(&self, fh: u64) -> io::Result<Arc<Listing>> {
+        let d = self.dirs.lock().map_err(|_| enoent())?;
+        d.get(&fh)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    fn releasedir(&self, fh: u64) {
+        let gone = self.dirs.lock().ok().and_then(|mut d| d.remove(&fh));
+        drop(gone);
+    }
+
     fn release(&self, fh: u64) {
         let gone = self.open.lock().ok().and_then(|mut o| o.remove(&fh));
         drop(gone);
@@ -393,6 +449,50 @@ impl Filesystem for Floor {
         }
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.0.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.0.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(&e)),
+        };
+        for (i, (name, id, dt)) in list.iter().enumerate().skip(offset as usize) {
+            let kind = match *dt {
+                libc::DT_DIR => FileType::Directory,
+                libc::DT_LNK => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            if reply.add(INodeNo(*id), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.releasedir(fh.0);
+        reply.ok();
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = self.0.open(ino.0, flags.0).and_then(|file| {
             let backing: BackingId = reply.open_backing(&file)?;
@@ -486,6 +586,18 @@ fn ring_op(core: &Core, dev: &Arc<OwnedFd>, req: &abi::Request<'_>) -> Result<Ve
         abi::op::GETXATTR => return Err(libc::ENODATA),
         abi::op::RELEASE => core.release(abi::u64_at(req.op_in, 0)),
         abi::op::FLUSH => {}
+        abi::op::OPENDIR => abi::open_out(&mut out, core.opendir(req.nodeid).map_err(e)?, 0, 0),
+        abi::op::READDIR => {
+            let list = core.listing(abi::u64_at(req.op_in, 0)).map_err(e)?;
+            let (offset, size) = (abi::u64_at(req.op_in, 8), abi::u32_at(req.op_in, 16));
+            for (i, (name, id, dt)) in list.iter().enumerate().skip(offset as usize) {
+                let entry = (*id, (i + 1) as u64, u32::from(*dt), name.as_bytes());
+                if !abi::dirent(&mut out, size as usize, entry) {
+                    break;
+                }
+            }
+        }
+        abi::op::RELEASEDIR => core.releasedir(abi::u64_at(req.op_in, 0)),
         _ => return Err(libc::ENOSYS),
     }
     Ok(out)
@@ -519,6 +631,7 @@ fn main() {
         ids: Mutex::new(ids),
         next_id: AtomicU64::new(2),
         open: Mutex::new(HashMap::new()),
+        dirs: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
         want_uring: uring,
         uring: AtomicBool::new(false),

@@ -39,7 +39,7 @@ FLOORS = ("floor", "floor-uring")
 URING_PARAM = Path("/sys/module/fuse/parameters/enable_uring")
 # The FUSE floor (examples/fuse_floor.rs): a daemon built like layover that does the least any
 # FUSE daemon can for these workloads, without an overlay's rules. It runs only these.
-FLOOR_WORKLOADS = ("copyup", "copyup-volatile", "create")
+FLOOR_WORKLOADS = ("copyup", "copyup-volatile", "create", "walk")
 WORKLOADS = ["walk", "list", "parallel", "seqread", "randread", "seqwrite", "copyup",
              "copyup-volatile", "bigcopyup", "create", "rm", "share", "exec", "1m"]
 # Workloads on the small shared lower (one big file and a tiny static binary), not the tree.

@@ -16,6 +16,7 @@ pub mod op {
     pub const GETXATTR: u32 = 22;
     pub const FLUSH: u32 = 25;
     pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
     pub const RELEASEDIR: u32 = 29;
     pub const CREATE: u32 = 35;
     pub const BATCH_FORGET: u32 = 42;
@@ -149,6 +150,26 @@ pub fn open_out(out: &mut Vec<u8>, fh: u64, open_flags: u32, backing_id: u32) {
     out.extend_from_slice(&backing_id.to_ne_bytes());
 }
 
+/// Appends one `struct fuse_dirent` (ino, off, namelen, type, name, padded to 8 bytes) for
+/// `(ino, off, type, name)` if it fits in `max` bytes; says whether it did.
+pub fn dirent(
+    out: &mut Vec<u8>,
+    max: usize,
+    (ino, off, typ, name): (u64, u64, u32, &[u8]),
+) -> bool {
+    let len = (24 + name.len()).next_multiple_of(8);
+    if out.len() + len > max {
+        return false;
+    }
+    out.extend_from_slice(&ino.to_ne_bytes());
+    out.extend_from_slice(&off.to_ne_bytes());
+    out.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+    out.extend_from_slice(&typ.to_ne_bytes());
+    out.extend_from_slice(name);
+    out.resize(out.len() + len - 24 - name.len(), 0);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +186,14 @@ mod tests {
         let mut v = Vec::new();
         open_out(&mut v, 1, FOPEN_PASSTHROUGH, 3);
         assert_eq!(v.len(), OPEN_OUT_SIZE);
+        let mut v = Vec::new();
+        assert!(dirent(&mut v, 32, (5, 1, 4, b"abc")));
+        assert_eq!(v.len(), 32);
+        assert!(
+            !dirent(&mut v, 63, (6, 2, 8, b"defgh")),
+            "32 + 32 bytes do not fit in 63"
+        );
+        assert_eq!(v.len(), 32);
     }
 
     #[test]
