@@ -14,12 +14,13 @@ pub mod uring;
 
 pub use init::max_write;
 pub use notify::KernelCacheLink;
+pub(crate) use uring::Ring;
 
 use crate::config::Config;
 use crate::error::Errno;
 use crate::handle::Fh;
 use crate::inode::{Ino, ROOT_INO};
-use crate::overlay::{Entry, FileRange, NewNode, Overlay, SetAttr, xattr::XattrReply};
+use crate::overlay::{Entry, FileRange, NewNode, Opened, Overlay, SetAttr, xattr::XattrReply};
 use crate::privilege::Privilege;
 use convert::{FILE_FLAGS, attr, caller, decode_dev, dtype, errno, negative_attr, timespec};
 use fuser::{
@@ -47,8 +48,18 @@ pub struct Fs {
     strict_copy_up: bool,
     /// Ask for POSIX ACLs at INIT (not with `noacl`).
     acl: bool,
-    /// Passthrough or cached, per open file.
-    data: DataPath<BackingId>,
+    /// Passthrough or cached, per open file (shared with the io_uring transport).
+    data: Arc<DataPath<AnyBacking>>,
+    /// FUSE over io_uring: asked for, granted at INIT.
+    uring: Arc<uring::Offer>,
+}
+
+/// A passthrough backing, registered by the transport that served the open: fuser's over
+/// /dev/fuse, ours over io_uring. (Only while the rings start can an inode opened through
+/// one be opened through the other: that open fails with EIO, see `uring`.)
+pub enum AnyBacking {
+    Dev(BackingId),
+    Ring(crate::sys::uring::Backing),
 }
 
 impl Fs {
@@ -61,7 +72,8 @@ impl Fs {
             max_write: cfg.max_write,
             acl: cfg.acl,
             strict_copy_up: cfg.strict_copy_up,
-            data: DataPath::new(!cfg.strict_copy_up),
+            data: Arc::new(DataPath::new(!cfg.strict_copy_up)),
+            uring: Arc::new(uring::Offer::new(cfg.io_uring)),
         }
     }
 }
@@ -69,6 +81,35 @@ impl Fs {
 /// A `Serve::Direct` open: it names the inode's backing, as the kernel wants, but its reads
 /// and writes come to the daemon.
 const DIRECT_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_DIRECT_IO);
+/// How either transport answers an open the data path decided on: the open's flags and the
+/// backing to name (passthrough), or an error, the core's handle then closed. `ring`: the
+/// transport is io_uring, which can name only a backing it registered (and /dev/fuse only
+/// one fuser registered); the other kind exists only while the rings start (EIO).
+fn open_answer(
+    ov: &Overlay,
+    data: &DataPath<AnyBacking>,
+    o: &Opened,
+    serve: Serve<AnyBacking>,
+    ring: bool,
+) -> Result<(FopenFlags, Option<Arc<AnyBacking>>), Errno> {
+    let (flags, b) = match serve {
+        Serve::Passthrough(b) => (FopenFlags::FOPEN_NOFLUSH, b),
+        Serve::Direct(b) => (DIRECT_FLAGS, b),
+        Serve::Cached => return Ok((FILE_FLAGS, None)),
+        Serve::Busy => {
+            ov.release(o.fh);
+            return Err(Errno::new(libc::ETXTBSY));
+        }
+    };
+    if matches!(*b, AnyBacking::Ring(_)) != ring {
+        log::warn!("an open named a backing of the other transport (the rings were starting)");
+        data.release(o.fh);
+        ov.release(o.fh);
+        return Err(Errno::EIO);
+    }
+    Ok((flags | FopenFlags::FOPEN_PASSTHROUGH, Some(b)))
+}
+
 /// How long the kernel may keep the root's attributes: at most a second, whatever `timeout`
 /// says. `stat MNT` and `mountpoint MNT` answer from them, so with a long cache they would go
 /// on succeeding after the daemon died (while every other use fails with ENOTCONN). A path
@@ -120,6 +161,7 @@ impl Filesystem for Fs {
         };
         let granted = init::negotiate(config, &want);
         self.data.negotiated(granted.passthrough, granted.writeback);
+        self.uring.negotiate(config);
         Ok(())
     }
 
@@ -282,17 +324,19 @@ impl Filesystem for Fs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.open(ino.into(), flags.0, self.data.open_opts()) {
-            Ok(o) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Serve::Passthrough(b) => {
-                    reply.opened_passthrough(o.fh.into(), FopenFlags::FOPEN_NOFLUSH, &b)
+            Ok(o) => {
+                let make = || reply.open_backing(o.fd.as_fd()).map(AnyBacking::Dev);
+                let serve = self.data.begin(&o, make);
+                match open_answer(&self.ov, &self.data, &o, serve, false) {
+                    Ok((flags, b)) => match b.as_deref() {
+                        Some(AnyBacking::Dev(id)) => {
+                            reply.opened_passthrough(o.fh.into(), flags, id)
+                        }
+                        _ => reply.opened(o.fh.into(), flags),
+                    },
+                    Err(e) => reply.error(errno(e)),
                 }
-                Serve::Direct(b) => reply.opened_passthrough(o.fh.into(), DIRECT_FLAGS, &b),
-                Serve::Cached => reply.opened(o.fh.into(), FILE_FLAGS),
-                Serve::Busy => {
-                    self.ov.release(o.fh);
-                    reply.error(fuser::Errno::ETXTBSY);
-                }
-            },
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -504,35 +548,25 @@ impl Filesystem for Fs {
         {
             // A new file has no older opens (no `Serve::Direct` or `Serve::Busy`), but each
             // is served as the kernel allows if it comes.
-            Ok((e, o)) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Serve::Passthrough(b) => reply.created_passthrough(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    FopenFlags::FOPEN_NOFLUSH,
-                    &b,
-                ),
-                Serve::Direct(b) => reply.created_passthrough(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    DIRECT_FLAGS,
-                    &b,
-                ),
-                Serve::Busy => {
-                    self.ov.release(o.fh);
-                    reply.error(fuser::Errno::ETXTBSY);
+            Ok((e, o)) => {
+                let make = || reply.open_backing(o.fd.as_fd()).map(AnyBacking::Dev);
+                let serve = self.data.begin(&o, make);
+                let a = attr(&e.attr);
+                match open_answer(&self.ov, &self.data, &o, serve, false) {
+                    Ok((flags, b)) => match b.as_deref() {
+                        Some(AnyBacking::Dev(id)) => reply.created_passthrough(
+                            &self.ttl,
+                            &a,
+                            Generation(0),
+                            o.fh.into(),
+                            flags,
+                            id,
+                        ),
+                        _ => reply.created(&self.ttl, &a, Generation(0), o.fh.into(), flags),
+                    },
+                    Err(e) => reply.error(errno(e)),
                 }
-                Serve::Cached => reply.created(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    FILE_FLAGS,
-                ),
-            },
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

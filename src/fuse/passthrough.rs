@@ -35,15 +35,16 @@ pub enum Serve<B> {
 
 /// The data path negotiated at INIT, and the bookkeeping of passthrough opens.
 pub struct DataPath<B> {
-    /// The kernel granted passthrough at INIT: opens are tracked from then on.
-    granted: bool,
+    /// The kernel granted passthrough at INIT: opens are tracked from then on. (Atomics, as
+    /// both transports share the data path: set once at INIT, before any open.)
+    granted: AtomicBool,
     /// Passthrough is granted and the kernel has not refused a backing since.
     passthrough: AtomicBool,
     /// Read-only opens of lower files are passthrough too (not `strict_copy_up`, and the
     /// kernel has not refused a lower file as a backing).
     share_lower: AtomicBool,
     /// The kernel caches writes (FUSE_WRITEBACK_CACHE).
-    writeback: bool,
+    writeback: AtomicBool,
     modes: IoModes,
     /// Every open file while passthrough is granted: its inode and whether it is passthrough.
     opens: DashMap<Fh, (Ino, bool)>,
@@ -54,10 +55,10 @@ impl<B> DataPath<B> {
     /// `share_lower`: read-only opens of lower files may be passthrough (see `Serve`).
     pub fn new(share_lower: bool) -> Self {
         DataPath {
-            granted: false,
+            granted: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
             share_lower: AtomicBool::new(share_lower),
-            writeback: false,
+            writeback: AtomicBool::new(false),
             modes: IoModes::default(),
             opens: DashMap::new(),
             backings: Backings::default(),
@@ -65,17 +66,17 @@ impl<B> DataPath<B> {
     }
 
     /// What INIT settled (called from INIT only, before any open).
-    pub fn negotiated(&mut self, passthrough: bool, writeback: bool) {
-        self.granted = passthrough;
-        self.passthrough = AtomicBool::new(passthrough);
-        self.writeback = writeback;
+    pub fn negotiated(&self, passthrough: bool, writeback: bool) {
+        self.granted.store(passthrough, Ordering::Relaxed);
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        self.writeback.store(writeback, Ordering::Relaxed);
     }
 
     /// How the core must open real files for this data path: with the writeback cache the
     /// kernel reads a partly written page through any open, write-only ones included.
     pub fn open_opts(&self) -> OpenOpts {
         OpenOpts {
-            readable: self.writeback,
+            readable: self.writeback.load(Ordering::Relaxed),
         }
     }
 
@@ -89,7 +90,7 @@ impl<B> DataPath<B> {
         o: &Opened,
         make: impl FnOnce() -> Result<B, E>,
     ) -> Serve<B> {
-        if !self.granted {
+        if !self.granted.load(Ordering::Relaxed) {
             return Serve::Cached;
         }
         let lower = !o.settled && o.lower_read && self.share_lower.load(Ordering::Relaxed);
@@ -136,7 +137,7 @@ impl<B> DataPath<B> {
 
     /// The open `fh` is closed.
     pub fn release(&self, fh: Fh) {
-        if !self.granted {
+        if !self.granted.load(Ordering::Relaxed) {
             return;
         }
         if let Some((_, (ino, passthrough))) = self.opens.remove(&fh) {
@@ -254,7 +255,7 @@ mod tests {
     }
 
     fn granted(share_lower: bool) -> DataPath<u32> {
-        let mut d = DataPath::new(share_lower);
+        let d = DataPath::new(share_lower);
         d.negotiated(true, false);
         d
     }
@@ -271,7 +272,7 @@ mod tests {
             Serve::Cached
         );
         assert!(!d.open_opts().readable);
-        let mut w = DataPath::<u32>::new(true);
+        let w = DataPath::<u32>::new(true);
         w.negotiated(false, true);
         assert!(w.open_opts().readable);
     }

@@ -9,18 +9,67 @@
 //! keep coming through /dev/fuse, so the /dev/fuse session keeps running beside the rings.
 
 pub mod abi;
+mod ops;
 
 use crate::sys::uring::{Completion, Queue};
+use fuser::{InitFlags, KernelConfig};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+
+pub(crate) use ops::Ring;
 
 pub use crate::sys::uring::{Backing, possible_cpus, uring_enabled};
 pub use abi::Request;
 
 /// Answers one request: the reply's bytes (its arguments, concatenated) or a positive errno.
 pub type Handler = dyn Fn(&Request<'_>) -> Result<Vec<u8>, i32> + Send + Sync;
+
+/// FUSE over io_uring at INIT: whether the daemon asks for it, whether the kernel granted it.
+pub(crate) struct Offer {
+    wanted: bool,
+    granted: AtomicBool,
+    /// Why not, for the log line.
+    why_not: std::sync::Mutex<&'static str>,
+}
+
+impl Offer {
+    pub(crate) fn new(wanted: bool) -> Offer {
+        Offer {
+            wanted,
+            granted: AtomicBool::new(false),
+            why_not: std::sync::Mutex::new(if wanted { "" } else { "io_uring=0" }),
+        }
+    }
+
+    /// At INIT: asks for `FUSE_OVER_IO_URING` if wanted and offered.
+    pub(crate) fn negotiate(&self, config: &mut KernelConfig) {
+        if !self.wanted {
+            return;
+        }
+        let granted = config
+            .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+            .is_ok();
+        self.granted.store(granted, Ordering::Relaxed);
+        if !granted && let Ok(mut w) = self.why_not.lock() {
+            *w = if uring_enabled() {
+                "the kernel did not offer it at INIT"
+            } else {
+                "the fuse module's enable_uring parameter is off"
+            };
+        }
+    }
+
+    pub(crate) fn granted(&self) -> bool {
+        self.granted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn why_not(&self) -> &'static str {
+        self.why_not.lock().map_or("", |w| *w)
+    }
+}
 
 /// Default ring entries per queue.
 pub const DEFAULT_DEPTH: usize = 16;
