@@ -34,7 +34,9 @@ HELPER_SRC = Path(__file__).resolve().parent / "bench_helper.c"
 ALL_FS = ["kernel", "layover", "fuse-overlayfs", "floor"]
 # The floor over FUSE over io_uring (fuse_floor --uring): not in the default set, as it needs the
 # fuse module's enable_uring parameter, which the benchmark turns on (Y) when it is asked for.
-FS_CHOICES = ALL_FS + ["floor-uring"]
+# layover-devfuse: layover with io_uring=0, beside "layover", which serves over FUSE over io_uring
+# when the fuse module's enable_uring is Y (its default, io_uring=1), else over /dev/fuse too.
+FS_CHOICES = ALL_FS + ["floor-uring", "layover-devfuse"]
 FLOORS = ("floor", "floor-uring")
 URING_PARAM = Path("/sys/module/fuse/parameters/enable_uring")
 # The FUSE floor (examples/fuse_floor.rs): a daemon built like layover that does the least any
@@ -536,9 +538,10 @@ class Bench:
         os.sync()
         if fs == "kernel":
             cmd = ["mount", "-t", "overlay", "overlay", "-o", opts + (",volatile" if volatile else ""), str(mnt)]
-        elif fs == "layover":
+        elif fs in ("layover", "layover-devfuse"):
             cmd = [self.layover, "-o", opts + (",volatile" if volatile else "")
-                   + ("," + SHARE_OPTS if shared else ""), str(mnt)]
+                   + ("," + SHARE_OPTS if shared else "")
+                   + (",io_uring=0" if fs == "layover-devfuse" else ""), str(mnt)]
         elif fs == "fuse-overlayfs":
             cmd = ["fuse-overlayfs", "-o", opts + (",fsync=0" if volatile else ""), str(mnt)]
         elif fs in FLOORS:
@@ -929,7 +932,9 @@ def machine_info(b: Bench) -> list[tuple[str, str]]:
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("machine", f"{os.cpu_count()} CPUs ({cpu}), {mem} RAM"),
         ("kernel", platform.release()),
-        ("layover", f"commit {commit}; binary {b.layover} ({lv})"),
+        ("layover", f"commit {commit}; binary {b.layover} ({lv}); transport: "
+                    + ("FUSE over io_uring (enable_uring=Y; layover-devfuse: io_uring=0)"
+                       if URING_PARAM.exists() and URING_PARAM.read_text().strip() in ("Y", "1") else "/dev/fuse")),
         ("fuse-overlayfs", fo[0] if fo else "not installed"),
         ("floor", f"examples/fuse_floor.rs, built with layover ({b.floor}); runs {', '.join(FLOOR_WORKLOADS)} only"
                   + ("; floor-uring: the same, --uring" if "floor-uring" in b.args.fs else "")),
@@ -949,7 +954,7 @@ def report(b: Bench) -> str:
         p[k] = f"{p[k]:,}"
     fss = b.args.fs
     wls = b.workloads()
-    others = [f for f in ("kernel", "fuse-overlayfs", "floor") if f in fss and "layover" in fss]
+    others = [f for f in ("kernel", "fuse-overlayfs", "floor", "layover-devfuse") if f in fss and "layover" in fss]
     floor_cols = [f for f in FLOORS if f in fss and "kernel" in fss]
     lines = []
     info = machine_info(b)
