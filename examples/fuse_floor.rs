@@ -679,11 +679,13 @@ fn start_rings<F: Filesystem>(core: &Arc<Core>, s: &fuser::Session<F>) -> io::Re
     let dev = Arc::new(s.as_fd().try_clone_to_owned()?);
     let (c, d) = (Arc::clone(core), Arc::clone(&dev));
     let handler: Arc<fuse_uring::Handler> = Arc::new(move |req| ring_op(&c, &d, req));
-    let threads = fuse_uring::serve(&dev, fuse_uring::DEFAULT_DEPTH, MAX_WRITE as usize, handler)?;
+    // One thread per CPU queue: the floor's operations are short.
+    let shape = (1, 16);
+    let threads = fuse_uring::serve(&dev, shape, MAX_WRITE as usize, handler)?;
     eprintln!(
         "fuse_floor: transport io_uring ({} queues x {} entries)",
         threads.len(),
-        fuse_uring::DEFAULT_DEPTH
+        shape.1
     );
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! and INTERRUPT never come here (the kernel sends them through /dev/fuse).
 
 use super::abi::{self, Attr, Request, op, u32_at, u64_at};
-use super::{Backing, DEFAULT_DEPTH, Offer};
+use super::{Backing, DEFAULT_SHAPE, Offer};
 use crate::error::Errno;
 use crate::fuse::convert::encode_dev;
 use crate::fuse::{AnyBacking, Fs, open_answer};
@@ -68,10 +68,11 @@ impl Ring {
         let payload = (self.max_write as usize).max(limit * 4096);
         let d = Arc::clone(&dev);
         let handler: Arc<super::Handler> = Arc::new(move |req| self.handle(&d, req));
-        let threads = super::serve(&dev, DEFAULT_DEPTH, payload, handler)?;
+        let threads = super::serve(&dev, DEFAULT_SHAPE, payload, handler)?;
+        let (per_queue, depth) = DEFAULT_SHAPE;
         log::info!(
-            "transport: FUSE over io_uring ({} queues of {DEFAULT_DEPTH} entries; FORGET and INTERRUPT through /dev/fuse)",
-            threads.len()
+            "transport: FUSE over io_uring ({} queues, {per_queue} threads of {depth} entries each; FORGET and INTERRUPT through /dev/fuse)",
+            threads.len() / per_queue
         );
         Ok(())
     }
