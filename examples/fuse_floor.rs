@@ -7,8 +7,9 @@
 //! when asked, and nothing else (no work dir, no owner, times or xattrs, no whiteouts); a
 //! getxattr answers ENODATA without asking the disk, and no cached attribute is ever
 //! invalidated. For the cold walk it lists a directory by reading it in every layer (upper
-//! first, a name once, whiteouts included) and answers READDIR (not READDIRPLUS). What it costs per file is what the FUSE round trips cost on the machine, which
-//! no overlay on FUSE can go below: `scripts/bench.sh --floor` measures it beside the kernel
+//! first, a name once, whiteouts included) and answers READDIR (not READDIRPLUS). What it
+//! costs per file is what the FUSE round trips cost on the machine, which no overlay on FUSE
+//! can go below: `scripts/bench.sh --fs kernel,layover,floor` measures it beside the kernel
 //! and layover.
 //!
 //! With `--uring` the same daemon serves its requests over FUSE over io_uring (one queue per
