@@ -3,8 +3,8 @@
 //! replies exactly once. What is FUSE's and not the overlay's lives beside it: the INIT
 //! handshake (`init`), how open files' data travels (`passthrough`: passthrough backings,
 //! per-inode open modes, the writeback cache's open option) and the kernel-cache
-//! notifications (`notify`). Another transport (FUSE over io_uring) would be a module like
-//! this one, calling the same core.
+//! notifications (`notify`). The second transport, FUSE over io_uring (`uring`), serves the
+//! same operations through the same core and data path when the kernel offers it.
 
 mod convert;
 mod init;

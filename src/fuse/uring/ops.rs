@@ -468,3 +468,73 @@ fn statfs_out(out: &mut Vec<u8>, s: crate::sys::StatFs) {
     }
     out.resize(out.len() + 4 + 24, 0);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(op_in: &'a [u8], payload: &'a [u8]) -> Request<'a> {
+        Request {
+            opcode: op::RENAME,
+            unique: 1,
+            nodeid: 1,
+            uid: 0,
+            gid: 0,
+            pid: 0,
+            op_in,
+            payload,
+        }
+    }
+
+    #[test]
+    fn names_are_nul_terminated_and_counted() {
+        let r = req(&[], b"old\0new\0");
+        assert_eq!(name(&r, 0), Ok(&b"old"[..]));
+        assert_eq!(name(&r, 1), Ok(&b"new"[..]));
+        assert_eq!(name(&r, 2), Err(libc::EINVAL));
+        let r = req(&[], b"unterminated");
+        assert_eq!(name(&r, 0), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn setattr_decodes_only_the_valid_fields() {
+        let mut b = [0u8; 88];
+        // valid: MODE | SIZE | MTIME_NOW | FH
+        b[0..4].copy_from_slice(&(1u32 | 8 | 256 | 64).to_ne_bytes());
+        b[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        b[16..24].copy_from_slice(&4096u64.to_ne_bytes());
+        b[68..72].copy_from_slice(&0o640u32.to_ne_bytes());
+        b[76..80].copy_from_slice(&1000u32.to_ne_bytes()); // uid, not valid
+        let a = setattr(&b);
+        assert_eq!(a.mode, Some(0o640));
+        assert_eq!(a.size, Some(4096));
+        assert_eq!(a.fh, Some(Fh(7)));
+        assert_eq!(a.uid, None);
+        assert!(a.atime.is_none());
+        assert!(matches!(a.mtime, Some(TimeSpec::Now)));
+    }
+
+    #[test]
+    fn statfs_and_write_replies_have_the_kernel_sizes() {
+        let mut v = Vec::new();
+        let s = crate::sys::StatFs {
+            blocks: 1,
+            bfree: 2,
+            bavail: 3,
+            files: 4,
+            ffree: 5,
+            bsize: 6,
+            namelen: 7,
+            frsize: 8,
+        };
+        statfs_out(&mut v, s);
+        assert_eq!(v.len(), 80);
+        assert_eq!(u32_at(&v, 40), 6);
+        assert_eq!(u32_at(&v, 48), 8);
+        let mut v = Vec::new();
+        write_out(&mut v, 5);
+        assert_eq!(v, [5, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(dirent_type(libc::DT_UNKNOWN), u32::from(libc::DT_REG));
+        assert_eq!(dirent_type(libc::DT_DIR), u32::from(libc::DT_DIR));
+    }
+}
