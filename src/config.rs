@@ -67,6 +67,9 @@ pub struct Config {
     /// Ask the kernel for FUSE passthrough (`passthrough=off` serves file data through the
     /// daemon and its writeback cache, as happens without root or on kernels before 6.9).
     pub passthrough: bool,
+    /// Serve requests over FUSE over io_uring when the kernel offers it (`io_uring=1`, the
+    /// default; it needs the fuse module's `enable_uring` parameter), else over /dev/fuse.
+    pub io_uring: bool,
     /// `strict_copy_up` (the default; `strict_copy_up=0` turns it off): lower files opened
     /// read-only are read through the daemon, so that a descriptor opened before a copy-up
     /// reads the copy afterwards (Linux >= 4.19), at the cost of a page-cache copy per mount.
@@ -221,6 +224,7 @@ pub struct DaemonOptions {
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    pub io_uring: Option<bool>,
     pub strict_copy_up: Option<bool>,
     pub auto_unmount: Option<bool>,
 }
@@ -444,6 +448,15 @@ pub const DAEMON_KEYS: &[Key] = &[
         help: "0: serve file data through the daemon and the writeback cache, not FUSE passthrough",
         apply: |o, v| {
             o.daemon.passthrough = Some(bool_value("passthrough", v)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "io_uring",
+        value: Some("0|1"),
+        help: "1 (default): serve requests over FUSE over io_uring (per-CPU queues) when the kernel offers it (the fuse module's enable_uring parameter); 0: always /dev/fuse",
+        apply: |o, v| {
+            o.daemon.io_uring = Some(bool_value("io_uring", v)?);
             Ok(())
         },
     },
@@ -940,6 +953,7 @@ impl Config {
             max_write: o.daemon.max_write,
             threads: o.daemon.threads,
             passthrough: o.daemon.passthrough != Some(false),
+            io_uring: o.daemon.io_uring != Some(false),
             strict_copy_up: o.daemon.strict_copy_up != Some(false),
             auto_unmount: o.daemon.auto_unmount != Some(false),
             acl: !o.layers.noacl,

@@ -39,6 +39,8 @@ mod whiteout;
 
 pub use config::{Stack, XattrNs};
 pub use error::{Errno, FsResult, StartupError};
+/// FUSE over io_uring (the transport's queues, request decoding, reply encoding).
+pub use fuse::uring as fuse_uring;
 pub use handle::DirEntry;
 pub use handle::Fh;
 pub use inode::Ino;

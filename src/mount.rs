@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::error::{Errno, StartupError};
-use crate::fuse::{Fs, KernelCacheLink};
+use crate::fuse::{Fs, KernelCacheLink, Ring};
 use crate::overlay::Overlay;
 use crate::privilege::{Mode, Privilege};
 use crate::sys;
@@ -96,21 +96,25 @@ fn session_config(cfg: &Config) -> fuser::Config {
 
 /// Mounts and completes the FUSE handshake: when this returns, the mount is live. Root (in
 /// the initial namespace or in a user namespace) calls mount(2) on `dev`; an ordinary user
-/// has fusermount3 do it (`dev` is then None).
+/// has fusermount3 do it (`dev` is then None). Also returns the io_uring side of the
+/// filesystem, to start once the session is up.
 fn start_session(
     cfg: &Config,
     fs: Fs,
     privilege: &Privilege,
     dev: Option<OwnedFd>,
-) -> Result<fuser::Session<Fs>, StartupError> {
+) -> Result<(fuser::Session<Fs>, Ring), StartupError> {
+    let ring = fs.ring();
     let scfg = session_config(cfg);
     if let Some(dev) = dev {
         if kernel_mount(cfg, &dev)? {
             let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
-            return fuser::Session::from_fd(fs, dev, scfg.acl, scfg).map_err(|e| {
-                let _ = sys::umount(&target, true); // no half-mounted state is left behind
-                StartupError::new(format!("FUSE handshake failed: {e}"))
-            });
+            return fuser::Session::from_fd(fs, dev, scfg.acl, scfg)
+                .map(|s| (s, ring))
+                .map_err(|e| {
+                    let _ = sys::umount(&target, true); // no half-mounted state is left behind
+                    StartupError::new(format!("FUSE handshake failed: {e}"))
+                });
         }
         if privilege.mode == Mode::UserNamespaceRoot {
             // fusermount3's set-uid bit means nothing in a user namespace without root.
@@ -132,13 +136,15 @@ fn start_session(
     if cfg.stack.read_only {
         scfg.mount_options.push(fuser::MountOption::RO);
     }
-    fuser::Session::new(fs, &cfg.mountpoint, &scfg).map_err(|e| {
-        StartupError::new(format!(
-            "cannot mount on '{}' through fusermount3: {}",
-            cfg.mountpoint.display(),
-            e.to_string().trim()
-        ))
-    })
+    fuser::Session::new(fs, &cfg.mountpoint, &scfg)
+        .map(|s| (s, ring))
+        .map_err(|e| {
+            StartupError::new(format!(
+                "cannot mount on '{}' through fusermount3: {}",
+                cfg.mountpoint.display(),
+                e.to_string().trim()
+            ))
+        })
 }
 
 /// Unmounts on SIGTERM/SIGINT/SIGHUP (lazily, so that open files stay usable until
@@ -474,7 +480,7 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
     let notify = daemonize(&cfg).inspect_err(|_| undo_start(&cfg, &ov, made_work))?;
     let fs = Fs::new(Arc::clone(&ov), &cfg, privilege);
     let reporter = fs.reporter(&cfg.mountpoint, nofile);
-    let session = match start_session(&cfg, fs, privilege, dev) {
+    let (session, ring) = match start_session(&cfg, fs, privilege, dev) {
         Ok(s) => s,
         Err(e) => {
             undo_start(&cfg, &ov, made_work);
@@ -492,6 +498,11 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
         None
     };
     kernel_cache.connect(session.notifier());
+    // After the fork above: the queues are threads. Until they are all registered (and
+    // if they fail) requests come through /dev/fuse.
+    if let Err(e) = ring.start(session.as_fd()) {
+        log::warn!("transport: /dev/fuse (FUSE over io_uring failed to start: {e})");
+    }
     announce(&cfg, &ov, privilege);
     // Only root may change the mount's read-ahead window (sysfs); the tuner's stat of the
     // mountpoint would otherwise only make an unmount right after mounting find it busy.

@@ -4,23 +4,26 @@
 //! handshake (`init`), how open files' data travels (`passthrough`: passthrough backings,
 //! per-inode open modes, the writeback cache's open option), the kernel-cache
 //! notifications (`notify`) and the requests' counts and latencies (`stats`: each handler
-//! holds one `OpStats::start` guard). Another transport (FUSE over io_uring) would be a module like
-//! this one, calling the same core.
+//! holds one `OpStats::start` guard). The second transport, FUSE over io_uring (`uring`),
+//! serves the same operations through the same core, data path and request statistics
+//! when the kernel offers it.
 
 mod convert;
 mod init;
 mod notify;
 mod passthrough;
 mod stats;
+pub mod uring;
 
 pub use init::max_write;
 pub use notify::KernelCacheLink;
+pub(crate) use uring::Ring;
 
 use crate::config::Config;
 use crate::error::Errno;
 use crate::handle::Fh;
 use crate::inode::{Ino, ROOT_INO};
-use crate::overlay::{Entry, FileRange, NewNode, Overlay, SetAttr, xattr::XattrReply};
+use crate::overlay::{Entry, FileRange, NewNode, Opened, Overlay, SetAttr, xattr::XattrReply};
 use crate::privilege::Privilege;
 use convert::{FILE_FLAGS, attr, caller, decode_dev, dtype, errno, negative_attr, timespec};
 use fuser::{
@@ -49,10 +52,21 @@ pub struct Fs {
     strict_copy_up: bool,
     /// Ask for POSIX ACLs at INIT (not with `noacl`).
     acl: bool,
-    /// Passthrough or cached, per open file (shared with the stats socket's reporter).
-    data: Arc<DataPath<BackingId>>,
-    /// Requests and their latency per operation.
+    /// Passthrough or cached, per open file (shared with the io_uring transport and the
+    /// stats socket's reporter).
+    data: Arc<DataPath<AnyBacking>>,
+    /// Requests and their latency per operation (both transports).
     ops: Arc<OpStats>,
+    /// FUSE over io_uring: asked for, granted at INIT.
+    uring: Arc<uring::Offer>,
+}
+
+/// A passthrough backing, registered by the transport that served the open: fuser's over
+/// /dev/fuse, ours over io_uring. (Only while the rings start can an inode opened through
+/// one be opened through the other: that open fails with EIO, see `uring`.)
+pub enum AnyBacking {
+    Dev(BackingId),
+    Ring(crate::sys::uring::Backing),
 }
 
 impl Fs {
@@ -67,6 +81,7 @@ impl Fs {
             strict_copy_up: cfg.strict_copy_up,
             data: Arc::new(DataPath::new(!cfg.strict_copy_up)),
             ops: Arc::default(),
+            uring: Arc::new(uring::Offer::new(cfg.io_uring)),
         }
     }
 }
@@ -74,6 +89,35 @@ impl Fs {
 /// A `Serve::Direct` open: it names the inode's backing, as the kernel wants, but its reads
 /// and writes come to the daemon.
 const DIRECT_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_DIRECT_IO);
+/// How either transport answers an open the data path decided on: the open's flags and the
+/// backing to name (passthrough), or an error, the core's handle then closed. `ring`: the
+/// transport is io_uring, which can name only a backing it registered (and /dev/fuse only
+/// one fuser registered); the other kind exists only while the rings start (EIO).
+fn open_answer(
+    ov: &Overlay,
+    data: &DataPath<AnyBacking>,
+    o: &Opened,
+    serve: Serve<AnyBacking>,
+    ring: bool,
+) -> Result<(FopenFlags, Option<Arc<AnyBacking>>), Errno> {
+    let (flags, b) = match serve {
+        Serve::Passthrough(b) => (FopenFlags::FOPEN_NOFLUSH, b),
+        Serve::Direct(b) => (DIRECT_FLAGS, b),
+        Serve::Cached => return Ok((FILE_FLAGS, None)),
+        Serve::Busy => {
+            ov.release(o.fh);
+            return Err(Errno::new(libc::ETXTBSY));
+        }
+    };
+    if matches!(*b, AnyBacking::Ring(_)) != ring {
+        log::warn!("an open named a backing of the other transport (the rings were starting)");
+        data.release(o.fh);
+        ov.release(o.fh);
+        return Err(Errno::EIO);
+    }
+    Ok((flags | FopenFlags::FOPEN_PASSTHROUGH, Some(b)))
+}
+
 /// How long the kernel may keep the root's attributes: at most a second, whatever `timeout`
 /// says. `stat MNT` and `mountpoint MNT` answer from them, so with a long cache they would go
 /// on succeeding after the daemon died (while every other use fails with ENOTCONN). A path
@@ -126,6 +170,7 @@ impl Filesystem for Fs {
         let granted = init::negotiate(config, &want);
         self.data
             .negotiated(granted.passthrough, granted.writeback, granted.summary);
+        self.uring.negotiate(config);
         Ok(())
     }
 
@@ -301,17 +346,19 @@ impl Filesystem for Fs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.ops.start(Op::Open);
         match self.ov.open(ino.into(), flags.0, self.data.open_opts()) {
-            Ok(o) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Serve::Passthrough(b) => {
-                    reply.opened_passthrough(o.fh.into(), FopenFlags::FOPEN_NOFLUSH, &b)
+            Ok(o) => {
+                let make = || reply.open_backing(o.fd.as_fd()).map(AnyBacking::Dev);
+                let serve = self.data.begin(&o, make);
+                match open_answer(&self.ov, &self.data, &o, serve, false) {
+                    Ok((flags, b)) => match b.as_deref() {
+                        Some(AnyBacking::Dev(id)) => {
+                            reply.opened_passthrough(o.fh.into(), flags, id)
+                        }
+                        _ => reply.opened(o.fh.into(), flags),
+                    },
+                    Err(e) => reply.error(errno(e)),
                 }
-                Serve::Direct(b) => reply.opened_passthrough(o.fh.into(), DIRECT_FLAGS, &b),
-                Serve::Cached => reply.opened(o.fh.into(), FILE_FLAGS),
-                Serve::Busy => {
-                    self.ov.release(o.fh);
-                    reply.error(fuser::Errno::ETXTBSY);
-                }
-            },
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -540,35 +587,25 @@ impl Filesystem for Fs {
         {
             // A new file has no older opens (no `Serve::Direct` or `Serve::Busy`), but each
             // is served as the kernel allows if it comes.
-            Ok((e, o)) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Serve::Passthrough(b) => reply.created_passthrough(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    FopenFlags::FOPEN_NOFLUSH,
-                    &b,
-                ),
-                Serve::Direct(b) => reply.created_passthrough(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    DIRECT_FLAGS,
-                    &b,
-                ),
-                Serve::Busy => {
-                    self.ov.release(o.fh);
-                    reply.error(fuser::Errno::ETXTBSY);
+            Ok((e, o)) => {
+                let make = || reply.open_backing(o.fd.as_fd()).map(AnyBacking::Dev);
+                let serve = self.data.begin(&o, make);
+                let a = attr(&e.attr);
+                match open_answer(&self.ov, &self.data, &o, serve, false) {
+                    Ok((flags, b)) => match b.as_deref() {
+                        Some(AnyBacking::Dev(id)) => reply.created_passthrough(
+                            &self.ttl,
+                            &a,
+                            Generation(0),
+                            o.fh.into(),
+                            flags,
+                            id,
+                        ),
+                        _ => reply.created(&self.ttl, &a, Generation(0), o.fh.into(), flags),
+                    },
+                    Err(e) => reply.error(errno(e)),
                 }
-                Serve::Cached => reply.created(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    FILE_FLAGS,
-                ),
-            },
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -36,7 +36,8 @@ pub enum Serve<B> {
 
 /// The data path negotiated at INIT, and the bookkeeping of passthrough opens.
 pub struct DataPath<B> {
-    /// The kernel granted passthrough at INIT: opens are tracked from then on.
+    /// The kernel granted passthrough at INIT: opens are tracked from then on. (Atomics, as
+    /// both transports share the data path: set once at INIT, before any open.)
     granted: AtomicBool,
     /// Passthrough is granted and the kernel has not refused a backing since.
     passthrough: AtomicBool,
