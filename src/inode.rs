@@ -221,6 +221,18 @@ impl Inode {
     }
 }
 
+impl Drop for Inode {
+    /// Drops the chain of parents this inode held the last reference to one by one, not by
+    /// recursion: the chain is as long as the tree is deep, which may be deeper than any
+    /// thread's stack.
+    fn drop(&mut self) {
+        let mut next = self.state.get_mut().parent.take();
+        while let Some(parent) = next {
+            next = Arc::into_inner(parent).and_then(|mut p| p.state.get_mut().parent.take());
+        }
+    }
+}
+
 /// Derives inode numbers from real identities (see the module comment). The maps are keyed
 /// by (dev, ino) and remember the generation of the object they were made for: a number
 /// remembered for an object that is gone is not given to the object that reuses its inode
@@ -582,6 +594,22 @@ mod tests {
         let r = n.number(id(5, 0));
         assert_eq!(n.number(born(5, 0, 7)), r);
         assert_ne!(n.number(born(5, 0, 8)), r);
+    }
+
+    #[test]
+    fn a_chain_of_parents_deeper_than_the_stack_drops() {
+        // Each inode holds its parent; the leaf held the last reference to all of them.
+        // Dropped on a 64 KiB stack: one frame per level would overflow it.
+        let leaf = (2..200_000u64).fold(None, |parent: Option<Arc<Inode>>, n| {
+            let mut st = state(id(5, n));
+            st.parent = parent;
+            Some(Arc::new(Inode::new(Ino(n), libc::S_IFDIR, st)))
+        });
+        let dropper = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || drop(leaf))
+            .unwrap();
+        assert!(dropper.join().is_ok());
     }
 
     #[test]
