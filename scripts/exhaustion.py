@@ -137,7 +137,7 @@ class Fs:
         if fs != "layover":
             return mnt, None
         for _ in range(200):
-            pids = [p for p in daemon_pids(str(mnt)) if _comm(p) == "layover"]
+            pids = [p for p in daemon_pids(str(mnt)) if _comm(p) == Path(self.bin).name[:15]]
             if pids:
                 return mnt, Daemon(max(pids))
             time.sleep(0.02)

@@ -243,7 +243,6 @@ impl Overlay {
                 name: Box::new([]),
                 layers: root_layers,
                 real: RealId::of(&root_stat),
-                detached: false,
             },
         );
         let inodes = InodeTable::new(Numbering::new(&devs), root);
@@ -381,8 +380,14 @@ impl Overlay {
     /// the top layer). The root is (layer root, ".").
     pub(crate) fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
         // Only what is needed is copied out of the state (this runs on every getattr).
-        let (detached, top, parent, name) =
-            inode.with_state(|s| (s.detached, s.top(), s.parent.clone(), cname(&s.name)));
+        let (detached, top, parent, name) = inode.with_state(|s| {
+            (
+                inode.is_detached(),
+                s.top(),
+                s.parent.clone(),
+                cname(&s.name),
+            )
+        });
         if detached {
             return Err(Errno::ENOENT);
         }
@@ -416,7 +421,7 @@ impl Overlay {
                 s.name = n;
             }
             None => {
-                s.detached = true;
+                inode.set_detached(true);
                 // That was its last link: the filesystem may give its inode number to a new
                 // object before the kernel forgets this inode, and the new object must not be
                 // taken for this one (it would inherit a detached state and stale names).
@@ -447,7 +452,7 @@ impl Overlay {
         inode.update(|s| {
             s.parent = Some(Arc::clone(to.0));
             s.name = to.1.into();
-            s.detached = false;
+            inode.set_detached(false);
         });
     }
 
