@@ -105,4 +105,13 @@ if [ $# -eq 0 ]; then
     step "side-by-side suites with passthrough=off (writeback cache)"
     LAYOVER_TEST_OPTS=passthrough=off cargo test --release --no-fail-fast \
         --test read_side --test write_side
+    # The side-by-side suites the two rootless ways, against the kernel's overlayfs mounted
+    # in a user namespace: layover as podtest through fusermount3, and as root of podtest's
+    # user namespace (testkit/scripts/run-mode.sh, cargo's runner for these runs).
+    runner_var="CARGO_TARGET_$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER"
+    for mode in user userns; do
+        step "side-by-side suites in mode $mode"
+        env "$runner_var=$PWD/testkit/scripts/run-mode.sh" LAYOVER_TEST_MODE=$mode \
+            cargo test --release --no-fail-fast --test read_side --test write_side
+    done
 fi

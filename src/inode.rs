@@ -8,6 +8,12 @@
 //! number survives forget and re-lookup. A copy-up registers the new upper object as an alias
 //! of the old number, so the number also survives copy-up. Numbers that cannot be derived
 //! (inode numbers ≥ 2^56 or an unknown device) come from a counter and are remembered.
+//! With `ino32_t` every number fits in 32 bits: real inode numbers below 2^31 of the first
+//! filesystem are kept; the others (another filesystem's, larger ones) are hashed with the
+//! filesystem's index into [2^31, 2^32 - 2^24), so they too survive a remount; a number
+//! already held by another object (a hash collision included) is replaced by a counter
+//! number from the last 2^24, remembered, as above (FUSE makes the node id the st_ino
+//! shown, so numbers must stay one per object).
 //! Identity is (dev, ino, generation): a number the filesystem reused for a new object is
 //! another object (`RealId`).
 //!
@@ -37,6 +43,20 @@ impl std::fmt::Display for Ino {
 pub const ROOT_INO: Ino = Ino(1);
 pub(crate) const FS_INDEX_SHIFT: u32 = 56;
 const ALLOCATED_BASE: u64 = 1 << 63;
+/// With `ino32_t`: real numbers below this are kept, hashed ones start here.
+const HASHED_BASE_32: u64 = 1 << 31;
+/// With `ino32_t`: counter numbers start here (and wrap back here at 2^32).
+const ALLOCATED_BASE_32: u64 = (1 << 32) - (1 << 24);
+
+/// With `ino32_t`: a number in [2^31, 2^32 - 2^24) for inode `ino` of the filesystem with
+/// index `fs` (splitmix64's finaliser: deterministic, so the same across mounts).
+fn hashed_32(fs: u64, ino: u64) -> u64 {
+    let mut z = ino ^ fs.rotate_right(8);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    HASHED_BASE_32 + z % (ALLOCATED_BASE_32 - HASHED_BASE_32)
+}
 
 /// A real object's identity in the layers: its (st_dev, st_ino) and a generation that tells
 /// apart two objects that had the same inode number one after the other (the filesystem
@@ -252,6 +272,8 @@ pub struct Numbering {
     aliases: DashMap<(u64, u64), (u64, Ino)>,
     allocated: DashMap<(u64, u64), (u64, Ino)>,
     next: AtomicU64,
+    /// `ino32_t`: every number below 2^32.
+    ino32: bool,
 }
 
 impl Numbering {
@@ -267,6 +289,20 @@ impl Numbering {
             aliases: DashMap::new(),
             allocated: DashMap::new(),
             next: AtomicU64::new(ALLOCATED_BASE),
+            ino32: false,
+        }
+    }
+
+    /// `ino32_t`: numbers that fit in 32 bits (see the module comment).
+    pub fn fitting_32_bits(self, on: bool) -> Numbering {
+        Numbering {
+            next: AtomicU64::new(if on {
+                ALLOCATED_BASE_32
+            } else {
+                ALLOCATED_BASE
+            }),
+            ino32: on,
+            ..self
         }
     }
 
@@ -299,6 +335,9 @@ impl Numbering {
         let RealId { dev, ino, .. } = id;
         let idx = self.devs.iter().position(|&d| d == dev);
         let derived = match idx {
+            Some(0) if self.ino32 && ino < HASHED_BASE_32 => Some(ino),
+            Some(i) if self.ino32 => Some(hashed_32(i as u64, ino)),
+            None if self.ino32 => None,
             Some(0) if ino < ALLOCATED_BASE => Some(ino),
             Some(i) if ino < (1 << FS_INDEX_SHIFT) && i < 127 => {
                 Some(ino | ((i as u64) << FS_INDEX_SHIFT))
@@ -320,7 +359,14 @@ impl Numbering {
     }
 
     fn allocate(&self) -> Ino {
-        Ino(self.next.fetch_add(1, Ordering::Relaxed))
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.ino32 {
+            // After 2^24 numbers the counter wraps; a number still held by a live inode is
+            // then skipped by `InodeTable::lookup`, which asks again.
+            let span = (1 << 32) - ALLOCATED_BASE_32;
+            return Ino(ALLOCATED_BASE_32 + (n - ALLOCATED_BASE_32) % span);
+        }
+        Ino(n)
     }
 
     /// A number of its own for `id`, whose derived number another object holds now (a
@@ -507,6 +553,37 @@ mod tests {
         assert!(big.0 >= ALLOCATED_BASE);
         assert_eq!(big, n.number(id(6, 1 << 60)));
         assert!(n.number(id(7, 3)).0 >= ALLOCATED_BASE);
+    }
+
+    #[test]
+    fn numbers_fit_32_bits_with_ino32() {
+        let n = Numbering::new(&[5, 6]).fitting_32_bits(true);
+        assert_eq!(n.number(id(5, 1234)), Ino(1234));
+        let big = n.number(id(5, 1 << 40));
+        let other = n.number(id(6, 1234));
+        let unknown = n.number(id(7, 1));
+        for x in [big, other] {
+            assert!(x.0 >= HASHED_BASE_32 && x.0 < ALLOCATED_BASE_32, "{x}");
+        }
+        assert!(unknown.0 >= ALLOCATED_BASE_32 && unknown.0 < 1 << 32);
+        assert!(
+            n.number(id(5, 1)).0 >= ALLOCATED_BASE_32,
+            "FUSE's root number"
+        );
+        // Derived numbers are the same in another mount; counter numbers are remembered.
+        let again = Numbering::new(&[5, 6]).fitting_32_bits(true);
+        assert_eq!(again.number(id(6, 1234)), other);
+        assert_eq!(again.number(id(5, 1 << 40)), big);
+        assert_eq!(unknown, n.number(id(7, 1)));
+        assert!(big != other && other != unknown);
+        let r = n.renumber(id(6, 1234));
+        assert!(r.0 >= ALLOCATED_BASE_32 && r.0 < 1 << 32 && r != other);
+        // Spread: 100,000 objects of another filesystem, few collisions.
+        let mut seen = std::collections::HashSet::new();
+        let dup = (2..100_002u64)
+            .filter(|i| !seen.insert(hashed_32(1, *i)))
+            .count();
+        assert!(dup < 20, "{dup} collisions");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::sys;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -202,7 +202,12 @@ fn spawn_readahead_tuner(cfg: &Config) {
 /// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
 /// us must not find them still held (where the layers are not private clones). It sleeps on
 /// mount-table changes, not on /dev/fuse, whose pollers every request wakes.
-fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
+///
+/// After its window the watcher relies on the workers, which end when the connection is
+/// aborted and let the main thread exit. The connection is not aborted while another mount
+/// namespace holds a copy of the mount (one made by `unshare -m` or a container while we
+/// were mounted): the daemon must go on serving that copy, and says so once.
+fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>, mountpoint: PathBuf) {
     let fd = match session.as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
@@ -222,6 +227,13 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
                 );
                 return;
             };
+            // The connection's device number, to tell our mount in the table (a stat of the
+            // mount point, answered once the workers run).
+            use std::os::unix::fs::MetadataExt;
+            let conn = std::fs::metadata(&mountpoint)
+                .ok()
+                .map(|m| sys::dev_major_minor(m.dev()));
+            let mut told = false;
             // An unmount changes the mount table; the connection is aborted as the umount
             // call returns, so look for that for a while after each change.
             loop {
@@ -240,6 +252,16 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
                 if gone {
                     break;
                 }
+                if let Some((major, minor)) = conn.filter(|&(ma, mi)| !told && !mounted_here(ma, mi)) {
+                    told = true;
+                    log::warn!(
+                        "{}: unmounted in this mount namespace but still mounted in another; serving until it is unmounted there (nsenter -t PID -m umount {0}, or echo 1 > /sys/fs/fuse/connections/{1}/abort)",
+                        mountpoint.display(),
+                        // The connection's directory is named by its device number, which
+                        // for an anonymous (major 0) device is the minor.
+                        if major == 0 { minor } else { major << 20 | minor }
+                    );
+                }
             }
             ov.cleanup_work();
             // Let go of every layer first, from this thread, then end the process.
@@ -249,6 +271,13 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
     if let Err(e) = spawned {
         log::warn!("no exit watcher ({e}): the daemon exits when its workers stop");
     }
+}
+
+/// Whether this mount namespace's table still has a mount of device major:minor. Unknown
+/// (the table unreadable) counts as mounted: nothing is said then.
+fn mounted_here(major: u32, minor: u32) -> bool {
+    let dev = format!("{major}:{minor}");
+    crate::mountinfo::read().map_or(true, |all| all.iter().any(|m| m.dev == dev))
 }
 
 /// What the mount needs from the system, checked before anything is created: /dev/fuse
@@ -478,7 +507,7 @@ fn serve(
     _watcher: Option<OwnedFd>,
 ) -> ! {
     spawn_signal_thread(cfg);
-    spawn_exit_watcher(&session, Arc::clone(&ov));
+    spawn_exit_watcher(&session, Arc::clone(&ov), cfg.mountpoint.clone());
     if tune_readahead {
         spawn_readahead_tuner(cfg);
     }

@@ -540,3 +540,85 @@ fn a_100000_file_walk_keeps_fds_bounded() {
         assert!(fds <= fds0 + WALK_DIRS + 8, "pass {pass}: daemon fds {fds}");
     }
 }
+
+/// A copy of the mount held by another mount namespace (made by `unshare -m` while we were
+/// mounted) keeps the connection alive after our umount: the daemon must go on serving it,
+/// says so once in its log, and exits as soon as the copy goes.
+#[test]
+fn a_copy_in_another_namespace_is_named_and_the_daemon_ends_with_it() {
+    assert!(nix_is_root(), "this test mounts and needs root");
+    let root = std::env::temp_dir().join(format!("layover-nscopy-{}", std::process::id()));
+    let (l, u, w, m) = (
+        root.join("l"),
+        root.join("u"),
+        root.join("w"),
+        root.join("m"),
+    );
+    for d in [&l, &u, &w, &m] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(l.join("a"), b"a").unwrap();
+    let log = fs::File::create(root.join("log")).unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.display(),
+        u.display(),
+        w.display()
+    );
+    let mut daemon = Command::new(bin())
+        .args(["-f", "-o", &opts])
+        .arg(&m)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&m) {
+        assert!(Instant::now() < deadline, "not mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read(m.join("a")).unwrap(), b"a");
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    run("umount", &[m.as_os_str()]);
+    let said = |log: &Path| {
+        fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("still mounted in another")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !said(&root.join("log")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let alive = daemon.try_wait().unwrap().is_none();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let ended = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break Some(s);
+        }
+        if ended.elapsed() > Duration::from_secs(5) {
+            daemon.kill().unwrap();
+            daemon.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = fs::read_to_string(root.join("log")).unwrap_or_default();
+    let _ = fs::remove_dir_all(&root);
+    assert!(
+        alive,
+        "the daemon ended while a copy of its mount was in use"
+    );
+    assert!(text.contains("still mounted in another"), "log: {text}");
+    assert_eq!(
+        text.matches("still mounted in another").count(),
+        1,
+        "said more than once: {text}"
+    );
+    let status = status.expect("the daemon did not end within 5 s of the copy going");
+    assert!(status.success(), "daemon: {status}; log: {text}");
+}

@@ -8,6 +8,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
+use crate::idmap::stat_xattr::is_stat_xattr;
 use crate::inode::{Inode, Presence, RealId};
 use crate::layer::LayerIdx;
 use crate::sys::{self, Stat, TimeSpec};
@@ -184,7 +185,9 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         for n in names {
-            if is_private_xattr(self.xattr_ns(), &n) {
+            if is_private_xattr(self.xattr_ns(), &n)
+                || (self.writes_stat_xattrs() && is_stat_xattr(&n))
+            {
                 continue;
             }
             let cn = cname(&n)?;
@@ -249,7 +252,9 @@ impl Overlay {
             return Ok(()); // another thread did it while we waited
         }
         let (sdir, sname, _) = self.locate(inode)?;
-        let src = sys::fstatat(sdir.as_fd(), &sname)?;
+        let raw = sys::fstatat(sdir.as_fd(), &sname)?;
+        // `src`: the source with the owner and mode its copy's inode gets.
+        let (src, stat_xattr) = self.copy_up_attrs(top.layer, (sdir.as_fd(), &sname), raw);
         let udir = self.dir_fd(parent, upper)?;
 
         let work = self.work_fd()?;
@@ -267,6 +272,9 @@ impl Overlay {
                 Stat { size: 0, ..src }
             };
             let made = self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
+            if let Some((x, v)) = &stat_xattr {
+                sys::setxattrat(work, &tmp, x.name(), v, 0)?;
+            }
             self.place_copy(&src, (work, &tmp), (udir.as_fd(), &sname))?;
             guard.armed = false;
             Ok(made)

@@ -9,6 +9,7 @@ mod copy_up;
 mod create;
 mod io;
 mod lookup;
+mod owner;
 mod query;
 mod readdir;
 mod remove;
@@ -117,6 +118,8 @@ pub struct Overlay {
     temp_prefix: std::sync::OnceLock<String>,
     /// Opens the user's own files whatever their mode, for an ordinary user's daemon.
     opener: Option<Opener>,
+    /// The override_stat xattrs each layer's objects carry (`owner`).
+    stat_xattrs: owner::StatXattrs,
 }
 
 /// The whiteout in the work directory that upper whiteouts are hard links to.
@@ -174,7 +177,15 @@ impl Overlay {
             _ => Caps::NONE,
         };
         let privileges = Privileges::of(privilege);
-        Overlay::build(cfg, layers, work, caps, nofile, privileges, opener)
+        let ov = Overlay::build(cfg, layers, work, caps, nofile, privileges, opener)?;
+        if !ov.read_only() {
+            ov.mark_upper_root().map_err(|e| {
+                StartupError::new(format!(
+                    "cannot mark the upperdir's root for xattr_permissions: {e}"
+                ))
+            })?;
+        }
+        Ok(ov)
     }
 
     /// Opens a layer stack for reading only, for offline tools and tests: the upper (when
@@ -245,8 +256,9 @@ impl Overlay {
                 real: RealId::of(&root_stat),
             },
         );
-        let inodes = InodeTable::new(Numbering::new(&devs), root);
+        let inodes = InodeTable::new(Numbering::new(&devs).fitting_32_bits(cfg.ino32), root);
         let ids = cfg.ids.clone();
+        let stat_xattrs = owner::StatXattrs::of_layers(&ids, &layers);
         let ov = Overlay {
             cfg,
             layers,
@@ -264,6 +276,7 @@ impl Overlay {
             reflink: std::sync::atomic::AtomicBool::new(true),
             temp_prefix: std::sync::OnceLock::new(),
             opener,
+            stat_xattrs,
         };
         ov.refresh_root_layers();
         Ok(ov)
@@ -532,10 +545,20 @@ impl Overlay {
         root.update(|s| s.layers = layers.into());
     }
 
-    /// Attributes as the merged view reports them: the top object's, with our number, the
-    /// ids shown (`IdMap::to_shown`), and nlink 1 for a directory merged from several layers
-    /// (as the kernel does) or for every directory with `static_nlink`. Every attribute the core returns comes through here.
-    pub(crate) fn present_attr(&self, inode: &Inode, st: Stat) -> Stat {
+    /// Attributes as the merged view reports them: the top object's, with the owner and
+    /// mode of its override_stat xattr where its layer's objects carry one (`owner`), our
+    /// number, the ids shown (`IdMap::to_shown`), and nlink 1 for a directory merged from
+    /// several layers (as the kernel does) or for every directory with `static_nlink`.
+    /// Every attribute the core returns comes through here.
+    pub(crate) fn present_attr(&self, inode: &Arc<Inode>, st: Stat) -> Stat {
+        let top = self.any_stat_xattrs().then(|| inode.top()).flatten();
+        let st = match top {
+            Some(top) if self.overridable(top.layer, &st) => match self.reach(inode) {
+                Ok((dir, name)) => self.with_override(top.layer, dir.as_fd(), &name, st),
+                Err(_) => st,
+            },
+            _ => st,
+        };
         self.merged_layout(inode, self.ids.to_shown(st))
     }
 
