@@ -216,13 +216,34 @@ impl Overlay {
         self.copy_up_with(inode, false)
     }
 
+    /// The parents not yet in the upper are copied first, from the top down, in a loop: a
+    /// tree may be deeper than any thread's stack (a recursion per level overflowed the
+    /// daemon's 2 MiB worker stacks at 20,000 levels).
     fn copy_up_with(&self, inode: &Arc<Inode>, with_data: bool) -> FsResult<()> {
         let upper = self.layers.upper_idx()?;
-        if inode.top().is_some_and(|t| t.layer == upper) {
-            return Ok(());
+        // (object, the parent it is copied into), nearest first.
+        let mut pending: Vec<(Arc<Inode>, Arc<Inode>)> = Vec::new();
+        let mut cur = Arc::clone(inode);
+        while cur.top().is_none_or(|t| t.layer != upper) {
+            let parent = cur.parent().ok_or(Errno::EIO)?;
+            pending.push((cur, Arc::clone(&parent)));
+            cur = parent;
         }
-        let parent = inode.parent().ok_or(Errno::EIO)?;
-        self.copy_up(&parent)?;
+        for (node, parent) in pending.iter().rev() {
+            let data = with_data || !Arc::ptr_eq(node, inode);
+            self.copy_up_one(node, parent, upper, data)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `inode` up into `parent`, which is in the upper already.
+    fn copy_up_one(
+        &self,
+        inode: &Arc<Inode>,
+        parent: &Arc<Inode>,
+        upper: LayerIdx,
+        with_data: bool,
+    ) -> FsResult<()> {
         let _serial = inode.copy_up_lock.lock();
         let Some(top) = inode.top() else {
             return Err(Errno::ESTALE);
@@ -234,7 +255,7 @@ impl Overlay {
         let raw = sys::fstatat(sdir.as_fd(), &sname)?;
         // `src`: the source with the owner and mode its copy's inode gets.
         let (src, stat_xattr) = self.copy_up_attrs(top.layer, (sdir.as_fd(), &sname), raw);
-        let udir = self.dir_fd(&parent, upper)?;
+        let udir = self.dir_fd(parent, upper)?;
 
         let work = self.work_fd()?;
         let tmp = self.temp_name();
@@ -244,7 +265,7 @@ impl Overlay {
             is_dir: src.is_dir(),
             armed: false,
         };
-        let made = self.keeping_times(&parent, || {
+        let made = self.keeping_times(parent, || {
             let src = if with_data {
                 src
             } else {

@@ -258,7 +258,6 @@ impl Overlay {
                 name: Box::new([]),
                 layers: root_layers,
                 real: RealId::of(&root_stat),
-                detached: false,
             },
         );
         let inodes = InodeTable::new(Numbering::new(&devs).fitting_32_bits(cfg.ino32), root);
@@ -370,19 +369,28 @@ impl Overlay {
         self.inodes.get(ino).ok_or(Errno::ESTALE)
     }
 
-    /// The `O_PATH` fd of directory `dir` in `layer` (which must hold it).
+    /// The `O_PATH` fd of directory `dir` in `layer` (which must hold it). Goes up to the
+    /// nearest directory whose fd is known, then opens (and caches) each one down to `dir`,
+    /// in a loop: a tree may be deeper than any thread's stack.
     pub(crate) fn dir_fd(&self, dir: &Arc<Inode>, layer: LayerIdx) -> FsResult<Arc<OwnedFd>> {
-        if dir.ino == ROOT_INO {
-            return Ok(Arc::clone(&self.layers.get(layer)?.root));
+        let mut below: Vec<(Ino, CString)> = Vec::new();
+        let mut cur = Arc::clone(dir);
+        let mut fd = loop {
+            if cur.ino == ROOT_INO {
+                break Arc::clone(&self.layers.get(layer)?.root);
+            }
+            if let Some(fd) = self.dirs.get(cur.ino, layer) {
+                break fd;
+            }
+            let (parent, name) = cur.with_state(|s| (s.parent.clone(), cname(&s.name)));
+            below.push((cur.ino, name?));
+            cur = parent.ok_or(Errno::ESTALE)?;
+        };
+        for (ino, name) in below.iter().rev() {
+            let next = Arc::new(sys::open_dir_at(fd.as_fd(), name)?);
+            self.dirs.insert(*ino, layer, Arc::clone(&next));
+            fd = next;
         }
-        if let Some(fd) = self.dirs.get(dir.ino, layer) {
-            return Ok(fd);
-        }
-        let (parent, name) = dir.with_state(|s| (s.parent.clone(), cname(&s.name)));
-        let parent = parent.ok_or(Errno::ESTALE)?;
-        let pfd = self.dir_fd(&parent, layer)?;
-        let fd = Arc::new(sys::open_dir_at(pfd.as_fd(), &name?)?);
-        self.dirs.insert(dir.ino, layer, Arc::clone(&fd));
         Ok(fd)
     }
 
@@ -390,8 +398,14 @@ impl Overlay {
     /// the top layer). The root is (layer root, ".").
     pub(crate) fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
         // Only what is needed is copied out of the state (this runs on every getattr).
-        let (detached, top, parent, name) =
-            inode.with_state(|s| (s.detached, s.top(), s.parent.clone(), cname(&s.name)));
+        let (detached, top, parent, name) = inode.with_state(|s| {
+            (
+                inode.is_detached(),
+                s.top(),
+                s.parent.clone(),
+                cname(&s.name),
+            )
+        });
         if detached {
             return Err(Errno::ENOENT);
         }
@@ -425,7 +439,7 @@ impl Overlay {
                 s.name = n;
             }
             None => {
-                s.detached = true;
+                inode.set_detached(true);
                 // That was its last link: the filesystem may give its inode number to a new
                 // object before the kernel forgets this inode, and the new object must not be
                 // taken for this one (it would inherit a detached state and stale names).
@@ -456,7 +470,7 @@ impl Overlay {
         inode.update(|s| {
             s.parent = Some(Arc::clone(to.0));
             s.name = to.1.into();
-            s.detached = false;
+            inode.set_detached(false);
         });
     }
 
