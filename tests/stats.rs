@@ -214,6 +214,16 @@ fn figures_follow_the_work_done_as_root() {
     // As root the kernel grants passthrough on this host (Linux >= 6.9): the reason is said.
     assert!(j.contains("\"mode\":\"passthrough\""), "{j}");
     assert!(j.contains("FUSE passthrough granted"), "{j}");
+    // The transport, as the fuse module's enable_uring parameter allows (scripts/test.sh
+    // turns it on).
+    let uring = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y");
+    let transport = if uring {
+        "\"transport\":\"FUSE over io_uring\""
+    } else {
+        "\"transport\":\"/dev/fuse (the fuse module's enable_uring parameter is off)\""
+    };
+    assert!(j.contains(transport), "{transport}: {j}");
 
     let human = stats(&[m.as_os_str()]);
     assert_eq!(human.code, 0, "{}", human.stderr);

@@ -105,6 +105,8 @@ impl<B> DataPath<B> {
             passthrough_opens,
             cached_opens,
             backings: self.backings.map.len() as u64,
+            // The transport's to say (`Fs::reporter`).
+            transport: String::new(),
         }
     }
 

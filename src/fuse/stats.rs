@@ -4,7 +4,7 @@
 //! per handler). Also the transport's part of the live report (`Fs::reporter`).
 
 use super::Fs;
-use crate::stats::{OpReport, Report, server::Reporter};
+use crate::stats::{DataPathReport, OpReport, Report, server::Reporter};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,10 +172,11 @@ impl Fs {
     /// What the stats socket answers with: the core's figures, the data path, the requests.
     /// `fd_limit`: the daemon's open-file limit.
     pub fn reporter(&self, mountpoint: &Path, fd_limit: u64) -> Reporter {
-        let (ov, ops, data) = (
+        let (ov, ops, data, uring) = (
             Arc::clone(&self.ov),
             Arc::clone(&self.ops),
             Arc::clone(&self.data),
+            Arc::clone(&self.uring),
         );
         let mountpoint = mountpoint.to_string_lossy().into_owned();
         let started = Instant::now();
@@ -186,7 +187,10 @@ impl Fs {
             core: ov.figures(),
             fds: fd_count(),
             fd_limit,
-            data: data.report(),
+            data: DataPathReport {
+                transport: uring.transport(),
+                ..data.report()
+            },
             ops: ops.report(),
         })
     }

@@ -174,6 +174,7 @@ fn human(r: &Report) -> String {
     } else {
         ""
     };
+    row("transport", d.transport.clone());
     row("data path", format!("{}{shared}", d.mode));
     for line in wrap(&d.why, 70) {
         row("", line);
@@ -269,6 +270,7 @@ fn to_json(r: &Report) -> Json {
         (
             "data_path",
             Json::Obj(vec![
+                ("transport", Json::str(&d.transport)),
                 ("mode", Json::str(&d.mode)),
                 ("why", Json::str(&d.why)),
                 ("lower_shared", Json::Bool(d.lower_shared)),

@@ -27,6 +27,9 @@ use std::time::Duration;
 /// How file data travels (`fuse::passthrough::DataPath::report`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DataPathReport {
+    /// Which transport serves requests: `FUSE over io_uring`, or `/dev/fuse (why not
+    /// io_uring)`.
+    pub transport: String,
     /// `passthrough`, `writeback cache`, `page cache`, or `page cache (passthrough refused
     /// by the kernel since INIT)`.
     pub mode: String,
@@ -115,6 +118,7 @@ impl Report {
             format!("copy_ups_dirs {}", c.copy_ups_dirs),
             format!("copy_ups_other {}", c.copy_ups_other),
             format!("copy_up_bytes {}", c.copy_up_bytes),
+            format!("transport {}", escape(&d.transport)),
             format!("data_path {}", escape(&d.mode)),
             format!("data_path_why {}", escape(&d.why)),
             format!("lower_shared {}", u8::from(d.lower_shared)),
@@ -178,6 +182,7 @@ impl Report {
             "copy_ups_dirs" => c.copy_ups_dirs = n()?,
             "copy_ups_other" => c.copy_ups_other = n()?,
             "copy_up_bytes" => c.copy_up_bytes = n()?,
+            "transport" => d.transport = unescape(value),
             "data_path" => d.mode = unescape(value),
             "data_path_why" => d.why = unescape(value),
             "lower_shared" => d.lower_shared = n()? != 0,
@@ -287,6 +292,7 @@ mod tests {
             fds: 9,
             fd_limit: 1024,
             data: DataPathReport {
+                transport: "/dev/fuse (io_uring=0)".into(),
                 mode: "passthrough".into(),
                 why: "because".into(),
                 tracked: true,

@@ -31,6 +31,8 @@ pub type Handler = dyn Fn(&Request<'_>) -> Result<Vec<u8>, i32> + Send + Sync;
 pub(crate) struct Offer {
     wanted: bool,
     granted: AtomicBool,
+    /// The rings are up and serving (set once every queue has started).
+    serving: AtomicBool,
     /// Why not, for the log line.
     why_not: std::sync::Mutex<&'static str>,
 }
@@ -40,6 +42,7 @@ impl Offer {
         Offer {
             wanted,
             granted: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
             why_not: std::sync::Mutex::new(if wanted { "" } else { "io_uring=0" }),
         }
     }
@@ -64,6 +67,22 @@ impl Offer {
 
     pub(crate) fn granted(&self) -> bool {
         self.granted.load(Ordering::Relaxed)
+    }
+
+    /// The rings serve requests from now on.
+    pub(crate) fn serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    /// Which transport serves the mount, for `layover stats`.
+    pub(crate) fn transport(&self) -> String {
+        if self.serving.load(Ordering::Relaxed) {
+            "FUSE over io_uring".into()
+        } else if self.granted() {
+            "/dev/fuse (io_uring was granted but did not start)".into()
+        } else {
+            format!("/dev/fuse ({})", self.why_not())
+        }
     }
 
     pub(crate) fn why_not(&self) -> &'static str {

@@ -111,8 +111,10 @@ impl Ring {
             .unwrap_or(256);
         let payload = (self.max_write as usize).max(limit * 4096);
         let d = Arc::clone(&dev);
+        let offer = Arc::clone(&self.offer);
         let handler: Arc<super::Handler> = Arc::new(move |req| self.handle(&d, req));
         let threads = super::serve(&dev, DEFAULT_SHAPE, payload, handler)?;
+        offer.serving();
         let (per_queue, depth) = DEFAULT_SHAPE;
         log::info!(
             "transport: FUSE over io_uring ({} queues, {per_queue} threads of {depth} entries each; FORGET and INTERRUPT through /dev/fuse)",
