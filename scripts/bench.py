@@ -7,6 +7,8 @@ Filesystems are interleaved inside each run so that drifting machine load hits a
 alike; every figure reported is the median over --runs runs.
 
 Run as root:  scripts/bench.sh [--quick] [--runs N] [--only walk,list,...] [--fs kernel,layover]
+Unprivileged: scripts/bench.sh --unprivileged[=USER] ...  (every filesystem mounted and used by an
+ordinary user; the kernel's overlayfs in that user's namespace is the reference)
 See docs/performance.md for the workloads, the last results and how to read them.
 No timing assertions: this only measures and reports.
 """
