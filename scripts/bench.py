@@ -276,13 +276,20 @@ class Bench:
         for tool in ("fusermount3", "setpriv", "nsenter", "unshare"):
             if not shutil.which(tool):
                 raise SystemExit(f"--unprivileged needs {tool} (fuse3, util-linux)")
+        # The node is made in a root-only directory and unlinked once bound: no 0666 node is
+        # left on the host's filesystem, only the bind, in this namespace.
         dev = self.dir / "dev"
-        dev.mkdir(exist_ok=True)
+        dev.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(dev, 0o700)
         node = dev / "fuse"
-        if not node.exists():
-            os.mknod(node, 0o666 | 0o020000, os.makedev(10, 229))
+        if node.exists():
+            node.unlink()
+        os.mknod(node, 0o666 | 0o020000, os.makedev(10, 229))
         os.chmod(node, 0o666)
-        run(["mount", "--bind", str(node), "/dev/fuse"])
+        try:
+            run(["mount", "--bind", str(node), "/dev/fuse"])
+        finally:
+            node.unlink()
         for d in (self.dir, self.scratch, self.dir / "bin"):
             os.chmod(d, 0o755)
 
