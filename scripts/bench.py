@@ -34,9 +34,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HELPER_SRC = Path(__file__).resolve().parent / "bench_helper.c"
 ALL_FS = ["kernel", "layover", "fuse-overlayfs", "floor"]
+# The floor over FUSE over io_uring (fuse_floor --uring): not in the default set, as it needs the
+# fuse module's enable_uring parameter, which the benchmark turns on (Y) when it is asked for.
+# layover-devfuse: layover with io_uring=0, beside "layover", which serves over FUSE over io_uring
+# when the fuse module's enable_uring is Y (its default, io_uring=1), else over /dev/fuse too.
+FS_CHOICES = ALL_FS + ["floor-uring", "layover-devfuse"]
+FLOORS = ("floor", "floor-uring")
+URING_PARAM = Path("/sys/module/fuse/parameters/enable_uring")
 # The FUSE floor (examples/fuse_floor.rs): a daemon built like layover that does the least any
 # FUSE daemon can for these workloads, without an overlay's rules. It runs only these.
-FLOOR_WORKLOADS = ("copyup", "copyup-volatile", "create")
+FLOOR_WORKLOADS = ("copyup", "copyup-volatile", "create", "walk")
 WORKLOADS = ["walk", "list", "parallel", "seqread", "randread", "seqwrite", "copyup",
              "copyup-volatile", "bigcopyup", "create", "rm", "share", "exec", "1m"]
 # Workloads on the small shared lower (one big file and a tiny static binary), not the tree.
@@ -348,7 +355,9 @@ class Bench:
         elif "layover" in self.args.fs and not self.args.layover and not os.access(self.layover, os.X_OK):
             log("building layover (cargo build --release)")
             subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
-        if "floor" in self.args.fs and not self.args.build and not os.access(self.floor, os.X_OK):
+        if "floor-uring" in self.args.fs:
+            self.enable_uring()
+        if any(f in self.args.fs for f in FLOORS) and not self.args.build and not os.access(self.floor, os.X_OK):
             if self.args.layover:
                 self.floor = str(REPO / "target/release/examples/fuse_floor")
             log("building the FUSE floor (cargo build --release --example fuse_floor)")
@@ -361,6 +370,15 @@ class Bench:
             self.gen_share(cc)
         if "1m" in self.workloads():
             self.gen_1m()
+
+    def enable_uring(self):
+        """Turns the fuse module's enable_uring on: only daemons that ask for io_uring at INIT
+        (floor-uring) use it; /dev/fuse daemons are unaffected. Left on at the end."""
+        if not URING_PARAM.exists():
+            raise SystemExit(f"floor-uring: {URING_PARAM} is missing (a kernel without FUSE over io_uring)")
+        if URING_PARAM.read_text().strip() not in ("Y", "1"):
+            URING_PARAM.write_text("1\n")
+            self.note("floor-uring: the fuse module's enable_uring was N; the benchmark set it to Y")
 
     def build(self, rev: str):
         """Builds layover from commit rev (git archive into the work dir; the checkout is untouched)."""
@@ -617,14 +635,16 @@ class Bench:
             return self.mount_user(fs, mnt, opts, volatile, shared)
         if fs == "kernel":
             cmd = ["mount", "-t", "overlay", "overlay", "-o", opts + (",volatile" if volatile else ""), str(mnt)]
-        elif fs == "layover":
+        elif fs in ("layover", "layover-devfuse"):
             cmd = [self.layover, "-o", opts + (",volatile" if volatile else "")
-                   + ("," + SHARE_OPTS if shared else ""), str(mnt)]
+                   + ("," + SHARE_OPTS if shared else "")
+                   + (",io_uring=0" if fs == "layover-devfuse" else ""), str(mnt)]
         elif fs == "fuse-overlayfs":
             cmd = ["fuse-overlayfs", "-o", opts + (",fsync=0" if volatile else ""), str(mnt)]
-        elif fs == "floor":
+        elif fs in FLOORS:
             cmd = None
-            args = [self.floor] + ([] if volatile else ["--fsync"]) + [str(self.upper_dir), str(mnt)]
+            args = ([self.floor] + ([] if volatile else ["--fsync"]) + (["--uring"] if fs == "floor-uring" else [])
+                    + [str(self.upper_dir), str(mnt)])
             # It stays in the foreground until unmounted; wait for the mount to appear.
             self.floor_proc = subprocess.Popen(args + [str(l) for l in lowers], stdin=subprocess.DEVNULL,
                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -710,7 +730,7 @@ class Bench:
             holder.wait()
             return
         force_unmount(str(m.mnt))
-        if m.fs == "floor" and self.floor_proc:
+        if m.fs in FLOORS and self.floor_proc:
             try:
                 self.floor_proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -903,7 +923,7 @@ class Bench:
         volatile = wl == "copyup-volatile"
         m1 = wl == "1m"
         key = (wl, fs)
-        if fs == "floor" and wl not in FLOOR_WORKLOADS:
+        if fs in FLOORS and wl not in FLOOR_WORKLOADS:
             return
         if key in self.errors and not self.args.keep_trying:
             return  # it failed in an earlier run: record it once, spend no more time on it
@@ -1067,10 +1087,13 @@ def machine_info(b: Bench) -> list[tuple[str, str]]:
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("machine", f"{os.cpu_count()} CPUs ({cpu}), {mem} RAM"),
         ("kernel", platform.release()),
-        ("layover", f"commit {commit}; binary {b.layover} ({lv})"),
+        ("layover", f"commit {commit}; binary {b.layover} ({lv}); transport: "
+                    + ("FUSE over io_uring (enable_uring=Y; layover-devfuse: io_uring=0)"
+                       if URING_PARAM.exists() and URING_PARAM.read_text().strip() in ("Y", "1") else "/dev/fuse")),
         ("fuse-overlayfs", fo[0] if fo else "not installed"),
-    ] + ([] if "floor" not in b.args.fs else [
-        ("floor", f"examples/fuse_floor.rs, built with layover ({b.floor}); runs {', '.join(FLOOR_WORKLOADS)} only"),
+    ] + ([] if not any(f in b.args.fs for f in FLOORS) else [
+        ("floor", f"examples/fuse_floor.rs, built with layover ({b.floor}); runs {', '.join(FLOOR_WORKLOADS)} only"
+                  + ("; floor-uring: the same, --uring" if "floor-uring" in b.args.fs else "")),
     ]) + ([("mode", mode)] if b.user else []) + [
         ("layers on", f"{b.dir} ({fsdev})"),
         ("command", "`" + shlex.join(["scripts/bench.sh", *sys.argv[1:]]) + "`"),
@@ -1088,8 +1111,8 @@ def report(b: Bench) -> str:
         p[k] = f"{p[k]:,}"
     fss = b.args.fs
     wls = b.workloads()
-    others = [f for f in ("kernel", "fuse-overlayfs", "floor") if f in fss and "layover" in fss]
-    floor_col = "floor" in fss and "kernel" in fss
+    others = [f for f in ("kernel", "fuse-overlayfs", "floor", "layover-devfuse") if f in fss and "layover" in fss]
+    floor_cols = [f for f in FLOORS if f in fss and "kernel" in fss]
     lines = []
     info = machine_info(b)
     lines.append("| | |\n|---|---|")
@@ -1105,9 +1128,9 @@ def report(b: Bench) -> str:
     lines.append("")
     name = lambda f: "kernel (userns)" if b.user and f == "kernel" else f
     head = ("| workload | unit | " + " | ".join(map(name, fss)) + "".join(f" | layover ÷ {name(o)}" for o in others)
-            + (" | floor ÷ kernel" if floor_col else "") + " |")
+            + "".join(f" | {f} ÷ kernel" for f in floor_cols) + " |")
     lines.append(head)
-    lines.append("|" + "---|" * (2 + len(fss) + len(others) + floor_col))
+    lines.append("|" + "---|" * (2 + len(fss) + len(others) + len(floor_cols)))
     failures = {}
     for metric, label, unit, hib, wl in METRICS:
         if wl not in wls:
@@ -1135,9 +1158,9 @@ def report(b: Bench) -> str:
                 row.append(f"{vals['layover'] / vals[o]:.2f}")
             else:
                 row.append("—")
-        if floor_col:
-            ok = "floor" in vals and vals.get("kernel") and hib is not None
-            row.append(f"{vals['floor'] / vals['kernel']:.2f}" if ok else "—")
+        for f in floor_cols:
+            ok = f in vals and vals.get("kernel") and hib is not None
+            row.append(f"{vals[f] / vals['kernel']:.2f}" if ok else "—")
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append("↑ higher is better, ↓ lower is better; the ratio columns divide layover's figure by the "
@@ -1145,7 +1168,9 @@ def report(b: Bench) -> str:
                  "MB = 10⁶ bytes."
                  + (" The floor is the least a FUSE daemon can do for those workloads, without an overlay's "
                     "rules (examples/fuse_floor.rs): floor ÷ kernel is the best ratio any overlay on FUSE "
-                    "can reach on this machine." if "floor" in fss else ""))
+                    "can reach on this machine." if "floor" in fss else "")
+                 + (" floor-uring is the same daemon serving over FUSE over io_uring (per-CPU queues) "
+                    "instead of /dev/fuse." if "floor-uring" in fss else ""))
     if failures:
         lines.append("")
         lines.append("Failures:")
@@ -1225,8 +1250,8 @@ def main():
     ap.add_argument("--runs", type=int, default=None, help="runs per workload (default 5, --quick 1)")
     ap.add_argument("--quick", action="store_true", help="small sizes (4,000 files, 64 MiB file), 1 run")
     ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
-    ap.add_argument("--fs", default=None, help="comma-separated: " + ",".join(ALL_FS)
-                    + " (default all; with --unprivileged all but the floor)")
+    ap.add_argument("--fs", default=None, help="comma-separated: " + ",".join(FS_CHOICES)
+                    + " (default " + ",".join(ALL_FS) + "; with --unprivileged all but the floor)")
     ap.add_argument("--unprivileged", nargs="?", const="podtest", metavar="USER",
                     help="mount and use every filesystem as the ordinary USER (default podtest): layover "
                          "and fuse-overlayfs through fusermount3, the kernel's overlayfs in USER's user "
@@ -1251,9 +1276,9 @@ def main():
         args.fs = ",".join(f for f in ALL_FS if not (args.unprivileged and f == "floor"))
     args.fs = [f.strip() for f in args.fs.split(",") if f.strip()]
     for f in args.fs:
-        if f not in ALL_FS:
+        if f not in FS_CHOICES:
             ap.error(f"unknown filesystem {f}")
-        if args.unprivileged and f == "floor":
+        if args.unprivileged and f in FLOORS:
             ap.error("the floor is not measured in an --unprivileged run")
     if args.only:
         for w in args.only.split(","):

@@ -25,12 +25,13 @@ cd "$(dirname "$0")/.."
 # mmap helper), a C toolchain (build-essential), mkfs.ext4 (e2fsprogs: tests/reliability.rs
 # puts layers on a small ext4 image), newuidmap/newgidmap (uidmap: user namespaces with
 # subordinate ids), and for tests/podman.rs podman, runc (Debian 12's crun refuses a hybrid
-# cgroup layout) and busybox-static (the containers' root file system).
+# cgroup layout) and busybox-static (the containers' root file system); umoci (tests/inspect.rs
+# applies `layover export`'s layer with it, and with podman).
 # mount/umount, losetup, cp, mknod... are essential. This is the one list: .ci/run only calls
 # this script. Cargo-installed test tools (fsx) are installed below, once cargo is found.
 need=(
     "mount.fuse3:fuse3" "setfattr:attr" "python3:python3" "cc:build-essential"
-    "mkfs.ext4:e2fsprogs" "newuidmap:uidmap" "podman:podman" "runc:runc"
+    "mkfs.ext4:e2fsprogs" "newuidmap:uidmap" "podman:podman" "runc:runc" "umoci:umoci"
 )
 missing=()
 for n in "${need[@]}"; do
@@ -96,13 +97,39 @@ step "cargo fmt --check"
 step "cargo clippy --all-targets -- -D warnings"
 "${builder[@]}" cargo clippy --all-targets -- -D warnings
 
+# FUSE over io_uring: layover serves over it when the kernel offers it (io_uring=1, the
+# default), which needs the fuse module's enable_uring parameter. It is turned on here, so the
+# tests run over io_uring where the kernel has it, and the side-by-side suites once more over
+# /dev/fuse below. (A global knob, but only daemons that ask for io_uring at INIT use it.)
+uring=/sys/module/fuse/parameters/enable_uring
+if [ -e "$uring" ]; then
+    echo 1 >"$uring"
+    step "FUSE over io_uring: enable_uring=$(cat "$uring") (the suites run over it, and over /dev/fuse)"
+else
+    step "FUSE over io_uring: not in this kernel (the suites run over /dev/fuse only)"
+fi
+
 step "cargo test --release"
 "${builder[@]}" cargo test --release --no-run
 cargo test --release --no-fail-fast "$@"
+if [ $# -eq 0 ] && [ -e "$uring" ]; then
+    step "side-by-side suites over /dev/fuse (io_uring=0)"
+    LAYOVER_TEST_OPTS=io_uring=0 cargo test --release --no-fail-fast \
+        --test read_side --test write_side
+fi
 if [ $# -eq 0 ]; then
     # The side-by-side suites again with file data through the daemon and the kernel's
     # writeback cache, the data path of mounts without root or on kernels before 6.9.
     step "side-by-side suites with passthrough=off (writeback cache)"
     LAYOVER_TEST_OPTS=passthrough=off cargo test --release --no-fail-fast \
         --test read_side --test write_side
+    # The side-by-side suites the two rootless ways, against the kernel's overlayfs mounted
+    # in a user namespace: layover as podtest through fusermount3, and as root of podtest's
+    # user namespace (testkit/scripts/run-mode.sh, cargo's runner for these runs).
+    runner_var="CARGO_TARGET_$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER"
+    for mode in user userns; do
+        step "side-by-side suites in mode $mode"
+        env "$runner_var=$PWD/testkit/scripts/run-mode.sh" LAYOVER_TEST_MODE=$mode \
+            cargo test --release --no-fail-fast --test read_side --test write_side
+    done
 fi

@@ -18,8 +18,8 @@
 //!
 //! The one argument that stands first in practice is mount(8)'s SOURCE, a free name shown
 //! in /proc/mounts (`overlay` or `layover` by convention): it must not be a reserved word.
-//! Reserved words answer "not implemented yet" (exit 2) until their tools exist, so that a
-//! line that would mean something else later fails today instead of being taken for a mount.
+//! A new subcommand's word is reserved before its tool exists (a line that would mean
+//! something else later then fails instead of being taken for a mount).
 
 use crate::error::StartupError;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -33,7 +33,7 @@ pub enum Command {
     /// Print this text on stdout and exit 0.
     Version(String),
     Mount(MountArgs),
-    /// A subcommand; none is implemented yet.
+    /// A subcommand (`inspect::run` runs it).
     Tool(Tool),
 }
 
@@ -106,15 +106,20 @@ pub enum Tool {
     /// Check a layer stack for what the kernel's overlayfs would refuse or misread
     #[command(long_about = CHECK_ABOUT, after_help = CHECK_AFTER)]
     Check(CheckArgs),
-    /// Figures about a layer stack or a live mount
-    Stats(Reserved),
+    /// Live figures of a running layover mount: inodes, open files, copy-ups, requests
+    #[command(long_about = STATS_ABOUT, after_help = STATS_AFTER)]
+    Stats(StatsArgs),
 }
 
-/// The arguments of a subcommand that is not implemented yet: anything, kept as given.
 #[derive(Args, Debug, PartialEq, Eq)]
-pub struct Reserved {
-    #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true, hide = true)]
-    pub args: Vec<OsString>,
+pub struct StatsArgs {
+    /// Write JSON (one object) instead of text
+    #[arg(long)]
+    pub json: bool,
+
+    /// A live layover mount
+    #[arg(value_name = "MOUNTPOINT", value_parser = clap::value_parser!(OsString))]
+    pub mountpoint: OsString,
 }
 
 /// The layer stack of a tool, as for mounting, and the output format.
@@ -293,6 +298,43 @@ Examples:
   layover check -o lowerdir=/l1:/l0,upperdir=/u,workdir=/w
   layover check --fix -o lowerdir=/l0,upperdir=/u,workdir=/w";
 
+const STATS_ABOUT: &str = "\
+Show live figures of the layover mount at MOUNTPOINT, asked of its daemon:
+  inodes             inodes in the daemon's table (those the kernel holds a reference on)
+  open files         open file handles; while passthrough is granted, how many the kernel
+                     serves itself (passthrough) and how many go through the daemon, and the
+                     backing files registered with the kernel
+  open directories   open directory streams
+  fds held           file descriptors the daemon holds, its limit, and how many are cached
+                     directory fds
+  copy-ups           objects copied up to the upper layer since the mount, by type
+  copied up          file data copied up: the sizes of the files copied with their data (a
+                     sparse or reflinked copy counts its whole size; an open with O_TRUNC
+                     copies none)
+  data path          how file data travels: passthrough (the kernel reads and writes the
+                     real files), the kernel's writeback cache, or the page cache through the
+                     daemon; and why (the INIT decision: passthrough=off, not real root, an
+                     old kernel, a refusal)
+  requests           per FUSE operation since the mount: count, total time in the daemon and
+                     latency percentiles p50, p90, p99 and max (from the request's arrival at
+                     the daemon to its reply; a log histogram with four buckets per power of
+                     two, so a percentile is within 25% above the truth, never above max)
+
+The daemon serves its figures on a Unix socket, RUNTIME/layover/PID.sock, where RUNTIME is
+the daemon's $XDG_RUNTIME_DIR, else /run for root and /run/user/UID for an ordinary user.
+The directory is mode 0700, the socket 0600, and the daemon answers only its own user and
+root (SO_PEERCRED). The socket goes when the daemon exits cleanly; one left by a killed
+daemon is removed by the next daemon that starts there. No privilege beyond the daemon's
+user is needed, and asking costs the requests nothing (a thread of its own answers).";
+
+const STATS_AFTER: &str = "\
+Exit status: 0 the figures were written; 2 wrong command line, MOUNTPOINT not a live
+layover mount, its daemon gone, or its socket missing, stale or refused.
+
+Examples:
+  layover stats /merged
+  layover stats --json /merged | jq '.requests[] | select(.op == \"lookup\")'";
+
 impl Tool {
     pub fn name(&self) -> &'static str {
         match self {
@@ -336,7 +378,7 @@ fn after_help() -> String {
          -o may repeat, stand before or after the arguments, and be glued (-oOPTIONS). Within\n  \
          one, options are comma-separated; \\, and \\: put a comma or a colon inside a value\n  \
          (\\\\ a backslash). Where two options disagree, the later one wins.\n\n\
-         Subcommands: {words} (see layover SUBCOMMAND --help; stats is reserved,\n  not implemented yet)\n  \
+         Subcommands: {words} (see layover SUBCOMMAND --help)\n  \
          A word is a subcommand only as the first argument. To mount on a directory named like\n  \
          one, put anything else first: `layover -o OPTIONS explain`, `layover SOURCE explain`,\n  \
          `layover ./explain -o OPTIONS`. mount(8)'s SOURCE must not be one of these words.\n\n\
@@ -421,8 +463,18 @@ fn clap_outcome(e: clap::Error) -> Result<Command, StartupError> {
         }
         ErrorKind::DisplayVersion => Ok(Command::Version(text)),
         _ => {
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
+            // "the following required arguments were not provided:" names them below.
+            let named;
+            let first = match lines.next() {
+                Some(next) if first.ends_with(':') => {
+                    named = format!("{first} {}", next.trim());
+                    named.as_str()
+                }
+                _ => first,
+            };
             Err(StartupError::new(format!(
                 "{} (see layover --help)",
                 crate::config::one_line(first)
@@ -637,11 +689,19 @@ mod tests {
             p(&["export", "x"]),
             Ok(Command::Tool(Tool::Export(_)))
         ));
-        for tool in ["explain", "diff", "check", "export"] {
+        assert!(matches!(
+            p(&["stats", "--json", "/m"]),
+            Ok(Command::Tool(Tool::Stats(StatsArgs { json: true, .. })))
+        ));
+        assert!(p(&["stats"]).is_err(), "a MOUNTPOINT is required");
+        for tool in ["explain", "diff", "check", "export", "stats"] {
             let Ok(Command::Help(h)) = p(&[tool, "--help"]) else {
                 panic!("{tool} --help")
             };
             for needle in ["layer", "Exit status", "Examples", "-o <OPTIONS>"] {
+                if tool == "stats" && needle.starts_with("-o") {
+                    continue; // a live mount only
+                }
                 assert!(h.contains(needle), "{tool}: {needle} missing:\n{h}");
             }
         }

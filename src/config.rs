@@ -3,6 +3,7 @@
 
 use crate::cli::MountArgs;
 use crate::error::StartupError;
+use crate::idmap::stat_xattr::StatXattr;
 use crate::idmap::{self, IdMap, OneMap, Range};
 use crate::privilege::Privilege;
 use crate::whiteout::Format;
@@ -41,6 +42,8 @@ pub struct Stack {
     pub ids: IdMap,
     /// `static_nlink`: every directory shows nlink 1.
     pub static_nlink: bool,
+    /// `ino32_t`: every inode number shown fits in 32 bits.
+    pub ino32: bool,
 }
 
 /// Everything the daemon needs, validated: the layer stack, and how it is mounted and served.
@@ -64,6 +67,9 @@ pub struct Config {
     /// Ask the kernel for FUSE passthrough (`passthrough=off` serves file data through the
     /// daemon and its writeback cache, as happens without root or on kernels before 6.9).
     pub passthrough: bool,
+    /// Serve requests over FUSE over io_uring when the kernel offers it (`io_uring=1`, the
+    /// default; it needs the fuse module's `enable_uring` parameter), else over /dev/fuse.
+    pub io_uring: bool,
     /// `strict_copy_up` (the default; `strict_copy_up=0` turns it off): lower files opened
     /// read-only are read through the daemon, so that a descriptor opened before a copy-up
     /// reads the copy afterwards (Linux >= 4.19), at the cost of a page-cache copy per mount.
@@ -170,6 +176,11 @@ pub struct LayerOptions {
     pub squash_to_uid: Option<u32>,
     pub squash_to_gid: Option<u32>,
     pub static_nlink: bool,
+    /// `noacl` (also a daemon matter: FUSE_POSIX_ACL is not asked for).
+    pub noacl: bool,
+    /// `xattr_permissions=1|2` (0: none).
+    pub xattr_permissions: Option<StatXattr>,
+    pub ino32: bool,
 }
 
 impl LayerOptions {
@@ -186,6 +197,8 @@ impl LayerOptions {
                 ranges: self.gidmapping.clone(),
                 squash: self.squash_to_gid.or(root),
             },
+            noacl: self.noacl,
+            stat_xattr: self.xattr_permissions,
         }
     }
 }
@@ -211,9 +224,9 @@ pub struct DaemonOptions {
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    pub io_uring: Option<bool>,
     pub strict_copy_up: Option<bool>,
     pub auto_unmount: Option<bool>,
-    pub noacl: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,6 +370,30 @@ pub const LAYER_KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "xattr_permissions",
+        value: Some("0|1|2"),
+        help: "keep the owner and mode of files and directories in security.fuseoverlayfs.override_stat (1) or user.fuseoverlayfs.override_stat (2), not on the inode (fuse-overlayfs's meaning)",
+        apply: |o, v| {
+            let n = num_value("xattr_permissions", v)?;
+            o.layers.xattr_permissions = StatXattr::of_option(n).ok_or_else(|| {
+                StartupError::new(format!(
+                    "option xattr_permissions={}: expected 0, 1 or 2",
+                    one_line(v)
+                ))
+            })?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ino32_t",
+        value: None,
+        help: "every inode number shown fits in 32 bits (for 32-bit programs), still one per object",
+        apply: |o, _| {
+            o.layers.ino32 = true;
+            Ok(())
+        },
+    },
+    Key {
         name: "ro",
         value: None,
         help: "mount read-only, even with an upperdir",
@@ -415,6 +452,15 @@ pub const DAEMON_KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "io_uring",
+        value: Some("0|1"),
+        help: "1 (default): serve requests over FUSE over io_uring (per-CPU queues) when the kernel offers it (the fuse module's enable_uring parameter); 0: always /dev/fuse",
+        apply: |o, v| {
+            o.daemon.io_uring = Some(bool_value("io_uring", v)?);
+            Ok(())
+        },
+    },
+    Key {
         name: "strict_copy_up",
         value: Some("0|1"),
         help: "1 (default): a file opened read-only before its copy-up reads the copy afterwards (Linux >= 4.19), at a page-cache copy of lower files per mount; 0: share the lower files' page cache, but while a reader opened before a copy-up lives, opens for writing get ETXTBSY and that reader keeps reading the lower copy",
@@ -444,9 +490,9 @@ pub const DAEMON_KEYS: &[Key] = &[
     Key {
         name: "noacl",
         value: None,
-        help: "no POSIX ACLs: FUSE_POSIX_ACL is not asked for, so the kernel checks modes alone (ACL xattrs are stored, not enforced)",
+        help: "no POSIX ACLs: FUSE_POSIX_ACL is not asked for, so the kernel checks modes alone (ACL xattrs are stored as given, not enforced, their ids not mapped)",
         apply: |o, _| {
-            o.daemon.noacl = true;
+            o.layers.noacl = true;
             Ok(())
         },
     },
@@ -842,6 +888,7 @@ impl Stack {
             whiteout: o.whiteout,
             ids: o.id_map(),
             static_nlink: o.static_nlink,
+            ino32: o.ino32,
         })
     }
 
@@ -906,9 +953,10 @@ impl Config {
             max_write: o.daemon.max_write,
             threads: o.daemon.threads,
             passthrough: o.daemon.passthrough != Some(false),
+            io_uring: o.daemon.io_uring != Some(false),
             strict_copy_up: o.daemon.strict_copy_up != Some(false),
             auto_unmount: o.daemon.auto_unmount != Some(false),
-            acl: !o.daemon.noacl,
+            acl: !o.layers.noacl,
             unknown: o.unknown,
         })
     }

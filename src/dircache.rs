@@ -34,6 +34,11 @@ impl DirCache {
         }
     }
 
+    /// How many fds the cache holds.
+    pub fn fd_count(&self) -> usize {
+        self.map.len()
+    }
+
     pub fn get(&self, ino: Ino, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
         self.map.get(&(ino, layer)).map(|r| Arc::clone(r.value()))
     }

@@ -112,6 +112,11 @@ impl HandleTable {
         self.dirs.get(&fh).map(|r| Arc::clone(r.value()))
     }
 
+    /// How many files and directory streams are open.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.files.len(), self.dirs.len())
+    }
+
     pub fn remove_dir(&self, fh: Fh) {
         self.dirs.remove(&fh);
     }

@@ -4,7 +4,10 @@
 //! attributes of lookup, getattr, setattr, create, readdirplus) goes through `IdMap`;
 //! nothing else converts ids. Without options the map is the identity; fuse-overlayfs's
 //! `uidmapping=`/`gidmapping=` and `squash_to_root`/`squash_to_uid=`/`squash_to_gid=` are
-//! what `IdMap` holds.
+//! what `IdMap` holds. So are the two other places ids live on disk: POSIX ACL xattrs, whose
+//! entries name uids and gids (`acl`: translated both ways unless `noacl`), and the
+//! override_stat xattrs that keep an owner and mode instead of the inode (`stat_xattr`:
+//! fuse-overlayfs's `xattr_permissions=`, containers-storage's attribute).
 //!
 //! Two sides: ids *on disk* (in the layers) and ids *shown* (what the kernel exchanges with
 //! the daemon: the attributes we reply with, a chown's ids and the `Caller`'s ids, all in the
@@ -14,6 +17,12 @@
 use crate::error::{Errno, FsResult};
 use crate::privilege::Privilege;
 use crate::sys::{self, Stat};
+
+pub mod acl;
+pub mod stat_xattr;
+
+use acl::AclId;
+use stat_xattr::StatXattr;
 
 /// Who is asking: the caller's credentials as the transport gives them (the kernel's ids).
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +158,18 @@ impl OneMap {
         }
         self.ranges.iter().find_map(|r| r.to_disk(id))
     }
+
+    /// An id inside an ACL as shown: the ranges alone (a squash names the owner shown, and
+    /// would make every ACL entry name one id).
+    fn acl_to_shown(&self, id: u32) -> u32 {
+        if self.ranges.is_empty() {
+            return id;
+        }
+        self.ranges
+            .iter()
+            .find_map(|r| r.to_shown(id))
+            .unwrap_or(OVERFLOW_ID)
+    }
 }
 
 /// How ids in requests map to ids on disk, and ids on disk to the ids shown.
@@ -156,7 +177,17 @@ impl OneMap {
 pub struct IdMap {
     pub uids: OneMap,
     pub gids: OneMap,
+    /// `noacl`: ACL xattrs are stored as given, their ids untranslated (nothing enforces
+    /// them, as with fuse-overlayfs).
+    pub noacl: bool,
+    /// `xattr_permissions=1|2`: chown and chmod of directories and regular files write this
+    /// attribute of the upper copy instead of its inode.
+    pub stat_xattr: Option<StatXattr>,
 }
+
+/// An ACL from a request naming an id no range maps: EINVAL, as the kernel's
+/// `posix_acl_from_xattr` gives for an id the caller's user namespace cannot represent.
+const ACL_UNMAPPED: Errno = Errno::EINVAL;
 
 /// A chown to an id no range maps: EOVERFLOW, as the kernel gives for an id an idmapped mount
 /// (or a filesystem's user namespace) cannot represent (fuse-overlayfs writes the overflow
@@ -200,6 +231,62 @@ impl IdMap {
         st.uid = self.uids.to_shown(st.uid);
         st.gid = self.gids.to_shown(st.gid);
         st
+    }
+
+    /// Whether the value of xattr `name` carries ids that cross this map (an ACL, with
+    /// ranges given and without `noacl`).
+    pub fn maps_xattr(&self, name: &[u8]) -> bool {
+        !self.noacl
+            && (!self.uids.ranges.is_empty() || !self.gids.ranges.is_empty())
+            && acl::is_acl_name(name)
+    }
+
+    /// An ACL read from a layer, as shown: each entry's id as `to_shown` shows an owner
+    /// (an unmapped one as the overflow id). A value that is not an ACL is a corrupt layer:
+    /// EIO.
+    pub fn acl_to_shown(&self, value: &[u8]) -> FsResult<Vec<u8>> {
+        let out = acl::map_ids(value, |k, id| {
+            Ok::<_, Errno>(match k {
+                AclId::Uid => self.uids.acl_to_shown(id),
+                AclId::Gid => self.gids.acl_to_shown(id),
+            })
+        });
+        out.ok_or(Errno::EIO)?
+    }
+
+    /// An ACL from a request, as written to disk: EINVAL when malformed or when an entry
+    /// names an id no range maps (the kernel's answers for both).
+    pub fn acl_to_disk(&self, value: &[u8]) -> FsResult<Vec<u8>> {
+        let out = acl::map_ids(value, |k, id| {
+            match k {
+                AclId::Uid => self.uids.to_disk(id),
+                AclId::Gid => self.gids.to_disk(id),
+            }
+            .ok_or(ACL_UNMAPPED)
+        });
+        out.ok_or(Errno::EINVAL)?
+    }
+
+    /// The override_stat attributes honoured on a layer, in `stat_xattr::PRECEDENCE`:
+    /// those its root carries (`root_has`; how fuse-overlayfs and containers-storage mark a
+    /// layer whose objects carry them), and on the upper the one `xattr_permissions=`
+    /// writes. Other layers' objects are not read for them (no cost where none are used).
+    pub fn stat_xattrs_of_layer(
+        &self,
+        is_upper: bool,
+        root_has: impl Fn(StatXattr) -> bool,
+    ) -> Vec<StatXattr> {
+        stat_xattr::PRECEDENCE
+            .into_iter()
+            .filter(|x| (is_upper && self.stat_xattr == Some(*x)) || root_has(*x))
+            .collect()
+    }
+
+    /// The attribute chown and chmod write on the upper: `xattr_permissions=`'s, else the
+    /// first the upper's root carries (an upper written so keeps being written so; its
+    /// attributes would otherwise hide every later chown and chmod).
+    pub fn stat_xattr_written(&self, upper: &[StatXattr]) -> Option<StatXattr> {
+        self.stat_xattr.or_else(|| upper.first().copied())
     }
 }
 
@@ -248,6 +335,7 @@ mod tests {
                 ranges: parse_ranges(g).unwrap(),
                 squash: None,
             },
+            ..IdMap::default()
         }
     }
 
@@ -320,6 +408,59 @@ mod tests {
                 gid: OVERFLOW_ID
             }
         );
+    }
+
+    #[test]
+    fn acls_cross_like_owners() {
+        let m = map("0:1000:10", "0:2000:10");
+        let v = |u: u32, g: u32| {
+            let mut v = vec![2, 0, 0, 0];
+            for (t, id) in [(1u16, u32::MAX), (2, u), (8, g)] {
+                v.extend_from_slice(&t.to_le_bytes());
+                v.extend_from_slice(&[6, 0]);
+                v.extend_from_slice(&id.to_le_bytes());
+            }
+            v
+        };
+        assert!(m.maps_xattr(b"system.posix_acl_access"));
+        assert!(!m.maps_xattr(b"user.x"));
+        assert_eq!(m.acl_to_shown(&v(3, 4)), Ok(v(1003, 2004)));
+        assert_eq!(m.acl_to_shown(&v(30, 4)), Ok(v(OVERFLOW_ID, 2004)));
+        assert_eq!(m.acl_to_disk(&v(1003, 2004)), Ok(v(3, 4)));
+        assert_eq!(m.acl_to_disk(&v(3, 2004)), Err(Errno::EINVAL));
+        assert_eq!(m.acl_to_disk(&[2, 0, 0]), Err(Errno::EINVAL));
+        assert_eq!(m.acl_to_shown(&[9, 0, 0, 0]), Err(Errno::EIO));
+        let noacl = IdMap {
+            noacl: true,
+            ..m.clone()
+        };
+        assert!(!noacl.maps_xattr(b"system.posix_acl_access"));
+        assert!(!IdMap::identity().maps_xattr(b"system.posix_acl_default"));
+    }
+
+    #[test]
+    fn stat_xattrs_per_layer() {
+        let m = IdMap {
+            stat_xattr: Some(StatXattr::User),
+            ..IdMap::default()
+        };
+        let containers = |x| x == StatXattr::Containers;
+        assert_eq!(
+            m.stat_xattrs_of_layer(true, containers),
+            vec![StatXattr::User, StatXattr::Containers]
+        );
+        assert_eq!(
+            m.stat_xattrs_of_layer(false, containers),
+            vec![StatXattr::Containers]
+        );
+        assert!(m.stat_xattrs_of_layer(false, |_| false).is_empty());
+        assert_eq!(m.stat_xattr_written(&[]), Some(StatXattr::User));
+        let plain = IdMap::identity();
+        assert_eq!(
+            plain.stat_xattr_written(&[StatXattr::Containers]),
+            Some(StatXattr::Containers)
+        );
+        assert_eq!(plain.stat_xattr_written(&[]), None);
     }
 
     #[test]

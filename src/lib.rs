@@ -32,12 +32,15 @@ pub mod mountinfo;
 mod opener;
 mod overlay;
 pub mod privilege;
+pub mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod whiteout;
 
 pub use config::{Stack, XattrNs};
 pub use error::{Errno, FsResult, StartupError};
+/// FUSE over io_uring (the transport's queues, request decoding, reply encoding).
+pub use fuse::uring as fuse_uring;
 pub use handle::DirEntry;
 pub use handle::Fh;
 pub use inode::Ino;
@@ -46,8 +49,8 @@ pub use layer::LayerIdx;
 pub use opener::Opener;
 pub use overlay::xattr::XattrReply;
 pub use overlay::{
-    Caller, Entry, FileRange, InoOrigin, LayerDir, LayerInfo, LayerObj, NewNode, Node, OpaqueBy,
-    OpenOpts, Opened, Overlay, Query, SetAttr, WhiteoutKind,
+    Caller, Entry, Figures, FileRange, InoOrigin, LayerDir, LayerInfo, LayerObj, NewNode, Node,
+    OpaqueBy, OpenOpts, Opened, Overlay, Query, SetAttr, WhiteoutKind,
 };
 pub use privilege::Privilege;
 pub use sys::{Stat, StatFs, TimeSpec};

@@ -2,19 +2,20 @@
 //! what the mount needs before creating anything (`preflight`), open the layers, detach into
 //! the background, mount — mount(2) on /dev/fuse as root or as root in a user namespace,
 //! fusermount3 as an ordinary user — and serve with a multi-threaded session, exiting as
-//! soon as it is unmounted (umount, fusermount3 -u, or SIGTERM/SIGINT/SIGHUP). A start that
+//! soon as it is unmounted (umount, fusermount3 -u, or SIGTERM/SIGINT/SIGHUP); the stats
+//! socket (`crate::stats::server`) answers `layover stats` meanwhile. A start that
 //! fails leaves nothing mounted and nothing half-created in the work directory.
 
 use crate::config::Config;
 use crate::error::{Errno, StartupError};
-use crate::fuse::{Fs, KernelCacheLink};
+use crate::fuse::{Fs, KernelCacheLink, Ring};
 use crate::overlay::Overlay;
 use crate::privilege::{Mode, Privilege};
 use crate::sys;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -95,22 +96,25 @@ fn session_config(cfg: &Config) -> fuser::Config {
 
 /// Mounts and completes the FUSE handshake: when this returns, the mount is live. Root (in
 /// the initial namespace or in a user namespace) calls mount(2) on `dev`; an ordinary user
-/// has fusermount3 do it (`dev` is then None).
+/// has fusermount3 do it (`dev` is then None). Also returns the io_uring side of the
+/// filesystem, to start once the session is up.
 fn start_session(
     cfg: &Config,
-    ov: &Arc<Overlay>,
+    fs: Fs,
     privilege: &Privilege,
     dev: Option<OwnedFd>,
-) -> Result<fuser::Session<Fs>, StartupError> {
-    let fs = Fs::new(Arc::clone(ov), cfg, privilege);
+) -> Result<(fuser::Session<Fs>, Ring), StartupError> {
+    let ring = fs.ring();
     let scfg = session_config(cfg);
     if let Some(dev) = dev {
         if kernel_mount(cfg, &dev)? {
             let target = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint")?;
-            return fuser::Session::from_fd(fs, dev, scfg.acl, scfg).map_err(|e| {
-                let _ = sys::umount(&target, true); // no half-mounted state is left behind
-                StartupError::new(format!("FUSE handshake failed: {e}"))
-            });
+            return fuser::Session::from_fd(fs, dev, scfg.acl, scfg)
+                .map(|s| (s, ring))
+                .map_err(|e| {
+                    let _ = sys::umount(&target, true); // no half-mounted state is left behind
+                    StartupError::new(format!("FUSE handshake failed: {e}"))
+                });
         }
         if privilege.mode == Mode::UserNamespaceRoot {
             // fusermount3's set-uid bit means nothing in a user namespace without root.
@@ -132,13 +136,15 @@ fn start_session(
     if cfg.stack.read_only {
         scfg.mount_options.push(fuser::MountOption::RO);
     }
-    fuser::Session::new(fs, &cfg.mountpoint, &scfg).map_err(|e| {
-        StartupError::new(format!(
-            "cannot mount on '{}' through fusermount3: {}",
-            cfg.mountpoint.display(),
-            e.to_string().trim()
-        ))
-    })
+    fuser::Session::new(fs, &cfg.mountpoint, &scfg)
+        .map(|s| (s, ring))
+        .map_err(|e| {
+            StartupError::new(format!(
+                "cannot mount on '{}' through fusermount3: {}",
+                cfg.mountpoint.display(),
+                e.to_string().trim()
+            ))
+        })
 }
 
 /// Unmounts on SIGTERM/SIGINT/SIGHUP (lazily, so that open files stay usable until
@@ -202,7 +208,18 @@ fn spawn_readahead_tuner(cfg: &Config) {
 /// the workers to wind down: whoever unmounts the layers' filesystem right after unmounting
 /// us must not find them still held (where the layers are not private clones). It sleeps on
 /// mount-table changes, not on /dev/fuse, whose pollers every request wakes.
-fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
+///
+/// After its window the watcher relies on the workers, which end when the connection is
+/// aborted and let the main thread exit. The connection is not aborted while another mount
+/// namespace holds a copy of the mount (one made by `unshare -m` or a container while we
+/// were mounted): the daemon must go on serving that copy, and says so once.
+/// `socket`: the stats socket, removed as the process ends.
+fn spawn_exit_watcher(
+    session: &fuser::Session<Fs>,
+    ov: Arc<Overlay>,
+    mountpoint: PathBuf,
+    socket: Option<PathBuf>,
+) {
     let fd = match session.as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
@@ -222,6 +239,13 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
                 );
                 return;
             };
+            // The connection's device number, to tell our mount in the table (a stat of the
+            // mount point, answered once the workers run).
+            use std::os::unix::fs::MetadataExt;
+            let conn = std::fs::metadata(&mountpoint)
+                .ok()
+                .map(|m| sys::dev_major_minor(m.dev()));
+            let mut told = false;
             // An unmount changes the mount table; the connection is aborted as the umount
             // call returns, so look for that for a while after each change.
             loop {
@@ -240,8 +264,19 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
                 if gone {
                     break;
                 }
+                if let Some((major, minor)) = conn.filter(|&(ma, mi)| !told && !mounted_here(ma, mi)) {
+                    told = true;
+                    log::warn!(
+                        "{}: unmounted in this mount namespace but still mounted in another; serving until it is unmounted there (nsenter -t PID -m umount {0}, or echo 1 > /sys/fs/fuse/connections/{1}/abort)",
+                        mountpoint.display(),
+                        // The connection's directory is named by its device number, which
+                        // for an anonymous (major 0) device is the minor.
+                        if major == 0 { minor } else { major << 20 | minor }
+                    );
+                }
             }
             ov.cleanup_work();
+            remove_stats(socket.as_deref());
             // Let go of every layer first, from this thread, then end the process.
             sys::close_fds_from(3);
             sys::exit_now(0);
@@ -249,6 +284,13 @@ fn spawn_exit_watcher(session: &fuser::Session<Fs>, ov: Arc<Overlay>) {
     if let Err(e) = spawned {
         log::warn!("no exit watcher ({e}): the daemon exits when its workers stop");
     }
+}
+
+/// Whether this mount namespace's table still has a mount of device major:minor. Unknown
+/// (the table unreadable) counts as mounted: nothing is said then.
+fn mounted_here(major: u32, minor: u32) -> bool {
+    let dev = format!("{major}:{minor}");
+    crate::mountinfo::read().map_or(true, |all| all.iter().any(|m| m.dev == dev))
 }
 
 /// What the mount needs from the system, checked before anything is created: /dev/fuse
@@ -436,7 +478,9 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
     // Every thread spawned from here on inherits the blocked signals; one thread takes them.
     sys::block_signals(&SIGNALS);
     let notify = daemonize(&cfg).inspect_err(|_| undo_start(&cfg, &ov, made_work))?;
-    let session = match start_session(&cfg, &ov, privilege, dev) {
+    let fs = Fs::new(Arc::clone(&ov), &cfg, privilege);
+    let reporter = fs.reporter(&cfg.mountpoint, nofile);
+    let (session, ring) = match start_session(&cfg, fs, privilege, dev) {
         Ok(s) => s,
         Err(e) => {
             undo_start(&cfg, &ov, made_work);
@@ -454,10 +498,17 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
         None
     };
     kernel_cache.connect(session.notifier());
+    // After the fork above: the queues are threads. Until they are all registered (and
+    // if they fail) requests come through /dev/fuse.
+    if let Err(e) = ring.start(session.as_fd()) {
+        log::warn!("transport: /dev/fuse (FUSE over io_uring failed to start: {e})");
+    }
     announce(&cfg, &ov, privilege);
     // Only root may change the mount's read-ahead window (sysfs); the tuner's stat of the
     // mountpoint would otherwise only make an unmount right after mounting find it busy.
     let tune_readahead = privilege.mode == Mode::Root;
+    // Before the parent returns, so that `layover stats` works as soon as `layover` did.
+    let socket = start_stats(reporter);
     if let Some(wr) = notify {
         sys::write_all(wr.as_fd(), b"ok");
         drop(wr);
@@ -465,7 +516,36 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
             sys::redirect_stdio_to_null();
         }
     }
-    serve(&cfg, session, ov, tune_readahead, watcher)
+    serve(&cfg, session, ov, tune_readahead, watcher, socket)
+}
+
+/// The stats socket (`stats::server`) in the runtime directory, or None (logged at info
+/// level: the mount works without it, and `layover stats` says why when asked).
+fn start_stats(reporter: crate::stats::server::Reporter) -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    let Some(dir) = crate::stats::runtime_dir(sys::geteuid(), xdg.as_deref()) else {
+        log::info!(
+            "no runtime directory ($XDG_RUNTIME_DIR unset, no /run/user/UID): no stats socket"
+        );
+        return None;
+    };
+    match crate::stats::server::start(&dir, reporter) {
+        Ok(path) => {
+            log::debug!("figures served on '{}'", path.display());
+            Some(path)
+        }
+        Err(e) => {
+            log::info!("no stats socket: {e}");
+            None
+        }
+    }
+}
+
+/// Removes the stats socket, if any, as the daemon exits.
+fn remove_stats(socket: Option<&Path>) {
+    if let Some(s) = socket {
+        crate::stats::server::remove(s);
+    }
 }
 
 /// Serves the live mount until it is unmounted, then exits the process.
@@ -476,9 +556,15 @@ fn serve(
     ov: Arc<Overlay>,
     tune_readahead: bool,
     _watcher: Option<OwnedFd>,
+    socket: Option<PathBuf>,
 ) -> ! {
     spawn_signal_thread(cfg);
-    spawn_exit_watcher(&session, Arc::clone(&ov));
+    spawn_exit_watcher(
+        &session,
+        Arc::clone(&ov),
+        cfg.mountpoint.clone(),
+        socket.clone(),
+    );
     if tune_readahead {
         spawn_readahead_tuner(cfg);
     }
@@ -487,6 +573,7 @@ fn serve(
     // and let go of every layer at once. Exiting without running destructors means no time
     // is spent freeing the inode table while the layers are still held.
     ov.cleanup_work();
+    remove_stats(socket.as_deref());
     match result {
         Ok(()) => sys::exit_now(0),
         Err(e) => {

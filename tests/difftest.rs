@@ -1,11 +1,12 @@
 //! Differential testing against the kernel's overlayfs, through `scripts/difftest/run.py`.
 //!
 //! `difftest_bounded` runs a fixed set of seeds (random layer stacks and random op sequences,
-//! each compared op by op with `mount -t overlay` on identical layers);
+//! each compared op by op with `mount -t overlay` on identical layers); `difftest_rootless`
+//! fewer of them as root of a user namespace, against the kernel's mount there;
 //! `difftest_concurrent` has four processes work on one tree at once (on the kernel for
 //! reference, then on layover: no crash, no hang, no errno the kernel does not give, a
 //! consistent upper); `difftest_regressions` replays every reproducer saved in
-//! `tests/regressions/*.json`. The three run one after the other (they share two cores),
+//! `tests/regressions/*.json`. The four run one after the other (they share two cores),
 //! about two minutes together on a two-core machine. Each fails when the script exits non-zero, with its report
 //! (seed, shrunk op list, kernel vs layover results, reproducer path) in the panic message.
 //!
@@ -85,6 +86,34 @@ fn difftest_bounded() {
             "3",
             "--max-time",
             "150",
+        ],
+    );
+}
+
+/// The rootless reference: the whole run as root of a user namespace of the test user
+/// (`--mode userns`: layover opens /dev/fuse itself; the kernel's overlayfs mounted in that
+/// namespace, userxattr, is the reference). Fewer seeds than the root run.
+#[test]
+fn difftest_rootless() {
+    run_difftest(
+        "rootless difftest (--mode userns)",
+        &[
+            "--known",
+            "scripts/difftest/known-userns.txt",
+            "--mode",
+            "userns",
+            "--seeds",
+            "1-32",
+            "--ops",
+            "300",
+            "--jobs",
+            "2",
+            "--shrink-time",
+            "20",
+            "--stop-after",
+            "3",
+            "--max-time",
+            "90",
         ],
     );
 }

@@ -1150,7 +1150,7 @@ fn usage_errors_and_help() {
         assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
         assert!(r.stderr.starts_with("layover: "), "{args:?}: {}", r.stderr);
     }
-    for tool in ["explain", "diff", "check"] {
+    for tool in ["explain", "diff", "check", "stats"] {
         let r = layover(&[tool.as_ref(), "--help".as_ref()]);
         assert_eq!(r.code, 0);
         assert!(
@@ -1161,7 +1161,7 @@ fn usage_errors_and_help() {
     }
     let r = layover(&["stats".as_ref()]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
+    assert!(r.stderr.contains("MOUNTPOINT"), "{}", r.stderr);
     // export needs an upper, and never writes a tar to a terminal (not testable here: no
     // terminal) or anywhere when the command line is wrong.
     let s = Scratch::new("usage");
@@ -1333,25 +1333,7 @@ fn check_export(s: &Scratch, stack: &Stack, tag: &str) -> usize {
 fn export_then_apply_reproduces_the_merged_view() {
     require_root();
     let s = Scratch::new("export");
-    let stack = handmade(&s);
-    // A hard link and an xattr in the upper, too.
-    fs::hard_link(
-        stack.upper.join("new/dir/file"),
-        stack.upper.join("new/link"),
-    )
-    .unwrap();
-    setfattr(&stack.upper.join("new/dir/file"), "user.origin", "test");
-    // A sparse file: data at 1 MiB in 4 MiB, and one that is a hole only.
-    {
-        use std::os::unix::fs::FileExt;
-        let f = fs::File::create(stack.upper.join("new/sparse")).unwrap();
-        f.set_len(4 << 20).unwrap();
-        f.write_all_at(b"island", 1 << 20).unwrap();
-        fs::File::create(stack.upper.join("new/hole"))
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-    }
+    let stack = handmade_for_export(&s);
     let n = check_export(&s, &stack, "hand");
     for f in ["new/sparse", "new/hole"] {
         let m = fs::metadata(s.path("hand-applied").join(f)).unwrap();
@@ -1496,4 +1478,403 @@ fn progress_only_on_a_terminal() {
         tty.trim_end().ends_with("\u{1b}[2K"),
         "the line is cleared at the end: {tty:?}"
     );
+}
+
+// ---- export applied by podman ------------------------------------------------------------------
+
+/// A podman of its own: storage, run root, config files and temporary files in `dir`,
+/// every command in a private mount namespace (held by a `sleep` started with `unshare -m`)
+/// so that its mounts never reach the host's table; they go when the holder is killed.
+/// Configured as tests/podman.rs explains (runc, cgroupfs, events and locks in files).
+struct Podman {
+    dir: PathBuf,
+    holder: std::process::Child,
+}
+
+impl Podman {
+    fn new(dir: PathBuf) -> Podman {
+        for d in ["config", "home", "run", "tmp", "storage", "cni"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let p = |d: &str| dir.join(d).display().to_string();
+        let containers_conf = format!(
+            "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\n\
+             cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nlock_type = \"file\"\n\
+             tmp_dir = \"{}\"\nimage_copy_tmp_dir = \"{}\"\n\n[network]\n\
+             network_config_dir = \"{}\"\n",
+            p("run/libpod"),
+            p("tmp"),
+            p("cni")
+        );
+        // The kernel's overlayfs (no mount_program): podman applies the layer's .wh.
+        // entries itself, as 0/0 devices and opaque xattrs in its own layer directory.
+        let storage_conf = format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            p("storage"),
+            p("run/storage")
+        );
+        fs::write(dir.join("config/containers.conf"), containers_conf).unwrap();
+        fs::write(dir.join("config/storage.conf"), storage_conf).unwrap();
+        assert!(
+            Command::new("podman")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "PREREQUISITE MISSING: podman (apt-get install podman runc)"
+        );
+        let holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "3600"])
+            .spawn()
+            .unwrap();
+        // Wait until the holder is in its own namespace.
+        let mine = fs::read_link("/proc/self/ns/mnt").unwrap();
+        let ns = format!("/proc/{}/ns/mnt", holder.id());
+        let ready = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            fs::read_link(&ns).is_ok_and(|n| n != mine)
+        });
+        assert!(ready, "unshare -m did not start");
+        Podman { dir, holder }
+    }
+
+    /// `podman ARGS` in the namespace with a clean environment pointing into `dir`.
+    fn run(&self, args: &[&str]) -> String {
+        let h = |d: &str| self.dir.join(d).display().to_string();
+        let out = Command::new("timeout")
+            .args(["-k", "10", "240", "nsenter"])
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
+            .args(["--", "env", "-i"])
+            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg(format!("HOME={}", h("home")))
+            .arg(format!("XDG_CONFIG_HOME={}", h("home/.config")))
+            .arg(format!("XDG_DATA_HOME={}", h("home/.local/share")))
+            .arg(format!("XDG_RUNTIME_DIR={}", h("run")))
+            .arg(format!("TMPDIR={}", h("tmp")))
+            .arg(format!("CONTAINERS_CONF={}", h("config/containers.conf")))
+            .arg(format!(
+                "CONTAINERS_STORAGE_CONF={}",
+                h("config/storage.conf")
+            ))
+            .arg("podman")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A path in the namespace, as this process reaches it.
+    fn seen(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.holder.id()))
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // The namespace and every mount podman made in it go with the holder.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// A docker-archive (what `podman load` reads) of one image whose layers are the given
+/// uncompressed tars, bottom first, tagged `tag`.
+fn docker_archive(out: &Path, layers: &[PathBuf], tag: &str) {
+    let script = format!(
+        "import hashlib, json, tarfile, io\n\
+         layers = {layers:?}\n\
+         diff_ids = []\n\
+         for l in layers:\n\
+         \x20   h = hashlib.sha256()\n\
+         \x20   with open(l, 'rb') as f:\n\
+         \x20       for b in iter(lambda: f.read(1 << 20), b''): h.update(b)\n\
+         \x20   diff_ids.append('sha256:' + h.hexdigest())\n\
+         config = json.dumps({{'architecture': 'amd64', 'os': 'linux', 'config': {{}},\n\
+         \x20   'rootfs': {{'type': 'layers', 'diff_ids': diff_ids}}}}).encode()\n\
+         cname = hashlib.sha256(config).hexdigest() + '.json'\n\
+         names = ['layer%d.tar' % i for i in range(len(layers))]\n\
+         manifest = json.dumps([{{'Config': cname, 'RepoTags': [{tag:?}], 'Layers': names}}]).encode()\n\
+         with tarfile.open({out:?}, 'w', format=tarfile.PAX_FORMAT) as t:\n\
+         \x20   for name, data in ((cname, config), ('manifest.json', manifest)):\n\
+         \x20       i = tarfile.TarInfo(name); i.size = len(data); t.addfile(i, io.BytesIO(data))\n\
+         \x20   for name, l in zip(names, layers):\n\
+         \x20       t.add(l, arcname=name)\n",
+        layers = layers
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+        out = out.to_str().unwrap(),
+    );
+    let r = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// Podman applies `layover export`'s layer itself: an image of two layers (the lowers
+/// flattened — the kernel's overlay of them, written by GNU tar — then the exported upper)
+/// is loaded, mounted with `podman image mount` (the kernel's overlay of podman's own
+/// layer directories, where it turned `.wh.` entries into its whiteouts and opaque
+/// markers), and must show the tree the kernel shows for the lowers plus the upper.
+/// What podman does not keep, and is left out of the comparison: xattrs with an empty
+/// value. The export writes them as PAX records with an empty value (`SCHILY.xattr.NAME=`),
+/// as GNU tar does and reads back; but POSIX says an empty PAX value deletes the keyword,
+/// and Go's archive/tar, which podman (containers/storage) reads layers with, follows it,
+/// so no such xattr survives any Go tool. Not compared because `describe_tree` does not
+/// look at it: holes. Go's archive/tar reads a GNU sparse member as its data with the
+/// holes as zeros, and containers/storage writes them out (the handmade stack's 4 MiB
+/// file with one 6-byte island takes 8,192 blocks in podman's layer; GNU tar keeps it
+/// sparse, which `export_then_apply_reproduces_the_merged_view` checks); the data is the
+/// same. Returns the number of objects compared.
+fn check_export_with_podman(s: &Scratch, podman: &Podman, stack: &Stack, tag: &str) -> usize {
+    let (base, layer) = image_layers(s, stack, tag);
+    let archive = s.path(&format!("{tag}-image.tar"));
+    let image = format!("localhost/layover-export-{tag}:test");
+    docker_archive(&archive, &[base, layer], &image);
+    podman.run(&["load", "-q", "-i", archive.to_str().unwrap()]);
+    let mounted = podman.run(&["image", "mount", &image]);
+    let got = describe_tree(&podman.seen(mounted.trim()));
+    podman.run(&["image", "unmount", &image]);
+    podman.run(&["rmi", &image]);
+    compare_applied(s, stack, tag, "podman", &got)
+}
+
+/// The two layers of the test image: the lowers flattened (GNU tar of the kernel's
+/// read-only overlay of them) and `layover export`'s tar of the upper.
+fn image_layers(s: &Scratch, stack: &Stack, tag: &str) -> (PathBuf, PathBuf) {
+    let layer = s.path(&format!("{tag}.tar"));
+    let r = layover(&[
+        "export".as_ref(),
+        "-o".as_ref(),
+        stack.option(false).as_ref(),
+        "--output".as_ref(),
+        layer.as_os_str(),
+    ]);
+    assert_eq!(r.code, 0, "export: {}", r.stderr);
+    let lowers = kernel_mount(
+        &stack.lowers,
+        stack.userxattr,
+        &s.path(&format!("{tag}-kl")),
+        &s.path("k-spare"),
+    );
+    let base = s.path(&format!("{tag}-base.tar"));
+    sh(
+        "tar",
+        &[
+            "--xattrs".as_ref(),
+            "--xattrs-include=*".as_ref(),
+            "--numeric-owner".as_ref(),
+            "--sparse".as_ref(),
+            "-cf".as_ref(),
+            base.as_os_str(),
+            "-C".as_ref(),
+            lowers.0.as_os_str(),
+            ".".as_ref(),
+        ],
+    );
+    (base, layer)
+}
+
+/// Compares a tool's tree of the applied image (`got`) with the kernel's overlay of the
+/// stack, leaving out xattrs with an empty value (see `check_export_with_podman`).
+/// Returns the number of objects compared.
+fn compare_applied(
+    s: &Scratch,
+    stack: &Stack,
+    tag: &str,
+    who: &str,
+    got: &BTreeMap<Vec<u8>, String>,
+) -> usize {
+    let reference = kernel_mount(
+        &stack.all_layers(),
+        stack.userxattr,
+        &s.path(&format!("{tag}-{who}-ka")),
+        &s.path("k-spare"),
+    );
+    let mut want = describe_tree(&reference.0);
+    for d in want.values_mut() {
+        *d = without_empty_xattrs(d);
+    }
+    if who == "umoci" {
+        visible_link_counts(&reference.0, &mut want);
+    }
+    let differs: Vec<String> = want
+        .iter()
+        .filter(|(p, d)| got.get(*p) != Some(*d))
+        .map(|(p, d)| format!("{}:\n  kernel {d}\n  {who} {:?}", shown(p), got.get(p)))
+        .chain(
+            got.keys()
+                .filter(|p| !want.contains_key(*p))
+                .map(|p| format!("{}: only in {who}'s view", shown(p))),
+        )
+        .collect();
+    assert!(
+        differs.is_empty(),
+        "{tag}: {who}'s view differs:\n{}",
+        differs.join("\n")
+    );
+    want.len()
+}
+
+/// In a tree written out file by file (umoci's rootfs) a file has as many links as it has
+/// names there; the kernel's overlay shows a lower file's own link count, which counts names
+/// the upper hides with whiteouts. `want`'s `nlink=` become the names that the view at
+/// `root` shows for each file (grouped by inode number).
+fn visible_link_counts(root: &Path, want: &mut BTreeMap<Vec<u8>, String>) {
+    let mut names: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    for (p, t) in walk(root) {
+        if t == 'f' {
+            let m = fs::symlink_metadata(root.join(OsStr::from_bytes(&p))).unwrap();
+            names.entry((m.dev(), m.ino())).or_default().push(p);
+        }
+    }
+    for group in names.values() {
+        for p in group {
+            let d = want.get_mut(p).unwrap();
+            let at = d.find(" nlink=").unwrap();
+            let end = at + 1 + d[at + 1..].find(' ').unwrap();
+            d.replace_range(at..end, &format!(" nlink={}", group.len()));
+        }
+    }
+}
+
+/// An OCI image layout in `dir` (what umoci reads) of one image whose layers are the given
+/// uncompressed tars, bottom first, tagged `tag`.
+fn oci_layout(dir: &Path, layers: &[PathBuf], tag: &str) {
+    let script = format!(
+        "import hashlib, json, os, shutil\n\
+         d = {dir:?}\n\
+         os.makedirs(d + '/blobs/sha256')\n\
+         def blob(data=None, path=None):\n\
+         \x20   h = hashlib.sha256()\n\
+         \x20   if path:\n\
+         \x20       with open(path, 'rb') as f:\n\
+         \x20           for b in iter(lambda: f.read(1 << 20), b''): h.update(b)\n\
+         \x20       shutil.copyfile(path, d + '/blobs/sha256/' + h.hexdigest())\n\
+         \x20       size = os.path.getsize(path)\n\
+         \x20   else:\n\
+         \x20       h.update(data)\n\
+         \x20       open(d + '/blobs/sha256/' + h.hexdigest(), 'wb').write(data)\n\
+         \x20       size = len(data)\n\
+         \x20   return 'sha256:' + h.hexdigest(), size\n\
+         layers = [blob(path=l) for l in {layers:?}]\n\
+         config = json.dumps({{'architecture': 'amd64', 'os': 'linux', 'config': {{}},\n\
+         \x20   'rootfs': {{'type': 'layers', 'diff_ids': [l[0] for l in layers]}}}}).encode()\n\
+         c = blob(config)\n\
+         manifest = json.dumps({{'schemaVersion': 2,\n\
+         \x20   'mediaType': 'application/vnd.oci.image.manifest.v1+json',\n\
+         \x20   'config': {{'mediaType': 'application/vnd.oci.image.config.v1+json', 'digest': c[0], 'size': c[1]}},\n\
+         \x20   'layers': [{{'mediaType': 'application/vnd.oci.image.layer.v1.tar', 'digest': l[0], 'size': l[1]}} for l in layers]}}).encode()\n\
+         m = blob(manifest)\n\
+         index = {{'schemaVersion': 2, 'manifests': [{{'mediaType': 'application/vnd.oci.image.manifest.v1+json',\n\
+         \x20   'digest': m[0], 'size': m[1], 'annotations': {{'org.opencontainers.image.ref.name': {tag:?}}}}}]}}\n\
+         open(d + '/index.json', 'w').write(json.dumps(index))\n\
+         open(d + '/oci-layout', 'w').write(json.dumps({{'imageLayoutVersion': '1.0.0'}}))\n",
+        dir = dir.to_str().unwrap(),
+        layers = layers
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let r = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// umoci (Debian's package) applies the same image itself: `umoci unpack` of an OCI layout
+/// of the two layers, its bundle's rootfs compared as podman's view is. umoci writes the
+/// files out (no overlay), applying each `.wh.` entry by deleting what it names and
+/// `.wh..wh..opq` by emptying the directory. What differs from the kernel's view for a
+/// reason, and is compared accordingly: a file's link count is its names in the tree
+/// (`visible_link_counts`); xattrs with an empty value and holes, as for podman.
+/// Returns the number of objects compared.
+fn check_export_with_umoci(s: &Scratch, stack: &Stack, tag: &str) -> usize {
+    let (base, layer) = image_layers(s, stack, tag);
+    let layout = s.path(&format!("{tag}-oci"));
+    oci_layout(&layout, &[base, layer], "test");
+    let bundle = s.path(&format!("{tag}-bundle"));
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:test", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("PREREQUISITE MISSING: umoci (apt-get install -y umoci; scripts/test.sh does)");
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = describe_tree(&bundle.join("rootfs"));
+    compare_applied(s, stack, tag, "umoci", &got)
+}
+
+/// A `describe_tree` line without the xattrs whose value is empty (`NAME=0x`).
+fn without_empty_xattrs(d: &str) -> String {
+    let Some((head, list)) = d.split_once(" xattrs=[") else {
+        return d.to_string();
+    };
+    let list = list.strip_suffix(']').unwrap_or(list);
+    let kept: Vec<&str> = list
+        .split(", ")
+        .filter(|x| !x.is_empty() && !x.ends_with("=0x\""))
+        .collect();
+    format!("{head} xattrs=[{}]", kept.join(", "))
+}
+
+/// The handmade stack with what an OCI layer must carry besides: a hard link, xattrs, a
+/// sparse file and one that is a hole only (the stack has 0/0 and xattr whiteouts, a `y`
+/// and an `x` opaque directory already).
+fn handmade_for_export(s: &Scratch) -> Stack {
+    let stack = handmade(s);
+    fs::hard_link(
+        stack.upper.join("new/dir/file"),
+        stack.upper.join("new/link"),
+    )
+    .unwrap();
+    setfattr(&stack.upper.join("new/dir/file"), "user.origin", "test");
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::create(stack.upper.join("new/sparse")).unwrap();
+    f.set_len(4 << 20).unwrap();
+    f.write_all_at(b"island", 1 << 20).unwrap();
+    fs::File::create(stack.upper.join("new/hole"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    stack
+}
+
+#[test]
+fn export_applied_by_podman_reproduces_the_merged_view() {
+    require_root();
+    let s = Scratch::new("podman");
+    let podman = Podman::new(s.path("podman"));
+    let stack = handmade_for_export(&s);
+    let mut n = check_export_with_podman(&s, &podman, &stack, "hand");
+    for seed in [3, 7, 11, 19, 23, 29, 31, 37] {
+        let stack = random_stack(&s.path(&format!("stack{seed}")), seed);
+        n += check_export_with_podman(&s, &podman, &stack, &format!("r{seed}"));
+    }
+    assert!(n > 60, "{n} objects compared");
+}
+
+#[test]
+fn export_applied_by_umoci_reproduces_the_merged_view() {
+    require_root();
+    let s = Scratch::new("umoci");
+    let stack = handmade_for_export(&s);
+    let mut n = check_export_with_umoci(&s, &stack, "hand");
+    for seed in [3, 7, 11, 19, 23, 29, 31, 37] {
+        let stack = random_stack(&s.path(&format!("stack{seed}")), seed);
+        n += check_export_with_umoci(&s, &stack, &format!("r{seed}"));
+    }
+    assert!(n > 60, "{n} objects compared");
 }

@@ -34,7 +34,7 @@
 
 use std::fs;
 use std::hash::{DefaultHasher, Hasher};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -457,10 +457,17 @@ struct Session {
     user: Option<(u32, u32)>,
     /// Scratch for command output (root's, outside what podman sees).
     scratch: PathBuf,
+    /// More lines for storage.conf's `[storage.options.overlay]`.
+    overlay_options: &'static str,
 }
 
 impl Session {
     fn new(rootless: bool) -> Session {
+        Session::with_overlay_options(rootless, "")
+    }
+
+    /// A session whose storage.conf has `overlay_options` added to its overlay section.
+    fn with_overlay_options(rootless: bool, overlay_options: &'static str) -> Session {
         let dir = short_temp_dir(if rootless { "u" } else { "r" });
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         let scratch = dir.join("scratch");
@@ -490,6 +497,7 @@ impl Session {
             holder,
             user: rootless.then(|| user_ids(USER).unwrap()),
             scratch,
+            overlay_options,
         };
         s.wait_for_namespace();
         s.configure();
@@ -553,10 +561,11 @@ impl Session {
         let storage_conf = format!(
             "[storage]\ndriver = \"overlay\"\ngraphroot = \"{st}\"\nrunroot = \"{run}\"\n\
              rootless_storage_path = \"{st}\"\n\n[storage.options.overlay]\n\
-             mount_program = \"{bin}\"\n",
+             mount_program = \"{bin}\"\n{more}",
             st = p("storage"),
             run = p("run/storage"),
-            bin = bin.display()
+            bin = bin.display(),
+            more = self.overlay_options
         );
         fs::write(h.join("config/containers.conf"), containers_conf).unwrap();
         fs::write(h.join("config/storage.conf"), storage_conf).unwrap();
@@ -856,4 +865,68 @@ fn podman_as_root() {
 #[test]
 fn podman_rootless() {
     scenario("rootless", true);
+}
+
+/// Rootless with `force_mask = "shared"`: containers-storage extracts every layer file with
+/// mode 0755 and the user's ids, keeps the real owner and mode in
+/// `user.containers.override_stat` (and marks the layer's root), and mounts its mount
+/// program with `xattr_permissions=2`. Through layover the container sees the image's own
+/// modes, its chown and chmod land in `user.fuseoverlayfs.override_stat` of the container's
+/// layer (the files stay the user's), and a commit keeps them. (fuse-overlayfs 1.10 in this
+/// place shows the committed files as 0:0 with their chmod undone, and new files 0755.)
+#[test]
+fn podman_rootless_force_mask() {
+    require_prerequisites(true);
+    let s = Session::with_overlay_options(true, "force_mask = \"shared\"\n");
+    let tarball = s.base_tarball();
+    let tarball = tarball.to_str().unwrap();
+    s.podman(&[
+        "import",
+        "--change",
+        "CMD [\"/bin/sh\"]",
+        tarball,
+        BASE_IMAGE,
+    ]);
+    let stat = "stat -c '%n %u:%g %a' /data/keep.txt /data/keepdir /data/keepdir/x /x /x/f";
+    let script = format!(
+        "mkdir /x && echo n > /x/f && chown 5:6 /x/f && chmod 640 /x/f && chown 7:8 /x && \
+         chmod 600 /data/keep.txt && {stat}"
+    );
+    let want = "/data/keep.txt 0:0 600\n/data/keepdir 0:0 755\n/data/keepdir/x 0:0 644\n\
+                /x 7:8 755\n/x/f 5:6 640\n";
+    let args = ["run", "--pull=never", "--network", "none", "--name", "fm"];
+    let first = s.podman(&[&args[..], &[BASE_IMAGE, "/bin/sh", "-c", &script]].concat());
+    assert_eq!(first, want, "the container's own view");
+    let upper = s.podman(&[
+        "inspect",
+        "--format",
+        "{{.GraphDriver.Data.UpperDir}}",
+        "fm",
+    ]);
+    let upper = Path::new(upper.trim());
+    let (uid, gid) = s.user.unwrap();
+    for (rel, value) in [
+        ("x/f", "5:6:100640"),
+        ("x", "7:8:40755"),
+        ("data/keep.txt", "0:0:100600"),
+    ] {
+        let p = upper.join(rel);
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (uid, gid),
+            "{rel}: the file stays the user's"
+        );
+        let out = run_ok(
+            Command::new("getfattr")
+                .args(["--only-values", "-n", "user.fuseoverlayfs.override_stat"])
+                .arg(&p),
+            &s.scratch,
+        );
+        assert_eq!(out, value, "{rel}");
+    }
+    s.podman(&["commit", "fm", COMMITTED_IMAGE]);
+    let args = ["run", "--pull=never", "--network", "none", "--rm"];
+    let committed = s.podman(&[&args[..], &[COMMITTED_IMAGE, "/bin/sh", "-c", stat]].concat());
+    assert_eq!(committed, want, "a container of the committed image");
 }

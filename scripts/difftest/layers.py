@@ -261,6 +261,16 @@ def gen_spec(rng, userxattr=None, aufs=False, stray_whiteouts=False):
 
 # --- on disk -----------------------------------------------------------------------------------
 
+# Set by run.py in --mode userns: root of a user namespace may not set trusted.* xattrs (EPERM),
+# so the layers of both sides are built without them (the overlay's markers are user.overlay.*
+# there anyway, see spec_for_seed).
+UNPRIVILEGED = False
+
+
+def _settable(name):
+    return not (UNPRIVILEGED and name.startswith("trusted."))
+
+
 def materialize(entries, root, userxattr):
     """Builds one layer under the existing directory `root`."""
     ns = overlay_prefix(userxattr)
@@ -274,7 +284,7 @@ def materialize(entries, root, userxattr):
                 os.mkdir(full, 0o755)
             if "opaque" in e:
                 os.setxattr(full, ns + "opaque", e["opaque"].encode())
-            if e.get("decoy_opaque"):
+            if e.get("decoy_opaque") and _settable(other_ns):
                 os.setxattr(full, other_ns + "opaque", b"y")
         elif t == "f":
             fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -304,7 +314,8 @@ def materialize(entries, root, userxattr):
             continue
         full = root if e["p"] == "" else os.path.join(root, e["p"])
         for name, val in sorted(e.get("xattrs", {}).items()):
-            os.setxattr(full, name, bytes.fromhex(val), follow_symlinks=False)
+            if _settable(name):
+                os.setxattr(full, name, bytes.fromhex(val), follow_symlinks=False)
         if "uid" in e:
             os.chown(full, e["uid"], e["gid"], follow_symlinks=False)
         if "mode" in e and e["t"] != "l":

@@ -39,6 +39,30 @@ from shrink import Budget, shrink  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_KNOWN = os.path.join(HERE, "known.txt")
+DEFAULT_OUT = os.path.join(tempfile.gettempdir(), "layover-difftest-repro")
+RUN_MODE = os.path.join(REPO, "testkit", "scripts", "run-mode.sh")
+
+
+def into_user_namespace(args):
+    """--mode userns, started as root: runs this script again, with the same arguments, as
+    root of a user namespace of the test user (testkit/scripts/run-mode.sh makes it, with a
+    0666 /dev/fuse in a private mount namespace and the user's subordinate ids mapped).
+    Returns its exit status; a missing prerequisite is status 2, as everywhere here."""
+    if os.geteuid() != 0:
+        print("difftest: PREREQUISITE MISSING: --mode userns starts as root (to bind a 0666 "
+              "/dev/fuse in a private mount namespace and become the test user)", file=sys.stderr)
+        return 2
+    env = dict(os.environ, LAYOVER_TEST_MODE="userns", LAYOVER_DIFFTEST_IN_USERNS="1")
+    # The system's python3: the test user may not reach root's own (a pyenv in /root).
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    argv = [RUN_MODE, python, os.path.abspath(__file__)] + sys.argv[1:]
+    import subprocess
+    try:
+        r = subprocess.run(argv, env=env)
+    except KeyboardInterrupt:
+        return 130
+    # run-mode.sh says PREREQUISITE MISSING itself and exits 1 then.
+    return r.returncode if r.returncode >= 0 else 128 - r.returncode
 
 
 def default_binary():
@@ -80,6 +104,8 @@ def load_known(paths):
 def spec_for_seed(seed, opts):
     rng = random.Random("layers:%s" % seed)
     ux = {"auto": None, "on": True, "off": False}[opts.userxattr]
+    if getattr(opts, "mode", "root") == "userns":
+        ux = True  # an overlay mount in a user namespace has no other marker namespace
     return gen_spec(rng, userxattr=ux, aufs=opts.aufs_names,
                     stray_whiteouts=opts.stray_whiteouts)
 
@@ -100,6 +126,7 @@ class Ctx:
         self.out_dir = args.out
         self.known = load_known(args.known)
         self.userxattr = args.userxattr
+        self.mode = args.mode
         self.aufs_names = args.aufs_names
         self.stray_whiteouts = args.stray_whiteouts
         self.verbose = args.verbose
@@ -424,7 +451,7 @@ def main():
                     help="file of known divergence signatures (GLOB  # why), reported but "
                          "not failures; may repeat. scripts/difftest/known.txt is the "
                          "project's list")
-    ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "layover-difftest-repro"),
+    ap.add_argument("--out", default=DEFAULT_OUT,
                     help="where reproducers are written (default: %(default)s)")
     ap.add_argument("--scratch", default=tempfile.gettempdir(),
                     help="where layers and mounts are made (must support trusted xattrs)")
@@ -440,10 +467,24 @@ def main():
     ap.add_argument("--learn-errnos", metavar="FILE",
                     help="write the errnos the kernel gave per op type (use with --self-check;"
                          " scripts/difftest/kernel_errnos.json is what --concurrent allows)")
+    ap.add_argument("--mode", choices=["root", "userns"], default="root",
+                    help="root: both mounts by real root (default); userns: the whole run as "
+                         "root of a user namespace of the test user ($LAYOVER_TEST_USER, "
+                         "podtest) with its subordinate ids mapped: layover opens /dev/fuse "
+                         "itself (a 0666 node bound over it in a private mount namespace), the "
+                         "reference is the kernel's overlayfs mounted there (userxattr); "
+                         "started as root, through testkit/scripts/run-mode.sh")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--trace", action="store_true",
                     help="print every op and the kernel's result (use with --jobs 1)")
     args = ap.parse_args()
+    if args.mode == "userns" and not os.environ.get("LAYOVER_DIFFTEST_IN_USERNS"):
+        return into_user_namespace(args)
+    if args.mode == "userns":
+        import layers
+        layers.UNPRIVILEGED = True
+        if args.out == DEFAULT_OUT:
+            args.out = DEFAULT_OUT + "-userns"
 
     problems = mounts.check_prerequisites()
     if not args.self_check and not os.path.exists(args.binary):

@@ -50,6 +50,8 @@ pub struct Wanted {
 pub struct Granted {
     pub passthrough: bool,
     pub writeback: bool,
+    /// The decision and why, in one sentence (logged, and shown by `layover stats`).
+    pub summary: String,
 }
 
 /// Negotiates with the kernel's offer in `config`.
@@ -157,18 +159,24 @@ fn data_path(config: &mut KernelConfig, want: &Wanted) -> Granted {
     } else {
         "the kernel refused passthrough"
     };
-    log_plan(&p, want, why_not);
+    let summary = describe(&p, want, why_not);
+    if p.passthrough || p.writeback || want.read_only {
+        log::info!("{summary}");
+    } else {
+        log::warn!("{summary}");
+    }
     Granted {
         passthrough: p.passthrough,
         writeback: p.writeback,
+        summary,
     }
 }
 
-/// The data path in one line.
-fn log_plan(p: &Plan, want: &Wanted, why_not: &str) {
+/// The data path in one sentence (logged, and shown by `layover stats`).
+fn describe(p: &Plan, want: &Wanted, why_not: &str) -> String {
     let kib = p.request / 1024;
     if p.passthrough {
-        log::info!(
+        format!(
             "FUSE passthrough granted: the kernel does the I/O of files in the upper layer{}",
             if !want.has_upper {
                 " and, as the mount is read-only, of every file"
@@ -177,22 +185,22 @@ fn log_plan(p: &Plan, want: &Wanted, why_not: &str) {
             } else {
                 " and of lower files opened read-only (strict_copy_up=0: shared page cache)"
             }
-        );
+        )
     } else if want.read_only {
-        log::info!(
+        format!(
             "no passthrough ({why_not}): file data is read through the daemon (page-cached), \
              in requests of up to {kib} KiB, without splice (fuser has none)"
-        );
+        )
     } else if p.writeback {
-        log::info!(
+        format!(
             "no passthrough ({why_not}): file data goes through the daemon with the kernel's \
              writeback cache, in requests of up to {kib} KiB, without splice (fuser has none)"
-        );
+        )
     } else {
-        log::warn!(
+        format!(
             "no passthrough ({why_not}) and no writeback cache offered: every write goes \
              through the daemon, in requests of up to {kib} KiB"
-        );
+        )
     }
 }
 

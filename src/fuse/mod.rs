@@ -2,23 +2,28 @@
 //! reply types. Each operation converts its arguments, calls the overlay core once, and
 //! replies exactly once. What is FUSE's and not the overlay's lives beside it: the INIT
 //! handshake (`init`), how open files' data travels (`passthrough`: passthrough backings,
-//! per-inode open modes, the writeback cache's open option) and the kernel-cache
-//! notifications (`notify`). Another transport (FUSE over io_uring) would be a module like
-//! this one, calling the same core.
+//! per-inode open modes, the writeback cache's open option), the kernel-cache
+//! notifications (`notify`) and the requests' counts and latencies (`stats`: each handler
+//! holds one `OpStats::start` guard). The second transport, FUSE over io_uring (`uring`),
+//! serves the same operations through the same core, data path and request statistics
+//! when the kernel offers it.
 
 mod convert;
 mod init;
 mod notify;
 mod passthrough;
+mod stats;
+pub mod uring;
 
 pub use init::max_write;
 pub use notify::KernelCacheLink;
+pub(crate) use uring::Ring;
 
 use crate::config::Config;
 use crate::error::Errno;
 use crate::handle::Fh;
 use crate::inode::{Ino, ROOT_INO};
-use crate::overlay::{Entry, FileRange, NewNode, Overlay, SetAttr, xattr::XattrReply};
+use crate::overlay::{Entry, FileRange, NewNode, Opened, Overlay, SetAttr, xattr::XattrReply};
 use crate::privilege::Privilege;
 use convert::{FILE_FLAGS, attr, caller, decode_dev, dtype, errno, negative_attr, timespec};
 use fuser::{
@@ -28,6 +33,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use passthrough::{DataPath, Serve};
+use stats::{Op, OpStats};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -46,8 +52,21 @@ pub struct Fs {
     strict_copy_up: bool,
     /// Ask for POSIX ACLs at INIT (not with `noacl`).
     acl: bool,
-    /// Passthrough or cached, per open file.
-    data: DataPath<BackingId>,
+    /// Passthrough or cached, per open file (shared with the io_uring transport and the
+    /// stats socket's reporter).
+    data: Arc<DataPath<AnyBacking>>,
+    /// Requests and their latency per operation (both transports).
+    ops: Arc<OpStats>,
+    /// FUSE over io_uring: asked for, granted at INIT.
+    uring: Arc<uring::Offer>,
+}
+
+/// A passthrough backing, registered by the transport that served the open: fuser's over
+/// /dev/fuse, ours over io_uring. (Only while the rings start can an inode opened through
+/// one be opened through the other: that open fails with EIO, see `uring`.)
+pub enum AnyBacking {
+    Dev(BackingId),
+    Ring(crate::sys::uring::Backing),
 }
 
 impl Fs {
@@ -60,7 +79,9 @@ impl Fs {
             max_write: cfg.max_write,
             acl: cfg.acl,
             strict_copy_up: cfg.strict_copy_up,
-            data: DataPath::new(!cfg.strict_copy_up),
+            data: Arc::new(DataPath::new(!cfg.strict_copy_up)),
+            ops: Arc::default(),
+            uring: Arc::new(uring::Offer::new(cfg.io_uring)),
         }
     }
 }
@@ -68,6 +89,35 @@ impl Fs {
 /// A `Serve::Direct` open: it names the inode's backing, as the kernel wants, but its reads
 /// and writes come to the daemon.
 const DIRECT_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_DIRECT_IO);
+/// How either transport answers an open the data path decided on: the open's flags and the
+/// backing to name (passthrough), or an error, the core's handle then closed. `ring`: the
+/// transport is io_uring, which can name only a backing it registered (and /dev/fuse only
+/// one fuser registered); the other kind exists only while the rings start (EIO).
+fn open_answer(
+    ov: &Overlay,
+    data: &DataPath<AnyBacking>,
+    o: &Opened,
+    serve: Serve<AnyBacking>,
+    ring: bool,
+) -> Result<(FopenFlags, Option<Arc<AnyBacking>>), Errno> {
+    let (flags, b) = match serve {
+        Serve::Passthrough(b) => (FopenFlags::FOPEN_NOFLUSH, b),
+        Serve::Direct(b) => (DIRECT_FLAGS, b),
+        Serve::Cached => return Ok((FILE_FLAGS, None)),
+        Serve::Busy => {
+            ov.release(o.fh);
+            return Err(Errno::new(libc::ETXTBSY));
+        }
+    };
+    if matches!(*b, AnyBacking::Ring(_)) != ring {
+        log::warn!("an open named a backing of the other transport (the rings were starting)");
+        data.release(o.fh);
+        ov.release(o.fh);
+        return Err(Errno::EIO);
+    }
+    Ok((flags | FopenFlags::FOPEN_PASSTHROUGH, Some(b)))
+}
+
 /// How long the kernel may keep the root's attributes: at most a second, whatever `timeout`
 /// says. `stat MNT` and `mountpoint MNT` answer from them, so with a long cache they would go
 /// on succeeding after the daemon died (while every other use fails with ENOTCONN). A path
@@ -118,11 +168,14 @@ impl Filesystem for Fs {
             acl: self.acl,
         };
         let granted = init::negotiate(config, &want);
-        self.data.negotiated(granted.passthrough, granted.writeback);
+        self.data
+            .negotiated(granted.passthrough, granted.writeback, granted.summary);
+        self.uring.negotiate(config);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.ops.start(Op::Lookup);
         match self.ov.lookup(parent.into(), name.as_bytes()) {
             // A negative entry the kernel may cache: names only appear through us.
             Err(e) if e == Errno::ENOENT => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
@@ -131,10 +184,12 @@ impl Filesystem for Fs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.ops.start(Op::Forget);
         self.ov.forget(ino.into(), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.ops.start(Op::Getattr);
         match self.ov.getattr(ino.into(), fh.map(Fh::from)) {
             Ok(st) => reply.attr(&self.attr_ttl(ino), &attr(&st)),
             Err(e) => reply.error(errno(e)),
@@ -159,6 +214,7 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = self.ops.start(Op::Setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -175,6 +231,7 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.ops.start(Op::Readlink);
         match self.ov.readlink(ino.into()) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
@@ -191,6 +248,7 @@ impl Filesystem for Fs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Mknod);
         let what = NewNode::Node {
             mode,
             rdev: decode_dev(rdev),
@@ -210,6 +268,7 @@ impl Filesystem for Fs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Mkdir);
         let r = self.ov.create_node(
             parent.into(),
             name.as_bytes(),
@@ -220,10 +279,12 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Unlink);
         Self::reply_empty(self.ov.unlink(parent.into(), name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Rmdir);
         Self::reply_empty(self.ov.rmdir(parent.into(), name.as_bytes()), reply);
     }
 
@@ -235,6 +296,7 @@ impl Filesystem for Fs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Symlink);
         let what = NewNode::Symlink {
             target: target.as_os_str().as_bytes(),
         };
@@ -254,6 +316,7 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Rename);
         let r = self.ov.rename(
             parent.into(),
             name.as_bytes(),
@@ -272,6 +335,7 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.start(Op::Link);
         self.reply_entry(
             self.ov
                 .link(ino.into(), newparent.into(), newname.as_bytes()),
@@ -280,18 +344,21 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.ops.start(Op::Open);
         match self.ov.open(ino.into(), flags.0, self.data.open_opts()) {
-            Ok(o) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Serve::Passthrough(b) => {
-                    reply.opened_passthrough(o.fh.into(), FopenFlags::FOPEN_NOFLUSH, &b)
+            Ok(o) => {
+                let make = || reply.open_backing(o.fd.as_fd()).map(AnyBacking::Dev);
+                let serve = self.data.begin(&o, make);
+                match open_answer(&self.ov, &self.data, &o, serve, false) {
+                    Ok((flags, b)) => match b.as_deref() {
+                        Some(AnyBacking::Dev(id)) => {
+                            reply.opened_passthrough(o.fh.into(), flags, id)
+                        }
+                        _ => reply.opened(o.fh.into(), flags),
+                    },
+                    Err(e) => reply.error(errno(e)),
                 }
-                Serve::Direct(b) => reply.opened_passthrough(o.fh.into(), DIRECT_FLAGS, &b),
-                Serve::Cached => reply.opened(o.fh.into(), FILE_FLAGS),
-                Serve::Busy => {
-                    self.ov.release(o.fh);
-                    reply.error(fuser::Errno::ETXTBSY);
-                }
-            },
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -307,6 +374,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.ops.start(Op::Read);
         match self.ov.read(fh.into(), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
@@ -325,6 +393,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = self.ops.start(Op::Write);
         match self.ov.write(fh.into(), offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -343,6 +412,7 @@ impl Filesystem for Fs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Flush);
         reply.error(fuser::Errno::ENOSYS);
     }
 
@@ -356,6 +426,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Release);
         self.ov.release(fh.into());
         self.data.release(fh.into());
         reply.ok();
@@ -369,10 +440,12 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Fsync);
         Self::reply_empty(self.ov.fsync(fh.into(), datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.ops.start(Op::Opendir);
         match self.ov.opendir(ino.into()) {
             // The kernel may cache the listing and keep it across opens: every change to a
             // directory goes through us, and the kernel drops the cache when it sees one.
@@ -392,6 +465,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = self.ops.start(Op::Readdir);
         match self.ov.readdir(fh.into(), offset) {
             Ok(list) => {
                 for (i, e) in list.iter().enumerate().skip(offset as usize) {
@@ -414,6 +488,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _t = self.ops.start(Op::Readdirplus);
         let ttl = self.ttl;
         let r = self.ov.readdirplus(fh.into(), offset, |e, next, st| {
             let name = OsStr::from_bytes(&e.name);
@@ -433,6 +508,7 @@ impl Filesystem for Fs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Releasedir);
         self.ov.releasedir(fh.into());
         reply.ok();
     }
@@ -445,10 +521,12 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Fsyncdir);
         Self::reply_empty(self.ov.fsyncdir(ino.into(), datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.ops.start(Op::Statfs);
         match self.ov.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -467,6 +545,7 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Setxattr);
         Self::reply_empty(
             self.ov.setxattr(ino.into(), name.as_bytes(), value, flags),
             reply,
@@ -474,18 +553,22 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.ops.start(Op::Getxattr);
         Self::reply_xattr(self.ov.getxattr(ino.into(), name.as_bytes(), size), reply);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.ops.start(Op::Listxattr);
         Self::reply_xattr(self.ov.listxattr(ino.into(), size, &caller(req, 0)), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Removexattr);
         Self::reply_empty(self.ov.removexattr(ino.into(), name.as_bytes()), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = self.ops.start(Op::Access);
         Self::reply_empty(self.ov.access(ino.into(), mask.bits()), reply);
     }
 
@@ -499,6 +582,7 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = self.ops.start(Op::Create);
         let opts = self.data.open_opts();
         let name = name.as_bytes();
         match self
@@ -507,35 +591,25 @@ impl Filesystem for Fs {
         {
             // A new file has no older opens (no `Serve::Direct` or `Serve::Busy`), but each
             // is served as the kernel allows if it comes.
-            Ok((e, o)) => match self.data.begin(&o, || reply.open_backing(o.fd.as_fd())) {
-                Serve::Passthrough(b) => reply.created_passthrough(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    FopenFlags::FOPEN_NOFLUSH,
-                    &b,
-                ),
-                Serve::Direct(b) => reply.created_passthrough(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    DIRECT_FLAGS,
-                    &b,
-                ),
-                Serve::Busy => {
-                    self.ov.release(o.fh);
-                    reply.error(fuser::Errno::ETXTBSY);
+            Ok((e, o)) => {
+                let make = || reply.open_backing(o.fd.as_fd()).map(AnyBacking::Dev);
+                let serve = self.data.begin(&o, make);
+                let a = attr(&e.attr);
+                match open_answer(&self.ov, &self.data, &o, serve, false) {
+                    Ok((flags, b)) => match b.as_deref() {
+                        Some(AnyBacking::Dev(id)) => reply.created_passthrough(
+                            &self.ttl,
+                            &a,
+                            Generation(0),
+                            o.fh.into(),
+                            flags,
+                            id,
+                        ),
+                        _ => reply.created(&self.ttl, &a, Generation(0), o.fh.into(), flags),
+                    },
+                    Err(e) => reply.error(errno(e)),
                 }
-                Serve::Cached => reply.created(
-                    &self.ttl,
-                    &attr(&e.attr),
-                    Generation(0),
-                    o.fh.into(),
-                    FILE_FLAGS,
-                ),
-            },
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -550,6 +624,7 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.start(Op::Fallocate);
         Self::reply_empty(self.ov.fallocate(fh.into(), offset, length, mode), reply);
     }
 
@@ -562,6 +637,7 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _t = self.ops.start(Op::Lseek);
         match self.ov.lseek(fh.into(), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
@@ -581,6 +657,7 @@ impl Filesystem for Fs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _t = self.ops.start(Op::CopyFileRange);
         let from = FileRange {
             fh: fh_in.into(),
             offset: offset_in,

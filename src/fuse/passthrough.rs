@@ -9,9 +9,10 @@
 use crate::handle::Fh;
 use crate::inode::Ino;
 use crate::overlay::{OpenOpts, Opened};
+pub use crate::stats::DataPathReport;
 use dashmap::DashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// How the kernel is to serve one open.
 #[derive(Debug, PartialEq)]
@@ -35,15 +36,18 @@ pub enum Serve<B> {
 
 /// The data path negotiated at INIT, and the bookkeeping of passthrough opens.
 pub struct DataPath<B> {
-    /// The kernel granted passthrough at INIT: opens are tracked from then on.
-    granted: bool,
+    /// The kernel granted passthrough at INIT: opens are tracked from then on. (Atomics, as
+    /// both transports share the data path: set once at INIT, before any open.)
+    granted: AtomicBool,
     /// Passthrough is granted and the kernel has not refused a backing since.
     passthrough: AtomicBool,
     /// Read-only opens of lower files are passthrough too (not `strict_copy_up`, and the
     /// kernel has not refused a lower file as a backing).
     share_lower: AtomicBool,
     /// The kernel caches writes (FUSE_WRITEBACK_CACHE).
-    writeback: bool,
+    writeback: AtomicBool,
+    /// INIT's decision in one sentence (`init::Granted::summary`), for `layover stats`.
+    summary: OnceLock<String>,
     modes: IoModes,
     /// Every open file while passthrough is granted: its inode and whether it is passthrough.
     opens: DashMap<Fh, (Ino, bool)>,
@@ -54,28 +58,61 @@ impl<B> DataPath<B> {
     /// `share_lower`: read-only opens of lower files may be passthrough (see `Serve`).
     pub fn new(share_lower: bool) -> Self {
         DataPath {
-            granted: false,
+            granted: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
             share_lower: AtomicBool::new(share_lower),
-            writeback: false,
+            writeback: AtomicBool::new(false),
+            summary: OnceLock::new(),
             modes: IoModes::default(),
             opens: DashMap::new(),
             backings: Backings::default(),
         }
     }
 
-    /// What INIT settled (called from INIT only, before any open).
-    pub fn negotiated(&mut self, passthrough: bool, writeback: bool) {
-        self.granted = passthrough;
-        self.passthrough = AtomicBool::new(passthrough);
-        self.writeback = writeback;
+    /// What INIT settled (called from INIT only, before any open), and why (`summary`).
+    pub fn negotiated(&self, passthrough: bool, writeback: bool, summary: String) {
+        self.granted.store(passthrough, Ordering::Relaxed);
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        self.writeback.store(writeback, Ordering::Relaxed);
+        let _ = self.summary.set(summary);
+    }
+
+    /// How data travels now and why, and how many opens are served which way.
+    pub fn report(&self) -> DataPathReport {
+        let granted = self.granted.load(Ordering::Relaxed);
+        let mode = if self.passthrough.load(Ordering::Relaxed) {
+            "passthrough"
+        } else if granted {
+            "page cache (passthrough refused by the kernel since INIT)"
+        } else if self.writeback.load(Ordering::Relaxed) {
+            "writeback cache"
+        } else {
+            "page cache"
+        };
+        let (mut passthrough_opens, mut cached_opens) = (0, 0);
+        for e in self.opens.iter() {
+            if e.value().1 {
+                passthrough_opens += 1;
+            } else {
+                cached_opens += 1;
+            }
+        }
+        DataPathReport {
+            mode: mode.to_string(),
+            why: self.summary.get().cloned().unwrap_or_default(),
+            lower_shared: granted && self.share_lower.load(Ordering::Relaxed),
+            tracked: granted,
+            passthrough_opens,
+            cached_opens,
+            backings: self.backings.map.len() as u64,
+        }
     }
 
     /// How the core must open real files for this data path: with the writeback cache the
     /// kernel reads a partly written page through any open, write-only ones included.
     pub fn open_opts(&self) -> OpenOpts {
         OpenOpts {
-            readable: self.writeback,
+            readable: self.writeback.load(Ordering::Relaxed),
         }
     }
 
@@ -89,7 +126,7 @@ impl<B> DataPath<B> {
         o: &Opened,
         make: impl FnOnce() -> Result<B, E>,
     ) -> Serve<B> {
-        if !self.granted {
+        if !self.granted.load(Ordering::Relaxed) {
             return Serve::Cached;
         }
         let lower = !o.settled && o.lower_read && self.share_lower.load(Ordering::Relaxed);
@@ -136,7 +173,7 @@ impl<B> DataPath<B> {
 
     /// The open `fh` is closed.
     pub fn release(&self, fh: Fh) {
-        if !self.granted {
+        if !self.granted.load(Ordering::Relaxed) {
             return;
         }
         if let Some((_, (ino, passthrough))) = self.opens.remove(&fh) {
@@ -254,8 +291,8 @@ mod tests {
     }
 
     fn granted(share_lower: bool) -> DataPath<u32> {
-        let mut d = DataPath::new(share_lower);
-        d.negotiated(true, false);
+        let d = DataPath::new(share_lower);
+        d.negotiated(true, false, String::new());
         d
     }
 
@@ -271,8 +308,8 @@ mod tests {
             Serve::Cached
         );
         assert!(!d.open_opts().readable);
-        let mut w = DataPath::<u32>::new(true);
-        w.negotiated(false, true);
+        let w = DataPath::<u32>::new(true);
+        w.negotiated(false, true, String::new());
         assert!(w.open_opts().readable);
     }
 

@@ -91,10 +91,25 @@ fn daemons() -> Vec<(String, cli::MountArgs, Option<PathBuf>)> {
     out
 }
 
-/// The layer stack a live layover mount at `mountpoint` serves (see the module comment).
-pub fn stack_of_mount(mountpoint: &Path) -> Result<Stack, StartupError> {
-    let want = std::fs::canonicalize(mountpoint)
-        .map_err(|e| StartupError::new(format!("mountpoint '{}': {e}", mountpoint.display())))?;
+/// The daemon serving the live layover mount at `mountpoint`: (pid, its mount arguments,
+/// its working directory). `why`: what the daemon is needed for, for the error message.
+pub fn daemon_of_mount(
+    mountpoint: &Path,
+    why: &str,
+) -> Result<(String, cli::MountArgs, Option<PathBuf>), StartupError> {
+    // A dead daemon's mount answers ENOTCONN to the stat canonicalize makes: it is then
+    // found by its path as given (made absolute).
+    let want = match std::fs::canonicalize(mountpoint) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => std::path::absolute(mountpoint)
+            .map_err(|e| StartupError::new(format!("'{}': {e}", mountpoint.display())))?,
+        Err(e) => {
+            return Err(StartupError::new(format!(
+                "mountpoint '{}': {e}",
+                mountpoint.display()
+            )));
+        }
+    };
     if !mounts()?
         .iter()
         .any(|m| m.mountpoint == want && m.fstype == "fuse.layover")
@@ -109,13 +124,32 @@ pub fn stack_of_mount(mountpoint: &Path) -> Result<Stack, StartupError> {
         let p = absolute(Path::new(&m.mountpoint), cwd.as_deref());
         std::fs::canonicalize(&p).is_ok_and(|c| c == want) || p == want
     });
-    let Some((pid, m, cwd)) = found else {
-        return Err(StartupError::new(format!(
-            "no layover daemon for '{}' found in /proc (its command line is needed for the \
-             layers; give them with -o instead)",
-            want.display()
-        )));
-    };
+    found.ok_or_else(|| {
+        let dead =
+            std::fs::metadata(&want).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+        StartupError::new(if dead {
+            format!(
+                "the layover daemon of '{}' is gone (the mount answers ENOTCONN): unmount it \
+                 (umount '{0}')",
+                want.display()
+            )
+        } else {
+            format!(
+                "no layover daemon for '{}' found in /proc ({why})",
+                want.display()
+            )
+        })
+    })
+}
+
+/// The layer stack a live layover mount at `mountpoint` serves (see the module comment).
+pub fn stack_of_mount(mountpoint: &Path) -> Result<Stack, StartupError> {
+    let (pid, m, cwd) = daemon_of_mount(
+        mountpoint,
+        "its command line is needed for the layers; give them with -o instead",
+    )?;
+    let want = std::fs::canonicalize(mountpoint)
+        .map_err(|e| StartupError::new(format!("mountpoint '{}': {e}", mountpoint.display())))?;
     let mut opts = crate::config::parse_options(&m.options)?.layers;
     let fix = |p: &str| -> String {
         absolute(Path::new(p), cwd.as_deref())

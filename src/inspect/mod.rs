@@ -1,6 +1,7 @@
 //! The inspection tools: `explain` (why a path looks as it does), `diff` (what the upper
-//! changes against the lowers), `check` (a lint for a layer stack) and `export` (the upper
-//! as an OCI layer tar). They read layers
+//! changes against the lowers), `check` (a lint for a layer stack), `export` (the upper
+//! as an OCI layer tar) and `stats` (a live mount's figures, asked of its daemon through
+//! its socket: `crate::stats`). The others read layers
 //! through the same core the daemon serves (`Overlay::open_read_only` and its `Query`), so
 //! that a tool and a mount never disagree about a rule; where they need to say *why*, they
 //! use the core's per-layer helpers (`Query::layer_*`), which classify with the core's own
@@ -16,6 +17,7 @@ pub mod export;
 pub mod live;
 pub mod output;
 pub mod progress;
+pub mod stats;
 
 use crate::config::Stack;
 use crate::error::StartupError;
@@ -61,7 +63,7 @@ pub fn io_error(what: &str, path: &Path, e: crate::error::Errno) -> StartupError
 }
 
 /// Runs a tool; what it prints goes to stdout, and an error (with its path) comes back for
-/// main to print. Export and stats are not implemented yet: the caller answers them.
+/// main to print.
 pub fn run(tool: &crate::cli::Tool) -> Result<Outcome, StartupError> {
     match run_tool(tool) {
         // The reader went away (`| head`): not an error of ours.
@@ -117,10 +119,7 @@ fn run_tool(tool: &crate::cli::Tool) -> Result<Outcome, StartupError> {
             let stack = src.stack()?;
             export::run(&stack, output.as_deref(), a.compress, &mut out)
         }
-        Tool::Stats(_) => Err(StartupError::new(format!(
-            "{}: not implemented yet",
-            tool.name()
-        ))),
+        Tool::Stats(a) => stats::run(Path::new(&a.mountpoint), a.json, &mut out),
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
+use crate::idmap::stat_xattr::is_stat_xattr;
 use crate::inode::{Inode, Presence, RealId};
 use crate::layer::LayerIdx;
 use crate::sys::{self, Stat, TimeSpec};
@@ -184,7 +185,9 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         for n in names {
-            if is_private_xattr(self.xattr_ns(), &n) {
+            if is_private_xattr(self.xattr_ns(), &n)
+                || (self.writes_stat_xattrs() && is_stat_xattr(&n))
+            {
                 continue;
             }
             let cn = cname(&n)?;
@@ -213,13 +216,34 @@ impl Overlay {
         self.copy_up_with(inode, false)
     }
 
+    /// The parents not yet in the upper are copied first, from the top down, in a loop: a
+    /// tree may be deeper than any thread's stack (a recursion per level overflowed the
+    /// daemon's 2 MiB worker stacks at 20,000 levels).
     fn copy_up_with(&self, inode: &Arc<Inode>, with_data: bool) -> FsResult<()> {
         let upper = self.layers.upper_idx()?;
-        if inode.top().is_some_and(|t| t.layer == upper) {
-            return Ok(());
+        // (object, the parent it is copied into), nearest first.
+        let mut pending: Vec<(Arc<Inode>, Arc<Inode>)> = Vec::new();
+        let mut cur = Arc::clone(inode);
+        while cur.top().is_none_or(|t| t.layer != upper) {
+            let parent = cur.parent().ok_or(Errno::EIO)?;
+            pending.push((cur, Arc::clone(&parent)));
+            cur = parent;
         }
-        let parent = inode.parent().ok_or(Errno::EIO)?;
-        self.copy_up(&parent)?;
+        for (node, parent) in pending.iter().rev() {
+            let data = with_data || !Arc::ptr_eq(node, inode);
+            self.copy_up_one(node, parent, upper, data)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `inode` up into `parent`, which is in the upper already.
+    fn copy_up_one(
+        &self,
+        inode: &Arc<Inode>,
+        parent: &Arc<Inode>,
+        upper: LayerIdx,
+        with_data: bool,
+    ) -> FsResult<()> {
         let _serial = inode.copy_up_lock.lock();
         let Some(top) = inode.top() else {
             return Err(Errno::ESTALE);
@@ -228,8 +252,10 @@ impl Overlay {
             return Ok(()); // another thread did it while we waited
         }
         let (sdir, sname, _) = self.locate(inode)?;
-        let src = sys::fstatat(sdir.as_fd(), &sname)?;
-        let udir = self.dir_fd(&parent, upper)?;
+        let raw = sys::fstatat(sdir.as_fd(), &sname)?;
+        // `src`: the source with the owner and mode its copy's inode gets.
+        let (src, stat_xattr) = self.copy_up_attrs(top.layer, (sdir.as_fd(), &sname), raw);
+        let udir = self.dir_fd(parent, upper)?;
 
         let work = self.work_fd()?;
         let tmp = self.temp_name();
@@ -239,13 +265,16 @@ impl Overlay {
             is_dir: src.is_dir(),
             armed: false,
         };
-        let made = self.keeping_times(&parent, || {
+        let made = self.keeping_times(parent, || {
             let src = if with_data {
                 src
             } else {
                 Stat { size: 0, ..src }
             };
             let made = self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
+            if let Some((x, v)) = &stat_xattr {
+                sys::setxattrat(work, &tmp, x.name(), v, 0)?;
+            }
             self.place_copy(&src, (work, &tmp), (udir.as_fd(), &sname))?;
             guard.armed = false;
             Ok(made)
@@ -265,6 +294,12 @@ impl Overlay {
         made: &Stat,
         with_data: bool,
     ) {
+        let bytes = if with_data && src.file_type() == libc::S_IFREG {
+            src.size as u64
+        } else {
+            0
+        };
+        self.counters.copied_up(src.file_type(), bytes);
         self.inodes.numbers.alias(RealId::of(made), inode.ino);
         inode.update(|s| {
             let mut layers = vec![Presence {

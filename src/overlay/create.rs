@@ -8,6 +8,7 @@
 
 use super::{Caller, Entry, Overlay, cname};
 use crate::error::{Errno, FsResult};
+use crate::idmap::stat_xattr::StatXattr;
 use crate::inode::{Ino, Inode, Presence};
 use crate::layer::LayerIdx;
 use crate::sys::{self, Stat};
@@ -138,11 +139,15 @@ impl Overlay {
     ) -> FsResult<Option<OwnedFd>> {
         match what {
             NewNode::Node { mode, rdev } => sys::mknodat(dir, name, *mode, *rdev).map(|_| None),
-            NewNode::Dir { mode } => sys::mkdirat(dir, name, mode & 0o7777).map(|_| None),
+            NewNode::Dir { mode } => {
+                let mode = self.real_create_mode(libc::S_IFDIR, mode & 0o7777);
+                sys::mkdirat(dir, name, mode).map(|_| None)
+            }
             NewNode::Symlink { target } => sys::symlinkat(&cname(target)?, dir, name).map(|_| None),
             NewNode::File { mode, flags } => {
                 let acc = flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC);
-                sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL, mode & 0o7777).map(Some)
+                let mode = self.real_create_mode(libc::S_IFREG, mode & 0o7777);
+                sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL, mode).map(Some)
             }
         }
     }
@@ -189,8 +194,17 @@ impl Overlay {
         }
     }
 
-    /// Gives a freshly made object its owner and mode.
-    fn set_owner(&self, dir: BorrowedFd<'_>, name: &CStr, o: &Owner) -> FsResult<()> {
+    /// Gives a freshly made object of type `kind` its owner and mode: in its override_stat
+    /// xattr when the upper keeps them there (`xattr_permissions=`), else on its inode.
+    fn set_owner(&self, dir: BorrowedFd<'_>, name: &CStr, kind: u32, o: &Owner) -> FsResult<()> {
+        if let Some(x) = self.owner_xattr(kind) {
+            // The mode as the request gave it, as fuse-overlayfs 1.10 writes its attributes:
+            // mkdir's has no type bits, create's has them (every reader takes the permission
+            // bits alone). containers-storage's names the type in a field of its own.
+            let bare = kind == libc::S_IFDIR && x != StatXattr::Containers;
+            let mode = if bare { o.mode } else { kind | o.mode };
+            return self.write_owner_xattr(x, (dir, name), (o.uid, o.gid, mode), None);
+        }
         if o.chown {
             sys::fchownat(dir, name, o.uid, o.gid)?;
         }
@@ -228,7 +242,8 @@ impl Overlay {
         let udir = self.dir_fd(&parent, upper)?;
         let cn = cname(name)?;
         let slot = self.upper_slot(udir.as_fd(), name, &cn, !pure_upper)?;
-        let pst = sys::fstat(udir.as_fd())?;
+        // The parent's owner and mode as shown (its override's, where it has one).
+        let pst = self.with_override(upper, udir.as_fd(), sys::DOT, sys::fstat(udir.as_fd())?);
         let kind = Self::kind_of(&what);
         let what = self.apply_umask(udir.as_fd(), what, caller.umask);
         let owner = self.new_owner(caller, &pst, kind, Self::mode_of(&what));
@@ -238,7 +253,7 @@ impl Overlay {
             }
             UpperSlot::Empty | UpperSlot::AufsWhiteout => {
                 let fd = self.make_raw(udir.as_fd(), &cn, &what)?;
-                if let Err(e) = self.set_owner(udir.as_fd(), &cn, &owner) {
+                if let Err(e) = self.set_owner(udir.as_fd(), &cn, kind, &owner) {
                     let _ = sys::unlinkat(udir.as_fd(), &cn, kind == libc::S_IFDIR); // undo
                     return Err(e);
                 }
@@ -270,7 +285,9 @@ impl Overlay {
         // parent's (a setgid parent's group): owner and mode are always set.
         // A directory without owner write and search permission gets its mode once in place,
         // where an ordinary user's daemon could not move it (see `dir_mode_deferred`).
-        let deferred = kind == libc::S_IFDIR && self.dir_mode_deferred(owner.mode);
+        let deferred = kind == libc::S_IFDIR
+            && self.owner_xattr(kind).is_none()
+            && self.dir_mode_deferred(owner.mode);
         let mode = owner.mode;
         let owner = Owner {
             chown: true,
@@ -288,7 +305,7 @@ impl Overlay {
             kind == libc::S_IFDIR,
             |work, tmp| self.make_raw(work, tmp, what),
             |work, tmp| {
-                self.set_owner(work, tmp, &owner)?;
+                self.set_owner(work, tmp, kind, &owner)?;
                 if kind == libc::S_IFDIR {
                     self.set_opaque(work, tmp)?;
                 }

@@ -165,7 +165,6 @@ impl Overlay {
                     name: name.into(),
                     layers: layers.clone(),
                     real,
-                    detached: false,
                 },
             )
         });
@@ -174,7 +173,7 @@ impl Overlay {
             inode.update(|s| {
                 s.parent = Some(Arc::clone(parent));
                 s.name = name.into();
-                s.detached = false;
+                inode.set_detached(false);
             });
         }
         if kind != libc::S_IFDIR && found.stat.nlink > 1 {
@@ -198,7 +197,7 @@ impl Overlay {
         let stale = existing.kind == found.stat.file_type()
             && existing.with_state(|s| {
                 s.real != real
-                    && !s.detached
+                    && !existing.is_detached()
                     && s.parent.as_ref().is_some_and(|p| p.ino == parent.ino)
                     && *s.name == *name
             });

@@ -7,8 +7,10 @@
 
 mod copy_up;
 mod create;
+mod figures;
 mod io;
 mod lookup;
+mod owner;
 mod query;
 mod readdir;
 mod remove;
@@ -22,6 +24,7 @@ pub use query::{InoOrigin, LayerDir, LayerInfo, LayerObj, Node, OpaqueBy, Query,
 
 pub use crate::idmap::Caller;
 pub use create::NewNode;
+pub use figures::Figures;
 pub use setattr::SetAttr;
 
 use crate::config::{Stack, XattrNs};
@@ -117,6 +120,10 @@ pub struct Overlay {
     temp_prefix: std::sync::OnceLock<String>,
     /// Opens the user's own files whatever their mode, for an ordinary user's daemon.
     opener: Option<Opener>,
+    /// Work done, for `figures` (`layover stats`).
+    counters: figures::Counters,
+    /// The override_stat xattrs each layer's objects carry (`owner`).
+    stat_xattrs: owner::StatXattrs,
 }
 
 /// The whiteout in the work directory that upper whiteouts are hard links to.
@@ -174,7 +181,15 @@ impl Overlay {
             _ => Caps::NONE,
         };
         let privileges = Privileges::of(privilege);
-        Overlay::build(cfg, layers, work, caps, nofile, privileges, opener)
+        let ov = Overlay::build(cfg, layers, work, caps, nofile, privileges, opener)?;
+        if !ov.read_only() {
+            ov.mark_upper_root().map_err(|e| {
+                StartupError::new(format!(
+                    "cannot mark the upperdir's root for xattr_permissions: {e}"
+                ))
+            })?;
+        }
+        Ok(ov)
     }
 
     /// Opens a layer stack for reading only, for offline tools and tests: the upper (when
@@ -243,11 +258,11 @@ impl Overlay {
                 name: Box::new([]),
                 layers: root_layers,
                 real: RealId::of(&root_stat),
-                detached: false,
             },
         );
-        let inodes = InodeTable::new(Numbering::new(&devs), root);
+        let inodes = InodeTable::new(Numbering::new(&devs).fitting_32_bits(cfg.ino32), root);
         let ids = cfg.ids.clone();
+        let stat_xattrs = owner::StatXattrs::of_layers(&ids, &layers);
         let ov = Overlay {
             cfg,
             layers,
@@ -265,6 +280,8 @@ impl Overlay {
             reflink: std::sync::atomic::AtomicBool::new(true),
             temp_prefix: std::sync::OnceLock::new(),
             opener,
+            counters: figures::Counters::default(),
+            stat_xattrs,
         };
         ov.refresh_root_layers();
         Ok(ov)
@@ -352,19 +369,28 @@ impl Overlay {
         self.inodes.get(ino).ok_or(Errno::ESTALE)
     }
 
-    /// The `O_PATH` fd of directory `dir` in `layer` (which must hold it).
+    /// The `O_PATH` fd of directory `dir` in `layer` (which must hold it). Goes up to the
+    /// nearest directory whose fd is known, then opens (and caches) each one down to `dir`,
+    /// in a loop: a tree may be deeper than any thread's stack.
     pub(crate) fn dir_fd(&self, dir: &Arc<Inode>, layer: LayerIdx) -> FsResult<Arc<OwnedFd>> {
-        if dir.ino == ROOT_INO {
-            return Ok(Arc::clone(&self.layers.get(layer)?.root));
+        let mut below: Vec<(Ino, CString)> = Vec::new();
+        let mut cur = Arc::clone(dir);
+        let mut fd = loop {
+            if cur.ino == ROOT_INO {
+                break Arc::clone(&self.layers.get(layer)?.root);
+            }
+            if let Some(fd) = self.dirs.get(cur.ino, layer) {
+                break fd;
+            }
+            let (parent, name) = cur.with_state(|s| (s.parent.clone(), cname(&s.name)));
+            below.push((cur.ino, name?));
+            cur = parent.ok_or(Errno::ESTALE)?;
+        };
+        for (ino, name) in below.iter().rev() {
+            let next = Arc::new(sys::open_dir_at(fd.as_fd(), name)?);
+            self.dirs.insert(*ino, layer, Arc::clone(&next));
+            fd = next;
         }
-        if let Some(fd) = self.dirs.get(dir.ino, layer) {
-            return Ok(fd);
-        }
-        let (parent, name) = dir.with_state(|s| (s.parent.clone(), cname(&s.name)));
-        let parent = parent.ok_or(Errno::ESTALE)?;
-        let pfd = self.dir_fd(&parent, layer)?;
-        let fd = Arc::new(sys::open_dir_at(pfd.as_fd(), &name?)?);
-        self.dirs.insert(dir.ino, layer, Arc::clone(&fd));
         Ok(fd)
     }
 
@@ -372,8 +398,14 @@ impl Overlay {
     /// the top layer). The root is (layer root, ".").
     pub(crate) fn locate(&self, inode: &Arc<Inode>) -> FsResult<(Arc<OwnedFd>, CString, Presence)> {
         // Only what is needed is copied out of the state (this runs on every getattr).
-        let (detached, top, parent, name) =
-            inode.with_state(|s| (s.detached, s.top(), s.parent.clone(), cname(&s.name)));
+        let (detached, top, parent, name) = inode.with_state(|s| {
+            (
+                inode.is_detached(),
+                s.top(),
+                s.parent.clone(),
+                cname(&s.name),
+            )
+        });
         if detached {
             return Err(Errno::ENOENT);
         }
@@ -407,7 +439,7 @@ impl Overlay {
                 s.name = n;
             }
             None => {
-                s.detached = true;
+                inode.set_detached(true);
                 // That was its last link: the filesystem may give its inode number to a new
                 // object before the kernel forgets this inode, and the new object must not be
                 // taken for this one (it would inherit a detached state and stale names).
@@ -438,7 +470,7 @@ impl Overlay {
         inode.update(|s| {
             s.parent = Some(Arc::clone(to.0));
             s.name = to.1.into();
-            s.detached = false;
+            inode.set_detached(false);
         });
     }
 
@@ -518,10 +550,20 @@ impl Overlay {
         root.update(|s| s.layers = layers.into());
     }
 
-    /// Attributes as the merged view reports them: the top object's, with our number, the
-    /// ids shown (`IdMap::to_shown`), and nlink 1 for a directory merged from several layers
-    /// (as the kernel does) or for every directory with `static_nlink`. Every attribute the core returns comes through here.
-    pub(crate) fn present_attr(&self, inode: &Inode, st: Stat) -> Stat {
+    /// Attributes as the merged view reports them: the top object's, with the owner and
+    /// mode of its override_stat xattr where its layer's objects carry one (`owner`), our
+    /// number, the ids shown (`IdMap::to_shown`), and nlink 1 for a directory merged from
+    /// several layers (as the kernel does) or for every directory with `static_nlink`.
+    /// Every attribute the core returns comes through here.
+    pub(crate) fn present_attr(&self, inode: &Arc<Inode>, st: Stat) -> Stat {
+        let top = self.any_stat_xattrs().then(|| inode.top()).flatten();
+        let st = match top {
+            Some(top) if self.overridable(top.layer, &st) => match self.reach(inode) {
+                Ok((dir, name)) => self.with_override(top.layer, dir.as_fd(), &name, st),
+                Err(_) => st,
+            },
+            _ => st,
+        };
         self.merged_layout(inode, self.ids.to_shown(st))
     }
 

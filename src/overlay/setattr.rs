@@ -72,20 +72,19 @@ impl Overlay {
             sys::ftruncate(fd.as_fd(), size)?;
         }
         let (dir, name) = target.at();
-        if a.uid.is_some() || a.gid.is_some() {
-            // -1 leaves that id as it is.
-            let uid = a.uid.map_or(Ok(u32::MAX), |u| self.ids.uid_to_host(u))?;
-            let gid = a.gid.map_or(Ok(u32::MAX), |g| self.ids.gid_to_host(g))?;
-            sys::fchownat(dir, name, uid, gid)?;
+        let ids = (
+            a.uid.map(|u| self.ids.uid_to_host(u)).transpose()?,
+            a.gid.map(|g| self.ids.gid_to_host(g)).transpose()?,
+        );
+        if a.mode.is_some() && inode.kind == libc::S_IFLNK {
+            return Err(Errno::EOPNOTSUPP);
         }
-        if let Some(mode) = a.mode {
-            if inode.kind == libc::S_IFLNK {
-                return Err(Errno::EOPNOTSUPP);
+        if let Some(x) = self.owner_xattr(inode.kind) {
+            if ids.0.is_some() || ids.1.is_some() || a.mode.is_some() {
+                self.setattr_in_xattr(x, (dir, name), ids, a.mode)?;
             }
-            match &target {
-                Target::File(fd) => sys::fchmod(fd.as_fd(), mode & 0o7777)?,
-                Target::Name(..) => sys::fchmodat(dir, name, mode & 0o7777)?,
-            }
+        } else {
+            self.setattr_on_inode(&target, ids, a.mode)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::utimensat(
@@ -97,5 +96,26 @@ impl Overlay {
         }
         let st = sys::fstatat(dir, name)?;
         Ok(self.present_attr(&inode, st))
+    }
+
+    /// chown (ids on disk; None leaves one as it is) and chmod of the inode itself.
+    fn setattr_on_inode(
+        &self,
+        target: &Target,
+        (uid, gid): (Option<u32>, Option<u32>),
+        mode: Option<u32>,
+    ) -> FsResult<()> {
+        let (dir, name) = target.at();
+        if uid.is_some() || gid.is_some() {
+            // -1 leaves that id as it is.
+            sys::fchownat(dir, name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = mode {
+            match target {
+                Target::File(fd) => sys::fchmod(fd.as_fd(), mode & 0o7777)?,
+                Target::Name(..) => sys::fchmodat(dir, name, mode & 0o7777)?,
+            }
+        }
+        Ok(())
     }
 }

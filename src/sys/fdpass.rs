@@ -1,5 +1,6 @@
 //! Passing file descriptors over a Unix socket (SCM_RIGHTS), and unshare(2): what the
-//! opener helper (`crate::opener`) is made of.
+//! opener helper (`crate::opener`) is made of; and a socket peer's credentials
+//! (SO_PEERCRED), which the stats socket checks.
 
 use super::{cvt, own};
 use crate::error::{Errno, FsResult};
@@ -100,4 +101,30 @@ pub fn seqpacket_pair() -> FsResult<(OwnedFd, OwnedFd)> {
         )
     })?;
     Ok((own(fds[0]), own(fds[1])))
+}
+
+/// Who is at the other end of a connected Unix socket (SO_PEERCRED): (pid, uid, gid), as
+/// the kernel recorded them when the peer connected.
+pub fn peer_cred(sock: BorrowedFd<'_>) -> FsResult<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the kernel writes at
+    // most `len` bytes.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    if len as usize != size_of::<libc::ucred>() {
+        return Err(Errno::EIO);
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
 }

@@ -8,6 +8,7 @@
 mod dirent;
 mod fdpass;
 mod proc;
+pub mod uring;
 mod xattr;
 
 pub use dirent::{RawDirEntry, read_dir_entries};

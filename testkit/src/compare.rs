@@ -11,6 +11,7 @@
 //! layover, is then wrong.
 
 use crate::env::TestEnv;
+use crate::mode::{Mode, as_root, enter_user, mode, test_user};
 use crate::procfs::{daemon_pids, umount_retrying};
 use crate::run::{cmd_ok, errno_name, os, show, wait_until};
 use crate::snapshot::{Kind, SnapOpts, Snapshot, list_tree, snapshot_with, walk_times};
@@ -60,15 +61,17 @@ impl Side {
         self.work.as_deref().expect("a mount with an upper layer")
     }
 
-    /// The overlay options for these layers, with `work` as the work directory.
+    /// The overlay options for these layers, with `work` as the work directory (and
+    /// `userxattr` in the rootless modes).
     pub fn opts(&self, work: &Path) -> String {
         let lowers: Vec<String> = self
             .lowers
             .iter()
             .map(|p| p.display().to_string())
             .collect();
+        let userxattr = if mode().rootless() { ",userxattr" } else { "" };
         format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}{userxattr}",
             lowers.join(":"),
             self.upper().display(),
             work.display()
@@ -308,9 +311,10 @@ impl Pair {
 
     /// The upper layers on disk now, without the kernel's own bookkeeping xattrs and its
     /// sharing of one inode among all whiteouts ([`normalise_upper`]).
+    /// (Read as root: see [`crate::mode`].)
     pub fn check_upper(&self, when: &str) {
-        let mut k = self.snap(self.kernel.upper());
-        let mut l = self.snap(self.layover.upper());
+        let mut k = as_root(|| self.snap(self.kernel.upper()));
+        let mut l = as_root(|| self.snap(self.layover.upper()));
         normalise_upper(&mut k);
         normalise_upper(&mut l);
         self.compare_snaps(
@@ -326,7 +330,7 @@ impl Pair {
     /// kernel left its own (types and mtimes, and atimes when asked).
     pub fn check_lowers_untouched(&self, atimes: bool) {
         let walk = |d: &Path| {
-            let mut w = walk_times(d);
+            let mut w = as_root(|| walk_times(d));
             if !atimes {
                 for v in w.values_mut() {
                     v.1 = (0, 0);
@@ -375,14 +379,14 @@ impl Pair {
         let kview = self.snap(&self.kernel.mnt);
 
         // Unmount layover; its daemon must be gone before its work dir is judged.
-        umount_retrying(&self.layover.mnt);
+        as_root(|| umount_retrying(&self.layover.mnt));
         env.untrack(&self.layover.mnt);
         if !wait_until(Duration::from_secs(10), || {
             daemon_pids(&self.layover.mnt, false).is_empty()
         }) {
             self.fail("layover's daemon still runs 10 s after its unmount".into());
         }
-        let leftovers: Vec<String> = list_tree(self.layover.work())
+        let leftovers: Vec<String> = as_root(|| list_tree(self.layover.work()))
             .into_iter()
             .filter(|(p, k)| {
                 !(*k == Kind::Dir && (p == Path::new("work") || p == Path::new("index")))
@@ -397,9 +401,8 @@ impl Pair {
         self.check_remount(env, &kview);
         // The kernel keeps one shared whiteout (work/#NNN) in its workdir; anything else is
         // news.
-        umount_retrying(&self.kernel.mnt);
-        env.untrack(&self.kernel.mnt);
-        let kleft = temp_files(self.kernel.work());
+        env.unmount_kernel_in_mode(&self.kernel.mnt);
+        let kleft = as_root(|| temp_files(self.kernel.work()));
         if !kleft.is_empty() {
             eprintln!("note: the kernel's workdir after unmount holds {kleft:?}");
         }
@@ -416,11 +419,14 @@ impl Pair {
     /// The kernel's view of layover's upper (layover unmounted), beside the kernel's own.
     fn check_remount(&self, env: &TestEnv, kview: &Snapshot) {
         let fresh = self.layover.work().with_file_name("kernel-check.work");
-        fs::create_dir_all(&fresh).unwrap();
+        as_root(|| fs::create_dir_all(&fresh)).unwrap();
         let mnt = env.mkdir("kernel-check.mnt");
-        match env.try_mount_kernel(&self.layover.opts(&fresh), &mnt) {
+        if mode() == Mode::User {
+            as_root(|| give_to_user(&[&fresh, &mnt]));
+        }
+        match env.mount_kernel_in_mode(&self.layover.opts(&fresh), &mnt) {
             Err(e) => self.fail(format!("the kernel refuses to mount layover's upper: {e}")),
-            Ok(()) => {
+            Ok(mnt) => {
                 let v = self.snap(&mnt);
                 let rules = self.kernel_inodes.then_some(Who::Kernel);
                 self.compare_snaps(
@@ -485,7 +491,7 @@ impl TestEnv {
         let mut o = format!("lowerdir={}", lowers.join(":"));
         if let Some(u) = spec.upper {
             let work = dir.join(format!("{u}.work"));
-            fs::create_dir_all(&work).expect("mkdir work");
+            as_root(|| fs::create_dir_all(&work)).expect("mkdir work");
             write!(
                 o,
                 ",upperdir={},workdir={}",
@@ -497,6 +503,9 @@ impl TestEnv {
         for e in &spec.extra {
             o.push(',');
             o.push_str(e);
+        }
+        if mode().rootless() && !spec.extra.contains(&"userxattr") {
+            o.push_str(",userxattr");
         }
         o
     }
@@ -515,9 +524,13 @@ impl TestEnv {
     pub fn mount_pair_with(&self, spec: &PairSpec) -> Pair {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        self.prepare_upper(spec);
-        let kdir = self.copy_layers(&format!("k{n}"));
-        let fdir = self.copy_layers(&format!("f{n}"));
+        let (kdir, fdir) = as_root(|| {
+            self.prepare_upper(spec);
+            (
+                self.copy_layers(&format!("k{n}")),
+                self.copy_layers(&format!("f{n}")),
+            )
+        });
         self.mount_both(
             spec,
             [kdir, fdir],
@@ -530,11 +543,12 @@ impl TestEnv {
     pub fn mount_pair_exact(&self, spec: &PairSpec) -> Pair {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        self.prepare_upper(spec);
-        let [kdir, fdir]: [PathBuf; 2] =
+        let [kdir, fdir]: [PathBuf; 2] = as_root(|| {
+            self.prepare_upper(spec);
             copy_layers_exact(self, &[&format!("xk{n}"), &format!("xf{n}")])
-                .try_into()
-                .unwrap();
+        })
+        .try_into()
+        .unwrap();
         self.mount_both(
             spec,
             [kdir, fdir],
@@ -550,18 +564,49 @@ impl TestEnv {
 
     /// Mounts the kernel's overlay on the layers in `dirs[0]` at `mnts[0]`, layover on
     /// `dirs[1]` at `mnts[1]`.
+    /// In [`Mode::User`] the copies' root-owned objects and the mountpoints are given to
+    /// the test user first, and the thread takes the user's credentials once both are
+    /// mounted (see [`crate::mode`]).
     fn mount_both(&self, spec: &PairSpec, dirs: [PathBuf; 2], mnts: [String; 2]) -> Pair {
         let [kdir, fdir] = dirs;
         let kmnt = self.mkdir(&mnts[0]);
         let fmnt = self.mkdir(&mnts[1]);
-        self.mount_kernel(&Self::overlay_opts(&kdir, spec), &kmnt);
-        let mut lopts = Self::overlay_opts(&fdir, spec);
+        let kopts = as_root(|| Self::overlay_opts(&kdir, spec));
+        let mut lopts = as_root(|| Self::overlay_opts(&fdir, spec));
+        if mode() == Mode::User {
+            as_root(|| give_to_user(&[&kdir, &fdir, &kmnt, &fmnt]));
+        }
+        let kat = self
+            .mount_kernel_in_mode(&kopts, &kmnt)
+            .unwrap_or_else(|e| panic!("{e}"));
         for e in &spec.layover_extra {
             lopts.push(',');
             lopts.push_str(e);
         }
-        self.mount_layover(&lopts, &fmnt);
-        Pair::new(Side::of(kmnt, &kdir, spec), Side::of(fmnt, &fdir, spec))
+        as_root(|| self.mount_layover(&lopts, &fmnt));
+        enter_user();
+        Pair::new(Side::of(kat, &kdir, spec), Side::of(fmnt, &fdir, spec))
+    }
+}
+
+/// Gives what root owns under each of `paths` (symlinks themselves, not followed) to the test
+/// user and its group ([`Mode::User`]): an ordinary user's layers are its own.
+pub fn give_to_user(paths: &[&Path]) {
+    let (name, _, _) = test_user();
+    for p in paths {
+        cmd_ok(
+            "chown",
+            &[os("-hR"), os("--from=0"), os(&name), p.as_os_str()],
+        );
+        cmd_ok(
+            "chown",
+            &[
+                os("-hR"),
+                os("--from=:0"),
+                os(&format!(":{name}")),
+                p.as_os_str(),
+            ],
+        );
     }
 }
 

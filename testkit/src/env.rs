@@ -4,14 +4,17 @@
 //! mounts when it hangs. [`require_prerequisites`] fails loudly (never skips) on a machine
 //! that cannot run the mounted tests.
 
+use crate::compare::give_to_user;
 use crate::layer::Layer;
-use crate::procfs::{daemon_pids, is_mounted, mounts, mounts_at, process_alive};
+use crate::mode::{Mode, as_root, enter_user, leave_user, mode, test_user};
+use crate::procfs::{daemon_pids, is_mounted, mounts, mounts_at, process_alive, umount_retrying};
 use crate::run::{Run, cmd, cmd_ok, os, run_with_timeout};
 use std::ffi::OsStr;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -75,6 +78,40 @@ pub fn require_prerequisites() {
                 "PREREQUISITE MISSING: `{tool}` not found (apt-get install -y attr fuse3)"
             );
         }
+        let uid_map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        let initial_ns = uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+        assert!(
+            mode() != Mode::UserNs || !initial_ns,
+            "PREREQUISITE MISSING: LAYOVER_TEST_MODE=userns runs the tests in a user namespace: \
+             start them through testkit/scripts/run-mode.sh (cargo's target runner; see \
+             scripts/test.sh)"
+        );
+        let fuse_mode = fs::metadata("/dev/fuse").map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o777
+        });
+        assert!(
+            mode() != Mode::User || fuse_mode.as_ref().is_ok_and(|m| m & 0o006 == 0o006),
+            "PREREQUISITE MISSING: LAYOVER_TEST_MODE=user needs /dev/fuse usable by the test \
+             user (here {fuse_mode:?}): start the tests through testkit/scripts/run-mode.sh, \
+             which binds a 0666 node over it in a private mount namespace"
+        );
+        if mode() == Mode::User {
+            test_user();
+            let found = Command::new("sh")
+                .args([
+                    "-c",
+                    "command -v fusermount3 && command -v nsenter && command -v setpriv",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                found,
+                "PREREQUISITE MISSING: mode user needs fusermount3 (fuse3), nsenter and setpriv \
+                 (util-linux)"
+            );
+        }
         assert!(
             !bin().as_os_str().is_empty(),
             "PREREQUISITE MISSING: no binary under test: run the tests with cargo test, or set \
@@ -103,12 +140,35 @@ struct Tracked {
     pid: Option<u32>,
 }
 
+/// [`Mode::User`]: the layer directories a layover `-o` option string names, and the
+/// mountpoint, given to the test user ([`give_to_user`]).
+fn give_layers_to_user(opts: &str, mnt: &Path) {
+    let mut dirs: Vec<PathBuf> = vec![mnt.to_owned()];
+    for o in opts.split(',') {
+        if let Some((key, value)) = o.split_once('=')
+            && ["lowerdir", "upperdir", "workdir"].contains(&key)
+        {
+            dirs.extend(value.split(':').map(PathBuf::from));
+        }
+    }
+    let dirs: Vec<&Path> = dirs
+        .iter()
+        .map(PathBuf::as_path)
+        .filter(|d| d.exists())
+        .collect();
+    give_to_user(&dirs);
+}
+
 /// Owns a unique temporary directory and every mount made under it (or registered with it).
 /// Dropping it unmounts everything (umount, then umount -l) and removes the directory, also
 /// when the test panicked. A layover daemon that died during the test fails it here, too.
 pub struct TestEnv {
     pub root: PathBuf,
     mounts: Mutex<Vec<Tracked>>,
+    /// [`Mode::User`]: the processes holding the mount namespaces of the kernel's mounts
+    /// (the user's user namespace, where the kernel's overlayfs is mounted), with the path
+    /// each mount is reached at.
+    holders: Mutex<Vec<(Child, PathBuf)>>,
     done: Arc<AtomicBool>,
     watched: Arc<Mutex<Vec<PathBuf>>>,
 }
@@ -177,6 +237,7 @@ impl TestEnv {
         TestEnv {
             root,
             mounts: Mutex::new(Vec::new()),
+            holders: Mutex::new(Vec::new()),
             done,
             watched,
         }
@@ -188,9 +249,10 @@ impl TestEnv {
     }
 
     /// Creates (if needed) a directory inside the test directory.
+    /// (As root: see [`crate::mode`].)
     pub fn mkdir(&self, rel: impl AsRef<Path>) -> PathBuf {
         let p = self.root.join(rel);
-        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        as_root(|| fs::create_dir_all(&p)).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
         p
     }
 
@@ -246,14 +308,37 @@ impl TestEnv {
     }
 
     /// Runs the binary under test with `args`; waits for the launching process only.
+    /// In [`Mode::User`], as the test user (`setpriv`; a mount goes through fusermount3).
+    /// Its runtime directory (where a daemon puts its stats socket) is `ROOT/run`, so that
+    /// no test's daemon writes in /run (the test user's daemon cannot write there: it
+    /// serves no figures).
     pub fn run_layover(&self, args: &[&OsStr]) -> Run {
+        let run = self.root.join("run");
+        let _ = std::fs::create_dir(&run);
+        if mode() == Mode::User {
+            let (name, _, _) = test_user();
+            let mut c = Command::new("setpriv");
+            c.args([
+                os("--reuid"),
+                os(&name),
+                os("--regid"),
+                os(&name),
+                os("--init-groups"),
+                os("--"),
+                bin().as_os_str(),
+            ]);
+            c.args(args).env("XDG_RUNTIME_DIR", &run);
+            return as_root(|| run_with_timeout(&mut c, &self.root, Duration::from_secs(30)));
+        }
         let mut c = Command::new(bin());
-        c.args(args);
+        c.args(args).env("XDG_RUNTIME_DIR", &run);
         run_with_timeout(&mut c, &self.root, Duration::from_secs(30))
     }
 
     /// Mounts layover with `-o OPTS` at `mnt`; fails the test unless it exits 0 with the
-    /// mount live. Returns the run (for its stderr).
+    /// mount live. Returns the run (for its stderr). In [`Mode::User`] the layers `OPTS`
+    /// names and the mountpoint are given to the test user first, and the thread takes the
+    /// user's credentials once it is mounted (see [`crate::mode`]).
     /// `$LAYOVER_TEST_OPTS` is appended to the options (scripts/test.sh runs the side-by-side
     /// suites once more with `passthrough=off`: the daemon and writeback-cache data path).
     pub fn mount_layover(&self, opts: &str, mnt: &Path) -> Run {
@@ -262,6 +347,9 @@ impl TestEnv {
             _ => opts.to_string(),
         };
         let opts = opts.as_str();
+        if mode() == Mode::User {
+            as_root(|| give_layers_to_user(opts, mnt));
+        }
         let r = self.run_layover(&[os("-o"), os(opts), mnt.as_os_str()]);
         if is_mounted(mnt) {
             self.track(mnt, MountKind::Layover);
@@ -275,6 +363,7 @@ impl TestEnv {
             r.stderr
         );
         self.expect_layover_mounted(mnt);
+        enter_user();
         r
     }
 
@@ -314,6 +403,82 @@ impl TestEnv {
         }
     }
 
+    /// Mounts the kernel's overlay the way this run's [`Mode`] does (see
+    /// [`crate::mode`]): by root; in [`Mode::User`] by the test user in a user namespace of
+    /// its own; in [`Mode::UserNs`] by root of the namespace the tests run in. Returns the
+    /// path the mount is reached at (`/proc/PID/root/...` in [`Mode::User`]), or mount(8)'s
+    /// complaint. The rootless modes add `userxattr` to `opts`.
+    pub fn mount_kernel_in_mode(&self, opts: &str, mnt: &Path) -> Result<PathBuf, String> {
+        let opts = if mode().rootless() && !opts.split(',').any(|o| o == "userxattr") {
+            format!("{opts},userxattr")
+        } else {
+            opts.to_string()
+        };
+        if mode() != Mode::User {
+            return self.try_mount_kernel(&opts, mnt).map(|()| mnt.to_owned());
+        }
+        as_root(|| self.spawn_kernel_holder(&opts, mnt))
+    }
+
+    /// [`Mode::User`]: the kernel's overlay mounted at `mnt` by the test user in a user and
+    /// mount namespace of its own, kept by a process that waits on its stdin. The namespace
+    /// is made from a copy of ours (root's) from which every FUSE mount below the test
+    /// directory has been taken away first, so that it keeps no copy of a layover mount
+    /// (whose daemon would then outlive its unmount).
+    fn spawn_kernel_holder(&self, opts: &str, mnt: &Path) -> Result<PathBuf, String> {
+        let (name, _, _) = test_user();
+        let inner = "mount -t overlay overlay -o \"$0\" \"$1\" || exit 1; echo ready; exec cat";
+        let outer = format!(
+            "grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | grep \"^$2/\" | sort -r | \
+             while read -r m; do umount -l \"$m\"; done
+             exec setpriv --reuid {name} --regid {name} --init-groups -- \
+                 unshare -Urm -- sh -c '{inner}' \"$0\" \"$1\""
+        );
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "--", "sh", "-c", &outer])
+            .arg(opts)
+            .arg(mnt)
+            .arg(&self.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap_or_else(|e| panic!("spawn {c:?}: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("holder stdout");
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let out = child.wait_with_output();
+            let err = out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            return Err(format!(
+                "mount -t overlay -o {opts} {} in a user namespace of {name}: {err:?}",
+                mnt.display()
+            ));
+        }
+        let at = PathBuf::from(format!("/proc/{}/root", child.id()))
+            .join(mnt.strip_prefix("/").unwrap_or(mnt));
+        self.holders.lock().unwrap().push((child, at.clone()));
+        Ok(at)
+    }
+
+    /// Ends the kernel's mount reached at `at` ([`TestEnv::mount_kernel_in_mode`]): unmounts
+    /// it, or in [`Mode::User`] ends the process holding its namespace.
+    pub fn unmount_kernel_in_mode(&self, at: &Path) {
+        if mode() != Mode::User {
+            umount_retrying(at);
+            self.untrack(at);
+            return;
+        }
+        as_root(|| {
+            let mut holders = self.holders.lock().unwrap();
+            if let Some(i) = holders.iter().position(|(_, p)| p == at) {
+                let (mut c, _) = holders.remove(i);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        });
+    }
+
     pub fn mount_kernel(&self, opts: &str, mnt: &Path) {
         if let Err(e) = self.try_mount_kernel(opts, mnt) {
             panic!("{e}");
@@ -324,10 +489,12 @@ impl TestEnv {
     pub fn copy_layers(&self, dest: &str) -> PathBuf {
         let d = self.root.join(dest);
         assert!(!d.exists(), "{} already exists", d.display());
-        fs::create_dir_all(&d).expect("mkdir copy");
-        let mut src = self.root.join("src").into_os_string();
-        src.push("/.");
-        cmd_ok("cp", &[os("-a"), &src, d.as_os_str()]);
+        as_root(|| {
+            fs::create_dir_all(&d).expect("mkdir copy");
+            let mut src = self.root.join("src").into_os_string();
+            src.push("/.");
+            cmd_ok("cp", &[os("-a"), &src, d.as_os_str()]);
+        });
         d
     }
 
@@ -418,6 +585,15 @@ impl Drop for TestEnv {
         } else {
             self.liveness_problems()
         };
+        // Root again for the cleanup ([`Mode::User`]); the kernel's mounts' namespaces go
+        // with their holders.
+        leave_user();
+        for (mut c, _) in
+            std::mem::take(&mut *self.holders.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let leftovers = self.unmount_all();
         self.done.store(true, Ordering::Relaxed);
         if leftovers.is_empty() {

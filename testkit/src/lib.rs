@@ -3,6 +3,8 @@
 //! - [`env`]: the guard every test starts with ([`TestEnv`]): a temporary directory, every
 //!   mount under it unmounted on drop, a watchdog for hung mounts, the prerequisite check;
 //! - [`layer`]: building fixture layers;
+//! - [`mode`]: the three ways the suites run (root, an ordinary user, root of a user
+//!   namespace), from `$LAYOVER_TEST_MODE`;
 //! - [`compare`]: the kernel's overlayfs and layover side by side on identical copies of the
 //!   same layers, and the comparison of what they show;
 //! - [`snapshot`] and [`tree`]: what a tree shows, and readable differences between two;
@@ -23,6 +25,7 @@
 pub mod compare;
 pub mod env;
 pub mod layer;
+pub mod mode;
 pub mod procfs;
 pub mod run;
 pub mod snapshot;
@@ -32,6 +35,7 @@ pub mod tree;
 pub use compare::*;
 pub use env::*;
 pub use layer::*;
+pub use mode::*;
 pub use procfs::*;
 pub use run::*;
 pub use snapshot::*;

@@ -204,8 +204,14 @@ pub fn listxattr(path: &Path) -> io::Result<Vec<String>> {
 /// change one thread's credentials (glibc's change every thread's; rustix calls the
 /// kernel's). The thread then ends: it cannot become root again.
 fn on_own_thread<R: Send>(user: Option<(u32, u32)>, umask: u32, f: impl FnOnce() -> R + Send) -> R {
+    // A thread started by one with the test user's credentials has them too; to become
+    // another user it becomes root again first (see crate::mode).
+    let from_user = crate::mode::is_user() && user.is_some();
     std::thread::scope(|s| {
         let t = s.spawn(move || {
+            if from_user {
+                crate::mode::leave_user_inherited();
+            }
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
                 .unwrap_or_else(|e| panic!("unshare(CLONE_FS): {e}"));
             rustix::process::umask(Mode::from_raw_mode(umask));

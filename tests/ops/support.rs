@@ -79,6 +79,7 @@ pub fn stack(lowers: &[&Path], upper_work: Option<(&Path, &Path)>) -> Stack {
         whiteout: None,
         ids: layover::idmap::IdMap::identity(),
         static_nlink: false,
+        ino32: false,
     }
 }
 

@@ -1,0 +1,585 @@
+//! The operations over io_uring: each request decoded from its ring entry, the overlay core
+//! called once, as `fuse/mod.rs` does for /dev/fuse, with the same conversions (`convert`),
+//! cache times and open rules (`open_answer`, the data path), and the reply encoded. FORGET
+//! and INTERRUPT never come here (the kernel sends them through /dev/fuse).
+
+use super::abi::{self, Attr, Request, op, u32_at, u64_at};
+use super::{Backing, DEFAULT_SHAPE, Offer};
+use crate::error::Errno;
+use crate::fuse::convert::encode_dev;
+use crate::fuse::{AnyBacking, Fs, open_answer};
+use crate::handle::Fh;
+use crate::inode::{Ino, ROOT_INO};
+use crate::overlay::xattr::XattrReply;
+use crate::overlay::{Caller, Entry, FileRange, NewNode, Overlay, SetAttr};
+use crate::sys::{Stat, TimeSpec};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fuse::passthrough::DataPath;
+use crate::fuse::stats::{Op, OpStats};
+
+/// The statistics' name of a ring request's operation (FORGET and INTERRUPT never come
+/// through the rings; DESTROY and unknown opcodes are not counted).
+fn stat_op(opcode: u32) -> Option<Op> {
+    Some(match opcode {
+        op::LOOKUP => Op::Lookup,
+        op::GETATTR => Op::Getattr,
+        op::SETATTR => Op::Setattr,
+        op::READLINK => Op::Readlink,
+        op::SYMLINK => Op::Symlink,
+        op::MKNOD => Op::Mknod,
+        op::MKDIR => Op::Mkdir,
+        op::UNLINK => Op::Unlink,
+        op::RMDIR => Op::Rmdir,
+        op::RENAME | op::RENAME2 => Op::Rename,
+        op::LINK => Op::Link,
+        op::OPEN => Op::Open,
+        op::READ => Op::Read,
+        op::WRITE => Op::Write,
+        op::STATFS => Op::Statfs,
+        op::RELEASE => Op::Release,
+        op::FSYNC => Op::Fsync,
+        op::SETXATTR => Op::Setxattr,
+        op::GETXATTR => Op::Getxattr,
+        op::LISTXATTR => Op::Listxattr,
+        op::REMOVEXATTR => Op::Removexattr,
+        op::FLUSH => Op::Flush,
+        op::OPENDIR => Op::Opendir,
+        op::READDIR => Op::Readdir,
+        op::RELEASEDIR => Op::Releasedir,
+        op::FSYNCDIR => Op::Fsyncdir,
+        op::ACCESS => Op::Access,
+        op::CREATE => Op::Create,
+        op::FALLOCATE => Op::Fallocate,
+        op::READDIRPLUS => Op::Readdirplus,
+        op::LSEEK => Op::Lseek,
+        op::COPY_FILE_RANGE => Op::CopyFileRange,
+        _ => return None,
+    })
+}
+
+/// What the io_uring transport serves from: the same core and data path as the /dev/fuse
+/// side, taken from `Fs` before the session owns it.
+pub(crate) struct Ring {
+    ov: Arc<Overlay>,
+    data: Arc<DataPath<AnyBacking>>,
+    ttl: Duration,
+    max_write: u32,
+    offer: Arc<Offer>,
+    /// The same per-operation request statistics as the /dev/fuse side (`layover stats`).
+    ops: Arc<OpStats>,
+}
+
+impl Fs {
+    /// The io_uring side of this filesystem (to start once INIT is done).
+    pub(crate) fn ring(&self) -> Ring {
+        Ring {
+            ov: Arc::clone(&self.ov),
+            data: Arc::clone(&self.data),
+            ttl: self.ttl,
+            max_write: super::super::max_write(self.max_write),
+            offer: Arc::clone(&self.uring),
+            ops: Arc::clone(&self.ops),
+        }
+    }
+}
+
+/// The core's answer, as bytes or a positive errno.
+type Answer = Result<Vec<u8>, i32>;
+
+fn err(e: Errno) -> i32 {
+    e.raw()
+}
+
+impl Ring {
+    /// After INIT: starts the queues if io_uring was granted, and logs which transport
+    /// serves the mount and why.
+    pub(crate) fn start(self, dev: BorrowedFd<'_>) -> io::Result<()> {
+        if !self.offer.granted() {
+            log::info!("transport: /dev/fuse ({})", self.offer.why_not());
+            return Ok(());
+        }
+        let dev = Arc::new(dev.try_clone_to_owned()?);
+        // The kernel's largest request: max_write, or max_pages pages (at most the
+        // fs.fuse.max_pages_limit sysctl, 256 by default).
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(256);
+        let payload = (self.max_write as usize).max(limit * 4096);
+        let d = Arc::clone(&dev);
+        let handler: Arc<super::Handler> = Arc::new(move |req| self.handle(&d, req));
+        let threads = super::serve(&dev, DEFAULT_SHAPE, payload, handler)?;
+        let (per_queue, depth) = DEFAULT_SHAPE;
+        log::info!(
+            "transport: FUSE over io_uring ({} queues, {per_queue} threads of {depth} entries each; FORGET and INTERRUPT through /dev/fuse)",
+            threads.len() / per_queue
+        );
+        Ok(())
+    }
+
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        if Ino(ino) == ROOT_INO {
+            self.ttl.min(super::super::ROOT_ATTR_TTL)
+        } else {
+            self.ttl
+        }
+    }
+
+    /// One request: a dispatch on the operation (long: one short arm per operation; the
+    /// ones on open files are in `handle_io`).
+    fn handle(&self, dev: &Arc<OwnedFd>, req: &Request<'_>) -> Answer {
+        let _timer = stat_op(req.opcode).map(|o| self.ops.start(o));
+        let ino = Ino(req.nodeid);
+        let mut out = Vec::new();
+        match req.opcode {
+            op::LOOKUP => match self.ov.lookup(ino, name(req, 0)?) {
+                Ok(e) => abi::entry_out(&mut out, e.attr.ino, &attr(&e.attr), self.ttl),
+                // A negative entry the kernel may cache: names only appear through us.
+                Err(e) if e == Errno::ENOENT => {
+                    abi::entry_out(&mut out, 0, &Attr::default(), self.ttl)
+                }
+                Err(e) => return Err(err(e)),
+            },
+            op::GETATTR => {
+                let fh = (u32_at(req.op_in, 0) & 1 != 0).then(|| Fh(u64_at(req.op_in, 8)));
+                let st = self.ov.getattr(ino, fh).map_err(err)?;
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(req.nodeid));
+            }
+            op::SETATTR => {
+                let st = self.ov.setattr(ino, setattr(req.op_in)).map_err(err)?;
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(req.nodeid));
+            }
+            op::READLINK => return self.ov.readlink(ino).map_err(err),
+            op::SYMLINK | op::MKNOD | op::MKDIR => return self.make(req),
+            op::UNLINK => self.ov.unlink(ino, name(req, 0)?).map_err(err)?,
+            op::RMDIR => self.ov.rmdir(ino, name(req, 0)?).map_err(err)?,
+            op::RENAME | op::RENAME2 => {
+                let flags = if req.opcode == op::RENAME2 {
+                    u32_at(req.op_in, 8)
+                } else {
+                    0
+                };
+                let to = Ino(u64_at(req.op_in, 0));
+                let (from_name, to_name) = (name(req, 0)?, name(req, 1)?);
+                self.ov
+                    .rename(ino, from_name, to, to_name, flags)
+                    .map_err(err)?;
+            }
+            op::LINK => {
+                let e = self
+                    .ov
+                    .link(Ino(u64_at(req.op_in, 0)), ino, name(req, 0)?)
+                    .map_err(err)?;
+                return Ok(self.entry(&e));
+            }
+            op::OPEN => {
+                let flags = u32_at(req.op_in, 0) as i32;
+                let o = self
+                    .ov
+                    .open(ino, flags, self.data.open_opts())
+                    .map_err(err)?;
+                let fh = o.fh;
+                self.answer_open(dev, &o, &mut out)
+                    .inspect_err(|_| log::debug!("open {fh:?} refused"))?;
+            }
+            op::CREATE => return self.create(dev, req),
+            _ => return self.handle_io(req),
+        }
+        Ok(out)
+    }
+
+    /// The operations on open files and directories, xattrs and the rest (long: one short
+    /// arm per operation).
+    fn handle_io(&self, req: &Request<'_>) -> Answer {
+        let ino = Ino(req.nodeid);
+        let fh = Fh(u64_at(req.op_in, 0));
+        let mut out = Vec::new();
+        match req.opcode {
+            op::READ => {
+                let (offset, size) = (u64_at(req.op_in, 8), u32_at(req.op_in, 16));
+                return self.ov.read(fh, offset, size).map_err(err);
+            }
+            op::WRITE => {
+                let (offset, size) = (u64_at(req.op_in, 8), u32_at(req.op_in, 16) as usize);
+                let data = req.payload.get(..size).ok_or(libc::EINVAL)?;
+                let n = self.ov.write(fh, offset, data).map_err(err)?;
+                write_out(&mut out, n);
+            }
+            op::STATFS => statfs_out(&mut out, self.ov.statfs().map_err(err)?),
+            op::RELEASE => {
+                self.ov.release(fh);
+                self.data.release(fh);
+            }
+            op::FSYNC => self
+                .ov
+                .fsync(fh, u32_at(req.op_in, 8) & 1 != 0)
+                .map_err(err)?,
+            op::FSYNCDIR => self
+                .ov
+                .fsyncdir(ino, u32_at(req.op_in, 8) & 1 != 0)
+                .map_err(err)?,
+            op::SETXATTR => {
+                let size = u32_at(req.op_in, 0) as usize;
+                let flags = u32_at(req.op_in, 4) as i32;
+                let n = name(req, 0)?;
+                let value = req
+                    .payload
+                    .get(n.len() + 1..n.len() + 1 + size)
+                    .ok_or(libc::EINVAL)?;
+                self.ov.setxattr(ino, n, value, flags).map_err(err)?;
+            }
+            op::GETXATTR => {
+                let r = self.ov.getxattr(ino, name(req, 0)?, u32_at(req.op_in, 0));
+                return xattr(r);
+            }
+            op::LISTXATTR => {
+                let r = self
+                    .ov
+                    .listxattr(ino, u32_at(req.op_in, 0), &caller(req, 0));
+                return xattr(r);
+            }
+            op::REMOVEXATTR => self.ov.removexattr(ino, name(req, 0)?).map_err(err)?,
+            op::FLUSH | op::DESTROY => {}
+            op::OPENDIR => {
+                let fh = self.ov.opendir(ino).map_err(err)?;
+                // As over /dev/fuse: the kernel may cache the listing across opens.
+                abi::open_out(
+                    &mut out,
+                    fh.0,
+                    abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE,
+                    0,
+                );
+            }
+            op::READDIR => return self.readdir(req, fh),
+            op::READDIRPLUS => return self.readdirplus(req, fh),
+            op::RELEASEDIR => self.ov.releasedir(fh),
+            op::ACCESS => self
+                .ov
+                .access(ino, u32_at(req.op_in, 0) as i32)
+                .map_err(err)?,
+            op::FALLOCATE => {
+                let (offset, len) = (u64_at(req.op_in, 8), u64_at(req.op_in, 16));
+                let mode = u32_at(req.op_in, 24) as i32;
+                self.ov.fallocate(fh, offset, len, mode).map_err(err)?;
+            }
+            op::LSEEK => {
+                let offset = u64_at(req.op_in, 8) as i64;
+                let whence = u32_at(req.op_in, 16) as i32;
+                let o = self.ov.lseek(fh, offset, whence).map_err(err)?;
+                out.extend_from_slice(&o.to_ne_bytes());
+            }
+            op::COPY_FILE_RANGE => {
+                let from = FileRange {
+                    fh,
+                    offset: u64_at(req.op_in, 8),
+                };
+                let to = FileRange {
+                    fh: Fh(u64_at(req.op_in, 24)),
+                    offset: u64_at(req.op_in, 32),
+                };
+                let n = self
+                    .ov
+                    .copy_file_range(from, to, u64_at(req.op_in, 40))
+                    .map_err(err)?;
+                write_out(&mut out, n);
+            }
+            _ => return Err(libc::ENOSYS),
+        }
+        Ok(out)
+    }
+
+    fn entry(&self, e: &Entry) -> Vec<u8> {
+        let mut out = Vec::with_capacity(abi::ENTRY_OUT_SIZE + abi::OPEN_OUT_SIZE);
+        abi::entry_out(&mut out, e.attr.ino, &attr(&e.attr), self.ttl);
+        out
+    }
+
+    /// SYMLINK, MKNOD, MKDIR.
+    fn make(&self, req: &Request<'_>) -> Answer {
+        let parent = Ino(req.nodeid);
+        let n = name(req, 0)?;
+        let (what, umask) = match req.opcode {
+            op::SYMLINK => (
+                NewNode::Symlink {
+                    target: name(req, 1)?,
+                },
+                0,
+            ),
+            op::MKNOD => (
+                NewNode::Node {
+                    mode: u32_at(req.op_in, 0),
+                    rdev: crate::fuse::convert::decode_dev(u32_at(req.op_in, 4)),
+                },
+                u32_at(req.op_in, 8),
+            ),
+            _ => (
+                NewNode::Dir {
+                    mode: u32_at(req.op_in, 0),
+                },
+                u32_at(req.op_in, 4),
+            ),
+        };
+        let (e, _) = self
+            .ov
+            .create_node(parent, n, what, caller(req, umask))
+            .map_err(err)?;
+        Ok(self.entry(&e))
+    }
+
+    fn create(&self, dev: &Arc<OwnedFd>, req: &Request<'_>) -> Answer {
+        let flags = u32_at(req.op_in, 0) as i32;
+        let (mode, umask) = (u32_at(req.op_in, 4), u32_at(req.op_in, 8));
+        let opts = self.data.open_opts();
+        let (e, o) = self
+            .ov
+            .create_file(
+                Ino(req.nodeid),
+                name(req, 0)?,
+                mode,
+                flags,
+                opts,
+                caller(req, umask),
+            )
+            .map_err(err)?;
+        let mut out = self.entry(&e);
+        self.answer_open(dev, &o, &mut out)?;
+        Ok(out)
+    }
+
+    /// The `fuse_open_out` of an open the core made: passthrough with a backing this
+    /// transport registers, or not, as the data path decides (`open_answer`).
+    fn answer_open(
+        &self,
+        dev: &Arc<OwnedFd>,
+        o: &crate::overlay::Opened,
+        out: &mut Vec<u8>,
+    ) -> Result<(), i32> {
+        let make = || Backing::open(dev, o.fd.as_fd()).map(AnyBacking::Ring);
+        let serve = self.data.begin(o, make);
+        let (flags, b) = open_answer(&self.ov, &self.data, o, serve, true).map_err(err)?;
+        let id = match b.as_deref() {
+            Some(AnyBacking::Ring(b)) => b.id(),
+            _ => 0,
+        };
+        abi::open_out(out, o.fh.0, flags.bits(), id);
+        Ok(())
+    }
+
+    fn readdir(&self, req: &Request<'_>, fh: Fh) -> Answer {
+        let (offset, size) = (u64_at(req.op_in, 8), u32_at(req.op_in, 16) as usize);
+        let list = self.ov.readdir(fh, offset).map_err(err)?;
+        let mut out = Vec::new();
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let d = (e.ino.0, (i + 1) as u64, dirent_type(e.d_type), &e.name[..]);
+            if !abi::dirent(&mut out, size, d) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn readdirplus(&self, req: &Request<'_>, fh: Fh) -> Answer {
+        let (offset, size) = (u64_at(req.op_in, 8), u32_at(req.op_in, 16) as usize);
+        let mut out = Vec::new();
+        let ttl = self.ttl;
+        self.ov
+            .readdirplus(fh, offset, |e, next, st| {
+                let full =
+                    out.len() + abi::ENTRY_OUT_SIZE + (24 + e.name.len()).next_multiple_of(8);
+                if full > size {
+                    return true;
+                }
+                abi::entry_out(&mut out, e.ino.0, &attr(st), ttl);
+                let t = (st.mode & libc::S_IFMT) >> 12;
+                !abi::dirent(&mut out, size, (st.ino, next, t, &e.name[..]))
+            })
+            .map_err(err)?;
+        Ok(out)
+    }
+}
+
+/// The `n`th NUL-terminated name of the payload.
+fn name<'a>(req: &Request<'a>, n: usize) -> Result<&'a [u8], i32> {
+    req.payload
+        .split(|&b| b == 0)
+        .nth(n)
+        .filter(|_| req.payload.iter().filter(|&&b| b == 0).count() > n)
+        .ok_or(libc::EINVAL)
+}
+
+fn caller(req: &Request<'_>, umask: u32) -> Caller {
+    Caller {
+        uid: req.uid,
+        gid: req.gid,
+        pid: req.pid,
+        umask,
+    }
+}
+
+/// As `convert::dtype` maps a `DT_*` for fuser: an unknown type is a regular file.
+fn dirent_type(d: u8) -> u32 {
+    match d {
+        libc::DT_DIR
+        | libc::DT_LNK
+        | libc::DT_CHR
+        | libc::DT_BLK
+        | libc::DT_FIFO
+        | libc::DT_SOCK => u32::from(d),
+        _ => u32::from(libc::DT_REG),
+    }
+}
+
+fn attr(st: &Stat) -> Attr {
+    let t = |(s, n): (i64, i64)| (s, n.clamp(0, 999_999_999) as u32);
+    Attr {
+        ino: st.ino,
+        size: st.size as u64,
+        blocks: st.blocks as u64,
+        atime: t(st.atime),
+        mtime: t(st.mtime),
+        ctime: t(st.ctime),
+        mode: st.mode,
+        nlink: st.nlink as u32,
+        uid: st.uid,
+        gid: st.gid,
+        rdev: encode_dev(st.rdev),
+        blksize: st.blksize as u32,
+    }
+}
+
+/// `struct fuse_setattr_in`: which fields are set (`valid`), and their values.
+fn setattr(b: &[u8]) -> SetAttr {
+    const MODE: u32 = 1 << 0;
+    const UID: u32 = 1 << 1;
+    const GID: u32 = 1 << 2;
+    const SIZE: u32 = 1 << 3;
+    const ATIME: u32 = 1 << 4;
+    const MTIME: u32 = 1 << 5;
+    const FH: u32 = 1 << 6;
+    const ATIME_NOW: u32 = 1 << 7;
+    const MTIME_NOW: u32 = 1 << 8;
+    let valid = u32_at(b, 0);
+    let has = |bit: u32| valid & bit != 0;
+    let time = |set: u32, now: u32, sec: usize, nsec: usize| {
+        if has(now) {
+            Some(TimeSpec::Now)
+        } else if has(set) {
+            Some(TimeSpec::Set(
+                u64_at(b, sec) as i64,
+                i64::from(u32_at(b, nsec)),
+            ))
+        } else {
+            None
+        }
+    };
+    SetAttr {
+        mode: has(MODE).then(|| u32_at(b, 68)),
+        uid: has(UID).then(|| u32_at(b, 76)),
+        gid: has(GID).then(|| u32_at(b, 80)),
+        size: has(SIZE).then(|| u64_at(b, 16)),
+        atime: time(ATIME, ATIME_NOW, 32, 56),
+        mtime: time(MTIME, MTIME_NOW, 40, 60),
+        fh: has(FH).then(|| Fh(u64_at(b, 8))),
+    }
+}
+
+fn xattr(r: Result<XattrReply, Errno>) -> Answer {
+    match r {
+        // struct fuse_getxattr_out { size, padding }
+        Ok(XattrReply::Size(n)) => Ok([(n as u32).to_ne_bytes(), [0; 4]].concat()),
+        Ok(XattrReply::Data(d)) => Ok(d),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// `struct fuse_write_out { size, padding }`.
+fn write_out(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u32).to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+}
+
+/// `struct fuse_statfs_out` (`fuse_kstatfs`: five counts, bsize, namelen, frsize, padding,
+/// six spare words).
+fn statfs_out(out: &mut Vec<u8>, s: crate::sys::StatFs) {
+    for v in [s.blocks, s.bfree, s.bavail, s.files, s.ffree] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    for v in [s.bsize, s.namelen, s.frsize] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    out.resize(out.len() + 4 + 24, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(op_in: &'a [u8], payload: &'a [u8]) -> Request<'a> {
+        Request {
+            opcode: op::RENAME,
+            unique: 1,
+            nodeid: 1,
+            uid: 0,
+            gid: 0,
+            pid: 0,
+            op_in,
+            payload,
+        }
+    }
+
+    #[test]
+    fn names_are_nul_terminated_and_counted() {
+        let r = req(&[], b"old\0new\0");
+        assert_eq!(name(&r, 0), Ok(&b"old"[..]));
+        assert_eq!(name(&r, 1), Ok(&b"new"[..]));
+        assert_eq!(name(&r, 2), Err(libc::EINVAL));
+        let r = req(&[], b"unterminated");
+        assert_eq!(name(&r, 0), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn setattr_decodes_only_the_valid_fields() {
+        let mut b = [0u8; 88];
+        // valid: MODE | SIZE | MTIME_NOW | FH
+        b[0..4].copy_from_slice(&(1u32 | 8 | 256 | 64).to_ne_bytes());
+        b[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        b[16..24].copy_from_slice(&4096u64.to_ne_bytes());
+        b[68..72].copy_from_slice(&0o640u32.to_ne_bytes());
+        b[76..80].copy_from_slice(&1000u32.to_ne_bytes()); // uid, not valid
+        let a = setattr(&b);
+        assert_eq!(a.mode, Some(0o640));
+        assert_eq!(a.size, Some(4096));
+        assert_eq!(a.fh, Some(Fh(7)));
+        assert_eq!(a.uid, None);
+        assert!(a.atime.is_none());
+        assert!(matches!(a.mtime, Some(TimeSpec::Now)));
+    }
+
+    #[test]
+    fn statfs_and_write_replies_have_the_kernel_sizes() {
+        let mut v = Vec::new();
+        let s = crate::sys::StatFs {
+            blocks: 1,
+            bfree: 2,
+            bavail: 3,
+            files: 4,
+            ffree: 5,
+            bsize: 6,
+            namelen: 7,
+            frsize: 8,
+        };
+        statfs_out(&mut v, s);
+        assert_eq!(v.len(), 80);
+        assert_eq!(u32_at(&v, 40), 6);
+        assert_eq!(u32_at(&v, 48), 8);
+        let mut v = Vec::new();
+        write_out(&mut v, 5);
+        assert_eq!(v, [5, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(dirent_type(libc::DT_UNKNOWN), u32::from(libc::DT_REG));
+        assert_eq!(dirent_type(libc::DT_DIR), u32::from(libc::DT_DIR));
+    }
+}
