@@ -245,7 +245,10 @@ impl Ring {
                 return xattr(r);
             }
             op::REMOVEXATTR => self.ov.removexattr(ino, name(req, 0)?).map_err(err)?,
-            op::FLUSH | op::DESTROY => {}
+            // As over /dev/fuse (`Fs::flush`): nothing to do at close, and ENOSYS tells the
+            // kernel to send no more FLUSH for the mount.
+            op::FLUSH => return Err(libc::ENOSYS),
+            op::DESTROY => {}
             op::OPENDIR => {
                 let fh = self.ov.opendir(ino).map_err(err)?;
                 // As over /dev/fuse: the kernel may cache the listing across opens.
