@@ -140,16 +140,7 @@ pub struct OneMap {
 
 impl OneMap {
     fn to_shown(&self, id: u32) -> u32 {
-        if let Some(s) = self.squash {
-            return s;
-        }
-        if self.ranges.is_empty() {
-            return id;
-        }
-        self.ranges
-            .iter()
-            .find_map(|r| r.to_shown(id))
-            .unwrap_or(OVERFLOW_ID)
+        self.squash.unwrap_or_else(|| self.ranges_to_shown(id))
     }
 
     fn to_disk(&self, id: u32) -> Option<u32> {
@@ -159,9 +150,9 @@ impl OneMap {
         self.ranges.iter().find_map(|r| r.to_disk(id))
     }
 
-    /// An id inside an ACL as shown: the ranges alone (a squash names the owner shown, and
-    /// would make every ACL entry name one id).
-    fn acl_to_shown(&self, id: u32) -> u32 {
+    /// An id as the ranges alone show it: an owner unless squashed, and every id inside an
+    /// ACL (a squash names the owner shown, and would make every ACL entry name one id).
+    fn ranges_to_shown(&self, id: u32) -> u32 {
         if self.ranges.is_empty() {
             return id;
         }
@@ -247,8 +238,8 @@ impl IdMap {
     pub fn acl_to_shown(&self, value: &[u8]) -> FsResult<Vec<u8>> {
         let out = acl::map_ids(value, |k, id| {
             Ok::<_, Errno>(match k {
-                AclId::Uid => self.uids.acl_to_shown(id),
-                AclId::Gid => self.gids.acl_to_shown(id),
+                AclId::Uid => self.uids.ranges_to_shown(id),
+                AclId::Gid => self.gids.ranges_to_shown(id),
             })
         });
         out.ok_or(Errno::EIO)?
