@@ -18,7 +18,11 @@ fn a_killed_daemon_fails_the_test() {
     let pids = daemon_pids(&pair.layover.mnt, false);
     assert_eq!(pids.len(), 1, "{pids:?}");
     cmd_ok("kill", &[os("-KILL"), os(&pids[0].to_string())]);
-    assert!(wait_until(Duration::from_secs(5), || !process_alive(
+    // Its threads are gone within milliseconds as a rule (docs/reliability.md), but a thread
+    // in an uninterruptible syscall on a layer (an fsync behind a busy disk, after the heavy
+    // suites) finishes it first: once in a full run, more than 5 s. What this test checks is
+    // that the harness notices the death, not how soon it comes.
+    assert!(wait_until(Duration::from_secs(30), || !process_alive(
         pids[0]
     )));
     // Dropping env must notice and fail (after cleaning up).
