@@ -672,12 +672,17 @@ class Bench:
         if fs != "kernel":
             for _ in range(100):
                 pids = daemon_pids(str(mnt))
-                named = [q for q in pids if _comm(q) in ("layover", "fuse-overlayfs", "fuse_floor")]
+                named = [q for q in pids if _comm(q) in self.daemon_names()]
                 if pids:
                     pid = max(named or pids)
                     break
                 time.sleep(0.02)
         return Mount(fs, mnt, pid)
+
+    def daemon_names(self) -> tuple[str, ...]:
+        """The daemons' process names (comm: an executable's name cut to 15 bytes), with that of
+        a --layover binary under another name."""
+        return ("layover", "fuse-overlayfs", "fuse_floor", os.path.basename(str(self.layover))[:15])
 
     def mount_user(self, fs: str, mnt: Path, opts: str, volatile: bool, shared: bool) -> Mount:
         """Mounts fs as the ordinary user: layover and fuse-overlayfs through fusermount3, the
@@ -713,7 +718,7 @@ class Bench:
             raise Failed("mount: the command succeeded but nothing is mounted")
         pid = None
         for _ in range(100):
-            named = [q for q in daemon_pids(str(mnt)) if _comm(q) in ("layover", "fuse-overlayfs")]
+            named = [q for q in daemon_pids(str(mnt)) if _comm(q) in self.daemon_names()]
             if named:
                 pid = max(named)
                 break
