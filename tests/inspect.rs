@@ -61,6 +61,22 @@ impl Drop for Mounted {
     }
 }
 
+/// Runs a python script (`python3 -c`); panics with `what` and its stderr unless it exits 0.
+/// Returns its stdout.
+fn python(what: &str, script: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn sh(cmd: &str, args: &[&OsStr]) {
     let out = Command::new(cmd).args(args).output().unwrap();
     assert!(
@@ -749,17 +765,7 @@ fn random_stack(base: &Path, seed: u32) -> Stack {
         dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/difftest"),
         base = base.to_str().unwrap(),
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "layers.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j = String::from_utf8(out.stdout).unwrap();
+    let j = python("layers.py", &script);
     let list = |k: &str| -> Vec<PathBuf> {
         let at = j.find(&format!("\"{k}\": [")).unwrap() + k.len() + 5;
         let end = at + j[at..].find(']').unwrap();
@@ -1192,16 +1198,7 @@ fn oci_to_overlay(dir: &Path, userxattr: bool) {
          \x20       os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))\n",
         root = dir.to_str().unwrap(),
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python("oci_to_overlay", &script);
 }
 
 /// Everything the merged view shows of a tree, one line per object: type, mode, owner,
@@ -1497,15 +1494,7 @@ impl Podman {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
         let p = |d: &str| dir.join(d).display().to_string();
-        let containers_conf = format!(
-            "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\n\
-             cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nlock_type = \"file\"\n\
-             tmp_dir = \"{}\"\nimage_copy_tmp_dir = \"{}\"\n\n[network]\n\
-             network_config_dir = \"{}\"\n",
-            p("run/libpod"),
-            p("tmp"),
-            p("cni")
-        );
+        let containers_conf = layover_testkit::podman_containers_conf(&dir);
         // The kernel's overlayfs (no mount_program): podman applies the layer's .wh.
         // entries itself, as 0/0 devices and opaque xattrs in its own layer directory.
         let storage_conf = format!(
@@ -1609,12 +1598,7 @@ fn docker_archive(out: &Path, layers: &[PathBuf], tag: &str) {
             .collect::<Vec<_>>(),
         out = out.to_str().unwrap(),
     );
-    let r = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    python("docker archive", &script);
 }
 
 /// Podman applies `layover export`'s layer itself: an image of two layers (the lowers
@@ -1782,12 +1766,7 @@ fn oci_layout(dir: &Path, layers: &[PathBuf], tag: &str) {
             .map(|p| p.to_str().unwrap())
             .collect::<Vec<_>>(),
     );
-    let r = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    python("OCI layout", &script);
 }
 
 /// umoci (Debian's package) applies the same image itself: `umoci unpack` of an OCI layout

@@ -544,19 +544,7 @@ impl Session {
         fs::copy(layover_bin(), &bin).unwrap();
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         let p = |d: &str| h.join(d).display().to_string();
-        // Debian 12's crun refuses this host's hybrid cgroup layout: runc. The default
-        // nofile/nproc limits of 1048576 need CAP_SYS_RESOURCE: none. No systemd: cgroupfs
-        // and a file for events. Locks in files, networks and temporary files here: nothing
-        // in /dev/shm, /etc/cni or /var/tmp.
-        let containers_conf = format!(
-            "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\n\
-             cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nlock_type = \"file\"\n\
-             tmp_dir = \"{}\"\nimage_copy_tmp_dir = \"{}\"\n\n[network]\n\
-             network_config_dir = \"{}\"\n",
-            p("run/libpod"),
-            p("tmp"),
-            p("cni")
-        );
+        let containers_conf = layover_testkit::podman_containers_conf(h);
         // Rootless, containers-storage ignores graphroot: rootless_storage_path.
         let storage_conf = format!(
             "[storage]\ndriver = \"overlay\"\ngraphroot = \"{st}\"\nrunroot = \"{run}\"\n\
