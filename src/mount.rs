@@ -498,11 +498,24 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
         None
     };
     kernel_cache.connect(session.notifier());
-    // After the fork above: the queues are threads. Until they are all registered (and
-    // if they fail) requests come through /dev/fuse.
-    if let Err(e) = ring.start(session.as_fd()) {
-        log::warn!("transport: /dev/fuse (FUSE over io_uring failed to start: {e})");
-    }
+    // After the fork above: the workers and the queues are threads. Until the queues are all
+    // registered (and if they fail) requests come through /dev/fuse.
+    let workers = match ring.start(session.as_fd(), threads(&cfg)) {
+        Ok(w) => w,
+        Err(e) => {
+            let e = StartupError::new(format!("cannot start the /dev/fuse workers: {e}"));
+            drop(session); // unmounts what fusermount3 mounted
+            if let Ok(target) = cstr(cfg.mountpoint.as_os_str().as_bytes(), "mountpoint") {
+                let _ = sys::umount(&target, true); // and what mount(2) did
+            }
+            undo_start(&cfg, &ov, made_work);
+            if let Some(wr) = notify {
+                sys::write_all(wr.as_fd(), e.0.as_bytes());
+                sys::exit_now(1);
+            }
+            return Err(e);
+        }
+    };
     announce(&cfg, &ov, privilege);
     // Only root may change the mount's read-ahead window (sysfs); the tuner's stat of the
     // mountpoint would otherwise only make an unmount right after mounting find it busy.
@@ -516,7 +529,7 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
             sys::redirect_stdio_to_null();
         }
     }
-    serve(&cfg, session, ov, tune_readahead, watcher, socket)
+    serve(&cfg, &session, workers, ov, tune_readahead, watcher, socket)
 }
 
 /// The stats socket (`stats::server`) in the runtime directory, or None (logged at info
@@ -548,11 +561,14 @@ fn remove_stats(socket: Option<&Path>) {
     }
 }
 
-/// Serves the live mount until it is unmounted, then exits the process.
-/// `_watcher`: the auto_unmount watcher's pipe, held (never used) until the process ends.
+/// Serves the live mount until it is unmounted, then exits the process. `session`: fuser's,
+/// after INIT (it holds the mount, and the fd notifications go through); `workers`: the
+/// /dev/fuse workers serving it. `_watcher`: the auto_unmount watcher's pipe, held (never
+/// used) until the process ends.
 fn serve(
     cfg: &Config,
-    session: fuser::Session<Fs>,
+    session: &fuser::Session<Fs>,
+    workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
     ov: Arc<Overlay>,
     tune_readahead: bool,
     _watcher: Option<OwnedFd>,
@@ -560,7 +576,7 @@ fn serve(
 ) -> ! {
     spawn_signal_thread(cfg);
     spawn_exit_watcher(
-        &session,
+        session,
         Arc::clone(&ov),
         cfg.mountpoint.clone(),
         socket.clone(),
@@ -568,7 +584,15 @@ fn serve(
     if tune_readahead {
         spawn_readahead_tuner(cfg);
     }
-    let result = session.run();
+    let mut result = Ok(());
+    for w in workers {
+        let r = w
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("a /dev/fuse worker panicked")));
+        if result.is_ok() {
+            result = r;
+        }
+    }
     // Unmounted (the exit watcher did not get there first): leave the work directory empty
     // and let go of every layer at once. Exiting without running destructors means no time
     // is spent freeing the inode table while the layers are still held.

@@ -112,8 +112,8 @@ const MAX_REQUEST: u32 = 256 * 4096;
 /// daemon carries the data, and then a writable mount takes the writeback cache (writes
 /// leave the kernel in large batches, not one request per write call) and every mount the
 /// largest requests the kernel allows (1 MiB: a quarter of the requests of 256 KiB ones).
-/// Splice is not among the choices: fuser 0.18 reads requests and writes replies with
-/// read and writev only.
+/// Splice is not among the choices: both transports copy a reply's data once, from the
+/// daemon's buffer (a ring entry's over io_uring; writev over /dev/fuse).
 pub fn plan(offer: Offer, want: &Wanted) -> Plan {
     let passthrough = want.passthrough.is_ok() && offer.passthrough;
     let limit = if offer.max_pages {
@@ -189,12 +189,12 @@ fn describe(p: &Plan, want: &Wanted, why_not: &str) -> String {
     } else if want.read_only {
         format!(
             "no passthrough ({why_not}): file data is read through the daemon (page-cached), \
-             in requests of up to {kib} KiB, without splice (fuser has none)"
+             in requests of up to {kib} KiB"
         )
     } else if p.writeback {
         format!(
             "no passthrough ({why_not}): file data goes through the daemon with the kernel's \
-             writeback cache, in requests of up to {kib} KiB, without splice (fuser has none)"
+             writeback cache, in requests of up to {kib} KiB"
         )
     } else {
         format!(

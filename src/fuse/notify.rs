@@ -54,7 +54,7 @@ impl KernelNotifier {
             .spawn(move || {
                 for (parent, name) in rx {
                     let name = OsStr::from_bytes(&name);
-                    if let Err(e) = n2.inval_entry(parent.into(), name) {
+                    if let Err(e) = n2.inval_entry(fuser::INodeNo(parent.0), name) {
                         log::debug!("inval_entry({parent}, {name:?}): {e}");
                     }
                 }
@@ -72,7 +72,7 @@ impl KernelNotifier {
 
     fn inval_attr(&self, ino: Ino) {
         // Only attributes (offset -1): never waits on page locks a request may hold.
-        if let Err(e) = self.notifier.inval_inode(ino.into(), -1, 0) {
+        if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino.0), -1, 0) {
             log::debug!("inval_inode({ino}): {e}");
         }
     }

@@ -7,6 +7,7 @@
 
 mod dirent;
 mod fdpass;
+pub mod fusedev;
 mod proc;
 pub mod uring;
 mod xattr;

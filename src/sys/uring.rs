@@ -1,7 +1,7 @@
 //! FUSE over io_uring, the system side: one io_uring per FUSE queue, its ring entries (each a
 //! header buffer and a payload buffer the kernel writes a request into and reads the reply
 //! from), the two commands (REGISTER an entry, COMMIT a reply AND FETCH the next request),
-//! the passthrough backing ioctls on the /dev/fuse fd, and pinning a thread to a CPU.
+//! and pinning a thread to a CPU.
 //!
 //! The protocol (Linux >= 6.14, `enable_uring` module parameter, `FUSE_OVER_IO_URING` in the
 //! INIT reply): every possible CPU has a queue; a request goes to the queue of the CPU its
@@ -16,8 +16,7 @@
 
 use io_uring::{IoUring, cqueue, squeue};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// `struct fuse_in_header` / `fuse_out_header` area of an entry's header buffer.
 pub const IN_OUT_SIZE: usize = 128;
@@ -32,10 +31,6 @@ pub const IN_HEADER_SIZE: usize = 40;
 
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
-/// `_IOW(229, 1, struct fuse_backing_map)`.
-const FUSE_DEV_IOC_BACKING_OPEN: libc::c_ulong = 0x4010_e501;
-/// `_IOW(229, 2, uint32_t)`.
-const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
 
 /// One ring entry's memory. Both buffers are boxed: their addresses are given to the kernel
 /// at REGISTER and must not move while the ring lives.
@@ -247,48 +242,6 @@ fn read_u64(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8)
         .and_then(|s| s.try_into().ok())
         .map_or(0, u64::from_ne_bytes)
-}
-
-/// A passthrough backing file registered on a FUSE connection; closed when dropped.
-pub struct Backing {
-    dev: Arc<OwnedFd>,
-    id: u32,
-}
-
-impl Backing {
-    /// `FUSE_DEV_IOC_BACKING_OPEN`: registers `file` as a backing on the connection `dev`.
-    pub fn open(dev: &Arc<OwnedFd>, file: BorrowedFd<'_>) -> io::Result<Backing> {
-        // struct fuse_backing_map { int32 fd; uint32 flags; uint64 padding; }
-        let mut map = [0u64; 2];
-        map[0] = u64::from(file.as_raw_fd() as u32);
-        // SAFETY: the ioctl reads a 16-byte fuse_backing_map from the pointer, which points
-        // to 16 initialized bytes that outlive the call (fd in the low 4 bytes on
-        // little-endian; flags and padding zero).
-        let id =
-            unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_OPEN, map.as_mut_ptr()) };
-        if id < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Backing {
-            dev: Arc::clone(dev),
-            id: id as u32,
-        })
-    }
-
-    /// The backing id to give in `fuse_open_out`.
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-}
-
-impl Drop for Backing {
-    fn drop(&mut self) {
-        let id = self.id;
-        // SAFETY: the ioctl reads a u32 from the pointer, which points to `id` on the stack.
-        unsafe {
-            libc::ioctl(self.dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &id);
-        }
-    }
 }
 
 /// Pins the calling thread to one CPU (a queue's thread runs where its requests come from).

@@ -42,8 +42,31 @@ pub mod op {
     pub const RENAME2: u32 = 45;
     pub const LSEEK: u32 = 46;
     pub const COPY_FILE_RANGE: u32 = 47;
+    pub const INTERRUPT: u32 = 36;
 }
 
+/// The size of an operation's own header (`fuse_*_in`, its first argument) in a request read
+/// from /dev/fuse, where it follows `fuse_in_header` with nothing to mark its end (a ring
+/// entry keeps it in an area of its own). For the protocol version fuser answers INIT with
+/// (7.40) and the capabilities layover asks for (no FUSE_SETXATTR_EXT: an 8-byte
+/// `fuse_setxattr_in`). Operations without one (names only, or nothing) and unknown ones: 0.
+pub fn op_in_size(opcode: u32) -> usize {
+    match opcode {
+        op::FORGET | op::OPEN | op::OPENDIR | op::MKDIR | op::RENAME | op::LINK => 8,
+        op::SETXATTR | op::GETXATTR | op::LISTXATTR | op::ACCESS | op::INTERRUPT => 8,
+        op::BATCH_FORGET => 8,
+        op::GETATTR | op::MKNOD | op::CREATE | op::FSYNC | op::FSYNCDIR | op::RENAME2 => 16,
+        op::RELEASE | op::RELEASEDIR | op::FLUSH | op::LSEEK => 24,
+        op::FALLOCATE => 32,
+        op::READ | op::WRITE | op::READDIR | op::READDIRPLUS => 40,
+        op::COPY_FILE_RANGE => 56,
+        op::SETATTR => 88,
+        _ => 0,
+    }
+}
+
+/// `FOPEN_DIRECT_IO`: reads and writes bypass the page cache.
+pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 /// `FOPEN_KEEP_CACHE`: the page cache survives the open.
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 /// `FOPEN_CACHE_DIR`: the kernel may cache the directory's listing.
@@ -53,6 +76,19 @@ pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
 pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 /// `FOPEN_PASSTHROUGH`: the kernel reads and writes the backing file itself.
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+
+/// The kernel's `new_encode_dev`, which FUSE uses for `rdev` (attributes, MKNOD).
+pub fn encode_dev(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// The inverse of `encode_dev`.
+pub fn decode_dev(dev: u32) -> u64 {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    crate::sys::makedev(major, minor)
+}
 
 /// Reads a native-endian u32 at `at` (0 past the end: callers check lengths first).
 pub fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -100,6 +136,17 @@ impl<'a> Request<'a> {
             op_in,
             payload,
         })
+    }
+
+    /// Decodes a request as read from /dev/fuse: `fuse_in_header`, the operation's header
+    /// (`op_in_size`), then the rest. None if it is shorter than its header says.
+    pub fn from_dev(buf: &'a [u8]) -> Option<Self> {
+        let header = buf.get(..40)?;
+        let len = u32_at(header, 0) as usize;
+        let args = buf.get(40..len)?;
+        let opcode = u32_at(header, 4);
+        let (op_in, payload) = args.split_at(op_in_size(opcode).min(args.len()));
+        Request::parse((header, op_in, payload))
     }
 
     /// The first name of the payload (up to its NUL), as LOOKUP, MKDIR, CREATE and the xattr
@@ -203,6 +250,15 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn device_numbers_round_trip_through_the_kernel_encoding() {
+        for (major, minor) in [(1, 3), (8, 0), (259, 65_536), (4095, 1 << 19)] {
+            let rdev = crate::sys::makedev(major, minor);
+            assert_eq!(decode_dev(encode_dev(rdev)), rdev, "{major}:{minor}");
+        }
+        assert_eq!(encode_dev(crate::sys::makedev(1, 3)), 0x103);
+    }
+
+    #[test]
     fn replies_have_the_kernel_sizes() {
         let mut v = Vec::new();
         entry_out(&mut v, 2, &Attr::default(), Duration::from_secs(1));
@@ -238,5 +294,31 @@ mod tests {
         );
         assert_eq!(r.name(), Some(&b"name"[..]));
         assert!(Request::parse((&h[..39], &op_in, b"")).is_none());
+    }
+
+    #[test]
+    fn a_dev_request_splits_at_its_operation_header() {
+        // WRITE: fuse_write_in (40 bytes: fh, offset, size, ...), then the data.
+        let mut b = vec![0u8; 40];
+        b[4..8].copy_from_slice(&op::WRITE.to_ne_bytes());
+        let mut write_in = [0u8; 40];
+        write_in[16..20].copy_from_slice(&3u32.to_ne_bytes());
+        b.extend_from_slice(&write_in);
+        b.extend_from_slice(b"abc");
+        let len = b.len() as u32;
+        b[0..4].copy_from_slice(&len.to_ne_bytes());
+        let r = Request::from_dev(&b).unwrap();
+        assert_eq!((r.op_in.len(), u32_at(r.op_in, 16)), (40, 3));
+        assert_eq!(r.payload, b"abc");
+        // LOOKUP has no header of its own: the name starts right after fuse_in_header.
+        b.truncate(40);
+        b[4..8].copy_from_slice(&op::LOOKUP.to_ne_bytes());
+        b.extend_from_slice(b"f\0");
+        b[0..4].copy_from_slice(&42u32.to_ne_bytes());
+        let r = Request::from_dev(&b).unwrap();
+        assert_eq!((r.op_in.len(), r.name()), (0, Some(&b"f"[..])));
+        // A length past the bytes read is refused.
+        b[0..4].copy_from_slice(&43u32.to_ne_bytes());
+        assert!(Request::from_dev(&b).is_none());
     }
 }

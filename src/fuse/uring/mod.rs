@@ -1,12 +1,13 @@
-//! FUSE over io_uring, the protocol side: the per-CPU queue threads, the request as the
-//! kernel lays it in a ring entry, and the encoding of the replies the operations give. The
-//! rings themselves (buffers, SQEs) are `sys::uring`'s. Public (as `layover::fuse_uring`) for
-//! the floor example (examples/fuse_floor.rs), which measures the transport on its own.
+//! The protocol both transports speak (`abi`: the wire format; `ops`: the one request
+//! handler, `Ring`, which the /dev/fuse workers of `fuse::dev` call too), and FUSE over
+//! io_uring: the per-CPU queue threads and the request as the kernel lays it in a ring entry.
+//! The rings themselves (buffers, SQEs) are `sys::uring`'s. Public (as `layover::fuse_uring`)
+//! for the floor example (examples/fuse_floor.rs), which measures the transport on its own.
 //!
 //! Set-up: the INIT reply (through /dev/fuse, by fuser) grants `FUSE_OVER_IO_URING`; then
-//! `serve` starts one thread per possible CPU, each pinned to its CPU, owning that CPU's queue.
-//! Until every queue has registered an entry, and for FORGET and INTERRUPT always, requests
-//! keep coming through /dev/fuse, so the /dev/fuse session keeps running beside the rings.
+//! `serve` starts threads pinned to each possible CPU, owning that CPU's queue. Until every
+//! queue has registered an entry, and for FORGET and INTERRUPT always, requests keep coming
+//! through /dev/fuse, whose workers run beside the rings.
 
 pub mod abi;
 mod ops;
@@ -19,9 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-pub(crate) use ops::Ring;
+pub(crate) use ops::{Access, Ring};
 
-pub use crate::sys::uring::{Backing, possible_cpus, uring_enabled};
+pub use crate::sys::fusedev::Backing;
+pub use crate::sys::uring::{possible_cpus, uring_enabled};
 pub use abi::Request;
 
 /// Answers one request: the reply's bytes (its arguments, concatenated) or a positive errno.

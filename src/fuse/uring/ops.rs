@@ -1,13 +1,13 @@
-//! The operations over io_uring: each request decoded from its ring entry, the overlay core
-//! called once, as `fuse/mod.rs` does for /dev/fuse, with the same conversions (`convert`),
-//! cache times and open rules (`open_answer`, the data path), and the reply encoded. FORGET
-//! and INTERRUPT never come here (the kernel sends them through /dev/fuse).
+//! The operations, for both transports: each request decoded (from a ring entry, or as read
+//! from /dev/fuse by `fuse::dev`), checked against who may use the mount (`Access`), the
+//! overlay core called once, with the cache times and open rules (`open_answer`, the data
+//! path), and the reply encoded. FORGET, BATCH_FORGET and INTERRUPT, which only come through
+//! /dev/fuse and get no reply (or ENOSYS), are `fuse::dev`'s.
 
 use super::abi::{self, Attr, Request, op, u32_at, u64_at};
 use super::{Backing, DEFAULT_SHAPE, Offer};
 use crate::error::Errno;
-use crate::fuse::convert::encode_dev;
-use crate::fuse::{AnyBacking, Fs, open_answer};
+use crate::fuse::{Fs, open_answer};
 use crate::handle::Fh;
 use crate::inode::{Ino, ROOT_INO};
 use crate::overlay::xattr::XattrReply;
@@ -61,16 +61,58 @@ fn stat_op(opcode: u32) -> Option<Op> {
     })
 }
 
-/// What the io_uring transport serves from: the same core and data path as the /dev/fuse
-/// side, taken from `Fs` before the session owns it.
+/// Who besides the mount's owner may make requests, as fuser's session enforced it:
+/// `allow_other` anyone; `allow_root` root too; else the owner only (in a user namespace
+/// the kernel itself lets only the mounter in without `allow_other`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Access {
+    owner: u32,
+    root_too: bool,
+    everyone: bool,
+}
+
+impl Access {
+    pub(crate) fn new(owner: u32, allow_root: bool, allow_other: bool) -> Access {
+        Access {
+            owner,
+            root_too: allow_root,
+            everyone: allow_other,
+        }
+    }
+
+    /// Whether a request of `opcode` from `uid` is served. Requests the kernel makes on its
+    /// own (reads and writes of the page cache, releases, syncs) may carry any uid.
+    fn allows(&self, uid: u32, opcode: u32) -> bool {
+        self.everyone
+            || uid == self.owner
+            || (self.root_too && uid == 0)
+            || matches!(
+                opcode,
+                op::DESTROY
+                    | op::READ
+                    | op::READDIR
+                    | op::READDIRPLUS
+                    | op::WRITE
+                    | op::FSYNC
+                    | op::FSYNCDIR
+                    | op::RELEASE
+                    | op::RELEASEDIR
+            )
+    }
+}
+
+/// The request handler both transports serve from (`fuse::dev` over /dev/fuse, the queues
+/// over io_uring): the core, the data path and the statistics, taken from `Fs` before
+/// fuser's session owns it.
 pub(crate) struct Ring {
     ov: Arc<Overlay>,
-    data: Arc<DataPath<AnyBacking>>,
+    data: Arc<DataPath<Backing>>,
     ttl: Duration,
     max_write: u32,
     offer: Arc<Offer>,
-    /// The same per-operation request statistics as the /dev/fuse side (`layover stats`).
+    /// The per-operation request statistics (`layover stats`).
     ops: Arc<OpStats>,
+    access: Access,
 }
 
 impl Fs {
@@ -83,6 +125,7 @@ impl Fs {
             max_write: super::super::max_write(self.max_write),
             offer: Arc::clone(&self.uring),
             ops: Arc::clone(&self.ops),
+            access: self.access,
         }
     }
 }
@@ -95,13 +138,15 @@ fn err(e: Errno) -> i32 {
 }
 
 impl Ring {
-    /// After INIT: starts the queues if io_uring was granted, and logs which transport
-    /// serves the mount and why.
-    pub(crate) fn start(self, dev: BorrowedFd<'_>) -> io::Result<()> {
-        if !self.offer.granted() {
-            log::info!("transport: /dev/fuse ({})", self.offer.why_not());
-            return Ok(());
-        }
+    /// After INIT: starts `threads` /dev/fuse workers on the connection `dev`, then the
+    /// io_uring queues if io_uring was granted (until they have all registered, requests
+    /// keep coming through /dev/fuse), and logs which transport serves the mount and why.
+    /// Returns the /dev/fuse workers, which end when the connection does.
+    pub(crate) fn start(
+        self,
+        dev: BorrowedFd<'_>,
+        threads: usize,
+    ) -> io::Result<Vec<std::thread::JoinHandle<io::Result<()>>>> {
         let dev = Arc::new(dev.try_clone_to_owned()?);
         // The kernel's largest request: max_write, or max_pages pages (at most the
         // fs.fuse.max_pages_limit sysctl, 256 by default).
@@ -110,17 +155,32 @@ impl Ring {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(256);
         let payload = (self.max_write as usize).max(limit * 4096);
-        let d = Arc::clone(&dev);
-        let offer = Arc::clone(&self.offer);
-        let handler: Arc<super::Handler> = Arc::new(move |req| self.handle(&d, req));
-        let threads = super::serve(&dev, DEFAULT_SHAPE, payload, handler)?;
-        offer.serving();
-        let (per_queue, depth) = DEFAULT_SHAPE;
-        log::info!(
-            "transport: FUSE over io_uring ({} queues, {per_queue} threads of {depth} entries each; FORGET and INTERRUPT through /dev/fuse)",
-            threads.len() / per_queue
-        );
-        Ok(())
+        let ring = Arc::new(self);
+        let workers = crate::fuse::dev::serve(&ring, &dev, threads, payload)?;
+        if !ring.offer.granted() {
+            log::info!("transport: /dev/fuse ({})", ring.offer.why_not());
+            return Ok(workers);
+        }
+        let (r, d) = (Arc::clone(&ring), Arc::clone(&dev));
+        let handler: Arc<super::Handler> = Arc::new(move |req| r.handle(&d, req));
+        match super::serve(&dev, DEFAULT_SHAPE, payload, handler) {
+            Ok(queues) => {
+                ring.offer.serving();
+                let (per_queue, depth) = DEFAULT_SHAPE;
+                log::info!(
+                    "transport: FUSE over io_uring ({} queues, {per_queue} threads of {depth} entries each; FORGET and INTERRUPT through /dev/fuse)",
+                    queues.len() / per_queue
+                );
+            }
+            Err(e) => log::warn!("transport: /dev/fuse (FUSE over io_uring failed to start: {e})"),
+        }
+        Ok(workers)
+    }
+
+    /// FORGET of `nlookup` lookups of node `nodeid` (no reply).
+    pub(crate) fn forget(&self, nodeid: u64, nlookup: u64) {
+        let _t = self.ops.start(Op::Forget);
+        self.ov.forget(Ino(nodeid), nlookup);
     }
 
     fn attr_ttl(&self, ino: u64) -> Duration {
@@ -132,9 +192,13 @@ impl Ring {
     }
 
     /// One request: a dispatch on the operation (long: one short arm per operation; the
-    /// ones on open files are in `handle_io`).
-    fn handle(&self, dev: &Arc<OwnedFd>, req: &Request<'_>) -> Answer {
+    /// ones on open files are in `handle_io`). `dev`: the connection, on which passthrough
+    /// backings are registered.
+    pub(crate) fn handle(&self, dev: &Arc<OwnedFd>, req: &Request<'_>) -> Answer {
         let _timer = stat_op(req.opcode).map(|o| self.ops.start(o));
+        if !self.access.allows(req.uid, req.opcode) {
+            return Err(libc::EACCES);
+        }
         let ino = Ino(req.nodeid);
         let mut out = Vec::new();
         match req.opcode {
@@ -317,7 +381,7 @@ impl Ring {
             op::MKNOD => (
                 NewNode::Node {
                     mode: u32_at(req.op_in, 0),
-                    rdev: crate::fuse::convert::decode_dev(u32_at(req.op_in, 4)),
+                    rdev: abi::decode_dev(u32_at(req.op_in, 4)),
                 },
                 u32_at(req.op_in, 8),
             ),
@@ -363,14 +427,10 @@ impl Ring {
         o: &crate::overlay::Opened,
         out: &mut Vec<u8>,
     ) -> Result<(), i32> {
-        let make = || Backing::open(dev, o.fd.as_fd()).map(AnyBacking::Ring);
+        let make = || Backing::open(dev, o.fd.as_fd());
         let serve = self.data.begin(o, make);
-        let (flags, b) = open_answer(&self.ov, &self.data, o, serve, true).map_err(err)?;
-        let id = match b.as_deref() {
-            Some(AnyBacking::Ring(b)) => b.id(),
-            _ => 0,
-        };
-        abi::open_out(out, o.fh.0, flags.bits(), id);
+        let (flags, b) = open_answer(&self.ov, o, serve).map_err(err)?;
+        abi::open_out(out, o.fh.0, flags, b.map_or(0, |b| b.id()));
         Ok(())
     }
 
@@ -425,7 +485,7 @@ fn caller(req: &Request<'_>, umask: u32) -> Caller {
     }
 }
 
-/// As `convert::dtype` maps a `DT_*` for fuser: an unknown type is a regular file.
+/// A `DT_*` as the kernel takes it: an unknown type is a regular file.
 fn dirent_type(d: u8) -> u32 {
     match d {
         libc::DT_DIR
@@ -451,7 +511,7 @@ fn attr(st: &Stat) -> Attr {
         nlink: st.nlink as u32,
         uid: st.uid,
         gid: st.gid,
-        rdev: encode_dev(st.rdev),
+        rdev: abi::encode_dev(st.rdev),
         blksize: st.blksize as u32,
     }
 }
@@ -534,6 +594,22 @@ mod tests {
             op_in,
             payload,
         }
+    }
+
+    #[test]
+    fn access_follows_allow_root_and_allow_other() {
+        let owner_only = Access::new(1000, false, false);
+        assert!(owner_only.allows(1000, op::LOOKUP));
+        assert!(
+            !owner_only.allows(0, op::LOOKUP),
+            "root is refused without allow_root"
+        );
+        assert!(!owner_only.allows(1001, op::OPEN));
+        // What the kernel sends on its own (page-cache writeback, releases) carries any uid.
+        assert!(owner_only.allows(1001, op::WRITE) && owner_only.allows(0, op::RELEASE));
+        let root_too = Access::new(1000, true, false);
+        assert!(root_too.allows(0, op::LOOKUP) && !root_too.allows(1001, op::LOOKUP));
+        assert!(Access::new(1000, false, true).allows(1001, op::MKDIR));
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! The /dev/fuse transport: worker threads, each reading requests from its own clone of the
+//! connection's fd, answering them through the handler the io_uring queues use too
+//! (`uring::Ring`: one decoding, one dispatch, one encoding of every operation) and writing
+//! the reply. fuser mounts and does INIT; from then on every request a ring does not take
+//! comes here: all of them when FUSE over io_uring is not granted, those sent while the rings
+//! start, and FORGET, BATCH_FORGET and INTERRUPT always.
+
+use super::uring::Ring;
+use super::uring::abi::{Request, op, u32_at, u64_at};
+use crate::sys::fusedev;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Room for the largest request: `payload` bytes of data (max_write, or max_pages pages)
+/// after the headers, which the kernel wants a page for.
+fn buffer_size(payload: usize) -> usize {
+    payload + 4096
+}
+
+/// Starts `threads` workers on clones of the connection `dev` (the first on `dev` itself).
+/// They run until the connection ends.
+pub(crate) fn serve(
+    ring: &Arc<Ring>,
+    dev: &Arc<OwnedFd>,
+    threads: usize,
+    payload: usize,
+) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads.max(1) {
+        let fd = if i == 0 {
+            dev.as_fd().try_clone_to_owned()?
+        } else {
+            fusedev::clone_device(dev.as_fd())?
+        };
+        let ring = Arc::clone(ring);
+        let conn = Arc::clone(dev);
+        let w = std::thread::Builder::new()
+            .name(format!("fuse-dev-{i}"))
+            .spawn(move || {
+                let mut buf = vec![0u8; buffer_size(payload)];
+                run(fd.as_fd(), &mut buf, &ring, &conn)
+            })?;
+        workers.push(w);
+    }
+    Ok(workers)
+}
+
+/// One worker's loop: read a request, answer it, until the connection ends (ENODEV).
+/// `conn`: the connection's fd, on which the handler registers passthrough backings.
+fn run(fd: BorrowedFd<'_>, buf: &mut [u8], ring: &Ring, conn: &Arc<OwnedFd>) -> io::Result<()> {
+    loop {
+        let n = match fusedev::read_request(fd, buf) {
+            Ok(n) => n,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOENT | libc::EINTR | libc::EAGAIN) => continue,
+                Some(libc::ENODEV) => return Ok(()),
+                _ => return Err(e),
+            },
+        };
+        let Some(req) = buf.get(..n).and_then(Request::from_dev) else {
+            log::error!("a malformed request of {n} bytes from /dev/fuse");
+            // Its unique, if the header is whole, so that the caller does not wait forever.
+            if n >= 16 {
+                send(fd, u64_at(buf, 8), Err(libc::EIO));
+            }
+            continue;
+        };
+        match req.opcode {
+            // No reply to a forget.
+            op::FORGET => ring.forget(req.nodeid, u64_at(req.op_in, 0)),
+            op::BATCH_FORGET => {
+                // fuse_batch_forget_in { count, dummy }, then count fuse_forget_one
+                // { nodeid, nlookup }.
+                let count = u32_at(req.op_in, 0) as usize;
+                for one in req.payload.chunks_exact(16).take(count) {
+                    ring.forget(u64_at(one, 0), u64_at(one, 8));
+                }
+            }
+            // Requests are not interrupted (each is answered promptly or not at all): ENOSYS
+            // tells the kernel to send no more INTERRUPTs.
+            op::INTERRUPT => send(fd, req.unique, Err(libc::ENOSYS)),
+            _ => send(fd, req.unique, ring.handle(conn, &req)),
+        }
+    }
+}
+
+/// Writes the reply to request `unique`: `fuse_out_header` (length, -errno, unique), then the
+/// reply's bytes.
+fn send(fd: BorrowedFd<'_>, unique: u64, answer: Result<Vec<u8>, i32>) {
+    let (error, body) = match &answer {
+        Ok(b) => (0, &b[..]),
+        Err(e) => (-e, &[][..]),
+    };
+    let mut header = [0u8; 16];
+    header[0..4].copy_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    header[4..8].copy_from_slice(&error.to_ne_bytes());
+    header[8..16].copy_from_slice(&unique.to_ne_bytes());
+    match fusedev::write_reply(fd, &[&header, body]) {
+        Ok(()) => {}
+        // The request was interrupted or the connection aborted: no one waits for it.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => {}
+        Err(e) => log::error!("reply to request {unique} refused by /dev/fuse: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_holds_the_largest_write_and_its_headers() {
+        // fuse_in_header (40) + fuse_write_in (40) before 1 MiB of data.
+        assert!(buffer_size(1 << 20) >= (1 << 20) + 80);
+    }
+}
