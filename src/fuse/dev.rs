@@ -4,10 +4,16 @@
 //! the reply. fuser mounts and does INIT; from then on every request a ring does not take
 //! comes here: all of them when FUSE over io_uring is not granted, those sent while the rings
 //! start, and FORGET, BATCH_FORGET and INTERRUPT always.
+//!
+//! READ replies are spliced from the real file into the device through a pipe pair of the
+//! worker's (`sys::fusedev::SplicePipes`): the data never passes through the daemon's
+//! memory, which saves a copy of every byte read through the daemon (lower files in a
+//! writable mount without `strict_copy_up=0`, every file without passthrough). Replies larger
+//! than the pipes, and every reply when the pipes cannot be made, go through memory.
 
 use super::uring::Ring;
 use super::uring::abi::{Request, op, u32_at, u64_at};
-use crate::sys::fusedev;
+use crate::sys::fusedev::{self, SplicePipes, Spliced};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -40,33 +46,58 @@ pub(crate) fn serve(
             .name(format!("fuse-dev-{i}"))
             .spawn(move || {
                 let mut buf = vec![0u8; buffer_size(payload)];
-                run(fd.as_fd(), &mut buf, &ring, &conn)
+                let mut w = Worker {
+                    fd: fd.as_fd(),
+                    ring: &ring,
+                    conn: &conn,
+                    pipes: None,
+                    want: payload + 16,
+                };
+                w.run(&mut buf)
             })?;
         workers.push(w);
     }
     Ok(workers)
 }
 
-/// One worker's loop: read a request, answer it, until the connection ends (ENODEV).
-/// `conn`: the connection's fd, on which the handler registers passthrough backings.
-fn run(fd: BorrowedFd<'_>, buf: &mut [u8], ring: &Ring, conn: &Arc<OwnedFd>) -> io::Result<()> {
-    loop {
-        let n = match fusedev::read_request(fd, buf) {
-            Ok(n) => n,
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOENT | libc::EINTR | libc::EAGAIN) => continue,
-                Some(libc::ENODEV) => return Ok(()),
-                _ => return Err(e),
-            },
-        };
-        let Some(req) = buf.get(..n).and_then(Request::from_dev) else {
-            log::error!("a malformed request of {n} bytes from /dev/fuse");
-            // Its unique, if the header is whole, so that the caller does not wait forever.
-            if n >= 16 {
-                send(fd, u64_at(buf, 8), Err(libc::EIO));
-            }
-            continue;
-        };
+/// One worker: its fd, the handler, and its splice pipes (made at the first READ).
+struct Worker<'a> {
+    fd: BorrowedFd<'a>,
+    ring: &'a Ring,
+    /// The connection's fd, on which the handler registers passthrough backings.
+    conn: &'a Arc<OwnedFd>,
+    pipes: Option<SplicePipes>,
+    /// The largest reply the pipes are asked to hold.
+    want: usize,
+}
+
+impl Worker<'_> {
+    /// Reads a request, answers it, until the connection ends (ENODEV).
+    fn run(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let fd = self.fd;
+        loop {
+            let n = match fusedev::read_request(fd, buf) {
+                Ok(n) => n,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ENOENT | libc::EINTR | libc::EAGAIN) => continue,
+                    Some(libc::ENODEV) => return Ok(()),
+                    _ => return Err(e),
+                },
+            };
+            let Some(req) = buf.get(..n).and_then(Request::from_dev) else {
+                log::error!("a malformed request of {n} bytes from /dev/fuse");
+                // Its unique, if the header is whole, so that the caller does not wait.
+                if n >= 16 {
+                    send(fd, u64_at(buf, 8), Err(libc::EIO));
+                }
+                continue;
+            };
+            self.answer(&req);
+        }
+    }
+
+    fn answer(&mut self, req: &Request<'_>) {
+        let (fd, ring) = (self.fd, self.ring);
         match req.opcode {
             // No reply to a forget.
             op::FORGET => ring.forget(req.nodeid, u64_at(req.op_in, 0)),
@@ -81,8 +112,45 @@ fn run(fd: BorrowedFd<'_>, buf: &mut [u8], ring: &Ring, conn: &Arc<OwnedFd>) -> 
             // Requests are not interrupted (each is answered promptly or not at all): ENOSYS
             // tells the kernel to send no more INTERRUPTs.
             op::INTERRUPT => send(fd, req.unique, Err(libc::ENOSYS)),
-            _ => send(fd, req.unique, ring.handle(conn, &req)),
+            op::READ if self.splice(req) => {}
+            _ => send(fd, req.unique, ring.handle(self.conn, req)),
         }
+    }
+
+    /// Answers a READ through the splice pipes; false if it must go through memory (too
+    /// large for the pipes, or no pipes).
+    fn splice(&mut self, req: &Request<'_>) -> bool {
+        if self.pipes.is_none() {
+            self.pipes = SplicePipes::new(self.want)
+                .inspect_err(|e| log::debug!("READ replies through memory: no pipes ({e})"))
+                .ok();
+        }
+        let Some(pipes) = &self.pipes else {
+            return false;
+        };
+        let (_timer, source) = self.ring.read_source(req);
+        let (file, offset, size) = match source {
+            Ok(s) if s.2 <= pipes.max_data() => s,
+            Ok(_) => return false,
+            Err(e) => {
+                send(self.fd, req.unique, Err(e));
+                return true;
+            }
+        };
+        match pipes.reply_from_file(self.fd, req.unique, file.as_fd(), offset, size) {
+            Ok(Spliced::Sent(_)) => {}
+            Ok(Spliced::ReadFailed(e)) => send(self.fd, req.unique, Err(e)),
+            // The reply may or may not have reached the device; if it did, this second one
+            // finds the request gone (ENOENT, ignored).
+            Err(e) => {
+                self.pipes = None;
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    log::warn!("a spliced READ reply failed ({e}); replying EIO");
+                    send(self.fd, req.unique, Err(libc::EIO));
+                }
+            }
+        }
+        true
     }
 }
 

@@ -112,8 +112,8 @@ const MAX_REQUEST: u32 = 256 * 4096;
 /// daemon carries the data, and then a writable mount takes the writeback cache (writes
 /// leave the kernel in large batches, not one request per write call) and every mount the
 /// largest requests the kernel allows (1 MiB: a quarter of the requests of 256 KiB ones).
-/// Splice is not among the choices: both transports copy a reply's data once, from the
-/// daemon's buffer (a ring entry's over io_uring; writev over /dev/fuse).
+/// Splice is not a choice made here: the /dev/fuse workers splice every READ reply that fits
+/// their pipes (`fuse::dev`); over io_uring the data goes through the ring entry's buffer.
 pub fn plan(offer: Offer, want: &Wanted) -> Plan {
     let passthrough = want.passthrough.is_ok() && offer.passthrough;
     let limit = if offer.max_pages {

@@ -169,6 +169,12 @@ impl Overlay {
         }
     }
 
+    /// The real file a read of `fh` reads now, for a transport that moves the data itself
+    /// (splice): what `read` reads from.
+    pub fn read_file(&self, fh: Fh) -> FsResult<Arc<OwnedFd>> {
+        Ok(self.handle_fd(fh)?.1)
+    }
+
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (_, fd) = self.handle_fd(fh)?;
         sys::pread_vec(fd.as_fd(), size as usize, offset)

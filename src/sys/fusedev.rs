@@ -4,7 +4,7 @@
 //! Knows nothing of the protocol's operations: callers get and give bytes.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 /// `_IOR(229, 0, uint32_t)`.
@@ -101,5 +101,191 @@ impl Drop for Backing {
         unsafe {
             libc::ioctl(self.dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &id);
         }
+    }
+}
+
+/// Two pipes through which a READ reply goes from a file to the device without passing
+/// through the daemon's memory (the one copy left is the device's, into the page cache): the
+/// data is spliced into the first (which tells its length), the reply's header written to the
+/// second, the data moved in after it (pipe to pipe: page references, not bytes), and the
+/// whole reply spliced into the device in one piece, as the device wants a reply.
+pub struct SplicePipes {
+    data: (OwnedFd, OwnedFd),
+    out: (OwnedFd, OwnedFd),
+    /// The most data one reply may carry (the pipes' size less the header).
+    max_data: usize,
+}
+
+/// What became of a reply sent through the pipes.
+#[derive(Debug, PartialEq)]
+pub enum Spliced {
+    /// Sent: this many bytes of data.
+    Sent(usize),
+    /// Reading the file failed with this errno before anything was sent: answer with it.
+    ReadFailed(i32),
+}
+
+fn pipe_of(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the array, which is valid for two c_ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both are open fds that nothing else owns.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ takes an int argument and changes only the pipe's capacity.
+    let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((r, w))
+}
+
+/// One splice call; `off`: the offset to read the input at (a file), else None (a pipe).
+fn splice(
+    from: BorrowedFd<'_>,
+    off: Option<u64>,
+    to: BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    let mut at = off.map(|o| o as libc::loff_t);
+    let at_ptr = at
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |a| a as *mut libc::loff_t);
+    // SAFETY: both fds are open; `at_ptr` is null or points to `at` on the stack for the call;
+    // the output offset is null (a pipe or the device).
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            at_ptr,
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+impl SplicePipes {
+    /// Pipes for replies of up to `want` bytes, header included, or as large as the system
+    /// lets this process make them (`/proc/sys/fs/pipe-max-size`, 1 MiB by default, binds
+    /// all but CAP_SYS_RESOURCE); larger replies then go through memory.
+    pub fn new(want: usize) -> io::Result<SplicePipes> {
+        // The kernel rounds a pipe's size up to a power of two pages.
+        let size = want.next_power_of_two();
+        let made = pipe_of(size).and_then(|d| Ok((d, pipe_of(size)?, size)));
+        let (data, out, size) = match made {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                let limit: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(1 << 20);
+                (pipe_of(limit)?, pipe_of(limit)?, limit)
+            }
+            other => other?,
+        };
+        Ok(SplicePipes {
+            data,
+            out,
+            max_data: size.saturating_sub(16),
+        })
+    }
+
+    /// The most data a reply through the pipes may carry.
+    pub fn max_data(&self) -> usize {
+        self.max_data
+    }
+
+    /// Replies to request `unique` on `dev` with up to `size` bytes (at most `max_data`)
+    /// of `file` from `offset`; fewer at its end. An error other than `Spliced::ReadFailed`
+    /// may leave bytes in the pipes: the caller then drops them and makes new ones.
+    pub fn reply_from_file(
+        &self,
+        dev: BorrowedFd<'_>,
+        unique: u64,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        size: usize,
+    ) -> io::Result<Spliced> {
+        let size = size.min(self.max_data);
+        let mut n = 0;
+        while n < size {
+            match splice(file, Some(offset + n as u64), self.data.1.as_fd(), size - n) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // Nothing read, nothing sent: the caller answers with the error.
+                Err(e) if n == 0 => {
+                    return Ok(Spliced::ReadFailed(e.raw_os_error().unwrap_or(libc::EIO)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&((16 + n) as u32).to_ne_bytes());
+        header[8..16].copy_from_slice(&unique.to_ne_bytes());
+        // SAFETY: write reads 16 bytes from `header`, on the stack for the call.
+        let w = unsafe { libc::write(self.out.1.as_raw_fd(), header.as_ptr().cast(), 16) };
+        if w != 16 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut moved = 0;
+        while moved < n {
+            moved += splice(self.data.0.as_fd(), None, self.out.1.as_fd(), n - moved)?;
+        }
+        let sent = splice(self.out.0.as_fd(), None, dev, 16 + n)?;
+        if sent != 16 + n {
+            return Err(io::Error::other("a reply went to the device in part"));
+        }
+        Ok(Spliced::Sent(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A reply spliced into a pipe standing for the device: the header, then the file's
+    /// bytes from the offset, fewer at its end.
+    #[test]
+    fn a_spliced_reply_is_header_then_the_file_range() {
+        let dir = std::env::temp_dir().join(format!("layover-splice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let content: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&content)
+            .unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let pipes = SplicePipes::new(4096 + 16).unwrap();
+        assert!(pipes.max_data() >= 4096);
+        let (dev_r, dev_w) = pipe_of(1 << 16).unwrap();
+        let mut dev_r = std::fs::File::from(dev_r);
+        for (offset, size, expect) in [(10u64, 100usize, 100usize), (4990, 100, 10), (6000, 50, 0)]
+        {
+            let r = pipes.reply_from_file(dev_w.as_fd(), 7, file.as_fd(), offset, size);
+            assert_eq!(r.unwrap(), Spliced::Sent(expect));
+            let mut got = vec![0u8; 16 + expect];
+            dev_r.read_exact(&mut got).unwrap();
+            assert_eq!(
+                u32::from_ne_bytes(got[0..4].try_into().unwrap()) as usize,
+                16 + expect
+            );
+            assert_eq!(i32::from_ne_bytes(got[4..8].try_into().unwrap()), 0);
+            assert_eq!(u64::from_ne_bytes(got[8..16].try_into().unwrap()), 7);
+            let from = offset.min(content.len() as u64) as usize;
+            assert_eq!(&got[16..], &content[from..from + expect]);
+        }
+        // A file that cannot be read: nothing is sent, the errno comes back.
+        let wronly = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let r = pipes.reply_from_file(dev_w.as_fd(), 8, wronly.as_fd(), 0, 10);
+        assert_eq!(r.unwrap(), Spliced::ReadFailed(libc::EBADF));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

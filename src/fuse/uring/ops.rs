@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fuse::passthrough::DataPath;
-use crate::fuse::stats::{Op, OpStats};
+use crate::fuse::stats::{Op, OpStats, Timer};
 
 /// The statistics' name of a ring request's operation (FORGET and INTERRUPT never come
 /// through the rings; DESTROY and unknown opcodes are not counted).
@@ -130,6 +130,9 @@ impl Fs {
     }
 }
 
+/// A READ's real file, offset and size (`Ring::read_source`).
+pub(crate) type ReadSource = (Arc<OwnedFd>, u64, usize);
+
 /// The core's answer, as bytes or a positive errno.
 type Answer = Result<Vec<u8>, i32>;
 
@@ -175,6 +178,17 @@ impl Ring {
             Err(e) => log::warn!("transport: /dev/fuse (FUSE over io_uring failed to start: {e})"),
         }
         Ok(workers)
+    }
+
+    /// A READ for a transport that moves the data itself (splice): the statistics timer to
+    /// hold until the reply is sent, and the real file with the offset and size to read, or
+    /// the errno to answer.
+    pub(crate) fn read_source(&self, req: &Request<'_>) -> (Timer<'_>, Result<ReadSource, i32>) {
+        let timer = self.ops.start(Op::Read);
+        let fh = Fh(u64_at(req.op_in, 0));
+        let (offset, size) = (u64_at(req.op_in, 8), u32_at(req.op_in, 16) as usize);
+        let file = self.ov.read_file(fh).map_err(err);
+        (timer, file.map(|f| (f, offset, size)))
     }
 
     /// FORGET of `nlookup` lookups of node `nodeid` (no reply).
