@@ -83,6 +83,12 @@ impl Overlay {
         if !self.overridable(layer, st) {
             return None;
         }
+        self.read_override(layer, dir, name)
+    }
+
+    /// The override of `name` in `dir` in `layer`, whatever its type (the caller knows it
+    /// is a directory or a regular file).
+    fn read_override(&self, layer: LayerIdx, dir: BorrowedFd<'_>, name: &CStr) -> Option<Override> {
         let names = self.stat_xattrs.of(layer);
         let mut buf = [0u8; 128];
         for x in names {
@@ -106,6 +112,38 @@ impl Overlay {
             }
         }
         None
+    }
+
+    /// The `DT_*` type a listing gives the regular file `name` in `dir` in `layer` (that
+    /// getdents calls `DT_REG`): another where its override shows it as a device, pipe or
+    /// socket, as stat does. Costs one xattr read per regular file, and only in layers whose
+    /// objects carry overrides; nothing elsewhere.
+    pub(super) fn listed_reg_dtype(&self, layer: LayerIdx, dir: BorrowedFd<'_>, name: &[u8]) -> u8 {
+        if self.stat_xattrs.of(layer).is_empty() {
+            return libc::DT_REG;
+        }
+        let Ok(name) = super::cname(name) else {
+            return libc::DT_REG;
+        };
+        match self
+            .read_override(layer, dir, &name)
+            .and_then(|o| o.special_kind())
+        {
+            Some((t, _)) => sys::dtype_of_mode(t),
+            None => libc::DT_REG,
+        }
+    }
+
+    /// Whether a special file of type `kind` (device, pipe, socket) that the daemon cannot
+    /// make as asked (EPERM: a device without CAP_MKNOD in the initial user namespace, a
+    /// pipe it cannot give the caller's owner) is kept in a regular file whose override
+    /// names its type, as containers-storage's `force_mask` keeps those of an image: where
+    /// the upper keeps owners and modes in an attribute.
+    pub(super) fn keeps_special_in_files(&self, kind: u32) -> bool {
+        matches!(
+            kind,
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK
+        ) && self.owner_xattr(libc::S_IFREG).is_some()
     }
 
     /// `st` with the owner and mode its override keeps, type included (what is shown).

@@ -81,7 +81,7 @@ impl Overlay {
                 }
                 continue;
             }
-            if let Some(entry) = self.classify(dirfd.as_fd(), layer_dev, e, xwh)? {
+            if let Some(entry) = self.classify(dirfd.as_fd(), (p.layer, layer_dev), e, xwh)? {
                 out.push(entry);
             }
         }
@@ -99,14 +99,16 @@ impl Overlay {
         Ok(out)
     }
 
-    /// One entry of a layer's directory `dir` (on device `layer_dev`): its number and type,
-    /// and whether it is a whiteout (`xwh`: xattr whiteouts count). A stat is made only when
-    /// getdents cannot tell (a character device may be a whiteout, an unknown type, a
-    /// regular file that may be an xattr whiteout). None: it vanished since getdents.
+    /// One entry of a layer's directory `dir` (in `layer`, on device `layer_dev`): its number
+    /// and type, and whether it is a whiteout (`xwh`: xattr whiteouts count). A stat is made
+    /// only when getdents cannot tell (a character device may be a whiteout, an unknown type,
+    /// a regular file that may be an xattr whiteout). A regular file's type is the one its
+    /// override_stat xattr shows, where the layer's objects carry them (a device kept in a
+    /// file: `listed_reg_dtype`). None: it vanished since getdents.
     fn classify(
         &self,
         dir: BorrowedFd<'_>,
-        layer_dev: u64,
+        (layer, layer_dev): (LayerIdx, u64),
         e: RawDirEntry,
         xwh: bool,
     ) -> FsResult<Option<LayerEntry>> {
@@ -121,6 +123,9 @@ impl Overlay {
             d_type = sys::dtype_of_mode(st.mode);
             id = RealId::of(&st);
             whiteout = self.is_whiteout(dir, &cn, &st, xwh);
+        }
+        if d_type == libc::DT_REG && !whiteout {
+            d_type = self.listed_reg_dtype(layer, dir, &e.name);
         }
         let ino = if whiteout {
             Ino(0)
