@@ -11,7 +11,7 @@ mod support;
 
 use layover_testkit::*;
 use std::fs;
-use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 /// Layers: a lower with files owned by 0:0, 5:6 and 70000:70000 (outside the mapping), an
@@ -362,6 +362,31 @@ fn containers_override_stat_is_read() {
         );
         assert_eq!(shown("sub"), (2, 3, libc::S_IFDIR | 0o700, 0));
         assert_eq!(shown("ignored"), (1000, 1000, libc::S_IFREG | 0o644, 0));
+        // readdir's d_type (what `DirEntry::file_type` gives, without a stat) agrees.
+        let listed: Vec<(String, bool, bool)> = {
+            let mut v: Vec<_> = fs::read_dir(&mnt)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let t = e.file_type().unwrap();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, t.is_char_device(), t.is_file())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            listed,
+            [
+                ("both".into(), false, true),
+                ("ignored".into(), false, true),
+                ("null".into(), true, false),
+                ("sub".into(), false, false),
+                ("suid".into(), false, true),
+            ],
+            "'{opts}'"
+        );
         assert_eq!(
             shown("both"),
             (4, 4, libc::S_IFREG | 0o604, 0),
