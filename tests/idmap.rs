@@ -409,6 +409,14 @@ fn containers_override_stat_is_read() {
             // Root gave the inode the shown owner and mode; the attribute came along.
             assert_eq!(ids(&up.join("suid")), (0, 0));
             assert_eq!(mode_of(&up.join("suid")) & 0o7777, 0o4755);
+            // A device kept in a file is not copied to an upper that does not keep them so.
+            let r = fs::set_permissions(mnt.join("null"), fs::Permissions::from_mode(0o600));
+            assert_eq!(errno(r), Some(libc::EPERM));
+            assert!(!up.join("null").exists());
+            assert_eq!(
+                shown("null"),
+                (0, 0, libc::S_IFCHR | 0o666, libc::makedev(1, 3))
+            );
         } else {
             assert_eq!(
                 xattr_text(&up.join("suid"), FUSE_OVERLAYFS_USER).as_deref(),

@@ -13,6 +13,9 @@ use crate::sys::{self, Stat};
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
+/// An override_stat attribute and the value to write to it.
+pub(super) type AttrValue = (StatXattr, Vec<u8>);
+
 /// The attributes honoured per layer, and the one chown and chmod write on the upper.
 pub(super) struct StatXattrs {
     per_layer: Box<[Box<[StatXattr]>]>,
@@ -166,13 +169,16 @@ impl Overlay {
     /// and a usable mode, and the attribute the owner and mode `src` shows (its own
     /// override's, device type included). Otherwise root gives the inode the owner and mode
     /// shown (as fuse-overlayfs does); an ordinary user's daemon, which could not, copies the
-    /// inode's own and carries the attributes as they are.
+    /// inode's own and carries the attributes as they are. A device, pipe or socket kept in
+    /// a regular file is not copied to such an upper (EPERM): the copy would be a regular
+    /// file there, its type lost (its number could not stay either: the inode's type is its
+    /// real one). The kernel's overlayfs gives EPERM too for a device it cannot make.
     pub(super) fn copy_up_attrs(
         &self,
         layer: LayerIdx,
         (dir, name): (BorrowedFd<'_>, &CStr),
         src: Stat,
-    ) -> (Stat, Option<(StatXattr, Vec<u8>)>) {
+    ) -> FsResult<(Stat, Option<AttrValue>)> {
         let over = self.stat_override(layer, dir, name, &src);
         let kind = src.file_type();
         let shown = over.map_or(src, |o| Stat {
@@ -196,10 +202,11 @@ impl Overlay {
                     mode: kind | usable_perm(kind, shown.mode),
                     ..src
                 };
-                (inode, Some((x, v)))
+                Ok((inode, Some((x, v))))
             }
-            None if self.privileges.any_owner() => (shown, None),
-            None => (src, None),
+            None if over.and_then(|o| o.special_kind()).is_some() => Err(Errno::EPERM),
+            None if self.privileges.any_owner() => Ok((shown, None)),
+            None => Ok((src, None)),
         }
     }
 
