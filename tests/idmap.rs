@@ -11,7 +11,7 @@ mod support;
 
 use layover_testkit::*;
 use std::fs;
-use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 /// Layers: a lower with files owned by 0:0, 5:6 and 70000:70000 (outside the mapping), an
@@ -362,6 +362,31 @@ fn containers_override_stat_is_read() {
         );
         assert_eq!(shown("sub"), (2, 3, libc::S_IFDIR | 0o700, 0));
         assert_eq!(shown("ignored"), (1000, 1000, libc::S_IFREG | 0o644, 0));
+        // readdir's d_type (what `DirEntry::file_type` gives, without a stat) agrees.
+        let listed: Vec<(String, bool, bool)> = {
+            let mut v: Vec<_> = fs::read_dir(&mnt)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let t = e.file_type().unwrap();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, t.is_char_device(), t.is_file())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            listed,
+            [
+                ("both".into(), false, true),
+                ("ignored".into(), false, true),
+                ("null".into(), true, false),
+                ("sub".into(), false, false),
+                ("suid".into(), false, true),
+            ],
+            "'{opts}'"
+        );
         assert_eq!(
             shown("both"),
             (4, 4, libc::S_IFREG | 0o604, 0),
@@ -384,6 +409,14 @@ fn containers_override_stat_is_read() {
             // Root gave the inode the shown owner and mode; the attribute came along.
             assert_eq!(ids(&up.join("suid")), (0, 0));
             assert_eq!(mode_of(&up.join("suid")) & 0o7777, 0o4755);
+            // A device kept in a file is not copied to an upper that does not keep them so.
+            let r = fs::set_permissions(mnt.join("null"), fs::Permissions::from_mode(0o600));
+            assert_eq!(errno(r), Some(libc::EPERM));
+            assert!(!up.join("null").exists());
+            assert_eq!(
+                shown("null"),
+                (0, 0, libc::S_IFCHR | 0o666, libc::makedev(1, 3))
+            );
         } else {
             assert_eq!(
                 xattr_text(&up.join("suid"), FUSE_OVERLAYFS_USER).as_deref(),
@@ -406,7 +439,7 @@ fn containers_override_stat_is_read() {
             std::os::unix::fs::lchown(mnt.join("null"), Some(5), None).unwrap();
             assert_eq!(
                 xattr_text(&up.join("null"), FUSE_OVERLAYFS_USER).as_deref(),
-                Some("5:0:100666:char-1-3")
+                Some("5:0:666:char-1-3")
             );
             assert_eq!(
                 shown("null"),
@@ -769,4 +802,131 @@ fn xattr_permissions_hold_ids_on_disk() {
         Some("1:2:100644")
     );
     assert_eq!(ids(&mnt.join("d/new")), (100001, 100002));
+}
+
+/// Helpers run by the device tests (as root or the test user): `dtypes DIR` prints each
+/// name's `d_type` as readdir(3) gives it (no stat), `mknod PATH` makes the character device
+/// 1:3 and prints "made" or the errno, `values ATTR PATH...` prints the xattr's values.
+const DEVICE_HELPER: &str = r#"
+import ctypes, os, sys
+if sys.argv[1] == "dtypes":
+    class D(ctypes.Structure):
+        _fields_ = [("ino", ctypes.c_uint64), ("off", ctypes.c_int64),
+                    ("reclen", ctypes.c_ushort), ("type", ctypes.c_ubyte),
+                    ("name", ctypes.c_char * 256)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.opendir.argtypes = [ctypes.c_char_p]
+    libc.readdir.restype = ctypes.POINTER(D)
+    libc.readdir.argtypes = [ctypes.c_void_p]
+    d = libc.opendir(sys.argv[2].encode())
+    assert d, os.strerror(ctypes.get_errno())
+    names = {4: "dir", 8: "reg", 2: "chr", 6: "blk", 1: "fifo", 12: "sock", 10: "lnk"}
+    out = []
+    while True:
+        e = libc.readdir(d)
+        if not e:
+            break
+        n = e.contents.name.decode()
+        if n not in (".", ".."):
+            out.append(n + ":" + names.get(e.contents.type, str(e.contents.type)))
+    print(" ".join(sorted(out)))
+elif sys.argv[1] == "mknod":
+    try:
+        os.mknod(sys.argv[2], 0o20644, os.makedev(1, 3))
+        print("made")
+    except OSError as e:
+        print("errno", e.errno)
+elif sys.argv[1] == "values":
+    print(" ".join(os.getxattr(p, sys.argv[2]).decode() for p in sys.argv[3:]))
+"#;
+
+/// mknod under `xattr_permissions=2` by a caller with CAP_MKNOD (root) on an ordinary
+/// user's mount (`allow_root`), whose daemon cannot make devices: an empty regular file
+/// keeps each device, pipe and socket, its attribute naming the type after the permission
+/// bits (`0:0:644:char-1-3`, as containers-storage writes one and fuse-overlayfs 1.15 reads
+/// it); stat shows the device with its owner, mode, number and size 0, readdir's d_type
+/// says the same; chmod, chown, a hard link and a rename keep it; so does a remount.
+/// fuse-overlayfs 1.10 reads only the first three fields: regular files with the owner and
+/// mode. Without the option root's mknod gets the daemon's EPERM; in a user namespace the
+/// VFS refuses it before any filesystem (layover's or the kernel's overlayfs) sees it.
+#[test]
+fn mknod_keeps_devices_in_files_under_xattr_permissions() {
+    assert!(
+        std::path::Path::new(FUSE_OVERLAYFS).exists(),
+        "PREREQUISITE MISSING: {FUSE_OVERLAYFS} (apt-get install fuse-overlayfs)"
+    );
+    let s = support::Scratch::new("mknod_devices");
+    fs::write(s.path("t.py"), DEVICE_HELPER).unwrap();
+    let mount = "$U $LAYOVER -o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/w,xattr_permissions=2,allow_root $PWD/m";
+    let show = "stat -c \"%n %F %t:%T %u:%g %a %s %b %h\"";
+    let out = s.root_beside_user_ok(&format!(
+        "$U sh -c \"mkdir l u w m u2 w2 && echo a > l/a\"
+         umask 022
+         {mount}
+         mknod m/null c 1 3
+         mknod -m 640 m/sda b 8 1
+         mkfifo m/fifo
+         python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('m/sock')\"
+         {show} m/null m/sda m/fifo m/sock
+         python3 t.py dtypes m
+         chmod 600 m/null && chown 5:6 m/null && ln m/null m/null2 && mv m/null2 m/null3
+         {show} m/null m/null3
+         $U $OPS unmount $PWD/m
+         stat -c \"%n %F %U %s\" u/null u/null3 u/sda u/fifo u/sock
+         python3 t.py values user.fuseoverlayfs.override_stat u/null u/sda u/fifo u/sock
+         {mount}
+         {show} m/null m/null3 m/sda m/fifo
+         python3 t.py dtypes m
+         $U $OPS unmount $PWD/m
+         $U {FUSE_OVERLAYFS} -o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/w,xattr_permissions=2 $PWD/m
+         $U stat -c \"%n %F %u:%g %a\" m/null m/sda m/fifo
+         $U fusermount3 -u m
+         $U $LAYOVER -o lowerdir=$PWD/l,upperdir=$PWD/u2,workdir=$PWD/w2,allow_root $PWD/m
+         python3 t.py mknod m/null
+         $U $OPS unmount $PWD/m
+         $U unshare --map-auto --map-root-user -m sh -ec \"
+           {} -o lowerdir=\\$PWD/l,upperdir=\\$PWD/u2,workdir=\\$PWD/w2,xattr_permissions=2 \\$PWD/m
+           python3 t.py mknod m/null
+           umount m
+           mkdir k ku kw
+           mount -t overlay overlay -o userxattr,lowerdir=\\$PWD/l,upperdir=\\$PWD/ku,workdir=\\$PWD/kw \\$PWD/k
+           python3 t.py mknod k/null
+           umount k\"",
+        "$LAYOVER"
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "m/null character special file 1:3 0:0 644 0 0 1",
+            "m/sda block special file 8:1 0:0 640 0 0 1",
+            "m/fifo fifo 0:0 0:0 644 0 0 1",
+            "m/sock socket 0:0 0:0 755 0 0 1",
+            "a:reg fifo:fifo null:chr sda:blk sock:sock",
+            "m/null character special file 1:3 5:6 600 0 0 2",
+            "m/null3 character special file 1:3 5:6 600 0 0 2",
+            "u/null regular empty file podtest 0",
+            "u/null3 regular empty file podtest 0",
+            "u/sda regular empty file podtest 0",
+            "u/fifo regular empty file podtest 0",
+            "u/sock regular empty file podtest 0",
+            "5:6:600:char-1-3 0:0:640:block-8-1 0:0:644:pipe 0:0:755:socket",
+            "m/null character special file 1:3 5:6 600 0 0 2",
+            "m/null3 character special file 1:3 5:6 600 0 0 2",
+            "m/sda block special file 8:1 0:0 640 0 0 1",
+            "m/fifo fifo 0:0 0:0 644 0 0 1",
+            "a:reg fifo:fifo null3:chr null:chr sda:blk sock:sock",
+            // fuse-overlayfs 1.10: the owner and mode, not the type.
+            "m/null regular empty file 5:6 600",
+            "m/sda regular empty file 0:0 640",
+            "m/fifo regular empty file 0:0 644",
+            // Without xattr_permissions: the daemon's EPERM.
+            "errno 1",
+            // In a user namespace, layover's mount and the kernel's: the VFS's EPERM.
+            "errno 1",
+            "errno 1",
+        ],
+        "{out}"
+    );
 }

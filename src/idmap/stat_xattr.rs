@@ -54,13 +54,18 @@ impl StatXattr {
     /// to keep) shown as `kind` when that is another type (a device kept in a regular file):
     /// fuse-overlayfs's `%d:%d:%o` of the whole mode (type bits included, as fuse-overlayfs
     /// 1.10 writes it), or containers-storage's `%d:%d:%04o:TYPE` for its own attribute. A
-    /// `kind` is added as a fourth field to fuse-overlayfs's too (which 1.10 ignores and
-    /// 1.15 reads).
+    /// `kind` is added as a fourth field to fuse-overlayfs's too, after the permission bits
+    /// alone: fuse-overlayfs 1.15 and later or the type named there into the mode read
+    /// (`0:0:100644:char-1-3` would read as `S_IFREG | S_IFCHR`, a symlink), 1.10 reads the
+    /// first three fields and keeps the file's own type, containers-storage takes the
+    /// permission bits of any value.
     pub fn format(self, uid: u32, gid: u32, mode: u32, kind: Option<(u32, u64)>) -> Vec<u8> {
         let (t, rdev) = kind.unwrap_or((mode & libc::S_IFMT, 0));
+        let perm = mode & 0o7777;
         let mut v = match self {
+            StatXattr::Containers => format!("{uid}:{gid}:{perm:04o}"),
+            _ if kind.is_some() => format!("{uid}:{gid}:{perm:o}"),
             StatXattr::Security | StatXattr::User => format!("{uid}:{gid}:{mode:o}"),
-            StatXattr::Containers => format!("{uid}:{gid}:{:04o}", mode & 0o7777),
         };
         if kind.is_some() || self == StatXattr::Containers {
             v.push(':');
@@ -182,7 +187,10 @@ impl Override {
         let real = st.file_type();
         let shown = match self.special_kind() {
             Some((t, rdev)) if real == libc::S_IFREG => {
+                // A device, pipe or socket has no data: the file keeping it is empty anyway.
                 st.rdev = rdev;
+                st.size = 0;
+                st.blocks = 0;
                 t
             }
             _ => real,
@@ -233,7 +241,7 @@ mod tests {
         let chr = Some((libc::S_IFCHR, sys::makedev(1, 3)));
         assert_eq!(
             x.format(0, 0, libc::S_IFREG | 0o644, chr),
-            b"0:0:100644:char-1-3"
+            b"0:0:644:char-1-3"
         );
         let c = StatXattr::Containers;
         assert_eq!(c.format(0, 0, libc::S_IFDIR | 0o750, None), b"0:0:0750:dir");
@@ -262,9 +270,17 @@ mod tests {
             gid: 1000,
             ..Stat::default()
         };
-        let st = parse(b"0:0:0644:char-1-3").unwrap().apply(file);
+        let st = parse(b"0:0:0644:char-1-3").unwrap().apply(Stat {
+            size: 5,
+            blocks: 8,
+            ..file
+        });
         assert_eq!((st.uid, st.gid, st.mode), (0, 0, libc::S_IFCHR | 0o644));
-        assert_eq!(st.rdev, sys::makedev(1, 3));
+        assert_eq!((st.rdev, st.size, st.blocks), (sys::makedev(1, 3), 0, 0));
+        // What fuse-overlayfs writes for a device (the permission bits, then the type).
+        let st = parse(b"3:4:640:block-8-1").unwrap().apply(file);
+        assert_eq!((st.uid, st.mode), (3, libc::S_IFBLK | 0o640));
+        assert_eq!(st.rdev, sys::makedev(8, 1));
         let st = parse(b"0:0:0777:symlink").unwrap().apply(file);
         assert_eq!(st.mode, libc::S_IFREG | 0o777);
         let dir = Stat {

@@ -254,7 +254,7 @@ impl Overlay {
         let (sdir, sname, _) = self.locate(inode)?;
         let raw = sys::fstatat(sdir.as_fd(), &sname)?;
         // `src`: the source with the owner and mode its copy's inode gets.
-        let (src, stat_xattr) = self.copy_up_attrs(top.layer, (sdir.as_fd(), &sname), raw);
+        let (src, stat_xattr) = self.copy_up_attrs(top.layer, (sdir.as_fd(), &sname), raw)?;
         let udir = self.dir_fd(parent, upper)?;
 
         let work = self.work_fd()?;

@@ -56,6 +56,27 @@ struct Owner {
     chmod: bool,
 }
 
+/// What `make_raw` made: the open fd of a regular file, and the special file a regular
+/// file was made to keep (its type and device number), where the daemon could not make it
+/// as asked (`Overlay::keeps_special_in_files`).
+struct Made {
+    fd: Option<OwnedFd>,
+    kept: Option<(u32, u64)>,
+}
+
+impl Made {
+    fn of(fd: Option<OwnedFd>) -> Made {
+        Made { fd, kept: None }
+    }
+
+    fn kept(kind: u32, rdev: u64) -> Made {
+        Made {
+            fd: None,
+            kept: Some((kind, rdev)),
+        }
+    }
+}
+
 /// What the upper holds at a name we are about to create.
 enum UpperSlot {
     Empty,
@@ -129,27 +150,68 @@ impl Overlay {
         }
     }
 
-    /// Creates `what` as `name` (in `dir`): the raw object, no ownership yet. Returns an open
-    /// fd for regular files.
-    fn make_raw(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        what: &NewNode<'_>,
-    ) -> FsResult<Option<OwnedFd>> {
+    /// Creates `what` as `name` (in `dir`): the raw object, no ownership yet, with an open
+    /// fd for regular files. A device node the daemon may not make (EPERM) is made as an
+    /// empty regular file where the upper keeps owners in an attribute, which will name the
+    /// device (`keeps_special_in_files`); elsewhere the EPERM stands, as the kernel's
+    /// overlayfs in a user namespace gives it.
+    fn make_raw(&self, dir: BorrowedFd<'_>, name: &CStr, what: &NewNode<'_>) -> FsResult<Made> {
         match what {
-            NewNode::Node { mode, rdev } => sys::mknodat(dir, name, *mode, *rdev).map(|_| None),
+            NewNode::Node { mode, rdev } => match sys::mknodat(dir, name, *mode, *rdev) {
+                Err(e) if e == Errno::EPERM && self.keeps_special_in_files(mode & libc::S_IFMT) => {
+                    self.make_keeper(dir, name, mode & 0o7777)?;
+                    Ok(Made::kept(mode & libc::S_IFMT, *rdev))
+                }
+                r => r.map(|_| Made::of(None)),
+            },
             NewNode::Dir { mode } => {
                 let mode = self.real_create_mode(libc::S_IFDIR, mode & 0o7777);
-                sys::mkdirat(dir, name, mode).map(|_| None)
+                sys::mkdirat(dir, name, mode).map(|_| Made::of(None))
             }
-            NewNode::Symlink { target } => sys::symlinkat(&cname(target)?, dir, name).map(|_| None),
+            NewNode::Symlink { target } => {
+                sys::symlinkat(&cname(target)?, dir, name).map(|_| Made::of(None))
+            }
             NewNode::File { mode, flags } => {
                 let acc = flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC);
                 let mode = self.real_create_mode(libc::S_IFREG, mode & 0o7777);
-                sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL, mode).map(Some)
+                let fd = sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL, mode)?;
+                Ok(Made::of(Some(fd)))
             }
         }
+    }
+
+    /// The empty regular file that keeps a special file with permission bits `perm`.
+    fn make_keeper(&self, dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> FsResult<()> {
+        let mode = libc::S_IFREG | self.real_create_mode(libc::S_IFREG, perm);
+        sys::mknodat(dir, name, mode, 0)
+    }
+
+    /// Makes `what` as `name` in `dir` (`make_raw`) and gives it its owner and mode
+    /// (`set_owner`); removes it again when that fails. A pipe or socket whose owner the
+    /// daemon cannot give (EPERM: an ordinary user's daemon making one for root) is kept in
+    /// a regular file instead, where the upper keeps owners in an attribute, as a device is.
+    fn make_owned(
+        &self,
+        (dir, name): (BorrowedFd<'_>, &CStr),
+        what: &NewNode<'_>,
+        kind: u32,
+        owner: &Owner,
+    ) -> FsResult<Made> {
+        let made = self.make_raw(dir, name, what)?;
+        let Err(e) = self.set_owner((dir, name), kind, owner, made.kept) else {
+            return Ok(made);
+        };
+        let _ = sys::unlinkat(dir, name, kind == libc::S_IFDIR); // undo
+        let pipe = matches!(kind, libc::S_IFIFO | libc::S_IFSOCK);
+        if e != Errno::EPERM || made.kept.is_some() || !pipe || !self.keeps_special_in_files(kind) {
+            return Err(e);
+        }
+        self.make_keeper(dir, name, owner.mode)?;
+        if let Err(e) = self.set_owner((dir, name), kind, owner, Some((kind, 0))) {
+            let _ = sys::unlinkat(dir, name, false);
+            return Err(e);
+        }
+        Ok(Made::kept(kind, 0))
     }
 
     /// Applies the caller's umask unless the directory has a default ACL (then the upper's
@@ -195,8 +257,22 @@ impl Overlay {
     }
 
     /// Gives a freshly made object of type `kind` its owner and mode: in its override_stat
-    /// xattr when the upper keeps them there (`xattr_permissions=`), else on its inode.
-    fn set_owner(&self, dir: BorrowedFd<'_>, name: &CStr, kind: u32, o: &Owner) -> FsResult<()> {
+    /// xattr when the upper keeps them there (`xattr_permissions=`), else on its inode. A
+    /// special file `kept` in a regular file is named in the xattr, after the permission
+    /// bits.
+    fn set_owner(
+        &self,
+        (dir, name): (BorrowedFd<'_>, &CStr),
+        kind: u32,
+        o: &Owner,
+        kept: Option<(u32, u64)>,
+    ) -> FsResult<()> {
+        if kept.is_some()
+            && let Some(x) = self.owner_xattr(libc::S_IFREG)
+        {
+            let mode = libc::S_IFREG | o.mode;
+            return self.write_owner_xattr(x, (dir, name), (o.uid, o.gid, mode), kept);
+        }
         if let Some(x) = self.owner_xattr(kind) {
             // The mode as the request gave it, as fuse-overlayfs 1.10 writes its attributes:
             // mkdir's has no type bits, create's has them (every reader takes the permission
@@ -252,18 +328,14 @@ impl Overlay {
                 self.create_over_whiteout(udir.as_fd(), &cn, &what, kind, &owner)?
             }
             UpperSlot::Empty | UpperSlot::AufsWhiteout => {
-                let fd = self.make_raw(udir.as_fd(), &cn, &what)?;
-                if let Err(e) = self.set_owner(udir.as_fd(), &cn, kind, &owner) {
-                    let _ = sys::unlinkat(udir.as_fd(), &cn, kind == libc::S_IFDIR); // undo
-                    return Err(e);
-                }
+                let made = self.make_owned((udir.as_fd(), &cn), &what, kind, &owner)?;
                 if let UpperSlot::AufsWhiteout = slot {
                     Self::remove_aufs_whiteout(udir.as_fd(), name)?;
                     if kind == libc::S_IFDIR {
                         self.set_opaque(udir.as_fd(), &cn)?;
                     }
                 }
-                fd
+                made.fd
             }
         };
         let st = sys::fstatat(udir.as_fd(), &cn)?;
@@ -299,13 +371,12 @@ impl Overlay {
             },
             ..*owner
         };
-        let fd = self.replace_whiteout(
+        let made = self.replace_whiteout(
             udir,
             cn,
             kind == libc::S_IFDIR,
-            |work, tmp| self.make_raw(work, tmp, what),
+            |work, tmp| self.make_owned((work, tmp), what, kind, &owner),
             |work, tmp| {
-                self.set_owner(work, tmp, kind, &owner)?;
                 if kind == libc::S_IFDIR {
                     self.set_opaque(work, tmp)?;
                 }
@@ -315,7 +386,7 @@ impl Overlay {
         if deferred {
             sys::fchmodat(udir, cn, mode)?;
         }
-        Ok(fd)
+        Ok(made.fd)
     }
 
     /// Puts a new object in the place of the whiteout at `cn` in upper directory `udir`:

@@ -13,6 +13,9 @@ use crate::sys::{self, Stat};
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
+/// An override_stat attribute and the value to write to it.
+pub(super) type AttrValue = (StatXattr, Vec<u8>);
+
 /// The attributes honoured per layer, and the one chown and chmod write on the upper.
 pub(super) struct StatXattrs {
     per_layer: Box<[Box<[StatXattr]>]>,
@@ -83,6 +86,12 @@ impl Overlay {
         if !self.overridable(layer, st) {
             return None;
         }
+        self.read_override(layer, dir, name)
+    }
+
+    /// The override of `name` in `dir` in `layer`, whatever its type (the caller knows it
+    /// is a directory or a regular file).
+    fn read_override(&self, layer: LayerIdx, dir: BorrowedFd<'_>, name: &CStr) -> Option<Override> {
         let names = self.stat_xattrs.of(layer);
         let mut buf = [0u8; 128];
         for x in names {
@@ -108,6 +117,38 @@ impl Overlay {
         None
     }
 
+    /// The `DT_*` type a listing gives the regular file `name` in `dir` in `layer` (that
+    /// getdents calls `DT_REG`): another where its override shows it as a device, pipe or
+    /// socket, as stat does. Costs one xattr read per regular file, and only in layers whose
+    /// objects carry overrides; nothing elsewhere.
+    pub(super) fn listed_reg_dtype(&self, layer: LayerIdx, dir: BorrowedFd<'_>, name: &[u8]) -> u8 {
+        if self.stat_xattrs.of(layer).is_empty() {
+            return libc::DT_REG;
+        }
+        let Ok(name) = super::cname(name) else {
+            return libc::DT_REG;
+        };
+        match self
+            .read_override(layer, dir, &name)
+            .and_then(|o| o.special_kind())
+        {
+            Some((t, _)) => sys::dtype_of_mode(t),
+            None => libc::DT_REG,
+        }
+    }
+
+    /// Whether a special file of type `kind` (device, pipe, socket) that the daemon cannot
+    /// make as asked (EPERM: a device without CAP_MKNOD in the initial user namespace, a
+    /// pipe it cannot give the caller's owner) is kept in a regular file whose override
+    /// names its type, as containers-storage's `force_mask` keeps those of an image: where
+    /// the upper keeps owners and modes in an attribute.
+    pub(super) fn keeps_special_in_files(&self, kind: u32) -> bool {
+        matches!(
+            kind,
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK
+        ) && self.owner_xattr(libc::S_IFREG).is_some()
+    }
+
     /// `st` with the owner and mode its override keeps, type included (what is shown).
     pub(super) fn with_override(
         &self,
@@ -128,13 +169,16 @@ impl Overlay {
     /// and a usable mode, and the attribute the owner and mode `src` shows (its own
     /// override's, device type included). Otherwise root gives the inode the owner and mode
     /// shown (as fuse-overlayfs does); an ordinary user's daemon, which could not, copies the
-    /// inode's own and carries the attributes as they are.
+    /// inode's own and carries the attributes as they are. A device, pipe or socket kept in
+    /// a regular file is not copied to such an upper (EPERM): the copy would be a regular
+    /// file there, its type lost (its number could not stay either: the inode's type is its
+    /// real one). The kernel's overlayfs gives EPERM too for a device it cannot make.
     pub(super) fn copy_up_attrs(
         &self,
         layer: LayerIdx,
         (dir, name): (BorrowedFd<'_>, &CStr),
         src: Stat,
-    ) -> (Stat, Option<(StatXattr, Vec<u8>)>) {
+    ) -> FsResult<(Stat, Option<AttrValue>)> {
         let over = self.stat_override(layer, dir, name, &src);
         let kind = src.file_type();
         let shown = over.map_or(src, |o| Stat {
@@ -158,10 +202,11 @@ impl Overlay {
                     mode: kind | usable_perm(kind, shown.mode),
                     ..src
                 };
-                (inode, Some((x, v)))
+                Ok((inode, Some((x, v))))
             }
-            None if self.privileges.any_owner() => (shown, None),
-            None => (src, None),
+            None if over.and_then(|o| o.special_kind()).is_some() => Err(Errno::EPERM),
+            None if self.privileges.any_owner() => Ok((shown, None)),
+            None => Ok((src, None)),
         }
     }
 

@@ -52,23 +52,34 @@ pub fn merge_layers(layers: &[(LayerIdx, Vec<LayerEntry>)]) -> Vec<DirEntry> {
     out
 }
 
+/// What a listing is made for.
+#[derive(Clone, Copy)]
+struct ListFor {
+    /// Whether xattr whiteouts (in an `opaque=x` directory) are whiteouts here; the kernel
+    /// hides them from listings but counts them when it decides whether a directory is empty
+    /// (it checks them only while iterating).
+    xwhiteouts_hide: bool,
+    /// Whether a regular file gets the type its override_stat attribute shows (readdir's
+    /// d_type); readdirplus sends each entry's attributes, which have it, and the emptiness
+    /// check needs no types: neither reads the attributes twice.
+    shown_types: bool,
+}
+
 impl Overlay {
     /// Reads and classifies one layer's copy of directory `dir`.
-    /// `xwhiteouts_hide`: whether xattr whiteouts (in an `opaque=x` directory) are whiteouts
-    /// here; the kernel hides them from listings but counts them when it decides whether a
-    /// directory is empty (it checks them only while iterating).
     fn layer_listing(
         &self,
         dir: &Arc<Inode>,
         p: crate::inode::Presence,
-        xwhiteouts_hide: bool,
+        what: ListFor,
     ) -> FsResult<Vec<LayerEntry>> {
         let dirfd = self.dir_fd(dir, p.layer)?;
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | self.layers.noatime(p.layer);
         let rd = sys::openat(dirfd.as_fd(), sys::DOT, flags, 0)?;
         let raw = sys::read_dir_entries(rd.as_fd())?;
         let layer_dev = self.layers.get(p.layer)?.dev;
-        let xwh = p.xwhiteouts && xwhiteouts_hide;
+        let xwh = p.xwhiteouts && what.xwhiteouts_hide;
+        let types = what.shown_types.then_some(p.layer);
         let mut hidden_by_aufs: Vec<Vec<u8>> = Vec::new();
         let mut out = Vec::with_capacity(raw.len());
         for e in raw {
@@ -81,7 +92,7 @@ impl Overlay {
                 }
                 continue;
             }
-            if let Some(entry) = self.classify(dirfd.as_fd(), layer_dev, e, xwh)? {
+            if let Some(entry) = self.classify(dirfd.as_fd(), (types, layer_dev), e, xwh)? {
                 out.push(entry);
             }
         }
@@ -101,12 +112,14 @@ impl Overlay {
 
     /// One entry of a layer's directory `dir` (on device `layer_dev`): its number and type,
     /// and whether it is a whiteout (`xwh`: xattr whiteouts count). A stat is made only when
-    /// getdents cannot tell (a character device may be a whiteout, an unknown type, a
-    /// regular file that may be an xattr whiteout). None: it vanished since getdents.
+    /// getdents cannot tell (a character device may be a whiteout, an unknown type, a regular
+    /// file that may be an xattr whiteout). With `types` (the layer), a regular file's type
+    /// is the one its override_stat xattr shows, where the layer's objects carry them (a
+    /// device kept in a file: `listed_reg_dtype`). None: it vanished since getdents.
     fn classify(
         &self,
         dir: BorrowedFd<'_>,
-        layer_dev: u64,
+        (types, layer_dev): (Option<LayerIdx>, u64),
         e: RawDirEntry,
         xwh: bool,
     ) -> FsResult<Option<LayerEntry>> {
@@ -122,6 +135,12 @@ impl Overlay {
             id = RealId::of(&st);
             whiteout = self.is_whiteout(dir, &cn, &st, xwh);
         }
+        if let Some(layer) = types
+            && d_type == libc::DT_REG
+            && !whiteout
+        {
+            d_type = self.listed_reg_dtype(layer, dir, &e.name);
+        }
         let ino = if whiteout {
             Ino(0)
         } else {
@@ -135,23 +154,32 @@ impl Overlay {
         }))
     }
 
-    /// The merged listing of directory `ino`, with `.` and `..` first.
-    pub(crate) fn list_dir(&self, dir: &Arc<Inode>) -> FsResult<Vec<DirEntry>> {
-        self.list_dir_with(dir, true)
+    /// The merged listing of directory `ino`, with `.` and `..` first; `shown_types`: see
+    /// `ListFor`.
+    pub(crate) fn list_dir(&self, dir: &Arc<Inode>, shown_types: bool) -> FsResult<Vec<DirEntry>> {
+        let what = ListFor {
+            xwhiteouts_hide: true,
+            shown_types,
+        };
+        self.list_dir_with(dir, what)
     }
 
     /// Whether a directory is empty in the merged view, as rmdir and rename judge it: like
     /// a listing, except that xattr whiteouts count as entries (the kernel's check does
     /// not look at them).
     pub(super) fn merged_empty(&self, dir: &Arc<Inode>) -> FsResult<bool> {
-        Ok(self.list_dir_with(dir, false)?.len() <= 2)
+        let what = ListFor {
+            xwhiteouts_hide: false,
+            shown_types: false,
+        };
+        Ok(self.list_dir_with(dir, what)?.len() <= 2)
     }
 
-    fn list_dir_with(&self, dir: &Arc<Inode>, xwhiteouts_hide: bool) -> FsResult<Vec<DirEntry>> {
+    fn list_dir_with(&self, dir: &Arc<Inode>, what: ListFor) -> FsResult<Vec<DirEntry>> {
         let st = dir.state();
         let mut per_layer = Vec::with_capacity(st.layers.len());
         for p in st.layers.iter() {
-            per_layer.push((p.layer, self.layer_listing(dir, *p, xwhiteouts_hide)?));
+            per_layer.push((p.layer, self.layer_listing(dir, *p, what)?));
         }
         let merged = merge_layers(&per_layer);
         let parent_ino = st.parent_ino();
@@ -183,16 +211,23 @@ impl Overlay {
         }))
     }
 
+    /// The listing of an open directory, each entry with the type stat shows.
+    pub fn readdir(&self, fh: Fh, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        self.listing(fh, offset, true)
+    }
+
     /// The listing of an open directory; built on the first call (offset 0) and kept for
     /// the life of the handle, so that offsets stay meaningful (rewinddir rebuilds it).
-    pub fn readdir(&self, fh: Fh, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+    /// `shown_types`: see `ListFor` (the kernel lists one handle either with READDIR or with
+    /// READDIRPLUS).
+    fn listing(&self, fh: Fh, offset: u64, shown_types: bool) -> FsResult<Arc<Vec<DirEntry>>> {
         let h = self.handles.dir(fh).ok_or(crate::error::Errno::EBADF)?;
         if offset != 0
             && let Some(e) = h.entries.lock().as_ref()
         {
             return Ok(Arc::clone(e));
         }
-        let list = Arc::new(self.list_dir(&h.inode)?);
+        let list = Arc::new(self.list_dir(&h.inode, shown_types)?);
         *h.entries.lock() = Some(Arc::clone(&list));
         Ok(list)
     }
@@ -207,7 +242,7 @@ impl Overlay {
         mut emit: impl FnMut(&DirEntry, u64, &Stat) -> bool,
     ) -> FsResult<()> {
         let h = self.handles.dir(fh).ok_or(crate::error::Errno::EBADF)?;
-        let list = self.readdir(fh, offset)?;
+        let list = self.listing(fh, offset, false)?;
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             let next = (i + 1) as u64;
             if e.name == b"." || e.name == b".." {

@@ -176,9 +176,51 @@ fn merged_listing_has_each_name_once_with_its_type_and_number() {
     }
 }
 
+/// A regular file whose override_stat xattr names another type (containers-storage's
+/// `force_mask` keeps an image's devices and pipes so) is listed with that type, as it is
+/// looked up, in a layer whose root marks it as carrying them; in an unmarked layer the
+/// xattr means nothing and the file is a regular file in both.
+#[test]
+fn listing_gives_the_type_an_override_shows() {
+    const ATTR: &str = "user.containers.override_stat";
+    let s = Scratch::new("readdir_override");
+    let (marked, plain) = (s.dir("marked"), s.dir("plain"));
+    set_xattr(&marked, ATTR, b"0:0:0755:dir");
+    for (name, value) in [
+        ("null", &b"0:0:0666:char-1-3"[..]),
+        ("sda", b"0:6:0660:block-8-1"),
+        ("fifo", b"0:0:0644:pipe"),
+        ("file", b"0:0:0644:file"),
+    ] {
+        file(&marked.join(name), "");
+        set_xattr(&marked.join(name), ATTR, value);
+    }
+    file(&plain.join("ignored"), "");
+    set_xattr(&plain.join("ignored"), ATTR, b"0:0:0666:char-1-3");
+    let ov = open_ro(&s.dir("upper"), &[&marked, &plain]);
+    let q = ov.query();
+    let list = q.list(p("/")).unwrap();
+    assert_eq!(names(&list), ["fifo", "file", "ignored", "null", "sda"]);
+    for e in &list {
+        let name = String::from_utf8_lossy(&e.name).into_owned();
+        let want = match name.as_str() {
+            "null" => libc_dt::CHR,
+            "sda" => libc_dt::BLK,
+            "fifo" => libc_dt::FIFO,
+            _ => libc_dt::REG,
+        };
+        assert_eq!(e.d_type, want, "d_type of {name}");
+        let mode = q.resolve(p(&name)).unwrap().attr.mode;
+        assert_eq!(u32::from(e.d_type), mode >> 12, "stat's type of {name}");
+    }
+}
+
 /// `DT_*` values (from dirent.h), spelled out so the test needs no libc.
 mod libc_dt {
+    pub const FIFO: u8 = 1;
+    pub const CHR: u8 = 2;
     pub const DIR: u8 = 4;
+    pub const BLK: u8 = 6;
     pub const REG: u8 = 8;
     pub const LNK: u8 = 10;
 }

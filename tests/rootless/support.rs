@@ -140,6 +140,41 @@ impl Scratch {
         )
     }
 
+    /// Runs `script` (sh) as root in a private mount namespace where /dev/fuse is a 0666
+    /// node and /etc/fuse.conf says `user_allow_other` (bound over the host's, which is not
+    /// changed), so that a mount the test user makes with `allow_root` serves root: `$U CMD`
+    /// runs CMD as the test user. Same directory and variables as `user`; must succeed.
+    #[allow(dead_code)] // only tests/idmap.rs uses it
+    pub fn root_beside_user_ok(&self, script: &str) -> String {
+        let d = self.dir.display().to_string();
+        std::fs::write(self.dir.join("fuse.conf"), "user_allow_other\n").unwrap();
+        let inner = format!(
+            "cd {d} && OPS='python3 {d}/ops.py' LAYOVER={d}/layover \
+             U='setpriv --reuid={USER} --regid={USER} --init-groups --' \
+             PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME={d} sh -ec '{}'",
+            script.replace('\'', "'\\''")
+        );
+        let outer = format!(
+            "mount --make-rprivate / && mount --bind {d}/fuse /dev/fuse && \
+             mount --bind {d}/fuse.conf /etc/fuse.conf && exec sh -c \"$0\""
+        );
+        let out = Command::new("timeout")
+            .args(["120", "unshare", "-m", "--", "sh", "-c", &outer, &inner])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "script failed (root beside {USER}):\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        stdout
+    }
+
     /// Like `user`, and the script must succeed.
     pub fn user_ok(&self, script: &str) -> String {
         let (ok, out, err) = self.user(script);
