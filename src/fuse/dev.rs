@@ -159,7 +159,10 @@ impl Worker<'_> {
 fn send(fd: BorrowedFd<'_>, unique: u64, answer: Result<Vec<u8>, i32>) {
     let (error, body) = match &answer {
         Ok(b) => (0, &b[..]),
-        Err(e) => (-e, &[][..]),
+        Err(e) => {
+            log::debug!("#{unique}: errno {e}");
+            (-e, &[][..])
+        }
     };
     let mut header = [0u8; 16];
     header[0..4].copy_from_slice(&((16 + body.len()) as u32).to_ne_bytes());

@@ -16,6 +16,12 @@ macro_rules! ops {
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Op { $($variant,)* }
         const NAMES: &[&str] = &[$($name,)*];
+        impl Op {
+            /// The operation's name, as `layover stats` and `-d` give it.
+            pub fn name(self) -> &'static str {
+                NAMES.get(self as usize).copied().unwrap_or("?")
+            }
+        }
     };
 }
 

@@ -176,7 +176,10 @@ fn run_queue(queue: &mut Queue, handler: &Handler) -> io::Result<()> {
             };
             match answer {
                 Ok(bytes) => queue.reply(c.slot, 0, &[&bytes])?,
-                Err(errno) => queue.reply(c.slot, -errno, &[])?,
+                Err(errno) => {
+                    log::debug!("errno {errno}");
+                    queue.reply(c.slot, -errno, &[])?
+                }
             }
         }
     }

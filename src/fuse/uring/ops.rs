@@ -185,6 +185,7 @@ impl Ring {
     /// the errno to answer.
     pub(crate) fn read_source(&self, req: &Request<'_>) -> (Timer<'_>, Result<ReadSource, i32>) {
         let timer = self.ops.start(Op::Read);
+        log::debug!("read (spliced) #{} node {}", req.unique, req.nodeid);
         let fh = Fh(u64_at(req.op_in, 0));
         let (offset, size) = (u64_at(req.op_in, 8), u32_at(req.op_in, 16) as usize);
         let file = self.ov.read_file(fh).map_err(err);
@@ -194,6 +195,7 @@ impl Ring {
     /// FORGET of `nlookup` lookups of node `nodeid` (no reply).
     pub(crate) fn forget(&self, nodeid: u64, nlookup: u64) {
         let _t = self.ops.start(Op::Forget);
+        log::debug!("forget node {nodeid} ({nlookup})");
         self.ov.forget(Ino(nodeid), nlookup);
     }
 
@@ -209,7 +211,18 @@ impl Ring {
     /// ones on open files are in `handle_io`). `dev`: the connection, on which passthrough
     /// backings are registered.
     pub(crate) fn handle(&self, dev: &Arc<OwnedFd>, req: &Request<'_>) -> Answer {
-        let _timer = stat_op(req.opcode).map(|o| self.ops.start(o));
+        let op = stat_op(req.opcode);
+        // `-d`: every request (the reply's errno, if any, follows from `fuse::dev`/the queue).
+        log::debug!(
+            "{} (opcode {}) #{} node {} uid {} pid {}",
+            op.map_or("?", Op::name),
+            req.opcode,
+            req.unique,
+            req.nodeid,
+            req.uid,
+            req.pid
+        );
+        let _timer = op.map(|o| self.ops.start(o));
         if !self.access.allows(req.uid, req.opcode) {
             return Err(libc::EACCES);
         }
