@@ -139,6 +139,8 @@ impl Worker<'_> {
         };
         match pipes.reply_from_file(self.fd, req.unique, file.as_fd(), offset, size) {
             Ok(Spliced::Sent(_)) => {}
+            // A file whose filesystem cannot splice: read through memory.
+            Ok(Spliced::ReadFailed(libc::EINVAL | libc::ENOSYS)) => return false,
             Ok(Spliced::ReadFailed(e)) => send(self.fd, req.unique, Err(e)),
             // The reply may or may not have reached the device; if it did, this second one
             // finds the request gone (ENOENT, ignored).
