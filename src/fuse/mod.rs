@@ -10,6 +10,7 @@
 
 mod convert;
 mod init;
+mod nodeid;
 mod notify;
 mod passthrough;
 mod stats;
@@ -59,6 +60,9 @@ pub struct Fs {
     ops: Arc<OpStats>,
     /// FUSE over io_uring: asked for, granted at INIT.
     uring: Arc<uring::Offer>,
+    /// Kernel node ids and the core's numbers (`nodeid`; aliases are made over io_uring
+    /// only, but FORGET comes through /dev/fuse).
+    ids: Arc<nodeid::NodeIds>,
 }
 
 /// A passthrough backing, registered by the transport that served the open: fuser's over
@@ -82,6 +86,7 @@ impl Fs {
             data: Arc::new(DataPath::new(!cfg.strict_copy_up)),
             ops: Arc::default(),
             uring: Arc::new(uring::Offer::new(cfg.io_uring)),
+            ids: Arc::default(),
         }
     }
 }
@@ -107,6 +112,10 @@ fn open_answer(
         Serve::Busy => {
             ov.release(o.fh);
             return Err(Errno::new(libc::ETXTBSY));
+        }
+        Serve::Stale => {
+            ov.release(o.fh);
+            return Err(Errno::ESTALE);
         }
     };
     if matches!(*b, AnyBacking::Ring(_)) != ring {
@@ -185,7 +194,7 @@ impl Filesystem for Fs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _t = self.ops.start(Op::Forget);
-        self.ov.forget(ino.into(), nlookup);
+        uring::forget(&self.ov, &self.ids, ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

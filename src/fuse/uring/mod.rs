@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-pub(crate) use ops::Ring;
+pub(crate) use ops::{Ring, forget};
 
 pub use crate::sys::uring::{Backing, possible_cpus, uring_enabled};
 pub use abi::Request;

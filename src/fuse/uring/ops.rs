@@ -1,12 +1,19 @@
 //! The operations over io_uring: each request decoded from its ring entry, the overlay core
 //! called once, as `fuse/mod.rs` does for /dev/fuse, with the same conversions (`convert`),
 //! cache times and open rules (`open_answer`, the data path), and the reply encoded. FORGET
-//! and INTERRUPT never come here (the kernel sends them through /dev/fuse).
+//! and INTERRUPT never come here (the kernel sends them through /dev/fuse: `Ring::forget`).
+//!
+//! Node ids: every node id a request names (its header's, RENAME's new directory, LINK's
+//! old node) is mapped to the core's number, and every entry reply names the object's
+//! current node id with st_ino its number (`nodeid`). An open that meets an older backing
+//! on its kernel inode is answered ESTALE after the object got a fresh node id.
 
 use super::abi::{self, Attr, Request, op, u32_at, u64_at};
 use super::{Backing, DEFAULT_SHAPE, Offer};
 use crate::error::Errno;
 use crate::fuse::convert::encode_dev;
+use crate::fuse::nodeid::{NodeId, NodeIds};
+use crate::fuse::passthrough::Serve;
 use crate::fuse::{AnyBacking, Fs, open_answer};
 use crate::handle::Fh;
 use crate::inode::{Ino, ROOT_INO};
@@ -71,6 +78,9 @@ pub(crate) struct Ring {
     offer: Arc<Offer>,
     /// The same per-operation request statistics as the /dev/fuse side (`layover stats`).
     ops: Arc<OpStats>,
+    /// Node ids and the core's numbers (shared with the /dev/fuse side's FORGET and with
+    /// the kernel-cache notifications).
+    ids: Arc<NodeIds>,
 }
 
 impl Fs {
@@ -83,6 +93,7 @@ impl Fs {
             max_write: super::super::max_write(self.max_write),
             offer: Arc::clone(&self.uring),
             ops: Arc::clone(&self.ops),
+            ids: Arc::clone(&self.ids),
         }
     }
 }
@@ -123,8 +134,18 @@ impl Ring {
         Ok(())
     }
 
-    fn attr_ttl(&self, ino: u64) -> Duration {
-        if Ino(ino) == ROOT_INO {
+    /// The node ids (for the kernel-cache notifications).
+    pub(crate) fn node_ids(&self) -> Arc<NodeIds> {
+        Arc::clone(&self.ids)
+    }
+
+    /// FORGET (through /dev/fuse): `nlookup` lookups of the kernel inode `nodeid` are gone.
+    pub(crate) fn forget(&self, nodeid: u64, nlookup: u64) {
+        forget(&self.ov, &self.ids, nodeid, nlookup);
+    }
+
+    fn attr_ttl(&self, ino: Ino) -> Duration {
+        if ino == ROOT_INO {
             self.ttl.min(super::super::ROOT_ATTR_TTL)
         } else {
             self.ttl
@@ -135,11 +156,12 @@ impl Ring {
     /// ones on open files are in `handle_io`).
     fn handle(&self, dev: &Arc<OwnedFd>, req: &Request<'_>) -> Answer {
         let _timer = stat_op(req.opcode).map(|o| self.ops.start(o));
-        let ino = Ino(req.nodeid);
+        let node = NodeId(req.nodeid);
+        let ino = self.ids.ino(node);
         let mut out = Vec::new();
         match req.opcode {
             op::LOOKUP => match self.ov.lookup(ino, name(req, 0)?) {
-                Ok(e) => abi::entry_out(&mut out, e.attr.ino, &attr(&e.attr), self.ttl),
+                Ok(e) => return Ok(self.entry(&e)),
                 // A negative entry the kernel may cache: names only appear through us.
                 Err(e) if e == Errno::ENOENT => {
                     abi::entry_out(&mut out, 0, &Attr::default(), self.ttl)
@@ -149,11 +171,11 @@ impl Ring {
             op::GETATTR => {
                 let fh = (u32_at(req.op_in, 0) & 1 != 0).then(|| Fh(u64_at(req.op_in, 8)));
                 let st = self.ov.getattr(ino, fh).map_err(err)?;
-                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(req.nodeid));
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino));
             }
             op::SETATTR => {
                 let st = self.ov.setattr(ino, setattr(req.op_in)).map_err(err)?;
-                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(req.nodeid));
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino));
             }
             op::READLINK => return self.ov.readlink(ino).map_err(err),
             op::SYMLINK | op::MKNOD | op::MKDIR => return self.make(req),
@@ -165,7 +187,7 @@ impl Ring {
                 } else {
                     0
                 };
-                let to = Ino(u64_at(req.op_in, 0));
+                let to = self.ids.ino(NodeId(u64_at(req.op_in, 0)));
                 let (from_name, to_name) = (name(req, 0)?, name(req, 1)?);
                 self.ov
                     .rename(ino, from_name, to, to_name, flags)
@@ -174,7 +196,11 @@ impl Ring {
             op::LINK => {
                 let e = self
                     .ov
-                    .link(Ino(u64_at(req.op_in, 0)), ino, name(req, 0)?)
+                    .link(
+                        self.ids.ino(NodeId(u64_at(req.op_in, 0))),
+                        ino,
+                        name(req, 0)?,
+                    )
                     .map_err(err)?;
                 return Ok(self.entry(&e));
             }
@@ -185,7 +211,7 @@ impl Ring {
                     .open(ino, flags, self.data.open_opts())
                     .map_err(err)?;
                 let fh = o.fh;
-                self.answer_open(dev, &o, &mut out)
+                self.answer_open(dev, node, &o, &mut out)
                     .inspect_err(|_| log::debug!("open {fh:?} refused"))?;
             }
             op::CREATE => return self.create(dev, req),
@@ -197,7 +223,7 @@ impl Ring {
     /// The operations on open files and directories, xattrs and the rest (long: one short
     /// arm per operation).
     fn handle_io(&self, req: &Request<'_>) -> Answer {
-        let ino = Ino(req.nodeid);
+        let ino = self.ids.ino(NodeId(req.nodeid));
         let fh = Fh(u64_at(req.op_in, 0));
         let mut out = Vec::new();
         match req.opcode {
@@ -297,15 +323,17 @@ impl Ring {
         Ok(out)
     }
 
+    /// An entry reply: the object's current node id, counted as a lookup of it.
     fn entry(&self, e: &Entry) -> Vec<u8> {
         let mut out = Vec::with_capacity(abi::ENTRY_OUT_SIZE + abi::OPEN_OUT_SIZE);
-        abi::entry_out(&mut out, e.attr.ino, &attr(&e.attr), self.ttl);
+        let node = self.ids.entry(e.ino());
+        abi::entry_out(&mut out, node.0, &attr(&e.attr), self.ttl);
         out
     }
 
     /// SYMLINK, MKNOD, MKDIR.
     fn make(&self, req: &Request<'_>) -> Answer {
-        let parent = Ino(req.nodeid);
+        let parent = self.ids.ino(NodeId(req.nodeid));
         let n = name(req, 0)?;
         let (what, umask) = match req.opcode {
             op::SYMLINK => (
@@ -342,7 +370,7 @@ impl Ring {
         let (e, o) = self
             .ov
             .create_file(
-                Ino(req.nodeid),
+                self.ids.ino(NodeId(req.nodeid)),
                 name(req, 0)?,
                 mode,
                 flags,
@@ -351,20 +379,35 @@ impl Ring {
             )
             .map_err(err)?;
         let mut out = self.entry(&e);
-        self.answer_open(dev, &o, &mut out)?;
+        let node = NodeId(u64_at(&out, 0));
+        // A new file has no older backing; if it had, the kernel takes neither the entry
+        // nor its lookup.
+        self.answer_open(dev, node, &o, &mut out)
+            .inspect_err(|_| self.forget(node.0, 1))?;
         Ok(out)
     }
 
-    /// The `fuse_open_out` of an open the core made: passthrough with a backing this
-    /// transport registers, or not, as the data path decides (`open_answer`).
+    /// The `fuse_open_out` of an open the core made through kernel inode `node`:
+    /// passthrough with a backing this transport registers, or not, as the data path
+    /// decides (`open_answer`). Under an older backing (`Serve::Stale`) the object gets a
+    /// fresh node id and the open ESTALE: the kernel walks the path again with LOOKUP_REVAL,
+    /// its LOOKUP gets the new node id, and the retried open reaches a new kernel inode.
     fn answer_open(
         &self,
         dev: &Arc<OwnedFd>,
+        node: NodeId,
         o: &crate::overlay::Opened,
         out: &mut Vec<u8>,
     ) -> Result<(), i32> {
         let make = || Backing::open(dev, o.fd.as_fd()).map(AnyBacking::Ring);
-        let serve = self.data.begin(o, make);
+        let serve = self.data.begin_at(node, o, make);
+        if matches!(serve, Serve::Stale) {
+            let fresh = self.ids.renew(o.ino, node);
+            log::debug!(
+                "open of {} through node id {node} under an older backing: ESTALE, node id {fresh} from now on",
+                o.ino
+            );
+        }
         let (flags, b) = open_answer(&self.ov, &self.data, o, serve, true).map_err(err)?;
         let id = match b.as_deref() {
             Some(AnyBacking::Ring(b)) => b.id(),
@@ -398,12 +441,28 @@ impl Ring {
                 if full > size {
                     return true;
                 }
-                abi::entry_out(&mut out, e.ino.0, &attr(st), ttl);
+                // "." and ".." take no lookup (and are directories: never an alias).
+                let node = if e.name == b"." || e.name == b".." {
+                    e.ino.0
+                } else {
+                    self.ids.entry(e.ino).0
+                };
+                abi::entry_out(&mut out, node, &attr(st), ttl);
                 let t = (st.mode & libc::S_IFMT) >> 12;
                 !abi::dirent(&mut out, size, (st.ino, next, t, &e.name[..]))
             })
             .map_err(err)?;
         Ok(out)
+    }
+}
+
+/// FORGET of `nlookup` lookups of the kernel inode `nodeid`: the alias's count here, the
+/// object's in the core.
+pub(crate) fn forget(ov: &Overlay, ids: &NodeIds, nodeid: u64, nlookup: u64) {
+    let ino = ids.forget(NodeId(nodeid), nlookup);
+    ov.forget(ino, nlookup);
+    if ids.aliases() != 0 && ov.inodes.get(ino).is_none() {
+        ids.gone(ino);
     }
 }
 
