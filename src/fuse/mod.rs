@@ -48,7 +48,7 @@ pub struct Fs {
     /// Ask for passthrough at INIT, or why not (`init::passthrough_wish`).
     want_passthrough: Result<(), &'static str>,
     max_write: Option<u32>,
-    /// `strict_copy_up` (the default; off with `strict_copy_up=0`): lower files opened
+    /// `strict_copy_up=1` (off by default): lower files opened
     /// read-only are not passthrough.
     strict_copy_up: bool,
     /// Ask for POSIX ACLs at INIT (not with `noacl`).
