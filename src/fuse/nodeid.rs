@@ -90,16 +90,27 @@ impl NodeIds {
         node
     }
 
+    /// Whether `node` is the node id entry replies name for `ino` now.
+    pub fn is_current(&self, ino: Ino, node: NodeId) -> bool {
+        if self.live.load(Ordering::Acquire) == 0 {
+            return node == NodeId::of(ino);
+        }
+        node == Self::current(&self.maps.lock(), ino)
+    }
+
+    fn current(m: &Maps, ino: Ino) -> NodeId {
+        m.of_ino
+            .get(&ino)
+            .and_then(|v| v.last().copied())
+            .unwrap_or(NodeId::of(ino))
+    }
+
     /// Gives `ino` a fresh node id for its next entry replies, unless the kernel inode
     /// `seen` (which an open came through) is already not the current one: then a re-lookup
     /// gets a different node id anyway. The alias starts with no lookups.
     pub fn renew(&self, ino: Ino, seen: NodeId) -> NodeId {
         let mut m = self.maps.lock();
-        let current = m
-            .of_ino
-            .get(&ino)
-            .and_then(|v| v.last().copied())
-            .unwrap_or(NodeId::of(ino));
+        let current = Self::current(&m, ino);
         if current != seen {
             return current;
         }
@@ -206,6 +217,7 @@ mod tests {
         assert!(a.0 >= ALIAS_BASE);
         // A second open through the old inode does not make another alias.
         assert_eq!(ids.renew(Ino(42), NodeId(42)), a);
+        assert!(ids.is_current(Ino(42), a) && !ids.is_current(Ino(42), NodeId(42)));
         assert_eq!(ids.entry(Ino(42)), a);
         assert_eq!(ids.entry(Ino(42)), a);
         assert_eq!(ids.ino(a), Ino(42));

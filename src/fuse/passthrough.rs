@@ -29,12 +29,13 @@ pub enum Serve<B> {
     /// since), still held by opens made before the copy-up, and the kernel wants every
     /// passthrough open of the inode to name it (another: EBUSY). Nothing is recorded: the
     /// transport answers ESTALE and gives the object a fresh node id (`nodeid`), so that
-    /// the kernel's retry opens a new kernel inode. Only `begin_at` answers this.
+    /// the kernel's retry opens a new kernel inode. Only `begin_at(.., renewable: true)`.
     Stale,
-    /// For a transport that cannot give a fresh node id (fuser's /dev/fuse loop, going
-    /// away): a read-only open under an older backing names it, as the kernel wants, but its
-    /// reads and writes go through the daemon (FOPEN_DIRECT_IO), which serves the current
-    /// copy; only an mmap of it maps the backing (the older copy).
+    /// A read-only open under an older backing that a fresh node id cannot help (the
+    /// object has one already, and the open still came through the older kernel inode: a
+    /// reopen through /proc/PID/fd, or a transport that cannot name node ids): it names the
+    /// backing, as the kernel wants, but its reads go through the daemon (FOPEN_DIRECT_IO),
+    /// which serves the current copy; only an mmap of it maps the backing (the older copy).
     Direct(Arc<B>),
     /// The same, for an open for writing: refused (ETXTBSY). It would need a backing of its
     /// own, which the kernel refuses (EBUSY), and naming the lower one makes the kernel open
@@ -135,26 +136,17 @@ impl<B> DataPath<B> {
         o: &Opened,
         make: impl FnOnce() -> Result<B, E>,
     ) -> Serve<B> {
-        self.start(NodeId::of(o.ino), o, make, false)
+        self.begin_at(NodeId::of(o.ino), o, make, false)
     }
 
     /// Records an open through the kernel inode `node` and says how to serve it. `make` opens
     /// a backing (a syscall, run without any lock); if the kernel refuses it, passthrough is
     /// off for the rest of the mount (only for lower files when it was one: a lower layer may
-    /// sit on a filesystem the kernel does not stack on). After `Serve::Stale` nothing is
-    /// recorded: the caller closes the core's handle.
+    /// sit on a filesystem the kernel does not stack on). Under an older backing:
+    /// `renewable` (a fresh node id would help), `Stale`; else `Direct` for a read-only open
+    /// and `Busy` for one that writes. After `Stale` and `Busy` nothing is recorded: the
+    /// caller closes the core's handle.
     pub fn begin_at<E: std::fmt::Display>(
-        &self,
-        node: NodeId,
-        o: &Opened,
-        make: impl FnOnce() -> Result<B, E>,
-    ) -> Serve<B> {
-        self.start(node, o, make, true)
-    }
-
-    /// `begin_at`; `renewable`: the transport can give the object a fresh node id (`Stale`),
-    /// else `Direct` or `Busy`.
-    fn start<E: std::fmt::Display>(
         &self,
         node: NodeId,
         o: &Opened,
@@ -383,28 +375,43 @@ mod tests {
         let (old, fresh) = (NodeId(5), NodeId(crate::fuse::nodeid::ALIAS_BASE));
         // A reader of the lower file (generation 0) holds the lower backing.
         let reader = opened(1, 5, false);
-        assert_eq!(d.begin_at(old, &reader, || Ok::<_, String>(7)), pt(7));
+        assert_eq!(d.begin_at(old, &reader, || Ok::<_, String>(7), true), pt(7));
         // Copied up (generation 1): through the old kernel inode a writer and a reader are
         // both stale, and leave nothing behind ...
         for (fh, writes) in [(2, true), (3, false)] {
             let o = open_of(fh, 5, true, 1, writes);
-            assert_eq!(d.begin_at(old, &o, || Ok::<_, String>(8)), Serve::Stale);
+            assert_eq!(
+                d.begin_at(old, &o, || Ok::<_, String>(8), true),
+                Serve::Stale
+            );
             assert!(!d.opens.contains_key(&Fh(fh)));
         }
         // ... and through a fresh node id (a new kernel inode) they get the copy's backing,
         // beside the older reader's.
         let w = open_of(4, 5, true, 1, true);
-        assert_eq!(d.begin_at(fresh, &w, || Ok::<_, String>(9)), pt(9));
+        assert_eq!(d.begin_at(fresh, &w, || Ok::<_, String>(9), true), pt(9));
         let r = open_of(5, 5, true, 1, false);
-        assert_eq!(d.begin_at(fresh, &r, || Ok::<_, String>(10)), pt(9));
+        assert_eq!(d.begin_at(fresh, &r, || Ok::<_, String>(10), true), pt(9));
         assert_eq!(d.backings.map.len(), 2);
-        for fh in [1, 4, 5] {
+        for fh in [4, 5] {
             d.release(Fh(fh));
         }
+        // A reader that comes back through the old kernel inode (a reopen through
+        // /proc/PID/fd) when a fresh one exists is served by the daemon, naming the backing.
+        let back = open_of(7, 5, true, 1, false);
+        let serve = d.begin_at(old, &back, || Ok::<_, String>(12), false);
+        assert_eq!(serve, Serve::Direct(Arc::new(7)));
+        d.release(Fh(7));
+        d.release(Fh(1));
         assert!(d.backings.map.is_empty() && d.modes.map.is_empty());
         // Once the older opens are closed the old kernel inode serves the copy too.
         assert_eq!(
-            d.begin_at(old, &open_of(6, 5, true, 1, true), || Ok::<_, String>(11)),
+            d.begin_at(
+                old,
+                &open_of(6, 5, true, 1, true),
+                || Ok::<_, String>(11),
+                true
+            ),
             pt(11)
         );
     }

@@ -400,7 +400,11 @@ impl Ring {
         out: &mut Vec<u8>,
     ) -> Result<(), i32> {
         let make = || Backing::open(dev, o.fd.as_fd()).map(AnyBacking::Ring);
-        let serve = self.data.begin_at(node, o, make);
+        // A writer always gets a fresh node id; a reader only if the object has none newer
+        // than the one it came through (else it came back through the older kernel inode:
+        // it is served, by the daemon, `Serve::Direct`).
+        let renewable = o.writes || self.ids.is_current(o.ino, node);
+        let serve = self.data.begin_at(node, o, make, renewable);
         if matches!(serve, Serve::Stale) {
             let fresh = self.ids.renew(o.ino, node);
             log::debug!(
