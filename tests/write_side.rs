@@ -83,9 +83,9 @@ impl T {
     }
 
     /// [`T::mount`] with layover's `strict_copy_up=1`: for tests that read, after a copy-up,
-    /// through a descriptor opened read-only before it, and compare with the kernel (Linux
-    /// >= 4.19 reads the copy; by default layover's descriptor keeps reading the lower copy:
-    /// see `reader_opened_before_copy_up_keeps_the_lower_copy`).
+    /// through a descriptor opened read-only before it, and compare with the kernel (which
+    /// reads the copy since Linux 4.19; by default layover's descriptor keeps reading the
+    /// lower copy: see `reader_opened_before_copy_up_keeps_the_lower_copy`).
     fn mount_strict(env: TestEnv) -> T {
         age_tree(&env.path("src"), OLD);
         T::mount_layover_opts(env, vec!["strict_copy_up=1"])
