@@ -1726,6 +1726,13 @@ out.append(("new_read", rd(n)))
 same = os.fstat(r).st_ino == os.fstat(n).st_ino == os.stat(m + "/f").st_ino
 out.append(("same_ino", same))
 out.append(("reopen_old", err(lambda: rd(os.open("/proc/self/fd/%d" % r, os.O_RDONLY)))))
+def link_and_move():
+    os.link(m + "/f", m + "/f-link")
+    os.rename(m + "/f-link", m + "/f-moved")
+    return rd(os.open(m + "/f-moved", os.O_RDONLY))
+out.append(("linked_copy", err(link_and_move)))
+out.append(("linked_copy_ino", os.stat(m + "/f-moved").st_ino == os.stat(m + "/f").st_ino))
+out.append(("linked_copy_nlink", os.stat(m + "/f").st_nlink))
 h = os.open(m + "/h", os.O_RDONLY)
 rd(h)
 out.append(("link_writer", err(lambda: write(m + "/h2", b"X", 0))))
@@ -1793,8 +1800,10 @@ fn live_inodes(t: &T) -> u64 {
 /// ESTALE and the kernel's retry reaches a fresh node id; it used to fail with ETXTBSY), new
 /// descriptors read the copy, fstat through the old descriptor shows the copy's size and the
 /// st_ino of the path, an mmap of the old descriptor maps the lower copy on both, and its
-/// reopen through /proc/self/fd reads the copy. Hard links: the names of a lower hard link
-/// stay one file in layover (the documented difference, docs/semantics.md). Once everything
+/// reopen through /proc/self/fd reads the copy; a hard link made to the copy while the old
+/// descriptor lives (LINK names the fresh node id) is the copy. Hard links: the names of a
+/// lower hard link stay one file in layover (the documented difference, docs/semantics.md,
+/// "Hard links of a lower file"; the kernel breaks the link at copy-up). Once everything
 /// is closed and the kernel has dropped its caches, the daemon's inode count is back to its
 /// base (the fresh node id was forgotten). Without passthrough (`passthrough=off` in
 /// `$LAYOVER_TEST_OPTS`, or no root) the old descriptor reads the copy, as on the kernel.
@@ -1830,6 +1839,9 @@ fn reader_opened_before_copy_up_keeps_the_lower_copy() {
         ("new_read", new.as_str()),
         ("same_ino", "True"),
         ("reopen_old", new.as_str()),
+        ("linked_copy", new.as_str()),
+        ("linked_copy_ino", "True"),
+        ("linked_copy_nlink", "2"),
         ("link_writer", "ok"),
         ("link_new_read", written.as_str()),
         ("truncated_new_read", "746f20"),
