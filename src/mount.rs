@@ -497,7 +497,7 @@ pub fn run(cfg: Config, privilege: &Privilege) -> Result<(), StartupError> {
     } else {
         None
     };
-    kernel_cache.connect(session.notifier());
+    kernel_cache.connect(session.notifier(), ring.node_ids());
     // After the fork above: the workers and the queues are threads. Until the queues are all
     // registered (and if they fail) requests come through /dev/fuse.
     let workers = match ring.start(session.as_fd(), threads(&cfg)) {

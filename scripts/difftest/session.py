@@ -46,6 +46,16 @@ def hard_linked(res, path):
     return isinstance(st, dict) and st.get("t") != "d" and st.get("nlink", 1) > 1
 
 
+# Ops that open a read-only descriptor of their path "p" and read through it after the file
+# may have been copied up ("open" with O_RDONLY|O_TRUNC: FUSE sends the truncation after the
+# open); "fdopen" keeps it in a slot for "fdread"/"fdstat".
+READER_OPS = ("stale", "open", "fdopen")
+
+
+def read_only(op):
+    return op["op"] == "stale" or "RDONLY" in op.get("flags", ())
+
+
 class Hang(Exception):
     pass
 
@@ -294,6 +304,30 @@ class Case:
         self.K = Side("kernel", "kernel", os.path.join(self.base, "k"), spec)
         self.L = Side("layover", opts.impl, os.path.join(self.base, "o"), spec)
         self.extra = []
+        # slot -> whether its descriptor was opened read-only on a lower file (see
+        # lower_reader)
+        self.lower_slots = {}
+
+    def lower_file(self, path):
+        """Whether the kernel side's path is a regular file in a lower layer that the upper
+        does not hold (yet): a read-only descriptor of it is one layover serves from the lower
+        file (the shared page cache, its default), which keeps reading the lower copy after
+        a copy-up, where the kernel (>= 4.19) reads the copy."""
+        if not isinstance(path, str) or os.path.lexists(os.path.join(self.K.paths["upper"], path)):
+            return False
+        for low in self.K.paths["lowers"]:
+            try:
+                return stat.S_ISREG(os.lstat(os.path.join(low, path)).st_mode)
+            except OSError:
+                continue
+        return False
+
+    def lower_reader(self, op, lower_before):
+        """Whether a divergence of op is the documented class ":lower-reader" (known.txt): a
+        read through a descriptor opened read-only on a lower file, before its copy-up."""
+        if op["op"] in ("fdread", "fdstat"):
+            return self.lower_slots.get(op.get("slot"), False)
+        return op["op"] in ("stale", "open") and lower_before and read_only(op)
 
     def both(self, msg, timeout):
         """Sends msg to both executors and returns both answers (the kernel's first)."""
@@ -358,7 +392,12 @@ class Case:
             op = ops[i] if ops is not None else gen.next(tree)
             out.ops.append(op)
             out.nops = i + 1
+            lower_before = op["op"] in READER_OPS and self.lower_file(op.get("p"))
             rk, rl = self.both({"cmd": "op", "op": op}, opts.timeout)
+            if op["op"] == "fdopen":
+                self.lower_slots[op["slot"]] = lower_before and read_only(op) and "ok" in rk
+            elif op["op"] == "fdclose":
+                self.lower_slots.pop(op.get("slot"), None)
             if rl in (Hang, Dead):
                 return self.fail_side(out, "hang" if rl is Hang else "crash", i, op, "op")
             if op["op"] == "listdir":
@@ -382,6 +421,8 @@ class Case:
                 sig = op_signature(op, rk, rl) + (":same-file" if same_file else "")
                 if isinstance(op.get("p"), str) and hard_linked(rk, op["p"]):
                     sig += ":hardlinked"
+                if self.lower_reader(op, lower_before):
+                    sig += ":lower-reader"
                 return out.diverge("op", sig, i, op=op, kernel=rk, layover=rl)
             if gen and op["op"] in NAME_CHANGING:
                 tree = self.K.exe.call({"cmd": "walk"}, 60)

@@ -72,12 +72,12 @@ pub struct Config {
     /// Serve requests over FUSE over io_uring when the kernel offers it (`io_uring=1`, the
     /// default; it needs the fuse module's `enable_uring` parameter), else over /dev/fuse.
     pub io_uring: bool,
-    /// `strict_copy_up` (the default; `strict_copy_up=0` turns it off): lower files opened
-    /// read-only are read through the daemon, so that a descriptor opened before a copy-up
-    /// reads the copy afterwards (Linux >= 4.19), at the cost of a page-cache copy per mount.
-    /// Off: they are FUSE passthrough from the lower file, whose page cache every mount
-    /// shares, and while such a descriptor is open the file cannot be opened for writing
-    /// (ETXTBSY).
+    /// `strict_copy_up=1` (off by default): lower files opened read-only are read through
+    /// the daemon, so that a descriptor opened before a copy-up reads the copy afterwards
+    /// (Linux >= 4.19), at the cost of a page-cache copy per mount. Off: they are FUSE
+    /// passthrough from the lower file, whose page cache every mount shares, and such a
+    /// descriptor keeps reading the lower copy after a copy-up (Linux < 4.19); the copy is
+    /// opened through a new kernel inode (docs/design.md, "Node ids").
     pub strict_copy_up: bool,
     /// Unmount the mount if the daemon dies (`auto_unmount`, the default; `noauto_unmount`
     /// leaves a dead mount in place, as libfuse does without `auto_unmount`).
@@ -295,7 +295,7 @@ impl Config {
             threads: o.daemon.threads,
             passthrough: o.daemon.passthrough != Some(false),
             io_uring: o.daemon.io_uring != Some(false),
-            strict_copy_up: o.daemon.strict_copy_up != Some(false),
+            strict_copy_up: o.daemon.strict_copy_up == Some(true),
             auto_unmount: o.daemon.auto_unmount != Some(false),
             acl: !o.layers.noacl,
             unknown: o.unknown,

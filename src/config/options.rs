@@ -384,7 +384,7 @@ pub const DAEMON_KEYS: &[Key] = &[
     Key {
         name: "strict_copy_up",
         value: Some("0|1"),
-        help: "1 (default): a file opened read-only before its copy-up reads the copy afterwards (Linux >= 4.19), at a page-cache copy of lower files per mount; 0: share the lower files' page cache, but while a reader opened before a copy-up lives, opens for writing get ETXTBSY and that reader keeps reading the lower copy",
+        help: "0 (default): lower files opened read-only are passthrough from the lower file, whose page cache every mount shares, and a descriptor opened read-only before the file's copy-up keeps reading the lower copy (Linux < 4.19); 1: such a descriptor reads the copy afterwards (Linux >= 4.19), at a page-cache copy of lower files per mount",
         apply: |o, v| {
             o.daemon.strict_copy_up = Some(bool_value("strict_copy_up", v)?);
             Ok(())

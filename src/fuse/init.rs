@@ -38,9 +38,9 @@ pub struct Wanted {
     /// The merged view cannot be written (no writes to cache).
     pub read_only: bool,
     /// There is an upper layer (passthrough then covers files in it, and lower files opened
-    /// read-only with `strict_copy_up=0`).
+    /// read-only unless `strict_copy_up`).
     pub has_upper: bool,
-    /// `strict_copy_up` (the default): lower files are read through the daemon.
+    /// `strict_copy_up=1`: lower files are read through the daemon.
     pub strict_copy_up: bool,
     /// Ask for FUSE_POSIX_ACL (not with `noacl`).
     pub acl: bool,
@@ -181,9 +181,9 @@ fn describe(p: &Plan, want: &Wanted, why_not: &str) -> String {
             if !want.has_upper {
                 " and, as the mount is read-only, of every file"
             } else if want.strict_copy_up {
-                " (strict_copy_up: lower files are read through the daemon)"
+                " (strict_copy_up=1: lower files are read through the daemon)"
             } else {
-                " and of lower files opened read-only (strict_copy_up=0: shared page cache)"
+                " and of lower files opened read-only (their page cache shared with the lower)"
             }
         )
     } else if want.read_only {

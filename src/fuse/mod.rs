@@ -10,6 +10,7 @@
 
 mod dev;
 mod init;
+mod nodeid;
 mod notify;
 mod passthrough;
 mod stats;
@@ -36,7 +37,7 @@ pub struct Fs {
     /// Ask for passthrough at INIT, or why not (`init::passthrough_wish`).
     want_passthrough: Result<(), &'static str>,
     max_write: Option<u32>,
-    /// `strict_copy_up` (the default; off with `strict_copy_up=0`): lower files opened
+    /// `strict_copy_up=1` (off by default): lower files opened
     /// read-only are not passthrough.
     strict_copy_up: bool,
     /// Ask for POSIX ACLs at INIT (not with `noacl`).
@@ -50,6 +51,8 @@ pub struct Fs {
     uring: Arc<uring::Offer>,
     /// Who besides the owner may make requests (`allow_root`, `allow_other`).
     access: uring::Access,
+    /// Kernel node ids and the core's numbers (`nodeid`).
+    ids: Arc<nodeid::NodeIds>,
 }
 
 impl Fs {
@@ -66,6 +69,7 @@ impl Fs {
             ops: Arc::default(),
             uring: Arc::new(uring::Offer::new(cfg.io_uring)),
             access: uring::Access::new(crate::sys::geteuid(), cfg.allow_root, cfg.allow_other),
+            ids: Arc::default(),
         }
     }
 }
@@ -85,9 +89,9 @@ fn open_answer(
         Serve::Direct(b) => (FOPEN_NOFLUSH | FOPEN_DIRECT_IO, b),
         // The page cache stays valid across opens: every change goes through this mount.
         Serve::Cached => return Ok((FOPEN_KEEP_CACHE | FOPEN_NOFLUSH, None)),
-        Serve::Busy => {
+        Serve::Stale => {
             ov.release(o.fh);
-            return Err(Errno::new(libc::ETXTBSY));
+            return Err(Errno::ESTALE);
         }
     };
     Ok((flags | FOPEN_PASSTHROUGH, Some(b)))

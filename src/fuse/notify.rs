@@ -1,6 +1,8 @@
 //! Telling the kernel that its caches are stale (FUSE notifications): the transport's side
-//! of the core's `KernelCache`.
+//! of the core's `KernelCache`. The kernel names its inodes by node id: a notification about
+//! an object goes to each of its node ids (`nodeid`).
 
+use super::nodeid::NodeIds;
 use crate::inode::Ino;
 use crate::overlay::KernelCache;
 use std::ffi::OsStr;
@@ -15,10 +17,11 @@ use std::sync::{Arc, OnceLock};
 pub struct KernelCacheLink(Arc<OnceLock<KernelNotifier>>);
 
 impl KernelCacheLink {
-    /// Attaches the live session's notifier (once; a second call is ignored).
-    pub fn connect(&self, notifier: fuser::Notifier) {
+    /// Attaches the live session's notifier and the transport's node ids (once; a second
+    /// call is ignored).
+    pub(crate) fn connect(&self, notifier: fuser::Notifier, ids: Arc<NodeIds>) {
         if self.0.get().is_none() {
-            let _ = self.0.set(KernelNotifier::start(notifier)); // set once, at mount
+            let _ = self.0.set(KernelNotifier::start(notifier, ids)); // set once, at mount
         }
     }
 }
@@ -43,19 +46,23 @@ impl KernelCache for KernelCacheLink {
 struct KernelNotifier {
     notifier: fuser::Notifier,
     entries: Sender<(Ino, Vec<u8>)>,
+    ids: Arc<NodeIds>,
 }
 
 impl KernelNotifier {
-    fn start(notifier: fuser::Notifier) -> KernelNotifier {
+    fn start(notifier: fuser::Notifier, ids: Arc<NodeIds>) -> KernelNotifier {
         let (tx, rx) = channel::<(Ino, Vec<u8>)>();
         let n2 = notifier.clone();
+        let ids2 = Arc::clone(&ids);
         let spawned = std::thread::Builder::new()
             .name("inval".into())
             .spawn(move || {
                 for (parent, name) in rx {
                     let name = OsStr::from_bytes(&name);
-                    if let Err(e) = n2.inval_entry(fuser::INodeNo(parent.0), name) {
-                        log::debug!("inval_entry({parent}, {name:?}): {e}");
+                    for node in ids2.all(parent) {
+                        if let Err(e) = n2.inval_entry(fuser::INodeNo(node.0), name) {
+                            log::debug!("inval_entry({node}, {name:?}): {e}");
+                        }
                     }
                 }
             });
@@ -67,13 +74,16 @@ impl KernelNotifier {
         KernelNotifier {
             notifier,
             entries: tx,
+            ids,
         }
     }
 
     fn inval_attr(&self, ino: Ino) {
         // Only attributes (offset -1): never waits on page locks a request may hold.
-        if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(ino.0), -1, 0) {
-            log::debug!("inval_inode({ino}): {e}");
+        for node in self.ids.all(ino) {
+            if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(node.0), -1, 0) {
+                log::debug!("inval_inode({node}): {e}");
+            }
         }
     }
 

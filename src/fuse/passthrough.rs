@@ -5,9 +5,13 @@
 //! one inode (ETXTBSY), refuses any open without FOPEN_PASSTHROUGH while the inode has a
 //! backing (EIO), and wants one backing per inode, shared by its passthrough opens (EBUSY
 //! for another).
+//!
+//! All of it is per *kernel* inode, so it is keyed by node id (`NodeId`), not by the core's
+//! number: an object given a fresh node id (`nodeid`) gets a fresh kernel inode, without the
+//! older one's backing or open modes.
 
+use super::nodeid::NodeId;
 use crate::handle::Fh;
-use crate::inode::Ino;
 use crate::overlay::{OpenOpts, Opened};
 pub use crate::stats::DataPathReport;
 use dashmap::DashMap;
@@ -21,17 +25,18 @@ pub enum Serve<B> {
     Cached,
     /// Passthrough: the kernel reads and writes the backing file itself.
     Passthrough(Arc<B>),
-    /// The inode's backing is an older copy of its data (a lower file, copied up since),
-    /// still held by opens made before the copy-up. The kernel wants this open to name it
-    /// too, but its reads and writes go through the daemon (FOPEN_DIRECT_IO), which serves
-    /// the current copy; only an mmap of it maps the backing (the older copy).
+    /// The kernel inode's backing is an older copy of the data (a lower file, copied up
+    /// since), still held by opens made before the copy-up, and the kernel wants every
+    /// passthrough open of the inode to name it (another: EBUSY). Nothing is recorded: the
+    /// transport answers ESTALE and gives the object a fresh node id (`nodeid`), so that
+    /// the kernel's retry opens a new kernel inode. Only `begin_at(.., renewable: true)`.
+    Stale,
+    /// A read-only open under an older backing that a fresh node id cannot help (the
+    /// object has one already, and the open still came through the older kernel inode: a
+    /// reopen through /proc/PID/fd, or a transport that cannot name node ids): it names the
+    /// backing, as the kernel wants, but its reads go through the daemon (FOPEN_DIRECT_IO),
+    /// which serves the current copy; only an mmap of it maps the backing (the older copy).
     Direct(Arc<B>),
-    /// Refused (ETXTBSY): an open for writing while older opens read a lower copy through
-    /// the kernel. Such an open would need a backing of its own, which the kernel refuses
-    /// (EBUSY), and naming the lower one makes the kernel open the lower file for writing:
-    /// EIO on the read-only clone of a lower layer, and on a writable one a shared writable
-    /// mmap would write the lower file.
-    Busy,
 }
 
 /// The data path negotiated at INIT, and the bookkeeping of passthrough opens.
@@ -49,8 +54,9 @@ pub struct DataPath<B> {
     /// INIT's decision in one sentence (`init::Granted::summary`), for `layover stats`.
     summary: OnceLock<String>,
     modes: IoModes,
-    /// Every open file while passthrough is granted: its inode and whether it is passthrough.
-    opens: DashMap<Fh, (Ino, bool)>,
+    /// Every open file while passthrough is granted: its kernel inode and whether it is
+    /// passthrough.
+    opens: DashMap<Fh, (NodeId, bool)>,
     backings: Backings<B>,
 }
 
@@ -118,15 +124,19 @@ impl<B> DataPath<B> {
         }
     }
 
-    /// Records an open and says how to serve it. `make` opens a backing (a syscall, run
-    /// without any lock); if the kernel refuses it, passthrough is off for the rest of the
-    /// mount (only for lower files when it was one: a lower layer may sit on a filesystem the
-    /// kernel does not stack on). After `Serve::Busy` nothing is recorded: the caller closes
+    /// Records an open through the kernel inode `node` and says how to serve it. `make` opens
+    /// a backing (a syscall, run without any lock); if the kernel refuses it, passthrough is
+    /// off for the rest of the mount (only for lower files when it was one: a lower layer may
+    /// sit on a filesystem the kernel does not stack on). Under an older backing: `Stale`
+    /// for an open that writes, and for a read-only one that is `renewable` (a fresh node id
+    /// would help it); else `Direct`. After `Stale` nothing is recorded: the caller closes
     /// the core's handle.
-    pub fn begin<E: std::fmt::Display>(
+    pub fn begin_at<E: std::fmt::Display>(
         &self,
+        node: NodeId,
         o: &Opened,
         make: impl FnOnce() -> Result<B, E>,
+        renewable: bool,
     ) -> Serve<B> {
         if !self.granted.load(Ordering::Relaxed) {
             return Serve::Cached;
@@ -135,41 +145,41 @@ impl<B> DataPath<B> {
         // While the inode has a backing the kernel takes passthrough opens only, whatever
         // was decided since (sharing or passthrough turned off after a refusal).
         let want = ((o.settled || lower) && self.passthrough.load(Ordering::Relaxed))
-            || self.backings.map.contains_key(&o.ino);
-        let passthrough = self.modes.begin(o.ino, want);
-        self.opens.insert(o.fh, (o.ino, passthrough));
+            || self.backings.map.contains_key(&node);
+        let passthrough = self.modes.begin(node, want);
+        self.opens.insert(o.fh, (node, passthrough));
         if !passthrough {
             return Serve::Cached;
         }
-        match self.backings.acquire(o.ino, o.generation, make) {
+        match self.backings.acquire(node, o.generation, make) {
             Ok((b, true)) => Serve::Passthrough(b),
-            Ok((b, false)) if !o.writes => Serve::Direct(b),
+            Ok((b, false)) if !renewable && !o.writes => Serve::Direct(b),
             Ok(_) => {
                 self.release(o.fh);
-                Serve::Busy
+                Serve::Stale
             }
             Err(e) if lower => {
                 log::warn!(
                     "passthrough of a lower file refused by the kernel ({e}); lower files are read through the daemon from now on"
                 );
                 self.share_lower.store(false, Ordering::Relaxed);
-                self.serve_cached(o)
+                self.serve_cached(node, o)
             }
             Err(e) => {
                 log::warn!(
                     "passthrough refused by the kernel ({e}); file data goes through the daemon from now on"
                 );
                 self.passthrough.store(false, Ordering::Relaxed);
-                self.serve_cached(o)
+                self.serve_cached(node, o)
             }
         }
     }
 
     /// An open recorded as passthrough whose backing the kernel refused: cached after all.
-    fn serve_cached(&self, o: &Opened) -> Serve<B> {
-        self.modes.end(o.ino, true);
-        self.modes.begin(o.ino, false);
-        self.opens.insert(o.fh, (o.ino, false));
+    fn serve_cached(&self, node: NodeId, o: &Opened) -> Serve<B> {
+        self.modes.end(node, true);
+        self.modes.begin(node, false);
+        self.opens.insert(o.fh, (node, false));
         Serve::Cached
     }
 
@@ -178,27 +188,27 @@ impl<B> DataPath<B> {
         if !self.granted.load(Ordering::Relaxed) {
             return;
         }
-        if let Some((_, (ino, passthrough))) = self.opens.remove(&fh) {
-            self.modes.end(ino, passthrough);
+        if let Some((_, (node, passthrough))) = self.opens.remove(&fh) {
+            self.modes.end(node, passthrough);
             if passthrough {
-                self.backings.release(ino);
+                self.backings.release(node);
             }
         }
     }
 }
 
-/// Open modes per inode. The kernel refuses to mix passthrough opens and page-cached opens
+/// Open modes per kernel inode. The kernel refuses to mix passthrough opens and page-cached opens
 /// of one inode (ETXTBSY), so an open is passthrough only while no cached open exists.
 #[derive(Default)]
 struct IoModes {
-    /// ino -> (cached opens, passthrough opens)
-    map: DashMap<Ino, (u32, u32)>,
+    /// node id -> (cached opens, passthrough opens)
+    map: DashMap<NodeId, (u32, u32)>,
 }
 
 impl IoModes {
     /// Registers an open; returns whether it may be passthrough.
-    fn begin(&self, ino: Ino, want_passthrough: bool) -> bool {
-        let mut e = self.map.entry(ino).or_default();
+    fn begin(&self, node: NodeId, want_passthrough: bool) -> bool {
+        let mut e = self.map.entry(node).or_default();
         if want_passthrough && e.0 == 0 {
             e.1 += 1;
             true
@@ -208,8 +218,8 @@ impl IoModes {
         }
     }
 
-    fn end(&self, ino: Ino, passthrough: bool) {
-        self.map.remove_if_mut(&ino, |_, e| {
+    fn end(&self, node: NodeId, passthrough: bool) {
+        self.map.remove_if_mut(&node, |_, e| {
             if passthrough {
                 e.1 = e.1.saturating_sub(1);
             } else {
@@ -220,12 +230,12 @@ impl IoModes {
     }
 }
 
-/// The backing file of an inode's passthrough opens: the kernel wants the same one for all
+/// The backing file of a kernel inode's passthrough opens: the kernel wants the same one for all
 /// of them. Counted; dropped (which closes it in the kernel) with the last open. Each is
 /// tagged with the data generation of the file it was made from (`Opened::generation`).
 struct Backings<B> {
-    /// ino -> (backing, opens, data generation)
-    map: DashMap<Ino, (Arc<B>, u32, u64)>,
+    /// node id -> (backing, opens, data generation)
+    map: DashMap<NodeId, (Arc<B>, u32, u64)>,
 }
 
 impl<B> Default for Backings<B> {
@@ -242,25 +252,25 @@ impl<B> Backings<B> {
     /// generation or a later one (false: an older copy, opened before a copy-up).
     fn acquire<E>(
         &self,
-        ino: Ino,
+        node: NodeId,
         generation: u64,
         make: impl FnOnce() -> Result<B, E>,
     ) -> Result<(Arc<B>, bool), E> {
-        if let Some(mut e) = self.map.get_mut(&ino) {
+        if let Some(mut e) = self.map.get_mut(&node) {
             e.1 += 1;
             return Ok((Arc::clone(&e.0), e.2 >= generation));
         }
         let made = Arc::new(make()?);
         let mut e = self
             .map
-            .entry(ino)
+            .entry(node)
             .or_insert_with(|| (Arc::clone(&made), 0, generation));
         e.1 += 1;
         Ok((Arc::clone(&e.0), e.2 >= generation))
     }
 
-    fn release(&self, ino: Ino) {
-        let gone = self.map.remove_if_mut(&ino, |_, e| {
+    fn release(&self, node: NodeId) {
+        let gone = self.map.remove_if_mut(&node, |_, e| {
             e.1 = e.1.saturating_sub(1);
             e.1 == 0
         });
@@ -271,7 +281,20 @@ impl<B> Backings<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inode::Ino;
     use std::os::fd::OwnedFd;
+
+    impl<B> DataPath<B> {
+        /// An open through the object's first kernel inode (node id = its number), when no
+        /// fresh node id would help a reader.
+        fn begin<E: std::fmt::Display>(
+            &self,
+            o: &Opened,
+            make: impl FnOnce() -> Result<B, E>,
+        ) -> Serve<B> {
+            self.begin_at(NodeId::of(o.ino), o, make, false)
+        }
+    }
 
     /// An open of inode `ino`: `settled`, else a read-only open of a lower file; of data
     /// generation `generation`; for writing or not.
@@ -346,15 +369,61 @@ mod tests {
     #[test]
     fn copy_up_under_a_lower_backing() {
         let d = granted(true);
+        let (old, fresh) = (NodeId(5), NodeId(crate::fuse::nodeid::ALIAS_BASE));
         // A reader of the lower file (generation 0) holds the lower backing.
+        let reader = opened(1, 5, false);
+        assert_eq!(d.begin_at(old, &reader, || Ok::<_, String>(7), true), pt(7));
+        // Copied up (generation 1): through the old kernel inode a writer and a reader are
+        // both stale, and leave nothing behind ...
+        for (fh, writes) in [(2, true), (3, false)] {
+            let o = open_of(fh, 5, true, 1, writes);
+            assert_eq!(
+                d.begin_at(old, &o, || Ok::<_, String>(8), true),
+                Serve::Stale
+            );
+            assert!(!d.opens.contains_key(&Fh(fh)));
+        }
+        // ... and through a fresh node id (a new kernel inode) they get the copy's backing,
+        // beside the older reader's.
+        let w = open_of(4, 5, true, 1, true);
+        assert_eq!(d.begin_at(fresh, &w, || Ok::<_, String>(9), true), pt(9));
+        let r = open_of(5, 5, true, 1, false);
+        assert_eq!(d.begin_at(fresh, &r, || Ok::<_, String>(10), true), pt(9));
+        assert_eq!(d.backings.map.len(), 2);
+        for fh in [4, 5] {
+            d.release(Fh(fh));
+        }
+        // A reader that comes back through the old kernel inode (a reopen through
+        // /proc/PID/fd) when a fresh one exists is served by the daemon, naming the backing.
+        let back = open_of(7, 5, true, 1, false);
+        let serve = d.begin_at(old, &back, || Ok::<_, String>(12), false);
+        assert_eq!(serve, Serve::Direct(Arc::new(7)));
+        d.release(Fh(7));
+        d.release(Fh(1));
+        assert!(d.backings.map.is_empty() && d.modes.map.is_empty());
+        // Once the older opens are closed the old kernel inode serves the copy too.
+        assert_eq!(
+            d.begin_at(
+                old,
+                &open_of(6, 5, true, 1, true),
+                || Ok::<_, String>(11),
+                true
+            ),
+            pt(11)
+        );
+    }
+
+    #[test]
+    fn copy_up_under_a_lower_backing_without_fresh_node_ids() {
+        let d = granted(true);
         assert_eq!(d.begin(&opened(1, 5, false), || Ok::<_, String>(7)), pt(7));
-        // Copied up (generation 1): a writer is refused, and leaves nothing behind ...
+        // A writer is sent for a fresh node id even so, and leaves nothing behind ...
         assert_eq!(
             d.begin(&open_of(2, 5, true, 1, true), || Ok::<_, String>(8)),
-            Serve::Busy
+            Serve::Stale
         );
         assert!(!d.opens.contains_key(&Fh(2)));
-        // ... a reader names the old backing but is served by the daemon ...
+        // ... a reader names the old backing but is served by the daemon.
         assert_eq!(
             d.begin(&open_of(3, 5, true, 1, false), || Ok::<_, String>(8)),
             Serve::Direct(Arc::new(7))
@@ -362,13 +431,6 @@ mod tests {
         d.release(Fh(1));
         d.release(Fh(3));
         assert!(d.backings.map.is_empty() && d.modes.map.is_empty());
-        // ... and once the older opens are closed the copy gets its own backing.
-        assert_eq!(
-            d.begin(&open_of(4, 5, true, 1, true), || Ok::<_, String>(9)),
-            pt(9)
-        );
-        // A late open of the lower copy (opened before the copy-up) reads the new backing.
-        assert_eq!(d.begin(&opened(5, 5, false), || Ok::<_, String>(10)), pt(9));
     }
 
     #[test]

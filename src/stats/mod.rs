@@ -35,7 +35,7 @@ pub struct DataPathReport {
     pub mode: String,
     /// INIT's decision and why, in one sentence.
     pub why: String,
-    /// Read-only opens of lower files may be passthrough too (`strict_copy_up=0`).
+    /// Read-only opens of lower files may be passthrough too (not `strict_copy_up=1`).
     pub lower_shared: bool,
     /// Opens are tracked by mode (only while passthrough is granted): the next three
     /// figures mean something.

@@ -3,10 +3,17 @@
 //! overlay core called once, with the cache times and open rules (`open_answer`, the data
 //! path), and the reply encoded. FORGET, BATCH_FORGET and INTERRUPT, which only come through
 //! /dev/fuse and get no reply (or ENOSYS), are `fuse::dev`'s.
+//!
+//! Node ids: every node id a request names (its header's, RENAME's new directory, LINK's
+//! old node) is mapped to the core's number, and every entry reply names the object's
+//! current node id with st_ino its number (`nodeid`). An open that meets an older backing
+//! on its kernel inode is answered ESTALE after the object got a fresh node id.
 
 use super::abi::{self, Attr, Request, op, u32_at, u64_at};
 use super::{Backing, DEFAULT_SHAPE, Offer};
 use crate::error::Errno;
+use crate::fuse::nodeid::{NodeId, NodeIds};
+use crate::fuse::passthrough::Serve;
 use crate::fuse::{Fs, open_answer};
 use crate::handle::Fh;
 use crate::inode::{Ino, ROOT_INO};
@@ -113,6 +120,9 @@ pub(crate) struct Ring {
     /// The per-operation request statistics (`layover stats`).
     ops: Arc<OpStats>,
     access: Access,
+    /// Node ids and the core's numbers (shared with the /dev/fuse side's FORGET and with
+    /// the kernel-cache notifications).
+    ids: Arc<NodeIds>,
 }
 
 impl Fs {
@@ -126,6 +136,7 @@ impl Fs {
             offer: Arc::clone(&self.uring),
             ops: Arc::clone(&self.ops),
             access: self.access,
+            ids: Arc::clone(&self.ids),
         }
     }
 }
@@ -192,15 +203,24 @@ impl Ring {
         (timer, file.map(|f| (f, offset, size)))
     }
 
-    /// FORGET of `nlookup` lookups of node `nodeid` (no reply).
+    /// The node ids (for the kernel-cache notifications).
+    pub(crate) fn node_ids(&self) -> Arc<NodeIds> {
+        Arc::clone(&self.ids)
+    }
+
+    /// FORGET (through /dev/fuse): `nlookup` lookups of the kernel inode `nodeid` are gone.
     pub(crate) fn forget(&self, nodeid: u64, nlookup: u64) {
         let _t = self.ops.start(Op::Forget);
         log::debug!("forget node {nodeid} ({nlookup})");
-        self.ov.forget(Ino(nodeid), nlookup);
+        let ino = self.ids.forget(NodeId(nodeid), nlookup);
+        self.ov.forget(ino, nlookup);
+        if self.ids.aliases() != 0 && self.ov.inodes.get(ino).is_none() {
+            self.ids.gone(ino);
+        }
     }
 
-    fn attr_ttl(&self, ino: u64) -> Duration {
-        if Ino(ino) == ROOT_INO {
+    fn attr_ttl(&self, ino: Ino) -> Duration {
+        if ino == ROOT_INO {
             self.ttl.min(super::super::ROOT_ATTR_TTL)
         } else {
             self.ttl
@@ -226,11 +246,12 @@ impl Ring {
         if !self.access.allows(req.uid, req.opcode) {
             return Err(libc::EACCES);
         }
-        let ino = Ino(req.nodeid);
+        let node = NodeId(req.nodeid);
+        let ino = self.ids.ino(node);
         let mut out = Vec::new();
         match req.opcode {
             op::LOOKUP => match self.ov.lookup(ino, name(req, 0)?) {
-                Ok(e) => abi::entry_out(&mut out, e.attr.ino, &attr(&e.attr), self.ttl),
+                Ok(e) => return Ok(self.entry(&e)),
                 // A negative entry the kernel may cache: names only appear through us.
                 Err(e) if e == Errno::ENOENT => {
                     abi::entry_out(&mut out, 0, &Attr::default(), self.ttl)
@@ -240,11 +261,11 @@ impl Ring {
             op::GETATTR => {
                 let fh = (u32_at(req.op_in, 0) & 1 != 0).then(|| Fh(u64_at(req.op_in, 8)));
                 let st = self.ov.getattr(ino, fh).map_err(err)?;
-                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(req.nodeid));
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino));
             }
             op::SETATTR => {
                 let st = self.ov.setattr(ino, setattr(req.op_in)).map_err(err)?;
-                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(req.nodeid));
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino));
             }
             op::READLINK => return self.ov.readlink(ino).map_err(err),
             op::SYMLINK | op::MKNOD | op::MKDIR => return self.make(req),
@@ -256,7 +277,7 @@ impl Ring {
                 } else {
                     0
                 };
-                let to = Ino(u64_at(req.op_in, 0));
+                let to = self.ids.ino(NodeId(u64_at(req.op_in, 0)));
                 let (from_name, to_name) = (name(req, 0)?, name(req, 1)?);
                 self.ov
                     .rename(ino, from_name, to, to_name, flags)
@@ -265,7 +286,11 @@ impl Ring {
             op::LINK => {
                 let e = self
                     .ov
-                    .link(Ino(u64_at(req.op_in, 0)), ino, name(req, 0)?)
+                    .link(
+                        self.ids.ino(NodeId(u64_at(req.op_in, 0))),
+                        ino,
+                        name(req, 0)?,
+                    )
                     .map_err(err)?;
                 return Ok(self.entry(&e));
             }
@@ -276,7 +301,7 @@ impl Ring {
                     .open(ino, flags, self.data.open_opts())
                     .map_err(err)?;
                 let fh = o.fh;
-                self.answer_open(dev, &o, &mut out)
+                self.answer_open(dev, node, &o, &mut out)
                     .inspect_err(|_| log::debug!("open {fh:?} refused"))?;
             }
             op::CREATE => return self.create(dev, req),
@@ -288,7 +313,7 @@ impl Ring {
     /// The operations on open files and directories, xattrs and the rest (long: one short
     /// arm per operation).
     fn handle_io(&self, req: &Request<'_>) -> Answer {
-        let ino = Ino(req.nodeid);
+        let ino = self.ids.ino(NodeId(req.nodeid));
         let fh = Fh(u64_at(req.op_in, 0));
         let mut out = Vec::new();
         match req.opcode {
@@ -388,15 +413,17 @@ impl Ring {
         Ok(out)
     }
 
+    /// An entry reply: the object's current node id, counted as a lookup of it.
     fn entry(&self, e: &Entry) -> Vec<u8> {
         let mut out = Vec::with_capacity(abi::ENTRY_OUT_SIZE + abi::OPEN_OUT_SIZE);
-        abi::entry_out(&mut out, e.attr.ino, &attr(&e.attr), self.ttl);
+        let node = self.ids.entry(e.ino());
+        abi::entry_out(&mut out, node.0, &attr(&e.attr), self.ttl);
         out
     }
 
     /// SYMLINK, MKNOD, MKDIR.
     fn make(&self, req: &Request<'_>) -> Answer {
-        let parent = Ino(req.nodeid);
+        let parent = self.ids.ino(NodeId(req.nodeid));
         let n = name(req, 0)?;
         let (what, umask) = match req.opcode {
             op::SYMLINK => (
@@ -433,7 +460,7 @@ impl Ring {
         let (e, o) = self
             .ov
             .create_file(
-                Ino(req.nodeid),
+                self.ids.ino(NodeId(req.nodeid)),
                 name(req, 0)?,
                 mode,
                 flags,
@@ -442,20 +469,39 @@ impl Ring {
             )
             .map_err(err)?;
         let mut out = self.entry(&e);
-        self.answer_open(dev, &o, &mut out)?;
+        let node = NodeId(u64_at(&out, 0));
+        // A new file has no older backing; if it had, the kernel takes neither the entry
+        // nor its lookup.
+        self.answer_open(dev, node, &o, &mut out)
+            .inspect_err(|_| self.forget(node.0, 1))?;
         Ok(out)
     }
 
-    /// The `fuse_open_out` of an open the core made: passthrough with a backing this
-    /// transport registers, or not, as the data path decides (`open_answer`).
+    /// The `fuse_open_out` of an open the core made through kernel inode `node`:
+    /// passthrough with a backing this transport registers, or not, as the data path
+    /// decides (`open_answer`). Under an older backing (`Serve::Stale`) the object gets a
+    /// fresh node id and the open ESTALE: the kernel walks the path again with LOOKUP_REVAL,
+    /// its LOOKUP gets the new node id, and the retried open reaches a new kernel inode.
     fn answer_open(
         &self,
         dev: &Arc<OwnedFd>,
+        node: NodeId,
         o: &crate::overlay::Opened,
         out: &mut Vec<u8>,
     ) -> Result<(), i32> {
         let make = || Backing::open(dev, o.fd.as_fd());
-        let serve = self.data.begin(o, make);
+        // A writer always gets a fresh node id; a reader only if the object has none newer
+        // than the one it came through (else it came back through the older kernel inode:
+        // it is served, by the daemon, `Serve::Direct`).
+        let renewable = o.writes || self.ids.is_current(o.ino, node);
+        let serve = self.data.begin_at(node, o, make, renewable);
+        if matches!(serve, Serve::Stale) {
+            let fresh = self.ids.renew(o.ino, node);
+            log::debug!(
+                "open of {} through node id {node} under an older backing: ESTALE, node id {fresh} from now on",
+                o.ino
+            );
+        }
         let (flags, b) = open_answer(&self.ov, o, serve).map_err(err)?;
         abi::open_out(out, o.fh.0, flags, b.map_or(0, |b| b.id()));
         Ok(())
@@ -485,7 +531,13 @@ impl Ring {
                 if full > size {
                     return true;
                 }
-                abi::entry_out(&mut out, e.ino.0, &attr(st), ttl);
+                // "." and ".." take no lookup (and are directories: never an alias).
+                let node = if e.name == b"." || e.name == b".." {
+                    e.ino.0
+                } else {
+                    self.ids.entry(e.ino).0
+                };
+                abi::entry_out(&mut out, node, &attr(st), ttl);
                 let t = (st.mode & libc::S_IFMT) >> 12;
                 !abi::dirent(&mut out, size, (st.ino, next, t, &e.name[..]))
             })
