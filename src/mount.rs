@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::error::{Errno, StartupError};
-use crate::fuse::{Fs, KernelCacheLink, Ring};
+use crate::fuse::{Dispatcher, Fs, KernelCacheLink};
 use crate::overlay::Overlay;
 use crate::privilege::{Mode, Privilege};
 use crate::sys;
@@ -103,8 +103,8 @@ fn start_session(
     fs: Fs,
     privilege: &Privilege,
     dev: Option<OwnedFd>,
-) -> Result<(fuser::Session<Fs>, Ring), StartupError> {
-    let ring = fs.ring();
+) -> Result<(fuser::Session<Fs>, Dispatcher), StartupError> {
+    let ring = fs.dispatcher();
     let scfg = session_config(cfg);
     if let Some(dev) = dev {
         if kernel_mount(cfg, &dev)? {

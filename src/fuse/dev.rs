@@ -1,6 +1,6 @@
 //! The /dev/fuse transport: worker threads, each reading requests from its own clone of the
 //! connection's fd, answering them through the handler the io_uring queues use too
-//! (`uring::Ring`: one decoding, one dispatch, one encoding of every operation) and writing
+//! (`ops::Dispatcher`: one decoding, one dispatch, one encoding of every operation) and writing
 //! the reply. fuser mounts and does INIT; from then on every request a ring does not take
 //! comes here: all of them when FUSE over io_uring is not granted, those sent while the rings
 //! start, and FORGET, BATCH_FORGET and INTERRUPT always.
@@ -11,8 +11,8 @@
 //! writable mount without `strict_copy_up=0`, every file without passthrough). Replies larger
 //! than the pipes, and every reply when the pipes cannot be made, go through memory.
 
-use super::uring::Ring;
-use super::uring::abi::{Request, op, u32_at, u64_at};
+use super::abi::{Request, op, u32_at, u64_at};
+use super::ops::Dispatcher;
 use crate::sys::fusedev::{self, SplicePipes, Spliced};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -28,7 +28,7 @@ fn buffer_size(payload: usize) -> usize {
 /// Starts `threads` workers on clones of the connection `dev` (the first on `dev` itself).
 /// They run until the connection ends.
 pub(crate) fn serve(
-    ring: &Arc<Ring>,
+    ring: &Arc<Dispatcher>,
     dev: &Arc<OwnedFd>,
     threads: usize,
     payload: usize,
@@ -63,7 +63,7 @@ pub(crate) fn serve(
 /// One worker: its fd, the handler, and its splice pipes (made at the first READ).
 struct Worker<'a> {
     fd: BorrowedFd<'a>,
-    ring: &'a Ring,
+    ring: &'a Dispatcher,
     /// The connection's fd, on which the handler registers passthrough backings.
     conn: &'a Arc<OwnedFd>,
     pipes: Option<SplicePipes>,

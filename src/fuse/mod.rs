@@ -1,24 +1,26 @@
 //! FUSE: the two transports and what they share. fuser mounts and does the INIT handshake
 //! (`init`; `Fs` is fuser's `Filesystem` for that alone, and the only code here that names
 //! fuser's types besides `notify`). Requests are then answered by our own code: one handler
-//! (`uring::Ring`, in `uring/ops.rs`) decodes each request, calls the overlay core once and
-//! encodes the reply, for both transports: the /dev/fuse workers (`dev`) and, where the
-//! kernel grants it, the per-CPU queues of FUSE over io_uring (`uring`). What is FUSE's and
+//! (`ops::Dispatcher`) decodes each request (`abi`: the wire format), calls the overlay core
+//! once and encodes the reply, for both transports: the /dev/fuse workers (`dev`) and, where
+//! the kernel grants it, the per-CPU queues of FUSE over io_uring (`uring`). What is FUSE's and
 //! not the overlay's lives beside it: how open files' data travels (`passthrough`:
 //! passthrough backings, per-inode open modes, the writeback cache's open option), the
 //! kernel-cache notifications (`notify`) and the requests' counts and latencies (`stats`).
 
+pub mod abi;
 mod dev;
 mod init;
 mod nodeid;
 mod notify;
+mod ops;
 mod passthrough;
 mod stats;
 pub mod uring;
 
 pub use init::max_write;
 pub use notify::KernelCacheLink;
-pub(crate) use uring::Ring;
+pub(crate) use ops::Dispatcher;
 
 use crate::config::Config;
 use crate::error::Errno;
@@ -50,7 +52,7 @@ pub struct Fs {
     /// FUSE over io_uring: asked for, granted at INIT.
     uring: Arc<uring::Offer>,
     /// Who besides the owner may make requests (`allow_root`, `allow_other`).
-    access: uring::Access,
+    access: ops::Access,
     /// Kernel node ids and the core's numbers (`nodeid`).
     ids: Arc<nodeid::NodeIds>,
 }
@@ -68,7 +70,7 @@ impl Fs {
             data: Arc::new(DataPath::new(!cfg.strict_copy_up)),
             ops: Arc::default(),
             uring: Arc::new(uring::Offer::new(cfg.io_uring)),
-            access: uring::Access::new(crate::sys::geteuid(), cfg.allow_root, cfg.allow_other),
+            access: ops::Access::new(crate::sys::geteuid(), cfg.allow_root, cfg.allow_other),
             ids: Arc::default(),
         }
     }
@@ -81,7 +83,7 @@ fn open_answer(
     o: &Opened,
     serve: Serve<Backing>,
 ) -> Result<(u32, Option<Arc<Backing>>), Errno> {
-    use uring::abi::{FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH};
+    use abi::{FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH};
     let (flags, b) = match serve {
         Serve::Passthrough(b) => (FOPEN_NOFLUSH, b),
         // A `Serve::Direct` open names the inode's backing, as the kernel wants, but its

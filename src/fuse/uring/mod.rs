@@ -1,6 +1,6 @@
-//! The protocol both transports speak (`abi`: the wire format; `ops`: the one request
-//! handler, `Ring`, which the /dev/fuse workers of `fuse::dev` call too), and FUSE over
-//! io_uring: the per-CPU queue threads and the request as the kernel lays it in a ring entry.
+//! FUSE over io_uring: the per-CPU queue threads and the request as the kernel lays it in a
+//! ring entry, answered by the handler both transports share (`fuse::ops::Dispatcher`). The
+//! wire format (`fuse::abi`) is re-exported here for the floor example.
 //! The rings themselves (buffers, SQEs) are `sys::uring`'s. Public (as `layover::fuse_uring`)
 //! for the floor example (examples/fuse_floor.rs), which measures the transport on its own.
 //!
@@ -8,9 +8,6 @@
 //! `serve` starts threads pinned to each possible CPU, owning that CPU's queue. Until every
 //! queue has registered an entry, and for FORGET and INTERRUPT always, requests keep coming
 //! through /dev/fuse, whose workers run beside the rings.
-
-pub mod abi;
-mod ops;
 
 use crate::sys::uring::{Completion, Queue};
 use fuser::{InitFlags, KernelConfig};
@@ -20,11 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-pub(crate) use ops::{Access, Ring};
-
+pub use super::abi::{self, Request};
 pub use crate::sys::fusedev::Backing;
 pub use crate::sys::uring::{possible_cpus, uring_enabled};
-pub use abi::Request;
 
 /// Answers one request: the reply's bytes (its arguments, concatenated) or a positive errno.
 pub type Handler = dyn Fn(&Request<'_>) -> Result<Vec<u8>, i32> + Send + Sync;

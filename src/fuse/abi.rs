@@ -1,6 +1,6 @@
-//! The FUSE wire format as far as the io_uring transport needs it: the request header and the
-//! per-operation inputs it decodes, the replies it encodes (`fuse_entry_out`,
-//! `fuse_attr_out`, `fuse_open_out`). Written from the protocol's description (the kernel's
+//! The FUSE wire format as far as both transports need it: the request header, where an
+//! operation's own header ends in a request read from /dev/fuse (a ring entry keeps it apart),
+//! the replies (`fuse_entry_out`, `fuse_attr_out`, `fuse_open_out`, dirents), device numbers. Written from the protocol's description (the kernel's
 //! uapi header `linux/fuse.h`, protocol 7.42); all fields native-endian, as the kernel writes.
 //! Decoding reads fixed offsets from byte slices: no layout is assumed of Rust structs.
 

@@ -1,8 +1,8 @@
 //! The operations, for both transports: each request decoded (from a ring entry, or as read
 //! from /dev/fuse by `fuse::dev`), checked against who may use the mount (`Access`), the
 //! overlay core called once, with the cache times and open rules (`open_answer`, the data
-//! path), and the reply encoded. FORGET, BATCH_FORGET and INTERRUPT, which only come through
-//! /dev/fuse and get no reply (or ENOSYS), are `fuse::dev`'s.
+//! path), and the reply encoded. FORGET, BATCH_FORGET and INTERRUPT only come through
+//! /dev/fuse and get no reply (or ENOSYS): `fuse::dev` reads them, `Dispatcher::forget` counts.
 //!
 //! Node ids: every node id a request names (its header's, RENAME's new directory, LINK's
 //! old node) is mapped to the core's number, and every entry reply names the object's
@@ -10,7 +10,7 @@
 //! on its kernel inode is answered ESTALE after the object got a fresh node id.
 
 use super::abi::{self, Attr, Request, op, u32_at, u64_at};
-use super::{Backing, DEFAULT_SHAPE, Offer};
+use super::uring::{self, DEFAULT_SHAPE, Offer};
 use crate::error::Errno;
 use crate::fuse::nodeid::{NodeId, NodeIds};
 use crate::fuse::passthrough::Serve;
@@ -19,6 +19,7 @@ use crate::handle::Fh;
 use crate::inode::{Ino, ROOT_INO};
 use crate::overlay::xattr::XattrReply;
 use crate::overlay::{Caller, Entry, FileRange, NewNode, Overlay, SetAttr};
+use crate::sys::fusedev::Backing;
 use crate::sys::{Stat, TimeSpec};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -111,7 +112,7 @@ impl Access {
 /// The request handler both transports serve from (`fuse::dev` over /dev/fuse, the queues
 /// over io_uring): the core, the data path and the statistics, taken from `Fs` before
 /// fuser's session owns it.
-pub(crate) struct Ring {
+pub(crate) struct Dispatcher {
     ov: Arc<Overlay>,
     data: Arc<DataPath<Backing>>,
     ttl: Duration,
@@ -127,12 +128,12 @@ pub(crate) struct Ring {
 
 impl Fs {
     /// The io_uring side of this filesystem (to start once INIT is done).
-    pub(crate) fn ring(&self) -> Ring {
-        Ring {
+    pub(crate) fn dispatcher(&self) -> Dispatcher {
+        Dispatcher {
             ov: Arc::clone(&self.ov),
             data: Arc::clone(&self.data),
             ttl: self.ttl,
-            max_write: super::super::max_write(self.max_write),
+            max_write: super::max_write(self.max_write),
             offer: Arc::clone(&self.uring),
             ops: Arc::clone(&self.ops),
             access: self.access,
@@ -141,7 +142,7 @@ impl Fs {
     }
 }
 
-/// A READ's real file, offset and size (`Ring::read_source`).
+/// A READ's real file, offset and size (`Dispatcher::read_source`).
 pub(crate) type ReadSource = (Arc<OwnedFd>, u64, usize);
 
 /// The core's answer, as bytes or a positive errno.
@@ -151,7 +152,7 @@ fn err(e: Errno) -> i32 {
     e.raw()
 }
 
-impl Ring {
+impl Dispatcher {
     /// After INIT: starts `threads` /dev/fuse workers on the connection `dev`, then the
     /// io_uring queues if io_uring was granted (until they have all registered, requests
     /// keep coming through /dev/fuse), and logs which transport serves the mount and why.
@@ -176,8 +177,8 @@ impl Ring {
             return Ok(workers);
         }
         let (r, d) = (Arc::clone(&ring), Arc::clone(&dev));
-        let handler: Arc<super::Handler> = Arc::new(move |req| r.handle(&d, req));
-        match super::serve(&dev, DEFAULT_SHAPE, payload, handler) {
+        let handler: Arc<uring::Handler> = Arc::new(move |req| r.handle(&d, req));
+        match uring::serve(&dev, DEFAULT_SHAPE, payload, handler) {
             Ok(queues) => {
                 ring.offer.serving();
                 let (per_queue, depth) = DEFAULT_SHAPE;
@@ -221,7 +222,7 @@ impl Ring {
 
     fn attr_ttl(&self, ino: Ino) -> Duration {
         if ino == ROOT_INO {
-            self.ttl.min(super::super::ROOT_ATTR_TTL)
+            self.ttl.min(super::ROOT_ATTR_TTL)
         } else {
             self.ttl
         }
