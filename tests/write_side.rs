@@ -1849,6 +1849,13 @@ fn reader_opened_before_copy_up_keeps_the_lower_copy() {
     for (side, got) in [("kernel", &kernel), ("layover", &layover)] {
         for (k, want) in want_both {
             let premise = if side == "kernel" { "premise: " } else { "" };
+            // The kernel's overlay in a user namespace numbers a link made to a copied-up
+            // file apart from the file (layover keeps one number: the stated difference of
+            // the unprivileged modes, docs/design.md "Tests").
+            let want = match (side, k, mode()) {
+                ("kernel", "linked_copy_ino", Mode::User | Mode::UserNs) => "False",
+                _ => want,
+            };
             if got.get(k).map(String::as_str) != Some(want) {
                 t.fail(format!(
                     "{premise}{side}: {k} = {:?}, want {want}",
