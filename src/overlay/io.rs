@@ -174,6 +174,13 @@ impl Overlay {
         sys::pread_vec(fd.as_fd(), size as usize, offset)
     }
 
+    /// Reads up to `buf.len()` bytes at `offset` straight into `buf` (a transport's reply
+    /// buffer: no copy of its own); returns how many, fewer only at the end of the file.
+    pub fn read_into(&self, fh: Fh, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let (_, fd) = self.handle_fd(fh)?;
+        sys::pread_full(fd.as_fd(), buf, offset)
+    }
+
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<usize> {
         let (_, fd) = self.handle_fd(fh)?;
         let mut done = 0usize;
