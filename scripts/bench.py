@@ -701,9 +701,10 @@ class Bench:
                 raise Failed(f"mount: the kernel's overlayfs in a user namespace: {err.strip()[:300]}")
             self.holders[str(mnt)] = p
             return Mount(fs, mnt, None)
-        if fs == "layover":
+        if fs in ("layover", "layover-devfuse"):
             cmd = [self.layover, "-o", opts + (",volatile" if volatile else "")
-                   + ("," + SHARE_OPTS if shared else ""), str(mnt)]
+                   + ("," + SHARE_OPTS if shared else "")
+                   + (",io_uring=0" if fs == "layover-devfuse" else ""), str(mnt)]
         elif fs == "fuse-overlayfs":
             cmd = ["fuse-overlayfs", "-o", opts + (",fsync=0" if volatile else ""), str(mnt)]
         else:
