@@ -27,9 +27,9 @@ pub use abi::Request;
 /// Answers one request: the reply's bytes (its arguments, concatenated) or a positive errno.
 pub type Handler = dyn Fn(&Request<'_>) -> Result<Vec<u8>, i32> + Send + Sync;
 
-/// Answers a READ in place: reads into the ring entry's payload buffer (as long as the
-/// request's size at most) and gives how many bytes it read, or a positive errno. Saves the
-/// copy of the data from a buffer of its own into the entry that `Handler` costs.
+/// Answers a READ in place: reads into the ring entry's payload buffer (at most the
+/// request's size) and gives how many bytes it read, or a positive errno. Saves the copy of
+/// the data from a buffer of its own into the entry that a `Handler` reply costs.
 pub type ReadHandler = dyn Fn(&Request<'_>, &mut [u8]) -> Result<usize, i32> + Send + Sync;
 
 /// How `serve_with` runs the queues.
@@ -203,24 +203,27 @@ fn run_queue(queue: &mut Queue, handler: &Handler, read: Option<&ReadHandler>) -
                 r if r == -libc::ENOTCONN => return Ok(()),
                 r => return Err(io::Error::from_raw_os_error(-r)),
             }
-            let opcode = queue
+            let is_read = queue
                 .request(c.slot)
                 .and_then(Request::parse)
-                .map(|r| r.opcode);
-            match (opcode, read) {
-                (Some(abi::op::READ), Some(read)) => read_in_place(queue, c.slot, read)?,
-                _ => {
-                    let answer = match queue.request(c.slot).and_then(Request::parse) {
-                        Some(req) => handler(&req),
-                        None => Err(libc::EIO),
-                    };
-                    match answer {
-                        Ok(bytes) => queue.reply(c.slot, 0, &[&bytes])?,
-                        Err(errno) => queue.reply(c.slot, -errno, &[])?,
-                    }
-                }
+                .is_some_and(|r| r.opcode == abi::op::READ);
+            match read {
+                Some(read) if is_read => read_in_place(queue, c.slot, read)?,
+                _ => answer(queue, c.slot, handler)?,
             }
         }
+    }
+}
+
+/// Answers the request a slot holds with the handler's reply.
+fn answer(queue: &mut Queue, slot: usize, handler: &Handler) -> io::Result<()> {
+    let answer = match queue.request(slot).and_then(Request::parse) {
+        Some(req) => handler(&req),
+        None => Err(libc::EIO),
+    };
+    match answer {
+        Ok(bytes) => queue.reply(slot, 0, &[&bytes]),
+        Err(errno) => queue.reply(slot, -errno, &[]),
     }
 }
 
