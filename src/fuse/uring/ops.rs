@@ -116,8 +116,9 @@ impl Ring {
         let reader = Arc::clone(&this);
         let how = super::Serving {
             shape: DEFAULT_SHAPE,
-            // Measured without (10:30 UTC on 2026-12-06, 2 CPUs): the first read of a lower
-            // file through the daemon was no faster, often slower (docs/performance.md).
+            // Measured without (2026-12-06, 2 CPUs): create at 1.20x /dev/fuse's rate
+            // against 2.29x pinned, and no row clearly faster (docs/performance.md, "The
+            // data path without passthrough, measured").
             pin: true,
             read: Some(Arc::new(move |req, buf| reader.read_into(req, buf))),
         };
