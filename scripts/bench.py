@@ -699,8 +699,9 @@ class Bench:
                 raise Failed(f"mount: the kernel's overlayfs in a user namespace: {err.strip()[:300]}")
             self.holders[str(mnt)] = p
             return Mount(fs, mnt, None)
-        if fs == "layover":
-            cmd = [self.layover, "-o", opts + (",volatile" if volatile else ""), str(mnt)]
+        if fs in ("layover", "layover-devfuse"):
+            cmd = [self.layover, "-o", opts + (",volatile" if volatile else "")
+                   + (",io_uring=0" if fs == "layover-devfuse" else ""), str(mnt)]
         elif fs == "fuse-overlayfs":
             cmd = ["fuse-overlayfs", "-o", opts + (",fsync=0" if volatile else ""), str(mnt)]
         else:

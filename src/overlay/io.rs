@@ -22,6 +22,11 @@ const STRIP: i32 = libc::O_CREAT
     | libc::O_DIRECT
     | libc::O_NOFOLLOW;
 
+/// The smallest write whose disk writeback `Overlay::write` starts at once: the largest
+/// request FUSE sends by default (1 MiB), which its writeback cache sends only for a long run
+/// of dirty pages (a file being streamed out), never for a small file.
+pub const STREAMING_WRITE: usize = 1 << 20;
+
 /// How the transport wants real files opened (given with each open, kept by its handle).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenOpts {
@@ -180,6 +185,18 @@ impl Overlay {
         sys::pread_vec(fd.as_fd(), size as usize, offset)
     }
 
+    /// Reads up to `buf.len()` bytes at `offset` straight into `buf` (a transport's reply
+    /// buffer: no copy of its own); returns how many, fewer only at the end of the file.
+    pub fn read_into(&self, fh: Fh, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let (_, fd) = self.handle_fd(fh)?;
+        sys::pread_full(fd.as_fd(), buf, offset)
+    }
+
+    /// Writes `data` at `offset`. On a durable mount a large write (`STREAMING_WRITE` or
+    /// more: a transport's cache writing back a long dirty range) also starts the disk
+    /// writeback of what it wrote: the disk then writes while the next batch arrives, and a
+    /// later fsync has only the tail left to wait for. Nothing waits for it here and nothing
+    /// is less durable: the fsync still waits for every page and reports any error.
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<usize> {
         let (_, fd) = self.handle_fd(fh)?;
         let mut done = 0usize;
@@ -189,6 +206,10 @@ impl Overlay {
                 return Err(Errno::EIO);
             }
             done += n;
+        }
+        if self.cfg.durable && done >= STREAMING_WRITE {
+            // Only a head start for the fsync, which reports any write error.
+            let _ = sys::start_writeback(fd.as_fd(), offset, done as u64);
         }
         Ok(done)
     }

@@ -430,6 +430,20 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> FsResult<usize>
     })
 }
 
+/// Fills `buf` from `offset`, looping until it is full or the file ends; returns how many
+/// bytes were read.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> FsResult<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let n = pread(fd, &mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 /// Reads up to `size` bytes at `offset` into a new buffer (not zeroed first), looping until
 /// `size` bytes or end of file.
 pub fn pread_vec(fd: BorrowedFd<'_>, size: usize, offset: u64) -> FsResult<Vec<u8>> {

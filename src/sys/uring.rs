@@ -200,7 +200,6 @@ impl Queue {
             .slots
             .get_mut(slot)
             .ok_or_else(|| io::Error::other("no such slot"))?;
-        let unique = read_u64(&s.header[..], 8);
         let mut len = 0usize;
         let mut error = error;
         if error == 0 {
@@ -216,6 +215,36 @@ impl Queue {
                 len += p.len();
             }
         }
+        self.commit(slot, error, len)
+    }
+
+    /// The request a slot holds, as `request` gives it but without its payload, and the
+    /// slot's whole payload buffer to write a reply into in place (then `commit` it). For a
+    /// request whose arguments are all in the header area (READ): the reply overwrites the
+    /// payload the kernel wrote.
+    pub fn request_and_buffer(&mut self, slot: usize) -> Option<(&[u8], &[u8], &mut [u8])> {
+        let s = self.slots.get_mut(slot)?;
+        Some((
+            &s.header[..IN_HEADER_SIZE],
+            &s.header[IN_OUT_SIZE..ENT_IN_OUT],
+            &mut s.payload[..],
+        ))
+    }
+
+    /// Answers the slot's request with the first `len` bytes of its payload buffer (written
+    /// in place, see `request_and_buffer`) or an error (`error`: 0 or a negative errno), and
+    /// queues its COMMIT_AND_FETCH, submitted by the next `wait`.
+    pub fn commit(&mut self, slot: usize, error: i32, len: usize) -> io::Result<()> {
+        let s = self
+            .slots
+            .get_mut(slot)
+            .ok_or_else(|| io::Error::other("no such slot"))?;
+        let unique = read_u64(&s.header[..], 8);
+        let (error, len) = match error {
+            0 if len > s.payload.len() => (-libc::EIO, 0),
+            0 => (0, len),
+            e => (e, 0),
+        };
         // struct fuse_out_header { len, error, unique }
         let out_len = (16 + len) as u32;
         s.header[0..4].copy_from_slice(&out_len.to_ne_bytes());

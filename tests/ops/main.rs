@@ -398,6 +398,50 @@ impl Rw {
     }
 }
 
+/// A streaming write (`overlay::io::STREAMING_WRITE`, 1 MiB, or more, on a durable mount,
+/// where the core also starts its disk writeback) and reads into a caller's buffer (`read_into`, as the io_uring
+/// transport reads into its ring entry), across the end of the file, in both kinds of mount.
+#[test]
+fn large_writes_and_reads_into_a_buffer() {
+    const STREAMING_WRITE: usize = 1 << 20;
+    for durable in [true, false] {
+        let s = Scratch::new(if durable {
+            "stream-durable"
+        } else {
+            "stream-volatile"
+        });
+        let (upper, lower, work) = (s.dir("upper"), s.dir("lower"), s.dir("work"));
+        file(&lower.join("f"), "0123456789");
+        let mut st = stack(&[&lower], Some((&upper, &work)));
+        st.durable = durable;
+        let ov = Overlay::new(st, 1024, &Privilege::detect(), None).unwrap();
+        let f = ov.lookup(ROOT, b"f").unwrap().ino();
+        let opened = ov.open(f, O_RDWR, OpenOpts::default()).unwrap();
+        let data: Vec<u8> = (0..STREAMING_WRITE + 3).map(|i| (i % 251) as u8).collect();
+        assert_eq!(ov.write(opened.fh, 5, &data).unwrap(), data.len());
+        ov.fsync(opened.fh, false).unwrap();
+        let size = 5 + data.len();
+        let mut buf = vec![0u8; size + 100];
+        assert_eq!(
+            ov.read_into(opened.fh, 0, &mut buf).unwrap(),
+            size,
+            "short at EOF"
+        );
+        assert_eq!(&buf[..5], b"01234");
+        assert!(buf[5..size] == data[..], "data read back differs");
+        assert_eq!(ov.read_into(opened.fh, size as u64, &mut buf).unwrap(), 0);
+        let mut two = [0u8; 2];
+        assert_eq!(ov.read_into(opened.fh, 4, &mut two).unwrap(), 2);
+        assert_eq!(two, [b'4', 0]);
+        ov.release(opened.fh);
+        let on_disk = fs::read(upper.join("f")).unwrap();
+        assert!(
+            on_disk[5..] == data[..] && on_disk.len() == size,
+            "upper file differs"
+        );
+    }
+}
+
 #[test]
 fn write_copies_up_data_and_mode() {
     let s = Scratch::new("copyup-write");

@@ -24,6 +24,22 @@ pub use crate::sys::uring::{possible_cpus, uring_enabled};
 /// Answers one request: the reply's bytes (its arguments, concatenated) or a positive errno.
 pub type Handler = dyn Fn(&Request<'_>) -> Result<Vec<u8>, i32> + Send + Sync;
 
+/// Answers a READ in place: reads into the ring entry's payload buffer (at most the
+/// request's size) and gives how many bytes it read, or a positive errno. Saves the copy of
+/// the data from a buffer of its own into the entry that a `Handler` reply costs.
+pub type ReadHandler = dyn Fn(&Request<'_>, &mut [u8]) -> Result<usize, i32> + Send + Sync;
+
+/// How `serve_with` runs the queues.
+#[derive(Clone)]
+pub struct Serving {
+    /// Threads per CPU queue, and ring entries per thread (`DEFAULT_SHAPE`).
+    pub shape: (usize, usize),
+    /// Pin each queue's threads to the queue's CPU.
+    pub pin: bool,
+    /// READ answered in place; without it READ goes to the `Handler` like the rest.
+    pub read: Option<Arc<ReadHandler>>,
+}
+
 /// FUSE over io_uring at INIT: whether the daemon asks for it, whether the kernel granted it.
 pub(crate) struct Offer {
     wanted: bool,
@@ -103,22 +119,41 @@ pub const DEFAULT_SHAPE: (usize, usize) = (4, 1);
 /// once every ring has registered its entries, or the first error.
 pub fn serve(
     dev: &Arc<OwnedFd>,
-    (per_queue, depth): (usize, usize),
+    shape: (usize, usize),
     payload: usize,
     handler: Arc<Handler>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
+    let how = Serving {
+        shape,
+        pin: true,
+        read: None,
+    };
+    serve_with(dev, &how, payload, handler)
+}
+
+/// `serve`, with the choices of `how`: the shape, whether the threads are pinned, and a
+/// handler answering READ in place.
+pub fn serve_with(
+    dev: &Arc<OwnedFd>,
+    how: &Serving,
+    payload: usize,
+    handler: Arc<Handler>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let (per_queue, depth) = how.shape;
     let cpus = possible_cpus()?;
     let mut threads = Vec::with_capacity(cpus * per_queue);
     let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
     for cpu in (0..cpus).flat_map(|c| std::iter::repeat_n(c, per_queue.max(1))) {
         let dev = Arc::clone(dev);
         let handler = Arc::clone(&handler);
+        let read = how.read.clone();
+        let pin = how.pin;
         let tx = tx.clone();
         let qid = u16::try_from(cpu).map_err(io::Error::other)?;
         let t = std::thread::Builder::new()
             .name(format!("fuse-ring-{cpu}"))
             .spawn(move || {
-                if let Err(e) = crate::sys::uring::pin_to_cpu(cpu) {
+                if pin && let Err(e) = crate::sys::uring::pin_to_cpu(cpu) {
                     log::debug!("queue {qid}: not pinned to CPU {cpu}: {e}");
                 }
                 let queue = Queue::new(dev.as_fd(), qid, depth, payload);
@@ -133,7 +168,7 @@ pub fn serve(
                     }
                 };
                 drop(tx);
-                if let Err(e) = run_queue(&mut queue, &*handler) {
+                if let Err(e) = run_queue(&mut queue, &*handler, read.as_deref()) {
                     log::error!("io_uring queue {qid}: {e}");
                 }
             })?;
@@ -151,7 +186,7 @@ pub fn serve(
 }
 
 /// One queue's loop: wait for requests, answer each, until the connection ends.
-fn run_queue(queue: &mut Queue, handler: &Handler) -> io::Result<()> {
+fn run_queue(queue: &mut Queue, handler: &Handler, read: Option<&ReadHandler>) -> io::Result<()> {
     let mut done: Vec<Completion> = Vec::with_capacity(queue.depth());
     loop {
         queue.wait(&mut done)?;
@@ -165,17 +200,45 @@ fn run_queue(queue: &mut Queue, handler: &Handler) -> io::Result<()> {
                 r if r == -libc::ENOTCONN => return Ok(()),
                 r => return Err(io::Error::from_raw_os_error(-r)),
             }
-            let answer = match queue.request(c.slot).and_then(Request::parse) {
-                Some(req) => handler(&req),
-                None => Err(libc::EIO),
-            };
-            match answer {
-                Ok(bytes) => queue.reply(c.slot, 0, &[&bytes])?,
-                Err(errno) => {
-                    log::debug!("errno {errno}");
-                    queue.reply(c.slot, -errno, &[])?
-                }
+            let is_read = queue
+                .request(c.slot)
+                .and_then(Request::parse)
+                .is_some_and(|r| r.opcode == abi::op::READ);
+            match read {
+                Some(read) if is_read => read_in_place(queue, c.slot, read)?,
+                _ => answer(queue, c.slot, handler)?,
             }
         }
+    }
+}
+
+/// Answers the request a slot holds with the handler's reply.
+fn answer(queue: &mut Queue, slot: usize, handler: &Handler) -> io::Result<()> {
+    let answer = match queue.request(slot).and_then(Request::parse) {
+        Some(req) => handler(&req),
+        None => Err(libc::EIO),
+    };
+    match answer {
+        Ok(bytes) => queue.reply(slot, 0, &[&bytes]),
+        Err(errno) => {
+            log::debug!("errno {errno}");
+            queue.reply(slot, -errno, &[])
+        }
+    }
+}
+
+/// Answers the READ a slot holds with the data read straight into the slot's payload buffer.
+fn read_in_place(queue: &mut Queue, slot: usize, read: &ReadHandler) -> io::Result<()> {
+    let answer = match queue.request_and_buffer(slot) {
+        // A READ's arguments are all in its header area; the payload is the reply's room.
+        Some((header, op_in, buf)) => match Request::parse((header, op_in, &[])) {
+            Some(req) => read(&req, buf),
+            None => Err(libc::EIO),
+        },
+        None => Err(libc::EIO),
+    };
+    match answer {
+        Ok(n) => queue.commit(slot, 0, n),
+        Err(errno) => queue.commit(slot, -errno, 0),
     }
 }
