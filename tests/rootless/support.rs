@@ -127,12 +127,7 @@ impl Scratch {
             "mount --make-rprivate / && {bind}\
              exec setpriv --reuid={USER} --regid={USER} --init-groups -- sh -c \"$0\""
         );
-        let out = Command::new("timeout")
-            .args(["120", "unshare", "-m", "--", "sh", "-c", &outer, &inner])
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .output()
-            .unwrap();
+        let out = unshare_sh(&outer, &inner);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -158,12 +153,7 @@ impl Scratch {
             "mount --make-rprivate / && mount --bind {d}/fuse /dev/fuse && \
              mount --bind {d}/fuse.conf /etc/fuse.conf && exec sh -c \"$0\""
         );
-        let out = Command::new("timeout")
-            .args(["120", "unshare", "-m", "--", "sh", "-c", &outer, &inner])
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .output()
-            .unwrap();
+        let out = unshare_sh(&outer, &inner);
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -216,4 +206,15 @@ impl Drop for Scratch {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `sh -c OUTER INNER` (OUTER ends by running `$0`, the inner script) in a mount
+/// namespace of its own, with a clean environment, for at most 120 s.
+fn unshare_sh(outer: &str, inner: &str) -> std::process::Output {
+    Command::new("timeout")
+        .args(["120", "unshare", "-m", "--", "sh", "-c", outer, inner])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .output()
+        .unwrap()
 }
