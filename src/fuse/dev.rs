@@ -52,6 +52,7 @@ pub(crate) fn serve(
                     conn: &conn,
                     pipes: None,
                     want: payload + 16,
+                    read_buf: Vec::new(),
                 };
                 w.run(&mut buf)
             })?;
@@ -69,6 +70,9 @@ struct Worker<'a> {
     pipes: Option<SplicePipes>,
     /// The largest reply the pipes are asked to hold.
     want: usize,
+    /// READ replies that do not go through the pipes are read into this (made at the first
+    /// such READ, of the largest request's size, and reused).
+    read_buf: Vec<u8>,
 }
 
 impl Worker<'_> {
@@ -112,8 +116,30 @@ impl Worker<'_> {
             // Requests are not interrupted (each is answered promptly or not at all): ENOSYS
             // tells the kernel to send no more INTERRUPTs.
             op::INTERRUPT => send(fd, req.unique, Err(libc::ENOSYS)),
-            op::READ if self.splice(req) => {}
-            _ => send(fd, req.unique, ring.handle(self.conn, req)),
+            op::READ => self.read(req),
+            _ => send(
+                fd,
+                req.unique,
+                ring.handle(self.conn, req).as_deref().map_err(|&e| e),
+            ),
+        }
+    }
+
+    /// Answers a READ: spliced if it can be, else read into the worker's buffer.
+    fn read(&mut self, req: &Request<'_>) {
+        if self.splice(req) {
+            return;
+        }
+        if self.read_buf.len() < self.want {
+            self.read_buf = vec![0; self.want];
+        }
+        match self.ring.read_into(req, &mut self.read_buf) {
+            Ok(n) => send(
+                self.fd,
+                req.unique,
+                Ok(self.read_buf.get(..n).unwrap_or(&[])),
+            ),
+            Err(e) => send(self.fd, req.unique, Err(e)),
         }
     }
 
@@ -128,10 +154,13 @@ impl Worker<'_> {
         let Some(pipes) = &self.pipes else {
             return false;
         };
+        // fuse_read_in { fh, offset, size, ... }
+        if u32_at(req.op_in, 16) as usize > pipes.max_data() {
+            return false;
+        }
         let (_timer, source) = self.ring.read_source(req);
         let (file, offset, size) = match source {
-            Ok(s) if s.2 <= pipes.max_data() => s,
-            Ok(_) => return false,
+            Ok(s) => s,
             Err(e) => {
                 send(self.fd, req.unique, Err(e));
                 return true;
@@ -158,9 +187,9 @@ impl Worker<'_> {
 
 /// Writes the reply to request `unique`: `fuse_out_header` (length, -errno, unique), then the
 /// reply's bytes.
-fn send(fd: BorrowedFd<'_>, unique: u64, answer: Result<Vec<u8>, i32>) {
-    let (error, body) = match &answer {
-        Ok(b) => (0, &b[..]),
+fn send(fd: BorrowedFd<'_>, unique: u64, answer: Result<&[u8], i32>) {
+    let (error, body) = match answer {
+        Ok(b) => (0, b),
         Err(e) => {
             log::debug!("#{unique}: errno {e}");
             (-e, &[][..])

@@ -180,9 +180,13 @@ impl Overlay {
         Ok(self.handle_fd(fh)?.1)
     }
 
+    /// Reads up to `size` bytes at `offset` into a new buffer (`read_into`, for callers
+    /// without a buffer of their own).
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (_, fd) = self.handle_fd(fh)?;
-        sys::pread_vec(fd.as_fd(), size as usize, offset)
+        let mut buf = vec![0; size as usize];
+        let n = self.read_into(fh, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     /// Reads up to `buf.len()` bytes at `offset` straight into `buf` (a transport's reply

@@ -444,34 +444,6 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> FsResult<u
     Ok(done)
 }
 
-/// Reads up to `size` bytes at `offset` into a new buffer (not zeroed first), looping until
-/// `size` bytes or end of file.
-pub fn pread_vec(fd: BorrowedFd<'_>, size: usize, offset: u64) -> FsResult<Vec<u8>> {
-    let mut buf: Vec<u8> = Vec::with_capacity(size);
-    while buf.len() < size {
-        let done = buf.len();
-        let spare = buf.spare_capacity_mut();
-        let n = retry(|| {
-            // SAFETY: valid fd; the pointer and length describe the vector's spare capacity,
-            // which pread only writes to.
-            cvt_isize(unsafe {
-                libc::pread(
-                    fd.as_raw_fd(),
-                    spare.as_mut_ptr().cast(),
-                    spare.len(),
-                    (offset + done as u64) as i64,
-                )
-            })
-        })?;
-        if n == 0 {
-            break;
-        }
-        // SAFETY: pread initialised the next `n` bytes of the spare capacity.
-        unsafe { buf.set_len(done + n) };
-    }
-    Ok(buf)
-}
-
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> FsResult<usize> {
     retry(|| {
         // SAFETY: valid fd and a readable buffer of the given length.
