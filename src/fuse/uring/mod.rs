@@ -1,8 +1,8 @@
 //! FUSE over io_uring: the per-CPU queue threads and the request as the kernel lays it in a
 //! ring entry, answered by the handler both transports share (`fuse::ops::Dispatcher`). The
-//! wire format (`fuse::abi`) is re-exported here for the floor example.
-//! The rings themselves (buffers, SQEs) are `sys::uring`'s. Public (as `layover::fuse_uring`)
-//! for the floor example (examples/fuse_floor.rs), which measures the transport on its own.
+//! rings themselves (buffers, SQEs) are `sys::uring`'s. Public (as `layover::fuse_uring`,
+//! with the wire format `fuse::abi` re-exported) for the floor example
+//! (examples/fuse_floor.rs), which measures the transport on its own.
 //!
 //! Set-up: the INIT reply (through /dev/fuse, by fuser) grants `FUSE_OVER_IO_URING`; then
 //! `serve` starts threads pinned to each possible CPU, owning that CPU's queue. Until every
