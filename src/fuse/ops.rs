@@ -237,9 +237,16 @@ impl Dispatcher {
         }
     }
 
-    fn attr_ttl(&self, ino: Ino) -> Duration {
+    /// How long the kernel may keep the attributes of `ino` it got through node `node`. A
+    /// superseded kernel inode (its object has a newer node id: it is held by descriptors
+    /// opened before a copy-up) keeps none: the object changes through the newer one, whose
+    /// replies refresh only that one, so its fstat asks each time and sees the current object,
+    /// as on the kernel's overlay.
+    fn attr_ttl(&self, ino: Ino, node: NodeId) -> Duration {
         if ino == ROOT_INO {
             self.ttl.min(super::ROOT_ATTR_TTL)
+        } else if !self.ids.is_current(ino, node) {
+            Duration::ZERO
         } else {
             self.ttl
         }
@@ -279,11 +286,11 @@ impl Dispatcher {
             op::GETATTR => {
                 let fh = (u32_at(req.op_in, 0) & 1 != 0).then(|| Fh(u64_at(req.op_in, 8)));
                 let st = self.ov.getattr(ino, fh).map_err(err)?;
-                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino));
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino, node));
             }
             op::SETATTR => {
                 let st = self.ov.setattr(ino, setattr(req.op_in)).map_err(err)?;
-                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino));
+                abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino, node));
             }
             op::READLINK => return self.ov.readlink(ino).map_err(err),
             op::SYMLINK | op::MKNOD | op::MKDIR => return self.make(req),
@@ -520,6 +527,9 @@ impl Dispatcher {
                 "open of {} through node id {node} under an older backing: ESTALE, node id {fresh} from now on",
                 o.ino
             );
+            // The superseded kernel inode keeps no attributes from now on (`attr_ttl`): drop
+            // what it has.
+            self.ov.invalidate_attr(o.ino);
         }
         let (flags, b) = open_answer(&self.ov, o, serve).map_err(err)?;
         abi::open_out(out, o.fh.0, flags, b.map_or(0, |b| b.id()));
