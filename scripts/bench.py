@@ -634,11 +634,6 @@ class Bench:
             return self.mount_user(fs, mnt, opts, volatile)
         if fs == "kernel":
             cmd = ["mount", "-t", "overlay", "overlay", "-o", opts + (",volatile" if volatile else ""), str(mnt)]
-        elif fs in ("layover", "layover-devfuse"):
-            cmd = [self.layover, "-o", opts + (",volatile" if volatile else "")
-                   + (",io_uring=0" if fs == "layover-devfuse" else ""), str(mnt)]
-        elif fs == "fuse-overlayfs":
-            cmd = ["fuse-overlayfs", "-o", opts + (",fsync=0" if volatile else ""), str(mnt)]
         elif fs in FLOORS:
             cmd = None
             args = ([self.floor] + ([] if volatile else ["--fsync"]) + (["--uring"] if fs == "floor-uring" else [])
@@ -656,7 +651,24 @@ class Bench:
                 _kill_group(self.floor_proc)
                 raise Failed(f"mount: the floor daemon did not mount {err.strip()}")
         else:
-            raise SystemExit(f"unknown filesystem {fs}")
+            cmd = self.fuse_cmd(fs, mnt, opts, volatile)
+            if cmd is None:
+                raise SystemExit(f"unknown filesystem {fs}")
+        return self.finish_mount(fs, mnt, cmd)
+
+    def fuse_cmd(self, fs: str, mnt: Path, opts: str, volatile: bool) -> list[str] | None:
+        """The command that mounts layover (layover-devfuse: over /dev/fuse) or fuse-overlayfs,
+        as root or as the user alike; None for the others."""
+        if fs in ("layover", "layover-devfuse"):
+            return [self.layover, "-o", opts + (",volatile" if volatile else "")
+                    + (",io_uring=0" if fs == "layover-devfuse" else ""), str(mnt)]
+        if fs == "fuse-overlayfs":
+            return ["fuse-overlayfs", "-o", opts + (",fsync=0" if volatile else ""), str(mnt)]
+        return None
+
+    def finish_mount(self, fs: str, mnt: Path, cmd: list[str] | None) -> Mount:
+        """Runs the mount command, if any (the floor has mounted itself already), checks that
+        something is mounted, and finds the daemon serving it (none for the kernel's)."""
         try:
             if cmd:
                 run(cmd, timeout=60)
@@ -669,10 +681,9 @@ class Bench:
         pid = None
         if fs != "kernel":
             for _ in range(100):
-                pids = daemon_pids(str(mnt))
-                named = [q for q in pids if _comm(q) in self.daemon_names()]
-                if pids:
-                    pid = max(named or pids)
+                named = [q for q in daemon_pids(str(mnt)) if _comm(q) in self.daemon_names()]
+                if named:
+                    pid = max(named)
                     break
                 time.sleep(0.02)
         return Mount(fs, mnt, pid)
@@ -699,29 +710,10 @@ class Bench:
                 raise Failed(f"mount: the kernel's overlayfs in a user namespace: {err.strip()[:300]}")
             self.holders[str(mnt)] = p
             return Mount(fs, mnt, None)
-        if fs in ("layover", "layover-devfuse"):
-            cmd = [self.layover, "-o", opts + (",volatile" if volatile else "")
-                   + (",io_uring=0" if fs == "layover-devfuse" else ""), str(mnt)]
-        elif fs == "fuse-overlayfs":
-            cmd = ["fuse-overlayfs", "-o", opts + (",fsync=0" if volatile else ""), str(mnt)]
-        else:
+        cmd = self.fuse_cmd(fs, mnt, opts, volatile)
+        if cmd is None:
             raise SystemExit(f"{fs} is not measured in an --unprivileged run")
-        try:
-            run(self.as_user(cmd), timeout=60)
-        except Failed as e:
-            if is_mounted(str(mnt)):
-                force_unmount(str(mnt))
-            raise Failed(f"mount: {e}")
-        if not is_mounted(str(mnt)):
-            raise Failed("mount: the command succeeded but nothing is mounted")
-        pid = None
-        for _ in range(100):
-            named = [q for q in daemon_pids(str(mnt)) if _comm(q) in self.daemon_names()]
-            if named:
-                pid = max(named)
-                break
-            time.sleep(0.02)
-        return Mount(fs, mnt, pid)
+        return self.finish_mount(fs, mnt, self.as_user(cmd))
 
     def unmount(self, m: Mount):
         holder = self.holders.pop(str(m.mnt), None)
