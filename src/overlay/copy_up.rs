@@ -88,24 +88,42 @@ impl Tmpfile {
 
     /// Links the file open at `fd` as `name` in `dir` (EEXIST if the name is taken). By its
     /// fd first; when that is refused (ENOENT, EPERM) and the link through `/proc/self/fd`
-    /// works instead, the latter from then on.
-    fn link(&self, fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<()> {
+    /// works instead, the latter from then on. False when neither way is allowed here (the
+    /// proc link refused too, or no /proc): `O_TMPFILE` is then not used again, and the
+    /// caller builds this copy under a name.
+    fn link(&self, fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<bool> {
         if self.link_by_fd.load(Ordering::Relaxed) {
             match sys::link_open_file(fd, dir, name) {
-                Err(e) if e == Errno::ENOENT || e == Errno::EPERM => {
-                    sys::link_open_file_by_proc(fd, dir, name)?;
-                    if self.link_by_fd.swap(false, Ordering::Relaxed) {
-                        log::debug!(
-                            "copy-up: linkat(AT_EMPTY_PATH) refused ({e}): copies are \
-                             linked into place through /proc/self/fd"
-                        );
-                    }
-                    return Ok(());
-                }
-                other => return other,
+                Err(e) if e == Errno::ENOENT || e == Errno::EPERM => {}
+                other => return other.map(|()| true),
             }
         }
-        sys::link_open_file_by_proc(fd, dir, name)
+        match sys::link_open_file_by_proc(fd, dir, name) {
+            Ok(()) => {
+                if self.link_by_fd.swap(false, Ordering::Relaxed) {
+                    log::debug!(
+                        "copy-up: linkat(AT_EMPTY_PATH) refused: copies are linked into \
+                         place through /proc/self/fd"
+                    );
+                }
+                Ok(true)
+            }
+            // ENOENT is also what a vanished `dir` gives: only a missing /proc counts.
+            Err(e)
+                if e == Errno::EPERM
+                    || e == Errno::EACCES
+                    || (e == Errno::ENOENT && !std::path::Path::new("/proc/self/fd").is_dir()) =>
+            {
+                if self.usable.swap(false, Ordering::Relaxed) {
+                    log::debug!(
+                        "copy-up: an O_TMPFILE cannot be linked into place ({e}): regular \
+                         files are built under a temporary name and renamed"
+                    );
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -446,7 +464,8 @@ impl Overlay {
     /// Builds the copy of the regular file `src` (at `from`) as an `O_TMPFILE` in the work
     /// directory and links it into place at `to`, never over anything (EEXIST, as the rename
     /// of a named one). Nothing to remove on a failure: the file goes with its last fd. None
-    /// when the upper's filesystem has no `O_TMPFILE` (the copy is then built under a name).
+    /// when the upper's filesystem has no `O_TMPFILE`, or the daemon may not link one (the
+    /// copy is then built under a name).
     fn copy_anonymous(
         &self,
         from: (BorrowedFd<'_>, &CStr),
@@ -459,8 +478,9 @@ impl Overlay {
             return Ok(None);
         };
         let made = self.copy_regular(from, src, stat_xattr, dfd.as_fd())?;
-        self.lending_owner_write(udir, || self.tmpfile.link(dfd.as_fd(), udir, name))?;
-        Ok(Some(made))
+        let linked =
+            self.lending_owner_write(udir, || self.tmpfile.link(dfd.as_fd(), udir, name))?;
+        Ok(linked.then_some(made))
     }
 
     /// Builds the copy of a directory, symlink or special file `src` as `tmp` in the work
