@@ -2010,6 +2010,37 @@ fn concurrent_copy_up_race() {
     t.finish();
 }
 
+/// A file capability (`security.capability`) of a file of another owner survives its
+/// copy-up, as on the kernel's overlay: the copy is given its owner before its xattrs (a
+/// chown drops the capability). An ordinary user may not chmod another's file at all, and
+/// its fixture has no capability: the kernel's overlay, mounted in the user's namespace,
+/// shows a lower file's capability as revision 3 with that namespace's root id, layover the
+/// value on disk (a difference of reading, not of copy-up).
+#[test]
+fn copy_up_keeps_the_file_capability_of_another_owner() {
+    // VFS_CAP_REVISION_2 with the effective flag; permitted: CAP_NET_RAW (13).
+    const CAP_NET_RAW_EP: [u8; 20] = [
+        0x01, 0, 0, 0x02, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let env = fixture("copy_up_fcap");
+    let l2 = env.layer("l2");
+    l2.file_owned("t", "an executable", 0o755, 1002, 1003);
+    if mode() != Mode::User {
+        l2.xattr("t", "security.capability", CAP_NET_RAW_EP);
+    }
+    let t = T::mount_as_is(env);
+    let want = per_mode(None, Some(libc::EPERM), None);
+    t.op("chmod t (metadata copy-up)", want, |m| {
+        fs::set_permissions(m.join("t"), fs::Permissions::from_mode(0o750))
+    });
+    t.op(
+        "the capability through the mount",
+        per_mode(None, Some(libc::ENODATA), None),
+        |m| getxattr(&m.join("t"), "security.capability"),
+    );
+    t.finish();
+}
+
 /// Copy-up keeps mode, owner, times and xattrs, of the file and of every parent it copies,
 /// and leaves the parent's timestamps alone.
 #[test]

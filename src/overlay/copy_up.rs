@@ -522,8 +522,8 @@ impl Overlay {
         }
     }
 
-    /// Fills `dfd`, the new copy of the regular file `src` (at `from`): data, xattrs, the
-    /// override_stat xattr, owner, mode, times, all through the fd; fsynced when the mount is
+    /// Fills `dfd`, the new copy of the regular file `src` (at `from`): data, owner, xattrs,
+    /// the override_stat xattr, mode, times, all through the fd; fsynced when the mount is
     /// durable. Returns the copy's attributes as made.
     fn copy_regular(
         &self,
@@ -538,13 +538,16 @@ impl Overlay {
         let made = sys::fstat(dfd)?;
         let durable = self.cfg.durable;
         copy_data(sfd.as_fd(), dfd, src, &self.reflink, durable)?;
-        self.copy_xattrs(sdir, sname, |a, v| sys::fsetxattr(dfd, a, v, 0))?;
-        if let Some((x, v)) = stat_xattr {
-            sys::fsetxattr(dfd, x.name(), v, 0)?;
-        }
+        // The owner before the xattrs: chown(2) removes `security.capability` (the kernel's
+        // copy-up sets the owner without that). Only a daemon that may chown sets another
+        // owner here, and it may then set the xattrs of another's file too.
         let owner = self.ids.copy_up_owner(src);
         if (made.uid, made.gid) != (owner.uid, owner.gid) {
             sys::fchownat(dfd, sys::EMPTY, owner.uid, owner.gid)?;
+        }
+        self.copy_xattrs(sdir, sname, |a, v| sys::fsetxattr(dfd, a, v, 0))?;
+        if let Some((x, v)) = stat_xattr {
+            sys::fsetxattr(dfd, x.name(), v, 0)?;
         }
         if perm & 0o6000 != 0 || made.mode & 0o7777 != perm {
             sys::fchmod(dfd, perm)?;
