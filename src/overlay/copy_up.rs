@@ -509,14 +509,16 @@ impl Overlay {
     }
 
     /// The permission bits a regular file's copy is created with. Nobody else can open it
-    /// before it is in place (it has no name, or one in the work directory, which is mode 0),
-    /// so root makes it with its final permissions (the daemon's umask is 0); set-id bits come
-    /// after the chown, which clears them. Without root it is made 0600: setting a `user.*`
-    /// xattr needs write permission on the inode (even through an fd), and the daemon has no
+    /// before it is in place (it has no name, or one in the work directory, which only the
+    /// daemon may enter), so it is made with its final permissions (the daemon's umask is 0),
+    /// and needs no chmod later; set-id bits come after the chown, which clears them. Without
+    /// root, a mode without owner write is made 0600 instead: setting a `user.*` xattr needs
+    /// write permission on the inode (even through an fd), and the daemon has no
     /// CAP_DAC_OVERRIDE to do without it.
     fn first_mode(&self, src: &Stat) -> u32 {
-        if self.privileges.any_owner() {
-            src.mode & 0o1777
+        let perm = src.mode & 0o1777;
+        if self.privileges.any_owner() || perm & 0o200 != 0 {
+            perm
         } else {
             0o600
         }

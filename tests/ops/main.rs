@@ -516,7 +516,7 @@ fn temporaries(work: &Path) -> Vec<String> {
 /// then holds it with one link and the lower's data, mode, owner, times and xattrs (one
 /// longer than the first read buffer too), and the work directory holds nothing at once,
 /// while the overlay lives (not only after `cleanup_work`); on a durable and a volatile mount,
-/// and for a truncating copy-up, which copies no data.
+/// for a truncating copy-up, which copies no data, and for a file without owner write.
 #[test]
 fn copy_up_of_a_regular_file_leaves_one_complete_link_and_nothing_in_work() {
     for durable in [true, false] {
@@ -538,6 +538,11 @@ fn copy_up_of_a_regular_file_leaves_one_complete_link_and_nothing_in_work() {
             set_times(&path, 1_000_000_000, 1_100_000_000);
             fs::set_permissions(&path, fs::Permissions::from_mode(0o751)).unwrap();
         }
+        let path = lower.join("r");
+        file(&path, &data);
+        set_xattr(&path, "user.short", b"s");
+        set_xattr(&path, "user.long", &long);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).unwrap();
         let mut st = stack(&[&lower], Some((&upper, &work)));
         st.durable = durable;
         let ov = Overlay::new(st, 1024, &Privilege::detect(), None).unwrap();
@@ -550,8 +555,16 @@ fn copy_up_of_a_regular_file_leaves_one_complete_link_and_nothing_in_work() {
             ..SetAttr::default()
         };
         ov.setattr(t, truncate).unwrap();
+        // Without owner write (an ordinary user's daemon makes it 0600 to set its xattrs,
+        // then gives it its mode); copied up by a change of its times.
+        let r = ov.lookup(ROOT, b"r").unwrap().ino();
+        let times = SetAttr {
+            mtime: Some(TimeSpec::Set(1_200_000_000, 0)),
+            ..SetAttr::default()
+        };
+        ov.setattr(r, times).unwrap();
         assert_eq!(temporaries(&work), Vec::<String>::new());
-        for name in ["f", "t"] {
+        for name in ["f", "t", "r"] {
             let (up, low) = (upper.join(name), lower.join(name));
             let (um, lm) = (fs::metadata(&up).unwrap(), fs::metadata(&low).unwrap());
             assert_eq!(um.nlink(), 1, "{name}: one link");
