@@ -2010,6 +2010,37 @@ fn concurrent_copy_up_race() {
     t.finish();
 }
 
+/// A file capability (`security.capability`) of a file of another owner survives its
+/// copy-up, as on the kernel's overlay: the copy is given its owner before its xattrs (a
+/// chown drops the capability). An ordinary user may not chmod another's file at all, and
+/// its fixture has no capability: the kernel's overlay, mounted in the user's namespace,
+/// shows a lower file's capability as revision 3 with that namespace's root id, layover the
+/// value on disk (a difference of reading, not of copy-up).
+#[test]
+fn copy_up_keeps_the_file_capability_of_another_owner() {
+    // VFS_CAP_REVISION_2 with the effective flag; permitted: CAP_NET_RAW (13).
+    const CAP_NET_RAW_EP: [u8; 20] = [
+        0x01, 0, 0, 0x02, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let env = fixture("copy_up_fcap");
+    let l2 = env.layer("l2");
+    l2.file_owned("t", "an executable", 0o755, 1002, 1003);
+    if mode() != Mode::User {
+        l2.xattr("t", "security.capability", CAP_NET_RAW_EP);
+    }
+    let t = T::mount_as_is(env);
+    let want = per_mode(None, Some(libc::EPERM), None);
+    t.op("chmod t (metadata copy-up)", want, |m| {
+        fs::set_permissions(m.join("t"), fs::Permissions::from_mode(0o750))
+    });
+    t.op(
+        "the capability through the mount",
+        per_mode(None, Some(libc::ENODATA), None),
+        |m| getxattr(&m.join("t"), "security.capability"),
+    );
+    t.finish();
+}
+
 /// Copy-up keeps mode, owner, times and xattrs, of the file and of every parent it copies,
 /// and leaves the parent's timestamps alone.
 #[test]
@@ -2095,6 +2126,73 @@ fn copy_up_preserves_metadata() {
         }
     }
     t.finish();
+}
+
+/// Where the upper's filesystem has no `O_TMPFILE` (here a FUSE mount, layover's own, which
+/// serves no FUSE_TMPFILE), a regular file is copied up under a temporary name in the work
+/// directory and renamed into place, as other objects are: the copy is whole (data, mode,
+/// xattrs, one link) and no temporary is left. Every mode: the inner mount's daemon reaches
+/// the outer mount as the same user as the outer one's.
+#[test]
+fn copy_up_where_the_upper_has_no_o_tmpfile() {
+    let env = TestEnv::new("no_o_tmpfile");
+    let l = env.layer("lower");
+    l.file_mode("d/f", "lower data", 0o640)
+        .xattr("d/f", "user.k", "v");
+    let mnt = env.mkdir("mnt");
+    if mode() == Mode::User {
+        give_to_user(&[&l.root, &mnt]);
+    }
+    let outer = env.mkdir("outer");
+    let (ou, ow) = (env.mkdir("outer_upper"), env.mkdir("outer_work"));
+    let ol = env.layer("outer_lower");
+    env.mount_layover(
+        &format!(
+            "lowerdir={},upperdir={},workdir={}",
+            ol.root.display(),
+            ou.display(),
+            ow.display()
+        ),
+        &outer,
+    );
+    let (up, work) = (outer.join("u"), outer.join("w"));
+    fs::create_dir(&up).unwrap();
+    fs::create_dir(&work).unwrap();
+    let premise = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&up);
+    assert_eq!(
+        premise.map(drop).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EOPNOTSUPP)),
+        "the premise: no O_TMPFILE in the upper"
+    );
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.root.display(),
+        up.display(),
+        work.display()
+    );
+    let r = env.run_layover(&[std::ffi::OsStr::new("-o"), opts.as_ref(), mnt.as_os_str()]);
+    assert!(r.ok(), "inner mount failed: {}", r.stderr);
+    env.track(&mnt, MountKind::Layover);
+    env.expect_layover_mounted(&mnt);
+    OpenOptions::new()
+        .append(true)
+        .open(mnt.join("d/f"))
+        .and_then(|mut f| f.write_all(b"+"))
+        .unwrap();
+    let copy = up.join("d/f");
+    assert_eq!(fs::read(&copy).unwrap(), b"lower data+");
+    let md = fs::metadata(&copy).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.nlink()), (0o640, 1));
+    assert_eq!(getxattr(&copy, "user.k").unwrap(), b"v");
+    let temporaries: Vec<String> = fs::read_dir(work.join("work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("#layover."))
+        .collect();
+    assert_eq!(temporaries, Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,17 @@
 //! Copy-up: making the upper layer hold an object that so far only a lower holds.
 //!
-//! Parents first. Each object is built in the work directory under a temporary name — data
-//! (reflink, else copy_file_range hole by hole), xattrs (not the overlay's own), owner, mode,
-//! times — fsynced unless the mount is volatile, then renamed into place, so a crash never
-//! leaves a partial object in the upper. The upper parent's timestamps are put back
-//! afterwards. Copy-up is serialised per inode: other files stay usable meanwhile.
+//! Parents first. Each object is built in the work directory — data (reflink, else
+//! copy_file_range hole by hole), xattrs (not the overlay's own), owner, mode, times — fsynced
+//! unless the mount is volatile, and only then given its name in the upper, so a crash never
+//! leaves a partial object there. A regular file is built as an `O_TMPFILE`, which has no name
+//! until it is linked into place (a crash before that leaves nothing: the filesystem frees an
+//! unlinked inode at its next mount); everything else, and a regular file where the upper's
+//! filesystem has no `O_TMPFILE`, is built under a temporary name and renamed into place (a
+//! crash may leave that name in the work directory, which the next mount empties). The upper
+//! parent's timestamps are put back afterwards. Copy-up is serialised per inode: other files
+//! stay usable meanwhile.
 
+use super::owner::AttrValue;
 use super::{Overlay, cname};
 use crate::error::{Errno, FsResult};
 use crate::idmap::stat_xattr::is_stat_xattr;
@@ -35,6 +41,88 @@ impl Drop for TempGuard<'_> {
                 "could not remove temporary {:?} from workdir: {e}",
                 self.name
             );
+        }
+    }
+}
+
+/// How copy-up makes and places an `O_TMPFILE`, learnt on first use and remembered (as
+/// `reflink` is): whether the upper's filesystem has `O_TMPFILE` at all, and whether the
+/// daemon may link an open file by its fd (`linkat(AT_EMPTY_PATH)`: root, or Linux >= 6.10),
+/// else through `/proc/self/fd`.
+pub(super) struct Tmpfile {
+    usable: AtomicBool,
+    link_by_fd: AtomicBool,
+}
+
+impl Default for Tmpfile {
+    fn default() -> Self {
+        Tmpfile {
+            usable: AtomicBool::new(true),
+            link_by_fd: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Tmpfile {
+    /// A new unnamed file in `work`, open for writing, of permission bits `mode`; None when
+    /// the filesystem has no `O_TMPFILE` (then never asked again).
+    fn open(&self, work: BorrowedFd<'_>, mode: u32) -> FsResult<Option<OwnedFd>> {
+        if !self.usable.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        match sys::openat(work, sys::DOT, libc::O_TMPFILE | libc::O_WRONLY, mode) {
+            Ok(fd) => Ok(Some(fd)),
+            // EOPNOTSUPP: the filesystem has none; EISDIR, EINVAL: the kernel has none.
+            Err(e) if [libc::EOPNOTSUPP, libc::EISDIR, libc::EINVAL].contains(&e.raw()) => {
+                if self.usable.swap(false, Ordering::Relaxed) {
+                    log::debug!(
+                        "copy-up: no O_TMPFILE in the work directory ({e}): regular files \
+                         are built under a temporary name and renamed"
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Links the file open at `fd` as `name` in `dir` (EEXIST if the name is taken). By its
+    /// fd first; when that is refused (ENOENT, EPERM) and the link through `/proc/self/fd`
+    /// works instead, the latter from then on. False when neither way is allowed here (the
+    /// proc link refused too, or no /proc): `O_TMPFILE` is then not used again, and the
+    /// caller builds this copy under a name.
+    fn link(&self, fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> FsResult<bool> {
+        if self.link_by_fd.load(Ordering::Relaxed) {
+            match sys::link_open_file(fd, dir, name) {
+                Err(e) if e == Errno::ENOENT || e == Errno::EPERM => {}
+                other => return other.map(|()| true),
+            }
+        }
+        match sys::link_open_file_by_proc(fd, dir, name) {
+            Ok(()) => {
+                if self.link_by_fd.swap(false, Ordering::Relaxed) {
+                    log::debug!(
+                        "copy-up: linkat(AT_EMPTY_PATH) refused: copies are linked into \
+                         place through /proc/self/fd"
+                    );
+                }
+                Ok(true)
+            }
+            // ENOENT is also what a vanished `dir` gives: only a missing /proc counts.
+            Err(e)
+                if e == Errno::EPERM
+                    || e == Errno::EACCES
+                    || (e == Errno::ENOENT && !std::path::Path::new("/proc/self/fd").is_dir()) =>
+            {
+                if self.usable.swap(false, Ordering::Relaxed) {
+                    log::debug!(
+                        "copy-up: an O_TMPFILE cannot be linked into place ({e}): regular \
+                         files are built under a temporary name and renamed"
+                    );
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -171,13 +259,13 @@ fn copy_by_reading(
 }
 
 impl Overlay {
-    /// Copies the xattrs of `src` (name in dir) to `dst` (name in dir), except ours.
+    /// Copies the xattrs of `src` (name in dir), except ours, with `set` (name, value) on the
+    /// copy.
     pub(super) fn copy_xattrs(
         &self,
         sdir: BorrowedFd<'_>,
         sname: &CStr,
-        ddir: BorrowedFd<'_>,
-        dname: &CStr,
+        set: impl Fn(&CStr, &[u8]) -> FsResult<()>,
     ) -> FsResult<()> {
         let names = match sys::listxattr_names(sdir, sname) {
             Ok(n) => n,
@@ -196,7 +284,7 @@ impl Overlay {
                 Err(e) if e == Errno::ENODATA => continue,
                 Err(e) => return Err(e),
             };
-            match sys::setxattrat(ddir, dname, &cn, &v, 0) {
+            match set(&cn, &v) {
                 Ok(()) => {}
                 Err(e) if e == Errno::EOPNOTSUPP && !must_copy_xattr(&n) => {}
                 Err(e) => return Err(e),
@@ -258,26 +346,20 @@ impl Overlay {
         let udir = self.dir_fd(parent, upper)?;
 
         let work = self.work_fd()?;
-        let tmp = self.temp_name();
-        let mut guard = TempGuard {
-            dir: work,
-            name: tmp.clone(),
-            is_dir: src.is_dir(),
-            armed: false,
-        };
         let made = self.keeping_times(parent, || {
             let src = if with_data {
                 src
             } else {
                 Stat { size: 0, ..src }
             };
-            let made = self.build_copy(sdir.as_fd(), &sname, &src, work, &tmp, &mut guard)?;
-            if let Some((x, v)) = &stat_xattr {
-                sys::setxattrat(work, &tmp, x.name(), v, 0)?;
+            let from = (sdir.as_fd(), sname.as_c_str());
+            let to = (udir.as_fd(), sname.as_c_str());
+            if src.is_reg()
+                && let Some(made) = self.copy_anonymous(from, &src, &stat_xattr, work, to)?
+            {
+                return Ok(made);
             }
-            self.place_copy(&src, (work, &tmp), (udir.as_fd(), &sname))?;
-            guard.armed = false;
-            Ok(made)
+            self.copy_named(from, &src, &stat_xattr, work, to)
         })?;
         self.copied_up(inode, upper, &src, &made, with_data);
         Ok(())
@@ -327,6 +409,41 @@ impl Overlay {
         }
     }
 
+    /// Builds the copy of `src` (at `from`) under a temporary name in the work directory,
+    /// guarded so that a failure removes it, and renames it into place at `to`; returns the
+    /// copy's attributes as made (its device and inode number are what count).
+    fn copy_named(
+        &self,
+        (sdir, sname): (BorrowedFd<'_>, &CStr),
+        src: &Stat,
+        stat_xattr: &Option<AttrValue>,
+        work: BorrowedFd<'_>,
+        to: (BorrowedFd<'_>, &CStr),
+    ) -> FsResult<Stat> {
+        let tmp = self.temp_name();
+        let mut guard = TempGuard {
+            dir: work,
+            name: tmp.clone(),
+            is_dir: src.is_dir(),
+            armed: false,
+        };
+        let made = if src.is_reg() {
+            let create = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            let dfd = sys::openat(work, &tmp, create, self.first_mode(src))?;
+            guard.armed = true;
+            self.copy_regular((sdir, sname), src, stat_xattr, dfd.as_fd())?
+        } else {
+            let made = self.build_copy(sdir, sname, src, work, &tmp, &mut guard)?;
+            if let Some((x, v)) = stat_xattr {
+                sys::setxattrat(work, &tmp, x.name(), v, 0)?;
+            }
+            made
+        };
+        self.place_copy(src, (work, &tmp), to)?;
+        guard.armed = false;
+        Ok(made)
+    }
+
     /// Renames the finished copy of `src` from the work directory into the upper directory,
     /// never over anything; a directory copied without owner write gets its mode now.
     fn place_copy(
@@ -344,9 +461,31 @@ impl Overlay {
         Ok(())
     }
 
-    /// Builds the copy of `src` as `tmp` in the work directory (the guard removes it on
-    /// failure once armed); returns the copy's attributes as made (its device and inode
-    /// number are what count).
+    /// Builds the copy of the regular file `src` (at `from`) as an `O_TMPFILE` in the work
+    /// directory and links it into place at `to`, never over anything (EEXIST, as the rename
+    /// of a named one). Nothing to remove on a failure: the file goes with its last fd. None
+    /// when the upper's filesystem has no `O_TMPFILE`, or the daemon may not link one (the
+    /// copy is then built under a name).
+    fn copy_anonymous(
+        &self,
+        from: (BorrowedFd<'_>, &CStr),
+        src: &Stat,
+        stat_xattr: &Option<AttrValue>,
+        work: BorrowedFd<'_>,
+        (udir, name): (BorrowedFd<'_>, &CStr),
+    ) -> FsResult<Option<Stat>> {
+        let Some(dfd) = self.tmpfile.open(work, self.first_mode(src))? else {
+            return Ok(None);
+        };
+        let made = self.copy_regular(from, src, stat_xattr, dfd.as_fd())?;
+        let linked =
+            self.lending_owner_write(udir, || self.tmpfile.link(dfd.as_fd(), udir, name))?;
+        Ok(linked.then_some(made))
+    }
+
+    /// Builds the copy of a directory, symlink or special file `src` as `tmp` in the work
+    /// directory (the guard removes it on failure once armed); returns the copy's attributes
+    /// as made.
     fn build_copy(
         &self,
         sdir: BorrowedFd<'_>,
@@ -357,7 +496,6 @@ impl Overlay {
         guard: &mut TempGuard<'_>,
     ) -> FsResult<Stat> {
         match src.file_type() {
-            libc::S_IFREG => return self.copy_regular(sdir, sname, src, work, tmp, guard),
             libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
             libc::S_IFLNK => {
                 let target = sys::readlinkat(sdir, sname)?;
@@ -370,47 +508,56 @@ impl Overlay {
         sys::fstatat(work, tmp)
     }
 
-    /// `build_copy` of a regular file: data, xattrs, owner, mode, times, through its fd;
-    /// fsynced when the mount is durable.
+    /// The permission bits a regular file's copy is created with. Nobody else can open it
+    /// before it is in place (it has no name, or one in the work directory, which only the
+    /// daemon may enter), so it is made with its final permissions (the daemon's umask is 0),
+    /// and needs no chmod later; set-id bits come after the chown, which clears them. Without
+    /// root, a mode without owner write is made 0600 instead: setting a `user.*` xattr needs
+    /// write permission on the inode (even through an fd), and the daemon has no
+    /// CAP_DAC_OVERRIDE to do without it.
+    fn first_mode(&self, src: &Stat) -> u32 {
+        let perm = src.mode & 0o1777;
+        if self.privileges.any_owner() || perm & 0o200 != 0 {
+            perm
+        } else {
+            0o600
+        }
+    }
+
+    /// Fills `dfd`, the new copy of the regular file `src` (at `from`): data, owner, xattrs,
+    /// the override_stat xattr, mode, times, all through the fd; fsynced when the mount is
+    /// durable. Returns the copy's attributes as made.
     fn copy_regular(
         &self,
-        sdir: BorrowedFd<'_>,
-        sname: &CStr,
+        (sdir, sname): (BorrowedFd<'_>, &CStr),
         src: &Stat,
-        work: BorrowedFd<'_>,
-        tmp: &CStr,
-        guard: &mut TempGuard<'_>,
+        stat_xattr: &Option<AttrValue>,
+        dfd: BorrowedFd<'_>,
     ) -> FsResult<Stat> {
         let perm = src.mode & 0o7777;
         // The source is a lower file: reading it leaves its atime alone (`open_source`).
         let sfd = self.open_source(sdir, sname)?;
-        // The work directory is mode 0: nobody else can open the file before it is
-        // renamed into place, so root makes it with its final permissions (the
-        // daemon's umask is 0). Set-id bits come after the chown, which clears them.
-        // Without root, the xattrs are set by name, which needs owner write access.
-        let first_mode = if self.privileges.any_owner() {
-            perm & 0o1777
-        } else {
-            0o600
-        };
-        let create = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
-        let dfd = sys::openat(work, tmp, create, first_mode)?;
-        guard.armed = true;
-        let made = sys::fstat(dfd.as_fd())?;
+        let made = sys::fstat(dfd)?;
         let durable = self.cfg.durable;
-        copy_data(sfd.as_fd(), dfd.as_fd(), src, &self.reflink, durable)?;
-        self.copy_xattrs(sdir, sname, work, tmp)?;
+        copy_data(sfd.as_fd(), dfd, src, &self.reflink, durable)?;
+        // The owner before the xattrs: chown(2) removes `security.capability` (the kernel's
+        // copy-up sets the owner without that). Only a daemon that may chown sets another
+        // owner here, and it may then set the xattrs of another's file too.
         let owner = self.ids.copy_up_owner(src);
         if (made.uid, made.gid) != (owner.uid, owner.gid) {
-            sys::fchownat(dfd.as_fd(), sys::EMPTY, owner.uid, owner.gid)?;
+            sys::fchownat(dfd, sys::EMPTY, owner.uid, owner.gid)?;
+        }
+        self.copy_xattrs(sdir, sname, |a, v| sys::fsetxattr(dfd, a, v, 0))?;
+        if let Some((x, v)) = stat_xattr {
+            sys::fsetxattr(dfd, x.name(), v, 0)?;
         }
         if perm & 0o6000 != 0 || made.mode & 0o7777 != perm {
-            sys::fchmod(dfd.as_fd(), perm)?;
+            sys::fchmod(dfd, perm)?;
         }
         let (a, m) = times(src);
-        sys::utimensat(dfd.as_fd(), sys::EMPTY, a, m)?;
+        sys::utimensat(dfd, sys::EMPTY, a, m)?;
         if durable {
-            sys::fsync(dfd.as_fd(), false)?;
+            sys::fsync(dfd, false)?;
         }
         Ok(made)
     }
@@ -488,7 +635,7 @@ impl Overlay {
         work: BorrowedFd<'_>,
         tmp: &CStr,
     ) -> FsResult<()> {
-        self.copy_xattrs(sdir, sname, work, tmp)?;
+        self.copy_xattrs(sdir, sname, |a, v| sys::setxattrat(work, tmp, a, v, 0))?;
         let owner = self.ids.copy_up_owner(src);
         sys::fchownat(work, tmp, owner.uid, owner.gid)?;
         if src.file_type() != libc::S_IFLNK {

@@ -115,6 +115,8 @@ pub struct Overlay {
     detached_attrs: dashmap::DashMap<Ino, Stat>,
     /// Copy-up may try a reflink (FICLONE); cleared when the filesystems cannot.
     reflink: std::sync::atomic::AtomicBool,
+    /// Copy-up's `O_TMPFILE`: usable? linked by fd or through /proc?
+    tmpfile: copy_up::Tmpfile,
     /// "#layover.PID.", the prefix of temporary names in the work directory (made on first
     /// use, after the daemon has forked).
     temp_prefix: std::sync::OnceLock<String>,
@@ -278,6 +280,7 @@ impl Overlay {
             link_names: LinkNames::default(),
             detached_attrs: dashmap::DashMap::new(),
             reflink: std::sync::atomic::AtomicBool::new(true),
+            tmpfile: copy_up::Tmpfile::default(),
             temp_prefix: std::sync::OnceLock::new(),
             opener,
             counters: figures::Counters::default(),

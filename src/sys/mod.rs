@@ -251,6 +251,47 @@ pub fn linkat(
     .map(drop)
 }
 
+/// Gives the file open at `fd` (an `O_TMPFILE` one, say) the name `newname` in `newdir`:
+/// `linkat(fd, "", newdir, newname, AT_EMPTY_PATH)`. The kernel allows it to a caller with
+/// CAP_DAC_READ_SEARCH or, since Linux 6.10, one whose credentials opened the file; others
+/// get ENOENT (`link_open_file_by_proc` then).
+pub fn link_open_file(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &CStr) -> FsResult<()> {
+    // SAFETY: valid fds and NUL-terminated names.
+    cvt(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// `link_open_file` through the fd's magic link, `/proc/self/fd/N`, followed
+/// (`AT_SYMLINK_FOLLOW`): it resolves to the open file itself, never to a path. Needs no
+/// capability, only /proc.
+pub fn link_open_file_by_proc(
+    fd: BorrowedFd<'_>,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+) -> FsResult<()> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| Errno::EINVAL)?;
+    // SAFETY: NUL-terminated path and name, a valid fd.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, rmdir: bool) -> FsResult<()> {
     let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
     // SAFETY: valid fd and NUL-terminated name.

@@ -199,6 +199,23 @@ pub fn setxattrat(
     .map(drop)
 }
 
+/// `fsetxattr`: sets an attribute of the file open at `fd` (not an `O_PATH` fd), which may
+/// have no name at all (`O_TMPFILE`). The same permission rules as by name apply: a `user.*`
+/// attribute needs write permission on the inode, whatever the fd's access mode.
+pub fn fsetxattr(fd: BorrowedFd<'_>, attr: &CStr, value: &[u8], flags: i32) -> FsResult<()> {
+    // SAFETY: valid fd, NUL-terminated name and a readable buffer of the given length.
+    cvt(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            attr.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
 pub fn removexattrat(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> FsResult<()> {
     if !NO_XATTRAT.load(Ordering::Relaxed) {
         // SAFETY: valid fd and NUL-terminated strings.

@@ -503,6 +503,104 @@ fn chmod_copies_up_keeping_times_and_owner() {
     rw.assert_work_empty();
 }
 
+/// What a live overlay's work directory (`work`: the workdir) holds but the volatile mount's
+/// mark.
+fn temporaries(work: &Path) -> Vec<String> {
+    let mut names = names_on_disk(&work.join("work"));
+    names.retain(|n| n != "incompat");
+    names
+}
+
+/// A regular file's copy is built with no name (`O_TMPFILE`) and linked into place, or, where
+/// the filesystem has no `O_TMPFILE`, under a temporary name and renamed: either way the upper
+/// then holds it with one link and the lower's data, mode, owner, times and xattrs (one
+/// longer than the first read buffer too), and the work directory holds nothing at once,
+/// while the overlay lives (not only after `cleanup_work`); on a durable and a volatile mount,
+/// for a truncating copy-up, which copies no data, and for a file without owner write.
+#[test]
+fn copy_up_of_a_regular_file_leaves_one_complete_link_and_nothing_in_work() {
+    for durable in [true, false] {
+        let s = Scratch::new(if durable {
+            "copyup-reg-durable"
+        } else {
+            "copyup-reg-volatile"
+        });
+        let (upper, lower, work) = (s.dir("upper"), s.dir("lower"), s.dir("work"));
+        let data: String = (0..5000u32)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let long = vec![b'x'; 1000];
+        for name in ["f", "t"] {
+            let path = lower.join(name);
+            file(&path, &data);
+            set_xattr(&path, "user.short", b"s");
+            set_xattr(&path, "user.long", &long);
+            set_times(&path, 1_000_000_000, 1_100_000_000);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o751)).unwrap();
+        }
+        let path = lower.join("r");
+        file(&path, &data);
+        set_xattr(&path, "user.short", b"s");
+        set_xattr(&path, "user.long", &long);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).unwrap();
+        let mut st = stack(&[&lower], Some((&upper, &work)));
+        st.durable = durable;
+        let ov = Overlay::new(st, 1024, &Privilege::detect(), None).unwrap();
+        let f = ov.lookup(ROOT, b"f").unwrap().ino();
+        let opened = ov.open(f, O_WRONLY, OpenOpts::default()).unwrap();
+        assert_eq!(temporaries(&work), Vec::<String>::new());
+        let t = ov.lookup(ROOT, b"t").unwrap().ino();
+        let truncate = SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        };
+        ov.setattr(t, truncate).unwrap();
+        // Without owner write (an ordinary user's daemon makes it 0600 to set its xattrs,
+        // then gives it its mode); copied up by a change of its times.
+        let r = ov.lookup(ROOT, b"r").unwrap().ino();
+        let times = SetAttr {
+            mtime: Some(TimeSpec::Set(1_200_000_000, 0)),
+            ..SetAttr::default()
+        };
+        ov.setattr(r, times).unwrap();
+        assert_eq!(temporaries(&work), Vec::<String>::new());
+        for name in ["f", "t", "r"] {
+            let (up, low) = (upper.join(name), lower.join(name));
+            let (um, lm) = (fs::metadata(&up).unwrap(), fs::metadata(&low).unwrap());
+            assert_eq!(um.nlink(), 1, "{name}: one link");
+            assert_ne!(um.ino(), lm.ino(), "{name}: a copy");
+            assert_eq!(um.mode(), lm.mode(), "{name}: type and mode");
+            assert_eq!((um.uid(), um.gid()), (lm.uid(), lm.gid()), "{name}: owner");
+            assert_eq!(get_xattr(&up, "user.short").as_deref(), Some(&b"s"[..]));
+            assert_eq!(get_xattr(&up, "user.long"), Some(long.clone()));
+        }
+        let fm = fs::metadata(upper.join("f")).unwrap();
+        assert_eq!(fs::read(upper.join("f")).unwrap(), data.as_bytes());
+        assert_eq!((fm.atime(), fm.mtime()), (1_000_000_000, 1_100_000_000));
+        assert_eq!(fs::metadata(upper.join("t")).unwrap().len(), 0);
+        assert_eq!(ov.getattr(f, None).unwrap().ino, f.0, "st_ino kept");
+        ov.release(opened.fh);
+        ov.cleanup_work();
+        assert_eq!(names_on_disk(&work.join("work")), Vec::<String>::new());
+    }
+}
+
+/// A copy-up whose name was taken in the upper behind the overlay's back (an offline edit of
+/// a live upper) fails with EEXIST and never replaces what is there, and leaves nothing in
+/// the work directory.
+#[test]
+fn copy_up_never_replaces_a_name_taken_in_the_upper() {
+    let s = Scratch::new("copyup-taken");
+    let rw = Rw::new(&s, |l| file(&l.join("f"), "lower"));
+    let f = rw.ino("f");
+    file(&rw.upper.join("f"), "planted");
+    let opened = rw.ov.open(f, O_RDWR, OpenOpts::default());
+    assert_eq!(opened.err(), Some(Errno::EEXIST));
+    assert_eq!(read_all(&rw.upper.join("f")), "planted");
+    assert_eq!(temporaries(&rw.work), Vec::<String>::new());
+    rw.assert_work_empty();
+}
+
 #[test]
 fn unlink_of_a_lower_file_leaves_a_whiteout() {
     let s = Scratch::new("unlink");
