@@ -159,6 +159,9 @@ fn give_layers_to_user(opts: &str, mnt: &Path) {
     give_to_user(&dirs);
 }
 
+/// What every test directory's path starts with (`/tmp/lyt-PID-N-NAME`).
+const ROOT_PREFIX: &str = "/tmp/lyt-";
+
 /// Owns a unique temporary directory and every mount made under it (or registered with it).
 /// Dropping it unmounts everything (umount, then umount -l) and removes the directory, also
 /// when the test panicked. A layover daemon that died during the test fails it here, too.
@@ -204,7 +207,7 @@ impl TestEnv {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .take(40)
             .collect();
-        let root = PathBuf::from(format!("/tmp/lyt-{}-{n}-{safe}", std::process::id()));
+        let root = PathBuf::from(format!("{ROOT_PREFIX}{}-{n}-{safe}", std::process::id()));
         if root.exists() {
             fs::remove_dir_all(&root).expect("remove stale test dir");
         }
@@ -426,14 +429,16 @@ impl TestEnv {
 
     /// [`Mode::User`]: the kernel's overlay mounted at `mnt` by the test user in a user and
     /// mount namespace of its own, kept by a process that waits on its stdin. The namespace
-    /// is made from a copy of ours (root's) from which every FUSE mount below the test
-    /// directory has been taken away first, so that it keeps no copy of a layover mount
-    /// (whose daemon would then outlive its unmount).
+    /// is made from a copy of ours (root's) from which every FUSE mount below any test
+    /// directory (this test's and those of the tests running beside it) has been taken away
+    /// first, so that it keeps no copy of a layover mount (whose daemon would then outlive
+    /// its unmount until this holder ends: "still runs 10 s after its unmount" in another
+    /// test, when this one runs long).
     fn spawn_kernel_holder(&self, opts: &str, mnt: &Path) -> Result<PathBuf, String> {
         let (name, _, _) = test_user();
         let inner = "mount -t overlay overlay -o \"$0\" \"$1\" || exit 1; echo ready; exec cat";
         let outer = format!(
-            "grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | grep \"^$2/\" | sort -r | \
+            "grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | grep \"^$2\" | sort -r | \
              while read -r m; do umount -l \"$m\"; done
              exec setpriv --reuid {name} --regid {name} --init-groups -- \
                  unshare -Urm -- sh -c '{inner}' \"$0\" \"$1\""
@@ -442,7 +447,7 @@ impl TestEnv {
         c.args(["-m", "--propagation", "private", "--", "sh", "-c", &outer])
             .arg(opts)
             .arg(mnt)
-            .arg(&self.root)
+            .arg(ROOT_PREFIX)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
