@@ -173,7 +173,7 @@ class Side:
             mounts.mount_kernel(lowers, upper, work, mnt, self.spec["userxattr"])
             return None
         pid = mounts.mount_layover(impl, lowers, upper, work, mnt, self.spec["userxattr"],
-                                   self.log)
+                                   self.log, self.spec.get("layover_opts", ()))
         if mnt == (self.paths or {}).get("mnt"):
             self.pid = pid
         return pid
