@@ -353,7 +353,11 @@ class Case:
         read through a descriptor opened read-only on a lower file, before its copy-up."""
         if op["op"] in ("fdread", "fdstat"):
             return op.get("slot") in self.lower_slots
-        return op["op"] in ("stale", "open") and lower_before is not None
+        if lower_before is None:
+            return False
+        # an open reads through its new descriptor at once: only O_TRUNC copies the file up
+        # after the open and before that read
+        return op["op"] == "stale" or op["op"] == "open" and "TRUNC" in op.get("flags", ())
 
     def lower_twin_reader(self, op, rk):
         """Whether a divergence of op is an fstat through a descriptor opened read-only on one
