@@ -28,7 +28,7 @@ import tempfile
 import time
 
 import mounts
-from common import send_msg, show_path
+from common import send_msg, short_bytes, show_path
 from gen import NAME_CHANGING, Gen
 from layers import build_stack, overlay_prefix
 from report import fmt_op, fmt_value
@@ -56,10 +56,22 @@ def read_only(op):
     return op["op"] == "stale" or "RDONLY" in op.get("flags", ())
 
 
-def layer_lstat(root, rel):
-    """lstat of root/rel in a layer on disk, or None when it does not exist. No component is
-    followed if it is a symlink (a layer's symlinks may point anywhere on the host): a
-    symlink on the way means the path names nothing in this layer."""
+def serves_lower_readers(opts, spec):
+    """Whether layover serves a lower file opened read-only from the lower file (FUSE
+    passthrough, its default as real root) and so keeps such a descriptor on the lower copy
+    after a copy-up. Without passthrough (root of a user namespace, passthrough=0) or with
+    strict_copy_up=1 the descriptor reads the copy, as on the kernel: no ":lower-reader"."""
+    if getattr(opts, "mode", "root") == "userns":
+        return False
+    extra = dict(o.partition("=")[::2] for o in spec.get("layover_opts", ()))
+    return (extra.get("passthrough", "1") not in ("0", "no", "off", "false")
+            and extra.get("strict_copy_up", "0") not in ("1", "yes", "on", "true"))
+
+
+def layer_at(root, rel, fn):
+    """fn(dir_fd, last name) for root/rel in a layer on disk, or None when a component is
+    missing. No component is followed if it is a symlink (a layer's symlinks may point
+    anywhere on the host): a symlink on the way means the path names nothing in this layer."""
     try:
         fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     except OSError:
@@ -70,11 +82,27 @@ def layer_lstat(root, rel):
             nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nfd
-        return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        return fn(fd, parts[-1])
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def layer_lstat(root, rel):
+    """lstat of root/rel in a layer on disk, or None (see layer_at)."""
+    return layer_at(root, rel, lambda d, n: os.stat(n, dir_fd=d, follow_symlinks=False))
+
+
+def layer_pread(root, rel, length, offset):
+    """short_bytes of what a pread of the regular file root/rel gives, or None."""
+    def read(d, n):
+        fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=d)
+        try:
+            return short_bytes(os.pread(fd, length, offset))
+        finally:
+            os.close(fd)
+    return layer_at(root, rel, read)
 
 
 class Hang(Exception):
@@ -327,14 +355,15 @@ class Case:
         self.extra = []
         # slot -> what its descriptor was opened on (see lower_reader, lower_twin_reader)
         self.lower_slots = {}
+        self.serves_lower_readers = serves_lower_readers(opts, spec)
 
     def lower_file(self, path):
-        """The description (norm_stat, no content) of the lower file that the kernel side's
-        path names when followed through symlinks, or None when it names no regular file of a
-        lower layer that the upper does not hold (yet). A read-only descriptor of such a file
-        is one layover serves from the lower file (the shared page cache, its default), which
-        keeps reading the lower copy after a copy-up, where the kernel (>= 4.19) reads the
-        copy."""
+        """The lower file that the kernel side's path names when followed through symlinks
+        ({"layer", "rel", "st": its norm_stat without content}), or None when it names no
+        regular file of a lower layer that the upper does not hold (yet). A read-only
+        descriptor of such a file is one layover serves from the lower file (the shared page
+        cache, its default as root), which keeps reading the lower copy after a copy-up,
+        where the kernel (>= 4.19) reads the copy."""
         if not isinstance(path, str):
             return None
         rel = self.K.exe.call({"cmd": "resolve", "p": path}, 60)
@@ -345,12 +374,15 @@ class Case:
             if st is not None:
                 if not stat.S_ISREG(st.st_mode):
                     return None
-                return norm_stat(None, st, None, content=False, xattrs=False)
+                return {"layer": low, "rel": rel,
+                        "st": norm_stat(None, st, None, content=False, xattrs=False)}
         return None
 
     def lower_reader(self, op, lower_before):
         """Whether a divergence of op is the documented class ":lower-reader" (known.txt): a
         read through a descriptor opened read-only on a lower file, before its copy-up."""
+        if not self.serves_lower_readers:
+            return False
         if op["op"] in ("fdread", "fdstat"):
             return op.get("slot") in self.lower_slots
         if lower_before is None:
@@ -360,14 +392,19 @@ class Case:
         return op["op"] == "stale" or op["op"] == "open" and "TRUNC" in op.get("flags", ())
 
     def lower_twin_reader(self, op, rk):
-        """Whether a divergence of op is an fstat through a descriptor opened read-only on one
-        name of a lower hard link, where the kernel's descriptor still shows that lower file
-        (with index=off the kernel broke the link when another name was copied up) and
-        layover's shows the file its names still share (docs/semantics.md, "Hard links";
-        labelled ":hardlinked", known.txt)."""
+        """Whether a divergence of op is an fstat or a read through a descriptor opened
+        read-only on one name of a lower hard link, where the kernel's descriptor still shows
+        or reads that lower file as it is on disk (with index=off the kernel broke the link
+        when another name was copied up) and layover's the file its names still share
+        (docs/semantics.md, "Hard links"; labelled ":hardlinked", known.txt)."""
         low = self.lower_slots.get(op.get("slot"))
-        return (op["op"] == "fdstat" and low is not None and low["nlink"] > 1
-                and rk.get("ok") == low)
+        if low is None or low["st"]["nlink"] < 2 or "ok" not in rk:
+            return False
+        if op["op"] == "fdstat":
+            return rk["ok"] == low["st"]
+        if op["op"] == "fdread":
+            return rk["ok"] == layer_pread(low["layer"], low["rel"], op["len"], op["off"])
+        return False
 
     def both(self, msg, timeout):
         """Sends msg to both executors and returns both answers (the kernel's first)."""
