@@ -281,6 +281,21 @@ class Executor:
         self.fds.clear()
         return errs
 
+    def resolve(self, rel):
+        """The path, relative to the root, of the regular file that rel names when followed
+        (symlinks anywhere in it, absolute ones resolving inside the jail), or None when it
+        names no regular file inside the mount. Lets the orchestrator find the layer file
+        behind a path reached through symlinks (session.py's labels)."""
+        full = os.path.realpath(self.path(rel))
+        if not full.startswith(self.root + "/"):
+            return None
+        try:
+            if not stat.S_ISREG(os.lstat(full).st_mode):
+                return None
+        except OSError:
+            return None
+        return full[len(self.root) + 1:]
+
     # --- running ---
     def same_file(self, op):
         """Whether a rename's two names are one file here (then POSIX makes it a no-op that
@@ -418,6 +433,8 @@ def main():
             out = snapshot(root, None, content=True)
         elif cmd == "closeall":
             out = ex.closeall()
+        elif cmd == "resolve":
+            out = ex.resolve(msg["p"])
         elif cmd == "stat-root":
             st = os.stat(root)
             out = stat.S_ISDIR(st.st_mode)

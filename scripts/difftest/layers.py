@@ -8,6 +8,9 @@ spec = {
   "lowers": [[entry, ...], ...],   # index 0 is the top (leftmost) lower
   "upper": [entry, ...],       # pre-populated upper (at least its root entry)
   "names": [name, ...],        # every name the generator used (ops reuse them)
+  "layover_opts": [opt, ...],  # optional: more -o options for layover's mounts (run.py's
+                               # --layover-opts; "passthrough=0" shows, as root, what a mount
+                               # without passthrough does: the writeback cache)
 }
 entry = {"p": relpath, "t": kind, ...} where kind is
   "d" directory   ("opaque": "y"|"x" writes <ns>.overlay.opaque; "decoy_opaque": true

@@ -96,9 +96,10 @@ def mount_kernel(lowers, upper, work, mnt, userxattr):
     _mounted.append((mnt, "overlay"))
 
 
-def mount_layover(binary, lowers, upper, work, mnt, userxattr, log_path):
-    """Mounts layover; returns the daemon's pid (or None if it cannot be found)."""
-    opts = overlay_opts(lowers, upper, work, userxattr)
+def mount_layover(binary, lowers, upper, work, mnt, userxattr, log_path, extra=()):
+    """Mounts layover (extra: more -o options); returns the daemon's pid (or None if it
+    cannot be found)."""
+    opts = ",".join([overlay_opts(lowers, upper, work, userxattr)] + list(extra))
     env = dict(os.environ, RUST_BACKTRACE="1")
     with open(log_path, "ab") as log:
         try:

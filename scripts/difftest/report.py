@@ -149,4 +149,6 @@ def fmt_spec(spec):
         lines.append("  %s: %s" % (name, " ".join(items) if items else "(empty)"))
     if spec.get("userxattr"):
         lines.append("  (userxattr)")
+    if spec.get("layover_opts"):
+        lines.append("  (layover -o %s)" % ",".join(spec["layover_opts"]))
     return lines

@@ -106,8 +106,11 @@ def spec_for_seed(seed, opts):
     ux = {"auto": None, "on": True, "off": False}[opts.userxattr]
     if getattr(opts, "mode", "root") == "userns":
         ux = True  # an overlay mount in a user namespace has no other marker namespace
-    return gen_spec(rng, userxattr=ux, aufs=opts.aufs_names,
+    spec = gen_spec(rng, userxattr=ux, aufs=opts.aufs_names,
                     stray_whiteouts=opts.stray_whiteouts)
+    if getattr(opts, "layover_opts", None):
+        spec["layover_opts"] = opts.layover_opts
+    return spec
 
 
 class Ctx:
@@ -129,6 +132,7 @@ class Ctx:
         self.mode = args.mode
         self.aufs_names = args.aufs_names
         self.stray_whiteouts = args.stray_whiteouts
+        self.layover_opts = [o for o in (args.layover_opts or "").split(",") if o]
         self.verbose = args.verbose
         self.trace = args.trace
 
@@ -442,6 +446,9 @@ def main():
     ap.add_argument("--stray-whiteouts", action="store_true",
                     help="also put whiteouts in directories that merge with nothing below "
                          "(the kernel lists them as stray entries; known divergence)")
+    ap.add_argument("--layover-opts", metavar="OPTS",
+                    help="more -o options for layover's mounts (e.g. passthrough=0: the "
+                         "writeback cache, as without root); kept in reproducers")
     ap.add_argument("--no-shrink", action="store_true")
     ap.add_argument("--shrink-time", type=float, default=180.0,
                     help="time budget per divergence for shrinking (default 180s)")

@@ -28,11 +28,11 @@ import tempfile
 import time
 
 import mounts
-from common import send_msg, show_path
+from common import send_msg, short_bytes, show_path
 from gen import NAME_CHANGING, Gen
 from layers import build_stack, overlay_prefix
 from report import fmt_op, fmt_value
-from snapshot import compare, snapshot
+from snapshot import compare, norm_stat, snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXECUTOR = os.path.join(HERE, "executor.py")
@@ -54,6 +54,55 @@ READER_OPS = ("stale", "open", "fdopen")
 
 def read_only(op):
     return op["op"] == "stale" or "RDONLY" in op.get("flags", ())
+
+
+def serves_lower_readers(opts, spec):
+    """Whether layover serves a lower file opened read-only from the lower file (FUSE
+    passthrough, its default as real root) and so keeps such a descriptor on the lower copy
+    after a copy-up. Without passthrough (root of a user namespace, passthrough=0) or with
+    strict_copy_up=1 the descriptor reads the copy, as on the kernel: no ":lower-reader"."""
+    if getattr(opts, "mode", "root") == "userns":
+        return False
+    extra = dict(o.partition("=")[::2] for o in spec.get("layover_opts", ()))
+    return (extra.get("passthrough", "1") not in ("0", "no", "off", "false")
+            and extra.get("strict_copy_up", "0") not in ("1", "yes", "on", "true"))
+
+
+def layer_at(root, rel, fn):
+    """fn(dir_fd, last name) for root/rel in a layer on disk, or None when a component is
+    missing. No component is followed if it is a symlink (a layer's symlinks may point
+    anywhere on the host): a symlink on the way means the path names nothing in this layer."""
+    try:
+        fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        parts = rel.split("/")
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fn(fd, parts[-1])
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def layer_lstat(root, rel):
+    """lstat of root/rel in a layer on disk, or None (see layer_at)."""
+    return layer_at(root, rel, lambda d, n: os.stat(n, dir_fd=d, follow_symlinks=False))
+
+
+def layer_pread(root, rel, length, offset):
+    """short_bytes of what a pread of the regular file root/rel gives, or None."""
+    def read(d, n):
+        fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=d)
+        try:
+            return short_bytes(os.pread(fd, length, offset))
+        finally:
+            os.close(fd)
+    return layer_at(root, rel, read)
 
 
 class Hang(Exception):
@@ -152,7 +201,7 @@ class Side:
             mounts.mount_kernel(lowers, upper, work, mnt, self.spec["userxattr"])
             return None
         pid = mounts.mount_layover(impl, lowers, upper, work, mnt, self.spec["userxattr"],
-                                   self.log)
+                                   self.log, self.spec.get("layover_opts", ()))
         if mnt == (self.paths or {}).get("mnt"):
             self.pid = pid
         return pid
@@ -304,30 +353,58 @@ class Case:
         self.K = Side("kernel", "kernel", os.path.join(self.base, "k"), spec)
         self.L = Side("layover", opts.impl, os.path.join(self.base, "o"), spec)
         self.extra = []
-        # slot -> whether its descriptor was opened read-only on a lower file (see
-        # lower_reader)
+        # slot -> what its descriptor was opened on (see lower_reader, lower_twin_reader)
         self.lower_slots = {}
+        self.serves_lower_readers = serves_lower_readers(opts, spec)
 
     def lower_file(self, path):
-        """Whether the kernel side's path is a regular file in a lower layer that the upper
-        does not hold (yet): a read-only descriptor of it is one layover serves from the lower
-        file (the shared page cache, its default), which keeps reading the lower copy after
-        a copy-up, where the kernel (>= 4.19) reads the copy."""
-        if not isinstance(path, str) or os.path.lexists(os.path.join(self.K.paths["upper"], path)):
-            return False
+        """The lower file that the kernel side's path names when followed through symlinks
+        ({"layer", "rel", "st": its norm_stat without content}), or None when it names no
+        regular file of a lower layer that the upper does not hold (yet). A read-only
+        descriptor of such a file is one layover serves from the lower file (the shared page
+        cache, its default as root), which keeps reading the lower copy after a copy-up,
+        where the kernel (>= 4.19) reads the copy."""
+        if not isinstance(path, str):
+            return None
+        rel = self.K.exe.call({"cmd": "resolve", "p": path}, 60)
+        if not isinstance(rel, str) or layer_lstat(self.K.paths["upper"], rel) is not None:
+            return None
         for low in self.K.paths["lowers"]:
-            try:
-                return stat.S_ISREG(os.lstat(os.path.join(low, path)).st_mode)
-            except OSError:
-                continue
-        return False
+            st = layer_lstat(low, rel)
+            if st is not None:
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                return {"layer": low, "rel": rel,
+                        "st": norm_stat(None, st, None, content=False, xattrs=False)}
+        return None
 
     def lower_reader(self, op, lower_before):
         """Whether a divergence of op is the documented class ":lower-reader" (known.txt): a
         read through a descriptor opened read-only on a lower file, before its copy-up."""
+        if not self.serves_lower_readers:
+            return False
         if op["op"] in ("fdread", "fdstat"):
-            return self.lower_slots.get(op.get("slot"), False)
-        return op["op"] in ("stale", "open") and lower_before and read_only(op)
+            return op.get("slot") in self.lower_slots
+        if lower_before is None:
+            return False
+        # an open reads through its new descriptor at once: only O_TRUNC copies the file up
+        # after the open and before that read
+        return op["op"] == "stale" or op["op"] == "open" and "TRUNC" in op.get("flags", ())
+
+    def lower_twin_reader(self, op, rk):
+        """Whether a divergence of op is an fstat or a read through a descriptor opened
+        read-only on one name of a lower hard link, where the kernel's descriptor still shows
+        or reads that lower file as it is on disk (with index=off the kernel broke the link
+        when another name was copied up) and layover's the file its names still share
+        (docs/semantics.md, "Hard links"; labelled ":hardlinked", known.txt)."""
+        low = self.lower_slots.get(op.get("slot"))
+        if low is None or low["st"]["nlink"] < 2 or "ok" not in rk:
+            return False
+        if op["op"] == "fdstat":
+            return rk["ok"] == low["st"]
+        if op["op"] == "fdread":
+            return rk["ok"] == layer_pread(low["layer"], low["rel"], op["len"], op["off"])
+        return False
 
     def both(self, msg, timeout):
         """Sends msg to both executors and returns both answers (the kernel's first)."""
@@ -392,12 +469,14 @@ class Case:
             op = ops[i] if ops is not None else gen.next(tree)
             out.ops.append(op)
             out.nops = i + 1
-            lower_before = op["op"] in READER_OPS and self.lower_file(op.get("p"))
+            lower_before = None
+            if op["op"] in READER_OPS and read_only(op):
+                lower_before = self.lower_file(op.get("p"))
             rk, rl = self.both({"cmd": "op", "op": op}, opts.timeout)
-            if op["op"] == "fdopen":
-                self.lower_slots[op["slot"]] = lower_before and read_only(op) and "ok" in rk
-            elif op["op"] == "fdclose":
+            if op["op"] in ("fdopen", "fdclose"):
                 self.lower_slots.pop(op.get("slot"), None)
+            if op["op"] == "fdopen" and lower_before is not None and "ok" in rk:
+                self.lower_slots[op["slot"]] = lower_before
             if rl in (Hang, Dead):
                 return self.fail_side(out, "hang" if rl is Hang else "crash", i, op, "op")
             if op["op"] == "listdir":
@@ -419,7 +498,8 @@ class Case:
                     return out.diverge("crash", "crash", i, op=op, kernel=rk, layover=rl,
                                        log=self.L.log_tail())
                 sig = op_signature(op, rk, rl) + (":same-file" if same_file else "")
-                if isinstance(op.get("p"), str) and hard_linked(rk, op["p"]):
+                if (isinstance(op.get("p"), str) and hard_linked(rk, op["p"])
+                        or self.lower_twin_reader(op, rk)):
                     sig += ":hardlinked"
                 if self.lower_reader(op, lower_before):
                     sig += ":lower-reader"

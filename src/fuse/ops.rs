@@ -641,6 +641,7 @@ fn setattr(b: &[u8]) -> SetAttr {
     const FH: u32 = 1 << 6;
     const ATIME_NOW: u32 = 1 << 7;
     const MTIME_NOW: u32 = 1 << 8;
+    const CTIME: u32 = 1 << 10;
     let valid = u32_at(b, 0);
     let has = |bit: u32| valid & bit != 0;
     let time = |set: u32, now: u32, sec: usize, nsec: usize| {
@@ -663,6 +664,7 @@ fn setattr(b: &[u8]) -> SetAttr {
         atime: time(ATIME, ATIME_NOW, 32, 56),
         mtime: time(MTIME, MTIME_NOW, 40, 60),
         fh: has(FH).then(|| Fh(u64_at(b, 8))),
+        ctime: has(CTIME),
     }
 }
 
@@ -752,6 +754,9 @@ mod tests {
         assert_eq!(a.uid, None);
         assert!(a.atime.is_none());
         assert!(matches!(a.mtime, Some(TimeSpec::Now)));
+        assert!(!a.ctime);
+        b[0..4].copy_from_slice(&(32u32 | 1024).to_ne_bytes()); // MTIME | CTIME
+        assert!(setattr(&b).ctime);
     }
 
     #[test]

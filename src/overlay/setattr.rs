@@ -21,6 +21,24 @@ pub struct SetAttr {
     pub mtime: Option<TimeSpec>,
     /// The open file the change came through, if any (ftruncate).
     pub fh: Option<Fh>,
+    /// A ctime came along (no call can set one; it is not applied). FUSE sends one only for
+    /// times its writeback cache keeps itself.
+    pub ctime: bool,
+}
+
+impl SetAttr {
+    /// The mtime of a flush of the times a writeback cache keeps: an mtime and a ctime,
+    /// nothing else.
+    fn flushed_mtime(&self) -> Option<(i64, i64)> {
+        match (
+            self.mode, self.uid, self.gid, self.size, self.atime, self.mtime,
+        ) {
+            (None, None, None, None, None, Some(TimeSpec::Set(s, ns))) if self.ctime => {
+                Some((s, ns))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What the changes are applied to: a name in a directory, or an open file.
@@ -42,6 +60,20 @@ impl Target {
 impl Overlay {
     pub fn setattr(&self, ino: Ino, a: SetAttr) -> FsResult<Stat> {
         self.check_writable()?;
+        // FUSE's writeback cache keeps a file's times itself, and after it changed one
+        // locally (the ctime of an unlink or a link, the mtime of a write) it sends them as a
+        // setattr of mtime and ctime. One that restates the mtime the object has changes
+        // nothing, so it copies nothing up: the kernel's overlay leaves the other names of an
+        // unlinked lower hard link in the lower layer, and an open lower file whose name is
+        // gone cannot be copied up (ENOENT, which the kernel would keep and give to the next
+        // fsync or close of that file). A utimensat(2) that restates the mtime alone looks
+        // the same there, and is not copied up either; the view is the same.
+        if let Some(mtime) = a.flushed_mtime()
+            && let Ok(st) = self.getattr(ino, a.fh)
+            && st.mtime == mtime
+        {
+            return Ok(st);
+        }
         let inode = self.inode(ino)?;
         let target = if inode.is_detached() {
             self.copy_up_or_upper(&inode)?; // only checks: a nameless object is not copied
