@@ -289,7 +289,11 @@ impl Dispatcher {
                 abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino, node));
             }
             op::SETATTR => {
-                let st = self.ov.setattr(ino, setattr(req.op_in)).map_err(err)?;
+                let a = SetAttr {
+                    times_kept: self.data.kernel_keeps_times(),
+                    ..setattr(req.op_in)
+                };
+                let st = self.ov.setattr(ino, a).map_err(err)?;
                 abi::attr_out(&mut out, &attr(&st), self.attr_ttl(ino, node));
             }
             op::READLINK => return self.ov.readlink(ino).map_err(err),
@@ -665,6 +669,7 @@ fn setattr(b: &[u8]) -> SetAttr {
         mtime: time(MTIME, MTIME_NOW, 40, 60),
         fh: has(FH).then(|| Fh(u64_at(b, 8))),
         ctime: has(CTIME),
+        times_kept: false, // the transport's to say
     }
 }
 

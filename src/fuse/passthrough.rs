@@ -116,6 +116,12 @@ impl<B> DataPath<B> {
         }
     }
 
+    /// Whether the kernel's writeback cache keeps file times itself (it then ignores the
+    /// times a reply brings for regular files).
+    pub fn kernel_keeps_times(&self) -> bool {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
     /// How the core must open real files for this data path: with the writeback cache the
     /// kernel reads a partly written page through any open, write-only ones included.
     pub fn open_opts(&self) -> OpenOpts {

@@ -24,6 +24,10 @@ pub struct SetAttr {
     /// A ctime came along (no call can set one; it is not applied). FUSE sends one only for
     /// times its writeback cache keeps itself.
     pub ctime: bool,
+    /// The caller keeps the object's times itself and takes none from the answer (FUSE's
+    /// writeback cache, for regular files): a truncate to the size the file has must not
+    /// change them on disk, or the upper would hold an mtime the view never shows.
+    pub times_kept: bool,
 }
 
 impl SetAttr {
@@ -101,7 +105,14 @@ impl Overlay {
                     Arc::new(sys::openat(dir.as_fd(), name, libc::O_WRONLY, 0)?)
                 }
             };
-            sys::ftruncate(fd.as_fd(), size)?;
+            // A truncate to the size the file has changes nothing but, on some filesystems
+            // (ext4), the times. Where the caller keeps the times itself, the one it keeps
+            // would then differ from the upper's for good (until a remount shows the
+            // upper's): skipped, so the view and the upper agree (POSIX's rule: the times
+            // change only with the size).
+            if !(a.times_kept && u64::try_from(sys::fstat(fd.as_fd())?.size) == Ok(size)) {
+                sys::ftruncate(fd.as_fd(), size)?;
+            }
         }
         let (dir, name) = target.at();
         let ids = (

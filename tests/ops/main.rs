@@ -503,6 +503,42 @@ fn chmod_copies_up_keeping_times_and_owner() {
     rw.assert_work_empty();
 }
 
+#[test]
+fn same_size_truncate_leaves_the_times_to_a_caller_that_keeps_them() {
+    let s = Scratch::new("truncate-same-size");
+    let rw = Rw::new(&s, |l| {
+        for name in ["kept", "not-kept", "grown"] {
+            file_mode(&l.join(name), "data", 0o644);
+            set_times(&l.join(name), 1_000_000_000, 1_100_000_000);
+        }
+    });
+    let truncate = |name: &str, size: u64, times_kept: bool| {
+        let a = SetAttr {
+            size: Some(size),
+            times_kept,
+            ..SetAttr::default()
+        };
+        rw.ov.setattr(rw.ino(name), a).unwrap();
+        fs::symlink_metadata(rw.upper.join(name)).unwrap()
+    };
+    // The premise: this filesystem (ext4) changes the mtime of a same-size truncate.
+    let plain = truncate("not-kept", 4, false);
+    assert_ne!(
+        plain.mtime(),
+        1_100_000_000,
+        "the upper's filesystem keeps times itself"
+    );
+    // A caller that keeps the times (FUSE's writeback cache) gets the file copied up with
+    // them, and they stay: what it shows is what the upper holds.
+    let kept = truncate("kept", 4, true);
+    assert_eq!((kept.mtime(), kept.size()), (1_100_000_000, 4));
+    assert_eq!(read_all(&rw.upper.join("kept")), "data");
+    // A size change is made whoever keeps the times.
+    let grown = truncate("grown", 10, true);
+    assert_eq!(grown.size(), 10);
+    rw.assert_work_empty();
+}
+
 /// What a live overlay's work directory (`work`: the workdir) holds but the volatile mount's
 /// mark.
 fn temporaries(work: &Path) -> Vec<String> {
